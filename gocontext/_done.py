@@ -1,0 +1,128 @@
+"""Done: the signal a context gives when it ends, to threads, event loops and integrations.
+
+``Done`` is an abstract class: a concrete signal supplies ``is_set()`` and ``add_callback()``,
+and inherits ``wait()`` for threads and ``await`` for asyncio and trio tasks, both built on
+``add_callback()``. Contexts of ours hand out a view of their cancel tree node; user-written
+contexts may return any ``Done`` they like, including one of ours.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, Protocol
+
+__all__ = ["CallbackHandle", "Done"]
+
+_allocate_lock = threading.Lock
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+
+class CallbackHandle(Protocol):
+    """What ``Done.add_callback()`` returns: ``cancel()`` unregisters the callback."""
+
+    def cancel(self) -> bool:
+        """Remove the callback; True if it was removed before it ran."""
+        ...
+
+
+class Done(abc.ABC):
+    """The done signal of a context: a thread-safe flag that is set once and never cleared.
+
+    ``ctx.done()`` returns the same ``Done`` on every call. Use ``is_set()`` to poll,
+    ``wait(timeout)`` to block a thread, ``await done`` in an asyncio or trio task, and
+    ``add_callback(fn)`` to hook an integration onto it.
+
+    Example:
+        >>> import gocontext
+        >>> ctx, cancel = gocontext.with_cancel(gocontext.background())
+        >>> done = ctx.done()
+        >>> done.is_set(), done.wait(timeout=0)
+        (False, False)
+        >>> cancel()
+        >>> done.is_set(), done.wait()
+        (True, True)
+    """
+
+    __slots__ = ()
+    __module__ = "gocontext"
+
+    @abc.abstractmethod
+    def is_set(self) -> bool:
+        """Return True once the context is done. Never blocks.
+
+        Example:
+            >>> import gocontext
+            >>> gocontext.background().done().is_set()
+            False
+        """
+
+    @abc.abstractmethod
+    def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
+        """Run ``fn()`` once when the context is done; return a handle to unregister it.
+
+        ``fn`` runs in the thread that completes the context, or right away in the caller's
+        thread if it is already done. It must be quick and must not block: it is how
+        integrations forward the signal (to an event loop, a lock, a remote peer). An exception
+        from ``fn`` is logged, never raised into ``cancel()``'s caller. ``handle.cancel()``
+        returns True if it removed ``fn`` before it ran.
+
+        Example:
+            >>> import gocontext
+            >>> ctx, cancel = gocontext.with_cancel(gocontext.background())
+            >>> handle = ctx.done().add_callback(lambda: print("done"))
+            >>> cancel()
+            done
+            >>> handle.cancel()
+            False
+        """
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until done or until *timeout* seconds pass.
+
+        Returns ``is_set()``. A zero or negative timeout polls; ``None`` waits as long as it
+        takes. NaN raises ValueError.
+
+        Example:
+            >>> import gocontext
+            >>> ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.01)
+            >>> ctx.done().wait(timeout=5)
+            True
+        """
+        if self.is_set():
+            return True
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+            if timeout <= 0:
+                return self.is_set()
+        lock = _allocate_lock()
+        lock.acquire()
+        handle = self.add_callback(lock.release)
+        try:
+            if timeout is None:
+                lock.acquire()
+            else:
+                lock.acquire(timeout=min(timeout, _TIMEOUT_MAX))
+        finally:
+            handle.cancel()
+        return self.is_set()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        """Suspend the current asyncio or trio task until done.
+
+        A framework cancellation of the waiting task works as usual and leaves nothing
+        registered.
+        """
+        from ._async import wait_done
+
+        return wait_done(self).__await__()  # type: ignore[no-any-return]
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"wait() needs a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError("wait() got a NaN timeout")
+    return float(timeout)

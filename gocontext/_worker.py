@@ -1,0 +1,95 @@
+"""A small pool of daemon threads that runs ``after_func`` functions off the canceller's thread.
+
+Threads start on demand, at most ``MAX_THREADS`` at once, and exit after ``IDLE_EXIT`` seconds
+without work, so an idle process holds none. Nothing waits in a thread per registration: a
+function reaches the pool only once its context is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["submit"]
+
+_log = logging.getLogger("gocontext")
+
+MAX_THREADS = 8
+IDLE_EXIT = 5.0
+
+# Guarded by _lock: _threads (live workers) and _idle (workers blocked in _queue.get() that no
+# submit has claimed yet). Every submit either claims an idle worker or starts a thread (or,
+# at MAX_THREADS, leaves the item to whichever worker frees up first), so no item is stranded.
+_lock = threading.Lock()
+_queue: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+_threads = 0
+_idle = 0
+
+
+def submit(fn: Callable[[], object]) -> None:
+    """Run ``fn()`` soon in a pool thread; an exception from it is logged, never raised."""
+    global _threads, _idle
+    start = False
+    with _lock:
+        if _idle > 0:
+            _idle -= 1
+        elif _threads < MAX_THREADS:
+            _threads += 1
+            start = True
+    _queue.put(fn)
+    if start:
+        threading.Thread(target=_work, name="gocontext-after-func", daemon=True).start()
+
+
+def threads() -> int:
+    """How many pool threads are alive (for tests)."""
+    return _threads
+
+
+def _work() -> None:
+    global _threads, _idle
+    claimed = True  # a new thread is started for an item already queued
+    while True:
+        if not claimed:
+            with _lock:
+                _idle += 1
+        try:
+            fn = _queue.get(timeout=IDLE_EXIT)
+        except queue.Empty:
+            with _lock:
+                if _idle > 0 and _queue.empty():
+                    _idle -= 1
+                    _threads -= 1
+                    return
+            claimed = True  # a submit claimed this worker: its item is on the way
+            continue
+        claimed = False
+        try:
+            fn()
+        except Exception:
+            _log.exception("gocontext: after_func function raised")
+        del fn
+
+
+def _after_fork_in_child() -> None:
+    # Pool threads do not survive a fork: forget them and start afresh for queued work.
+    global _lock, _threads, _idle, _queue
+    _lock = threading.Lock()
+    pending: list[Callable[[], object]] = []
+    while True:
+        try:
+            pending.append(_queue.get_nowait())
+        except queue.Empty:
+            break
+    _queue = queue.SimpleQueue()
+    _threads = 0
+    _idle = 0
+    for fn in pending:
+        submit(fn)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)

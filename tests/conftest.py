@@ -1,0 +1,87 @@
+"""Shared fixtures: both async backends, a fake clock, and a hand-written Context."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterator
+
+import pytest
+
+import gocontext
+from gocontext import _timer
+
+NEVER = 10.0  # seconds a wait may take before the test fails: it must never elapse
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs under asyncio and under trio."""
+    return str(request.param)
+
+
+class FakeClock:
+    """The deadline clock, moved by hand: ``advance()`` fires exactly what became due."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> int:
+        self.t += seconds
+        return _timer.fire_due()
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[FakeClock]:
+    clock = FakeClock()
+    _timer.set_clock(clock.now)
+    try:
+        yield clock
+    finally:
+        _timer.set_clock(None)
+
+
+class OtherContext:
+    """A user-written Context that wraps another (Go's ``otherContext`` in its tests)."""
+
+    def __init__(self, inner: gocontext.Context) -> None:
+        self.inner = inner
+
+    def deadline(self) -> float | None:
+        return self.inner.deadline()
+
+    def done(self) -> gocontext.Done:
+        return self.inner.done()
+
+    def err(self) -> gocontext.ContextError | None:
+        return self.inner.err()
+
+    def value(self, key: Hashable, /) -> object:
+        return self.inner.value(key)
+
+
+@pytest.fixture(params=["ours", "foreign"])
+def make_parent(request: pytest.FixtureRequest) -> object:
+    """A factory of cancelable parents: ours, or a user-written wrapper around ours."""
+
+    def make(parent: gocontext.Context | None = None) -> tuple[gocontext.Context, object]:
+        ctx, cancel = gocontext.with_cancel_cause(parent or gocontext.background())
+        return (ctx if request.param == "ours" else OtherContext(ctx)), cancel
+
+    return make
+
+
+@pytest.fixture
+def no_thread_leak() -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    extra = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and not t.name.startswith("gocontext-")
+    ]
+    for t in extra:
+        t.join(NEVER)
+    assert not [t for t in extra if t.is_alive()]
