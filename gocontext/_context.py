@@ -13,8 +13,8 @@ descendant at once and runs their callbacks. Registrations are strong: whatever 
 child keeps it alive as long as it waits. A watcher that goes away unregisters, and so does the
 chain above it once nothing else watches it.
 
-Locking. One process-wide lock, ``_lock``, guards every node's ``_state``, ``_watchers`` and
-``_links`` transitions; ``_state`` is also read without it (a reference read, and it changes
+Locking. One process-wide lock, ``_lock``, guards every node's ``_state`` and the watchers
+and links in its ``_NodeDone``; ``_state`` is also read without it (a reference read, and it changes
 once, from None to a fixed tuple). Callbacks never run under ``_lock``, and no other lock is
 taken while holding it (the timer's lock is taken outside it), so there is no lock order.
 """
@@ -251,7 +251,16 @@ def with_cancel(parent: Context) -> CancelPair:
         >>> ctx.err()
         Canceled('context canceled')
     """
-    ctx = _new_node(_CancelContext, parent, "with_cancel")
+    ctx = _object_new(_CancelContext)
+    t = type(parent)
+    if t in _OURS:  # the hot path, inlined
+        ctx._parent = parent
+        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined]
+        ctx._vals = parent._vals  # type: ignore[attr-defined]
+        ctx._state = None
+        ctx._done = None
+    else:
+        _init_node(ctx, parent, "with_cancel")
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
@@ -267,7 +276,8 @@ def with_cancel_cause(parent: Context) -> CancelCausePair:
         >>> ctx.err(), ctx.err().__cause__
         (Canceled('context canceled'), ConnectionResetError('client went away'))
     """
-    ctx = _new_node(_CancelCauseContext, parent, "with_cancel_cause")
+    ctx = _object_new(_CancelCauseContext)
+    _init_node(ctx, parent, "with_cancel_cause")
     return _new_tuple(CancelCausePair, (ctx, ctx._cancel))
 
 
@@ -317,9 +327,9 @@ def with_timeout(parent: Context, timeout: float | timedelta) -> CancelPair:
         >>> isinstance(ctx.err(), gocontext.DeadlineExceeded)
         True
     """
-    return _with_deadline(
-        parent, _timer.now() + _check_timeout(timeout, "with_timeout"), None, "with_timeout"
-    )
+    if type(timeout) is not float or timeout != timeout:  # fast path for a plain float
+        timeout = _check_timeout(timeout, "with_timeout")
+    return _with_deadline(parent, _timer.now() + timeout, None, "with_timeout", timeout <= 0)
 
 
 def with_timeout_cause(
@@ -370,7 +380,7 @@ def with_value(parent: Context, key: Hashable, value: object) -> Context:
     check = getattr(key, "_check_value", None)
     if check is not None:
         check(value)
-    ctx = _ValueContext.__new__(_ValueContext)
+    ctx = _object_new(_ValueContext)
     ctx._parent = parent
     ctx._key = key
     if ours:
@@ -381,7 +391,8 @@ def with_value(parent: Context, key: Hashable, value: object) -> Context:
         else:  # stop copying: lookups that miss here continue in the parent
             ctx._vals = {_NEXT: parent, key: value}
     else:  # a node of ours mirrors the foreign parent's cancellation
-        ctx._up = _new_node(_CancelContext, parent, "with_value")
+        ctx._up = up = _object_new(_CancelContext)
+        _init_node(up, parent, "with_value")
         ctx._vals = {_NEXT: parent, key: value}
     return ctx
 
@@ -404,7 +415,7 @@ def without_cancel(parent: Context) -> Context:
     ours = type(parent) in _OURS
     if not ours:
         _check_foreign(parent, "without_cancel")
-    ctx = _WithoutCancel.__new__(_WithoutCancel)
+    ctx = _object_new(_WithoutCancel)
     ctx._parent = parent
     ctx._vals = parent._vals if ours else {_NEXT: parent}  # type: ignore[attr-defined]
     return ctx
@@ -431,27 +442,15 @@ def merge(*parents: Context) -> CancelPair:
     for p in parents:
         if type(p) not in _OURS:
             _check_foreign(p, "merge")
-    ctx = _MergeContext.__new__(_MergeContext)
+    ctx = _object_new(_MergeContext)
     ctx._parent = parents
     ctx._up = None
     ctx._state = None
-    ctx._watchers = None
     ctx._done = None
-    ctx._links = None
     ctx._vals = {_NEXT: _MergeValues(parents)}
     deadlines = [d for d in (p.deadline() for p in parents) if d is not None]
     ctx._deadline = min(deadlines) if deadlines else None
-    handles = []
-    for p in parents:
-        handles.append(p.done().add_callback(functools.partial(_merge_parent_done, ctx, p)))
-        if ctx._state is not None:
-            break
-    with _lock:
-        if ctx._state is None:
-            ctx._links = tuple(handles)
-            handles = []
-    for h in handles:  # the merge ended while being built: release what it registered
-        h.cancel()
+    _link(ctx, parents)
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
@@ -548,10 +547,11 @@ _EMPTY: Final[dict[object, object]] = {}
 _MISSING: Final = object()
 _NEXT: Final = object()  # in _vals: where a lookup that misses continues
 _CANCEL_KEY: Final = object()  # value(_CANCEL_KEY) finds the nearest node of ours (Go's trick)
-_CHILD: Final = object()  # in _watchers: the key is a watched child node, not a handle
+_CHILD: Final = object()  # in a watchers dict: the key is a watched child node, not a handle
 _MAX_COPY = 32  # with_value copies at most this many inherited values
 
 _lock = threading.Lock()
+_object_new = object.__new__
 
 
 class _Base:
@@ -639,6 +639,8 @@ class _NeverDone(Done):
         return False
 
     def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
+        if not callable(fn):
+            raise TypeError(f"add_callback() needs a callable, got {fn!r}")
         return _NEVER_HANDLE
 
 
@@ -680,7 +682,7 @@ _TODO = _Root("todo")
 
 @final
 class _WithoutCancel(_Base):
-    __slots__ = ("_parent", "_vals")
+    __slots__ = ("__weakref__", "_parent", "_vals")
     _parent: Context
 
     def deadline(self) -> float | None:
@@ -701,7 +703,7 @@ class _WithoutCancel(_Base):
 
 @final
 class _ValueContext(_Base):
-    __slots__ = ("_key", "_parent", "_up", "_vals")
+    __slots__ = ("__weakref__", "_key", "_parent", "_up", "_vals")
     _parent: Context
     _key: Hashable
 
@@ -731,22 +733,20 @@ class _ValueContext(_Base):
 class _CancelContext(_Base):
     """A node of the cancel tree (Go's ``cancelCtx``).
 
-    Fields (guarded by ``_lock`` for writes):
-    - ``_state``: None while live, then the ``_State`` that ended it; never changes again.
-    - ``_watchers``: None or a dict of what is registered on this node: callback handles (to
-      their functions) and watched child nodes (to ``_CHILD``). Non-empty only while live, and
-      then this node is itself registered in ``_up._watchers`` (if it has an ``_up``).
-    - ``_links``: None or what to release when the node ends (its timer entry, the callbacks a
-      merge or a foreign parent's child registered on its parents); dropped at the end.
-    - ``_done``: the ``Done`` view, made on first ``done()``; fixed after.
+    - ``_up``: the nearest ancestor node of ours, or None (a root, ``without_cancel``, or a
+      parent that is not ours: then ``_done._links`` holds our callback on that parent).
+    - ``_state``: None while live, then the ``_State`` that ended it; set once under ``_lock``,
+      read without it.
+    - ``_done``: None until something asks for ``done()`` or registers on the node; then the
+      ``_NodeDone`` that also holds the watchers and links (see there). Fixed once set.
     """
 
-    __slots__ = ("_done", "_links", "_parent", "_state", "_up", "_vals", "_watchers")
+    __slots__ = ("__weakref__", "_done", "_parent", "_state", "_up", "_vals")
     _node = True
+    _has_entry = False  # True for nodes with a timer entry in ``_entry``
+    _has_deadline = False  # True for nodes whose deadline() is their own
     _parent: Any
     _state: _State | None
-    _watchers: dict[object, object] | None
-    _links: Any
     _done: _NodeDone | None
 
     def deadline(self) -> float | None:
@@ -755,32 +755,48 @@ class _CancelContext(_Base):
     def done(self) -> Done:
         d = self._done
         if d is None:
-            d = _NodeDone(self)
             with _lock:
-                if self._done is None:
-                    self._done = d
-                d = self._done
+                d = _ext_locked(self)
         return d
 
     def err(self) -> ContextError | None:
+        # The hot path: written out for speed, as few loads as possible while live.
         s = self._state
         if s is None:
             n = self._up
-            while n is not None:
+            if n is None:
+                return None
+            while True:
                 s = n._state
                 if s is not None:
                     break
                 n = n._up
-            else:
-                return None
+                if n is None:
+                    return None
         e = s[0]()
         if s[1] is not None:
             e.__cause__ = s[1]
         return e
 
     def _cancel(self) -> None:
-        if self._state is None:
-            _end(self, _CANCELED)
+        if self._state is not None:
+            return
+        # The hot path of _end(), written out: nothing registered on the node, no timer.
+        _lock.acquire()
+        try:
+            if self._done is None and not self._has_entry:
+                if self._state is None:
+                    up = self._up
+                    while up is not None:
+                        if up._state is not None:  # an ancestor ended first: its end is ours
+                            self._state = up._state
+                            return
+                        up = up._up
+                    self._state = _CANCELED
+                return
+        finally:
+            _lock.release()
+        _end(self, _CANCELED)
 
     def _label(self) -> str:
         return "with_cancel"
@@ -805,24 +821,56 @@ class _CancelCauseContext(_CancelContext):
 
 @final
 class _DeadlineContext(_CancelContext):
-    __slots__ = ("_cause", "_deadline", "_how")
+    """A node with a deadline; ``_entry`` is its timer entry until the node ends (under
+    ``_lock``), then None."""
+
+    __slots__ = ("_cause", "_deadline", "_entry")
+    _has_entry = True
+    _has_deadline = True
     _deadline: float
     _cause: BaseException | None
-    _how: str
+    _entry: _timer.TimerEntry | None
 
     def deadline(self) -> float | None:
         return self._deadline
 
+    def _cancel(self) -> None:
+        if self._state is not None:
+            return
+        # The hot path of _end(), written out: nothing registered on the node.
+        _lock.acquire()
+        try:
+            if self._done is None:
+                if self._state is None:
+                    entry = self._entry
+                    self._entry = None
+                    up = self._up
+                    while up is not None:
+                        if up._state is not None:  # an ancestor ended first: its end is ours
+                            self._state = up._state
+                            break
+                        up = up._up
+                    else:
+                        self._state = _CANCELED
+                    if entry is not None:
+                        _timer.cancel_entry(entry)  # lock-free: no lock order to mind
+                return
+        finally:
+            _lock.release()
+        _end(self, _CANCELED)
+
     def _expire(self) -> None:
-        _end(self, (DeadlineExceeded, self._cause))
+        if self._state is None:
+            _end(self, (DeadlineExceeded, self._cause))
 
     def _label(self) -> str:
-        return f"{self._how}({self._deadline - _timer.now():+.3f}s)"
+        return f"with_deadline({self._deadline - _timer.now():+.3f}s)"
 
 
 @final
 class _MergeContext(_CancelContext):
     __slots__ = ("_deadline",)
+    _has_deadline = True
     _parent: tuple[Context, ...]
     _deadline: float | None
 
@@ -883,13 +931,11 @@ def _state_of(node: _CancelContext | None) -> _State | None:
 # Creating nodes
 
 
-def _new_node(cls: type[_CancelContext], parent: Context, fname: str) -> _CancelContext:
-    ctx = cls.__new__(cls)
+def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
+    """Fill in a new node under *parent*; a parent that is not ours is linked to at once."""
     ctx._parent = parent
     ctx._state = None
-    ctx._watchers = None
     ctx._done = None
-    ctx._links = None
     t = type(parent)
     if t in _OURS:
         ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
@@ -898,71 +944,72 @@ def _new_node(cls: type[_CancelContext], parent: Context, fname: str) -> _Cancel
         _check_foreign(parent, fname)
         ctx._up = None
         ctx._vals = {_NEXT: parent}
-        _link_foreign(ctx, parent)
-    return ctx
+        _link(ctx, (parent,))
 
 
 def _with_deadline(
-    parent: Context, deadline: float, cause: BaseException | None, how: str
+    parent: Context,
+    deadline: float,
+    cause: BaseException | None,
+    how: str,
+    expired: bool | None = None,
 ) -> CancelPair:
-    if type(parent) not in _OURS:
+    t = type(parent)
+    if t in _OURS:
+        up = parent if t._node else parent._up  # type: ignore[attr-defined]
+        # parent.deadline(), quicker: the nearest deadline up the chain (a chain of plain
+        # cancel nodes of ours ends at a root, at without_cancel, or at a foreign parent).
+        n = up
+        while n is not None and not n._has_deadline and type(n._parent) in _OURS:
+            n = n._up
+        cur = None if n is None else n.deadline()
+    else:
         _check_foreign(parent, how)
-    cur = parent.deadline()
+        cur = parent.deadline()
     if cur is not None and cur <= deadline:  # the parent ends first anyway (Go does the same)
         return with_cancel(parent)
-    ctx = _DeadlineContext.__new__(_DeadlineContext)
+    ctx = _object_new(_DeadlineContext)
     ctx._deadline = deadline
     ctx._cause = cause
-    ctx._how = how
-    ctx._parent = parent
-    ctx._state = None
-    ctx._watchers = None
-    ctx._done = None
-    ctx._links = None
-    if type(parent) in _OURS:
-        ctx._up = parent if type(parent)._node else parent._up  # type: ignore[attr-defined, assignment]
+    ctx._entry = None
+    if t in _OURS:  # the hot path, inlined
+        ctx._parent = parent
+        ctx._up = up
         ctx._vals = parent._vals  # type: ignore[attr-defined]
-        if _state_of(ctx._up) is not None:  # born under an ended parent: no timer needed
-            return _new_tuple(CancelPair, (ctx, ctx._cancel))
+        ctx._state = None
+        ctx._done = None
+        if up is not None and (
+            up._state is not None or (up._up is not None and _state_of(up._up) is not None)
+        ):
+            return _new_tuple(CancelPair, (ctx, ctx._cancel))  # born ended: no timer needed
     else:
-        ctx._up = None
-        ctx._vals = {_NEXT: parent}
-        _link_foreign(ctx, parent)
+        _init_node(ctx, parent, how)
         if ctx._state is not None:
             return _new_tuple(CancelPair, (ctx, ctx._cancel))
-    if deadline <= _timer.now():
-        ctx._state = (DeadlineExceeded, cause)
-        return _new_tuple(CancelPair, (ctx, ctx._cancel))
-    entry = _timer.schedule(deadline, ctx)
-    with _lock:
-        kept = ctx._state is None
-        if kept:
-            ctx._links = entry
-    if not kept:  # a foreign parent ended it meanwhile
-        _timer.cancel_entry(entry)
+    if expired or (expired is None and deadline <= _timer.now()):
+        _end(ctx, (DeadlineExceeded, cause))
+    else:
+        entry = ctx._entry = [deadline, 0, ctx]
+        _timer.schedule(entry)
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
-def _link_foreign(ctx: _CancelContext, parent: Context) -> None:
-    """Register *ctx* on a parent that is not ours, through its done signal (strongly)."""
-    e = parent.err()
-    if e is not None:
-        ctx._state = (type(e), e.__cause__)
-        return
-    handle = parent.done().add_callback(functools.partial(_foreign_parent_done, ctx, parent))
+def _link(ctx: _CancelContext, parents: tuple[Context, ...]) -> None:
+    """Register *ctx* on each parent's done signal (strongly), ending it with the first."""
+    handles = []
+    for p in parents:
+        handles.append(p.done().add_callback(functools.partial(_parent_done, ctx, p)))
+        if ctx._state is not None:
+            break
     with _lock:
         if ctx._state is None:
-            ctx._links = handle
+            _ext_locked(ctx)._links = tuple(handles)
             return
-    handle.cancel()
+    for h in handles:  # it ended while being linked: release what it registered
+        h.cancel()
 
 
-def _foreign_parent_done(ctx: _CancelContext, parent: Context) -> None:
-    e = parent.err()
-    _end(ctx, _CANCELED if e is None else (type(e), e.__cause__))
-
-
-def _merge_parent_done(ctx: _MergeContext, parent: Context) -> None:
+def _parent_done(ctx: _CancelContext, parent: Context) -> None:
     if type(parent) in _OURS:
         s = _state_of(parent if type(parent)._node else parent._up)  # type: ignore[attr-defined, arg-type]
     else:
@@ -977,23 +1024,29 @@ def _merge_parent_done(ctx: _MergeContext, parent: Context) -> None:
 
 def _end(node: _CancelContext, state: _State) -> None:
     """End *node* with *state* unless it (or an ancestor) already ended: the first wins."""
-    fire: list[Callable[[], object]] = []
-    release: list[Any] = []
-    with _lock:
-        if node._state is not None:
-            return
-        s = _state_of(node._up)
-        if s is not None:  # an ancestor ended first: that is the node's end too
-            node._state = s
-            if node._links is not None:
-                release.append(node._links)
-                node._links = None
-        else:
-            node._state = state
+    entry = fire = release = None
+    _lock.acquire()
+    try:
+        if node._state is None:
             up = node._up
-            if up is not None and up._watchers:
-                _unwatch_locked(up, node)
-            _propagate_locked(node, state, fire, release)
+            while up is not None:
+                s = up._state
+                if s is not None:  # an ancestor ended first: that is the node's end too
+                    state = s
+                    break
+                up = up._up
+            node._state = state
+            if node._has_entry:
+                entry = node._entry  # type: ignore[attr-defined]
+                node._entry = None  # type: ignore[attr-defined]
+            if node._done is not None:  # registrations to hand over and release
+                if up is None and node._up is not None:
+                    _unwatch_locked(node._up, node)
+                fire, release = _propagate_locked(node, state)
+    finally:
+        _lock.release()
+    if entry is not None:
+        _timer.cancel_entry(entry)
     if release:
         _release(release)
     if fire:
@@ -1001,19 +1054,30 @@ def _end(node: _CancelContext, state: _State) -> None:
 
 
 def _propagate_locked(
-    node: _CancelContext, state: _State, fire: list[Callable[[], object]], release: list[Any]
-) -> None:
-    """Hand the end of *node* (already set) to every watched descendant; collect callbacks."""
+    node: _CancelContext, state: _State
+) -> tuple[list[Callable[[], object]], list[Any]]:
+    """Hand the end of *node* (already set) to every watched descendant; return the callbacks
+    to run and the timer entries and links to release."""
+    fire: list[Callable[[], object]] = []
+    release: list[Any] = []
     stack = [node]
     while stack:
         n = stack.pop()
-        if n._links is not None:
-            release.append(n._links)
-            n._links = None
-        w = n._watchers
+        if n._has_entry:
+            entry = n._entry  # type: ignore[attr-defined]
+            if entry is not None:
+                release.append(entry)
+                n._entry = None  # type: ignore[attr-defined]
+        d = n._done
+        if d is None:
+            continue
+        if d._links is not None:
+            release.append(d._links)
+            d._links = None
+        w = d._watchers
         if not w:
             continue
-        n._watchers = None
+        d._watchers = None
         for k, v in w.items():
             if v is _CHILD:
                 if k._state is None:  # type: ignore[attr-defined]
@@ -1021,6 +1085,14 @@ def _propagate_locked(
                     stack.append(k)  # type: ignore[arg-type]
             else:
                 fire.append(v)  # type: ignore[arg-type]
+    return fire, release
+
+
+def _ext_locked(node: _CancelContext) -> _NodeDone:
+    d = node._done
+    if d is None:
+        d = node._done = _NodeDone(node)
+    return d
 
 
 def _watch_locked(node: _CancelContext, key: object, value: object) -> _State | None:
@@ -1031,8 +1103,9 @@ def _watch_locked(node: _CancelContext, key: object, value: object) -> _State | 
     s = node._state
     if s is not None:
         return s
-    if node._watchers:
-        node._watchers[key] = value
+    d = _ext_locked(node)
+    if d._watchers:
+        d._watchers[key] = value
         return None
     # The first watcher of this node: find how far up the chain is unwatched (and live).
     path = [node]
@@ -1043,21 +1116,23 @@ def _watch_locked(node: _CancelContext, key: object, value: object) -> _State | 
             for p in path:  # the chain ended above: every node on it is done with that end
                 p._state = s
             return s
-        if n._watchers:
+        nd = n._done
+        if nd is not None and nd._watchers:
             break
         path.append(n)
         n = n._up
-    node._watchers = {key: value}
+    d._watchers = {key: value}
     for child, parent in itertools.pairwise(path):
-        parent._watchers = {child: _CHILD}
+        _ext_locked(parent)._watchers = {child: _CHILD}
     if n is not None:
-        n._watchers[path[-1]] = _CHILD  # type: ignore[index]
+        n._done._watchers[path[-1]] = _CHILD  # type: ignore[union-attr, index]
     return None
 
 
 def _unwatch_locked(node: _CancelContext, key: object) -> bool:
     """Remove *key* from *node*; unregister the chain above as it runs out of watchers."""
-    w = node._watchers
+    d = node._done
+    w = None if d is None else d._watchers
     if not w or key not in w:
         return False
     del w[key]
@@ -1065,7 +1140,8 @@ def _unwatch_locked(node: _CancelContext, key: object) -> bool:
         up = node._up
         if up is None:
             break
-        w = up._watchers
+        d = up._done
+        w = None if d is None else d._watchers
         if not w or node not in w:
             break
         del w[node]
@@ -1074,15 +1150,13 @@ def _unwatch_locked(node: _CancelContext, key: object) -> bool:
 
 
 def _release(items: Iterable[Any]) -> None:
-    """Release what ended nodes held: a timer entry (a list), handles (a tuple), or a handle."""
+    """Release what ended nodes held: timer entries (lists) and handle tuples."""
     for item in items:
         if type(item) is list:
             _timer.cancel_entry(item)
-        elif type(item) is tuple:
+        else:
             for h in item:
                 h.cancel()
-        else:
-            item.cancel()
 
 
 def _run_callbacks(fns: Iterable[Callable[[], object]]) -> None:
@@ -1121,10 +1195,23 @@ _SPENT = _SpentHandle()
 
 @final
 class _NodeDone(Done):
-    __slots__ = ("_node",)
+    """The done signal of a node, and the node's registrations.
+
+    Fields (guarded by ``_lock``):
+    - ``_watchers``: None or a dict of what is registered on the node: callback handles (to
+      their functions) and watched child nodes (to ``_CHILD``). Non-empty only while the node
+      is live, and then the node is itself registered with its ``_up`` (if it has one).
+      Emptied for good when the node ends.
+    - ``_links``: None or a tuple of handles the node holds on parents that are not in its
+      ``_up`` chain (a merge's parents, a parent that is not ours); released when it ends.
+    """
+
+    __slots__ = ("_links", "_node", "_watchers")
 
     def __init__(self, node: _CancelContext) -> None:
         self._node = node
+        self._watchers: dict[object, object] | None = None
+        self._links: tuple[CallbackHandle, ...] | None = None
 
     def is_set(self) -> bool:
         return _state_of(self._node) is not None
@@ -1148,10 +1235,10 @@ class _NodeDone(Done):
 def watcher_count(ctx: Context) -> int:
     """How many callbacks and watched children are registered on *ctx* (for leak tests)."""
     node = ctx if isinstance(ctx, _CancelContext) else getattr(ctx, "_up", None)
-    if node is None:
+    if node is None or node._done is None:
         return 0
     with _lock:
-        return len(node._watchers or ())
+        return len(node._done._watchers or ())
 
 
 def _after_fork_in_child() -> None:
