@@ -255,7 +255,7 @@ def with_cancel(parent: Context) -> CancelPair:
     t = type(parent)
     if t in _OURS:  # the hot path, inlined
         ctx._parent = parent
-        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined]
+        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
         ctx._vals = parent._vals  # type: ignore[attr-defined]
         ctx._state = None
         ctx._done = None
@@ -956,7 +956,7 @@ def _with_deadline(
 ) -> CancelPair:
     t = type(parent)
     if t in _OURS:
-        up = parent if t._node else parent._up  # type: ignore[attr-defined]
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
         # parent.deadline(), quicker: the nearest deadline up the chain (a chain of plain
         # cancel nodes of ours ends at a root, at without_cancel, or at a foreign parent).
         n = up

@@ -1,0 +1,128 @@
+"""Tree invariants on random trees and random event orders, against a model of Go's rules.
+
+Rule: a node ends at the first event that reaches it (its own cancel or deadline, or one of an
+ancestor's, not across without_cancel), with that event's error and cause, and never changes
+after; callbacks registered on it run exactly once, when it ends.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gocontext
+
+from .conftest import FakeClock
+from .strategies import Event, Tree, event_lists, trees
+
+
+class Cause(Exception):
+    pass
+
+
+def build(tree: Tree, clock: FakeClock) -> tuple[list[gocontext.Context], dict[int, object]]:
+    ctxs: list[gocontext.Context] = []
+    cancels: dict[int, object] = {}
+    for i, kind in enumerate(tree.kinds):
+        parent = ctxs[tree.parents[i]] if i else gocontext.background()
+        if kind == "cancel":
+            ctx, cancels[i] = gocontext.with_cancel_cause(parent)
+        elif kind == "value":
+            ctx = gocontext.with_value(parent, "node", i)
+        elif kind == "without_cancel":
+            ctx = gocontext.without_cancel(parent)
+        else:
+            ctx, cancels[i] = gocontext.with_timeout_cause(
+                parent, float(tree.timeouts[i]), Cause(f"deadline {i}")
+            )
+        ctxs.append(ctx)
+    return ctxs, cancels
+
+
+def model(tree: Tree, events: list[Event], start: float) -> list[tuple[str, str] | None]:
+    """Expected (error kind, cause text) per node after the events, or None if live."""
+    n = len(tree.kinds)
+    state: list[tuple[str, str] | None] = [None] * n
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in range(1, n):
+        children[tree.parents[i]].append(i)
+    # Absolute deadlines, as Go computes them: a child's own timer exists only if it is earlier
+    # than the inherited deadline (ties: the parent's timer fires first).
+    own: dict[int, float] = {}
+    inherited: list[float] = [float("inf")] * n
+    for i, kind in enumerate(tree.kinds):
+        inh = inherited[tree.parents[i]] if i else float("inf")
+        if kind == "without_cancel":
+            inh = float("inf")
+        if kind == "timeout":
+            d = start + tree.timeouts[i]
+            if d < inh:
+                own[i] = d
+                inh = d
+        inherited[i] = inh
+
+    def end(node: int, what: tuple[str, str]) -> None:
+        stack = [node]
+        while stack:
+            x = stack.pop()
+            if state[x] is not None:
+                continue
+            state[x] = what
+            stack.extend(c for c in children[x] if tree.kinds[c] != "without_cancel")
+
+    now = start
+    for ev in events:
+        if ev.kind == "cancel":  # a timeout's cancel takes no cause (Go's CancelFunc)
+            why = f"cancel {ev.arg}" if tree.kinds[ev.arg] == "cancel" else "context canceled"
+            end(ev.arg, ("Canceled", why))
+        else:
+            now += ev.arg
+            for i, d in sorted(own.items(), key=lambda kv: (kv[1], kv[0])):
+                if d <= now:
+                    end(i, ("DeadlineExceeded", f"deadline {i}"))
+    return state
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_every_descendant_of_an_ended_node_ends_with_the_first_cause_and_no_other(
+    fake_clock: FakeClock, data: st.DataObject
+) -> None:
+    tree = data.draw(trees())
+    events = data.draw(event_lists(tree))
+    start = fake_clock.t
+    ctxs, cancels = build(tree, fake_clock)
+    fired: dict[int, int] = {}
+    for i, watched in enumerate(tree.watched):
+        if watched:
+            fired[i] = 0
+
+            def bump(i: int = i) -> None:
+                fired[i] += 1
+
+            ctxs[i].done().add_callback(bump)
+    for ev in events:
+        if ev.kind == "cancel" and tree.kinds[ev.arg] == "cancel":
+            cancels[ev.arg](Cause(f"cancel {ev.arg}"))  # type: ignore[operator]
+        elif ev.kind == "cancel":
+            cancels[ev.arg]()  # type: ignore[operator]
+        else:
+            fake_clock.advance(ev.arg)
+    expected = model(tree, events, start)
+    for i, ctx in enumerate(ctxs):
+        err = ctx.err()
+        if expected[i] is None:
+            assert err is None, (i, err)
+            assert not ctx.done().is_set()
+            assert fired.get(i, 0) == 0
+        else:
+            kind, cause_text = expected[i]  # type: ignore[misc]
+            assert type(err).__name__ == kind, (i, err, expected[i])
+            assert str(gocontext.cause(ctx)) == cause_text, (i, gocontext.cause(ctx))
+            assert ctx.done().is_set()
+            if i in fired:
+                assert fired[i] == 1
+    for cancel in cancels.values():
+        cancel()  # type: ignore[operator]
