@@ -838,6 +838,7 @@ class _DeadlineContext(_CancelContext):
         if self._state is not None:
             return
         # The hot path of _end(), written out: nothing registered on the node.
+        entry = None
         _lock.acquire()
         try:
             if self._done is None:
@@ -852,12 +853,12 @@ class _DeadlineContext(_CancelContext):
                         up = up._up
                     else:
                         self._state = _CANCELED
-                    if entry is not None:
-                        _timer.cancel_entry(entry)  # lock-free: no lock order to mind
-                return
         finally:
             _lock.release()
-        _end(self, _CANCELED)
+        if entry is not None:
+            _timer.cancel_entry(entry)
+        elif self._state is None:
+            _end(self, _CANCELED)
 
     def _expire(self) -> None:
         if self._state is None:
