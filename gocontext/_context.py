@@ -841,18 +841,17 @@ class _DeadlineContext(_CancelContext):
         entry = None
         _lock.acquire()
         try:
-            if self._done is None:
-                if self._state is None:
-                    entry = self._entry
-                    self._entry = None
-                    up = self._up
-                    while up is not None:
-                        if up._state is not None:  # an ancestor ended first: its end is ours
-                            self._state = up._state
-                            break
-                        up = up._up
-                    else:
-                        self._state = _CANCELED
+            if self._done is None and self._state is None:
+                entry = self._entry
+                self._entry = None
+                up = self._up
+                while up is not None:
+                    if up._state is not None:  # an ancestor ended first: its end is ours
+                        self._state = up._state
+                        break
+                    up = up._up
+                else:
+                    self._state = _CANCELED
         finally:
             _lock.release()
         if entry is not None:

@@ -15,6 +15,15 @@ class ContextError(Exception):
     """
 
     __module__ = "gocontext"
+    _message = "context error"
+
+    # No __init__: errors are made on every err() of a done context, and BaseException's own
+    # constructor is several times quicker than a Python one. The message is the default str().
+    def __str__(self) -> str:
+        return super().__str__() or self._message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class Canceled(ContextError):
@@ -32,9 +41,7 @@ class Canceled(ContextError):
     """
 
     __module__ = "gocontext"
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*(args or ("context canceled",)))
+    _message = "context canceled"
 
 
 class DeadlineExceeded(ContextError, TimeoutError):
@@ -50,9 +57,7 @@ class DeadlineExceeded(ContextError, TimeoutError):
     """
 
     __module__ = "gocontext"
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*(args or ("context deadline exceeded",)))
+    _message = "context deadline exceeded"
 
 
 Cancelled = Canceled
