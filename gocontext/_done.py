@@ -99,14 +99,18 @@ class Done(abc.ABC):
                 return self.is_set()
         lock = _allocate_lock()
         lock.acquire()
-        handle = self.add_callback(lock.release)
+        handle = self.add_callback(lock.release)  # the only release: acquired means done
         try:
             if timeout is None:
-                lock.acquire()
+                woke = lock.acquire()
             else:
-                lock.acquire(timeout=min(timeout, _TIMEOUT_MAX))
-        finally:
+                woke = lock.acquire(timeout=min(timeout, _TIMEOUT_MAX))
+        except BaseException:  # KeyboardInterrupt and the like: leave nothing registered
             handle.cancel()
+            raise
+        if woke:
+            return True
+        handle.cancel()
         return self.is_set()
 
     def __await__(self) -> Generator[Any, None, None]:
