@@ -15,6 +15,8 @@ from contextlib import suppress as _suppress
 
 from ._ambient import current as current
 from ._ambient import use as use
+from ._async import scope as scope
+from ._async import sleep as sleep
 from ._context import Context as Context
 from ._context import Key as Key
 from ._context import after_func as after_func
@@ -36,6 +38,7 @@ from ._errors import Cancelled as Cancelled
 from ._errors import ContextError as ContextError
 from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._propagation import PropagatedKey as PropagatedKey
+from ._threads import to_thread as to_thread
 
 __all__ = [
     "Canceled",
@@ -51,6 +54,9 @@ __all__ = [
     "cause",
     "current",
     "merge",
+    "scope",
+    "sleep",
+    "to_thread",
     "todo",
     "use",
     "with_cancel",

@@ -1248,3 +1248,9 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def cancel_with_cause(ctx: Context, cause: BaseException | None) -> None:
+    """Cancel *ctx*, a node of ours, recording *cause* (for the integrations in this package)."""
+    if isinstance(ctx, _CancelContext) and ctx._state is None:
+        _end(ctx, _CANCELED if cause is None else (Canceled, cause))

@@ -121,7 +121,7 @@ class Done(abc.ABC):
         """
         from ._async import wait_done
 
-        return wait_done(self).__await__()  # type: ignore[no-any-return]
+        return wait_done(self).__await__()
 
 
 def _check_timeout(timeout: float) -> float:

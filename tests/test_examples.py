@@ -1,0 +1,47 @@
+"""Every example runs as a user would run it, ends by itself, and prints what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# For each example, lines (substrings) its output must contain, in this order.
+EXPECTED: dict[str, list[str]] = {
+    "tour.py": [
+        "1. one cancel() reaches a thread, an asyncio loop and a trio run",
+        "asyncio task: Canceled('context canceled')",
+        "thread: Canceled('context canceled')",
+        "trio task: Canceled('context canceled')",
+        "cause: ConnectionAbortedError('client went away') | request id: req-42",
+        "2. a deadline ends an async scope and the thread it started",
+        "scope raised DeadlineExceeded('context deadline exceeded')",
+        "scope raised DeadlineExceeded('context deadline exceeded')",
+        "tour done",
+    ],
+}
+
+
+def test_every_example_is_checked() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs_and_prints_its_key_lines(name: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    pos = 0
+    for line in EXPECTED[name]:
+        found = out.stdout.find(line, pos)
+        assert found >= 0, f"{line!r} not in the output after position {pos}:\n{out.stdout}"
+        pos = found + len(line)
