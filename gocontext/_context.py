@@ -549,6 +549,7 @@ _NEXT: Final = object()  # in _vals: where a lookup that misses continues
 _CANCEL_KEY: Final = object()  # value(_CANCEL_KEY) finds the nearest node of ours (Go's trick)
 _CHILD: Final = object()  # in a watchers dict: the key is a watched child node, not a handle
 _MAX_COPY = 32  # with_value copies at most this many inherited values
+_INF: Final = math.inf
 
 _lock = threading.Lock()
 _object_new = object.__new__
@@ -988,7 +989,7 @@ def _with_deadline(
             return _new_tuple(CancelPair, (ctx, ctx._cancel))
     if expired or (expired is None and deadline <= _timer.now()):
         _end(ctx, (DeadlineExceeded, cause))
-    else:
+    elif deadline != _INF:  # an infinite deadline never fires: no timer
         entry = ctx._entry = [deadline, 0, ctx]
         _timer.schedule(entry)
     return _new_tuple(CancelPair, (ctx, ctx._cancel))

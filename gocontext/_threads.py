@@ -12,6 +12,7 @@ from typing_extensions import TypeVarTuple, Unpack
 
 from ._async import _framework_cause
 from ._context import (
+    _BACKGROUND,
     _OURS,
     Context,
     _check_foreign,
@@ -50,7 +51,7 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {fn!r}")
     child, _ = with_cancel_cause(ctx)
-    finished, mark_finished = with_cancel(child)  # done once fn has returned, however
+    finished, mark_finished = with_cancel(_BACKGROUND)  # done once fn has returned, however
 
     def run() -> T:
         try:

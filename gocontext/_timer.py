@@ -148,9 +148,12 @@ def threads() -> int:
 
 
 def _take_incoming_locked() -> None:
-    global _incoming
-    if _incoming:
-        batch, _incoming = _incoming, []
+    incoming = _incoming
+    if incoming:
+        # Copy, then delete what was copied: an append racing with this lands after the copied
+        # part and stays for the next round (swapping the list would lose it).
+        batch = incoming[:]
+        del incoming[: len(batch)]
         heap = _heap
         seq = _seq
         for e in batch:
@@ -187,6 +190,18 @@ def _start_locked() -> None:
 
 
 def _run() -> None:
+    global _thread
+    try:
+        _serve()
+    except BaseException:  # pragma: no cover - a bug; the next schedule() starts a new thread
+        _log.exception("gocontext: the timer thread failed")
+        with _lock:
+            if _thread is threading.current_thread():
+                _thread = None
+        raise
+
+
+def _serve() -> None:
     global _thread, _wake_at
     me = threading.current_thread()
     with _lock:
@@ -208,7 +223,7 @@ def _run() -> None:
             if heap[0][0] > t:
                 _wake_at = heap[0][0]
                 if not _incoming:  # (else loop at once: it may hold an earlier entry)
-                    _cond.wait(_wake_at - t)
+                    _cond.wait(min(_wake_at - t, threading.TIMEOUT_MAX))
                 continue
             due = _pop_due_locked(t)
             _lock.release()

@@ -20,9 +20,9 @@ _log = logging.getLogger("gocontext")
 MAX_THREADS = 8
 IDLE_EXIT = 5.0
 
-# Guarded by _lock: _threads (live workers) and _idle (workers blocked in _queue.get() that no
-# submit has claimed yet). Every submit either claims an idle worker or starts a thread (or,
-# at MAX_THREADS, leaves the item to whichever worker frees up first), so no item is stranded.
+# Guarded by _lock: _threads (live workers) and _idle (workers waiting in _queue.get()). A
+# submit starts a thread when more items wait than idle workers can take, so an item never
+# waits behind a slow one while the pool has room.
 _lock = threading.Lock()
 _queue: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
 _threads = 0
@@ -31,15 +31,12 @@ _idle = 0
 
 def submit(fn: Callable[[], object]) -> None:
     """Run ``fn()`` soon in a pool thread; an exception from it is logged, never raised."""
-    global _threads, _idle
-    start = False
+    global _threads
     with _lock:
-        if _idle > 0:
-            _idle -= 1
-        elif _threads < MAX_THREADS:
+        _queue.put(fn)
+        start = _idle < _queue.qsize() and _threads < MAX_THREADS
+        if start:
             _threads += 1
-            start = True
-    _queue.put(fn)
     if start:
         threading.Thread(target=_work, name="gocontext-after-func", daemon=True).start()
 
@@ -51,22 +48,20 @@ def threads() -> int:
 
 def _work() -> None:
     global _threads, _idle
-    claimed = True  # a new thread is started for an item already queued
     while True:
-        if not claimed:
-            with _lock:
-                _idle += 1
+        with _lock:
+            _idle += 1
         try:
             fn = _queue.get(timeout=IDLE_EXIT)
         except queue.Empty:
             with _lock:
-                if _idle > 0 and _queue.empty():
-                    _idle -= 1
+                _idle -= 1
+                if _queue.empty():
                     _threads -= 1
                     return
-            claimed = True  # a submit claimed this worker: its item is on the way
             continue
-        claimed = False
+        with _lock:
+            _idle -= 1
         try:
             fn()
         except Exception:

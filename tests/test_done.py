@@ -184,6 +184,10 @@ def test_many_after_funcs_share_a_bounded_pool() -> None:
     gate.set()
     for _ in range(count):
         assert finished.acquire(timeout=NEVER)
+    assert _worker._idle <= _worker.threads()  # the pool's books balance after a backlog
+    later = threading.Event()
+    gocontext.after_func(ctx, later.set)
+    assert later.wait(NEVER)
 
 
 def test_an_after_func_that_raises_is_logged() -> None:

@@ -1,0 +1,109 @@
+"""Awaiting a Done from asyncio and trio tasks, on many loops at once, cancelled or not."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import anyio
+import pytest
+import trio
+
+import gocontext
+from gocontext import _context
+
+from .conftest import NEVER
+
+
+async def test_await_done_returns_once_cancelled_from_another_thread() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with anyio.fail_after(NEVER):
+        async with anyio.create_task_group() as tg:
+
+            async def waiter() -> None:
+                await ctx.done()
+
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert _context.watcher_count(ctx) == 1
+            threading.Thread(target=cancel).start()
+    assert _context.watcher_count(ctx) == 0
+
+
+async def test_await_done_on_a_done_context_returns_at_once() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    cancel()
+    with anyio.fail_after(NEVER):
+        await ctx.done()
+
+
+async def test_a_cancelled_waiter_leaves_nothing_registered() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with anyio.move_on_after(0.01) as scope:
+        await ctx.done()
+    assert scope.cancelled_caught
+    assert _context.watcher_count(ctx) == 0
+    cancel()
+
+
+def test_one_cancel_wakes_tasks_on_several_loops_in_several_threads() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    parked = threading.Barrier(4)
+    woke: list[str] = []
+
+    async def on_asyncio() -> None:
+        asyncio.get_running_loop().call_soon(parked.wait, NEVER)
+        await ctx.done()
+        woke.append("asyncio")
+
+    async def on_trio() -> None:
+        trio.lowlevel.current_trio_token().run_sync_soon(parked.wait, NEVER)
+        await ctx.done()
+        woke.append("trio")
+
+    threads = [
+        threading.Thread(target=asyncio.run, args=(on_asyncio(),)),
+        threading.Thread(target=asyncio.run, args=(on_asyncio(),)),
+        threading.Thread(target=trio.run, args=(on_trio,)),
+    ]
+    for t in threads:
+        t.start()
+    parked.wait(NEVER)
+    cancel()
+    for t in threads:
+        t.join(NEVER)
+        assert not t.is_alive()
+    assert sorted(woke) == ["asyncio", "asyncio", "trio"]
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_plain_asyncio_run_without_anyio_awaits_done_and_scopes(use_uvloop: bool) -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(cancel)
+        await ctx.done()
+        other, cancel_other = gocontext.with_cancel(gocontext.background())
+        loop.call_later(0.01, cancel_other)
+        try:
+            async with gocontext.scope(other):
+                await asyncio.sleep(NEVER)
+        except gocontext.Canceled:
+            return type(loop).__module__
+        return "not cancelled"
+
+    if use_uvloop:
+        uvloop = pytest.importorskip("uvloop")
+        result = uvloop.run(main())
+        assert result.startswith("uvloop")
+    else:
+        assert asyncio.run(main()) == "asyncio.unix_events"
+
+
+def test_await_outside_any_event_loop_is_a_clear_error() -> None:
+    ctx, _ = gocontext.with_cancel(gocontext.background())
+    coro = gocontext._async.wait_done(ctx.done())
+    with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):
+        coro.send(None)
+    coro.close()
