@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 
 from . import _timer
-from ._context import _OURS, Context, _check_foreign, cancel_with_cause, with_cancel_cause
+from ._context import (
+    _OURS,
+    Context,
+    _check_foreign,
+    cancel_with_cause,
+    with_cancel_cause,
+    with_deadline,
+)
 from ._done import Done
 
 if TYPE_CHECKING:
@@ -30,6 +37,10 @@ if TYPE_CHECKING:
 __all__ = ["scope", "sleep", "wait_done"]
 
 _get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio itself uses it
+try:  # one backend lookup per scope instead of one per anyio call
+    from anyio.lowlevel import get_async_backend as _get_async_backend  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - anyio releases that keep it private
+    from anyio._core._eventloop import get_async_backend as _get_async_backend
 
 
 def _library() -> str:
@@ -195,12 +206,11 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             raise RuntimeError("gocontext.scope() is not reentrant: enter a new scope(ctx)")
         ctx = self._ctx
         library = _library()
+        backend = _get_async_backend(library)  # named: skips anyio's detection on each call
         child, _ = with_cancel_cause(ctx)
-        outer = anyio.current_effective_deadline()
+        outer = backend.current_effective_deadline()
         if outer != math.inf:  # the enclosing deadline, translated to our clock
-            from ._context import with_deadline
-
-            child, _ = with_deadline(child, _timer.now() + (outer - anyio.current_time()))
+            child, _ = with_deadline(child, _timer.now() + (outer - backend.current_time()))
         self._child = child
         self._baseline = 0
         self._task: asyncio.Task[Any] | None = None
@@ -208,7 +218,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             self._task = asyncio.current_task()
             if self._task is not None:
                 self._baseline = self._task.cancelling()
-        cs = self._cs = anyio.CancelScope()
+        cs = self._cs = backend.create_cancel_scope()
         cs.__enter__()
         canceller = _asyncio_canceller(cs) if library == "asyncio" else _trio_canceller(cs)
         self._handle = ctx.done().add_callback(canceller)
