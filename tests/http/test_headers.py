@@ -1,0 +1,109 @@
+"""The header grammar, driven by tables of inputs: no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from gocontext.http._headers import (
+    MAX_BAGGAGE_BYTES,
+    MAX_BAGGAGE_ENTRIES,
+    HeaderError,
+    format_baggage,
+    format_grpc_timeout,
+    parse_baggage,
+    parse_grpc_timeout,
+    parse_timeout_ms,
+)
+from gocontext.http._middleware import incoming_deadline
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1S", 1.0), ("250m", 0.25), ("7u", 7e-6), ("3n", 3e-9), ("2M", 120.0), ("1H", 3600.0),
+     ("99999999H", 99999999 * 3600.0), ("0n", 0.0), (" 5S ", 5.0)],
+)  # fmt: skip
+def test_grpc_timeout_parses(text: str, seconds: float) -> None:
+    assert parse_grpc_timeout(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "S", "1", "1s", "-1S", "1.5S", "123456789S", "1SS", "1 S", "\uff11S", "0x10S", "inf"],
+)
+def test_grpc_timeout_rejects_what_breaks_the_grammar(bad: str) -> None:
+    with pytest.raises(HeaderError, match="Grpc-Timeout"):
+        parse_grpc_timeout(bad)
+
+
+@pytest.mark.parametrize("seconds", [1e-9, 0.000123, 0.25, 1.0, 59.9, 3600.5, 86400 * 30, 1e9])
+def test_grpc_timeout_round_trips_without_ever_growing(seconds: float) -> None:
+    text = format_grpc_timeout(seconds)
+    back = parse_grpc_timeout(text)
+    assert back <= seconds
+    assert back >= seconds * 0.999999 or seconds < 1e-6
+
+
+def test_grpc_timeout_of_nothing_left_is_zero() -> None:
+    assert format_grpc_timeout(0) == "0n"
+    assert format_grpc_timeout(-5) == "0n"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("0", 0.0), ("1500", 1.5), ("9999999999", 9999999.999)]
+)
+def test_ms_headers_parse(text: str, seconds: float) -> None:
+    assert parse_timeout_ms("Connect-Timeout-Ms", text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "-1", "1.5", "12345678901", "1e3", "abc", "99999999999999999999"]
+)
+def test_ms_headers_reject_garbage_and_absurd_values(bad: str) -> None:
+    with pytest.raises(HeaderError, match="X-Envoy-Expected-Rq-Timeout-Ms"):
+        parse_timeout_ms("X-Envoy-Expected-Rq-Timeout-Ms", bad)
+
+
+def test_the_smallest_incoming_timeout_wins() -> None:
+    headers = [
+        (b"grpc-timeout", b"5S"),
+        (b"Connect-Timeout-Ms", b"3000"),
+        (b"x-envoy-expected-rq-timeout-ms", b"4000"),
+        (b"baggage", b"a=1"),
+        (b"baggage", b"b=2"),
+    ]
+    timeout, values = incoming_deadline(headers)
+    assert timeout == 3.0
+    assert values == {"a": "1", "b": "2"}
+    assert incoming_deadline([]) == (None, {})
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("k=v", {"k": "v"}),
+        ("k=v;prop=1;other", {"k": "v"}),
+        (" k = v , j=w ", {"k": "v", "j": "w"}),
+        ("k=%E2%9C%93", {"k": "✓"}),
+        ("k=a%2Cb", {"k": "a,b"}),
+        ("novalue, =v, bad key=v, k=v", {"k": "v"}),
+        ("k=%FF", {}),
+        ("", {}),
+        (",,,", {}),
+    ],
+)
+def test_baggage_parses_and_drops_malformed_members(header: str, expected: dict[str, str]) -> None:
+    assert parse_baggage(header) == expected
+
+
+def test_baggage_is_bounded() -> None:
+    many = ",".join(f"k{i}=v" for i in range(1000))
+    assert len(parse_baggage(many)) == MAX_BAGGAGE_ENTRIES
+    huge = "k=" + "x" * (MAX_BAGGAGE_BYTES * 4) + ",j=1"
+    assert parse_baggage(huge) == {"k": "x" * (MAX_BAGGAGE_BYTES - 2)}
+
+
+def test_baggage_formats_merges_and_escapes() -> None:
+    out = format_baggage({"request-id": "a b,c;d%"}, "user=ada;p=1,request-id=old")
+    assert out == "user=ada;p=1,request-id=a%20b%2Cc%3Bd%25"
+    assert parse_baggage(out)["request-id"] == "a b,c;d%"
+    assert format_baggage({}, None) == ""

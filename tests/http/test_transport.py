@@ -1,0 +1,224 @@
+"""The httpx transports against a real uvicorn server: headers out, cancels and deadlines in
+flight, and a pool that stays healthy after many aborts."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import anyio
+import httpx
+import pytest
+
+import gocontext
+import gocontext.http
+
+from ..conftest import NEVER
+from .conftest import BOARD, RID, SECRET, Server
+
+
+def request_ctx(parent: gocontext.Context | None = None) -> tuple[gocontext.Context, str]:
+    rid = uuid.uuid4().hex
+    return gocontext.with_value(parent or gocontext.background(), RID, rid), rid
+
+
+def test_sync_request_carries_deadline_and_only_propagated_values(server: Server) -> None:
+    ctx, rid = request_ctx()
+    ctx = gocontext.with_value(ctx, SECRET, "hunter2")
+    ctx, cancel = gocontext.with_timeout(ctx, 5)
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        r = client.get(f"{server.url}/info", extensions={"gocontext": ctx})
+    cancel()
+    body = r.json()
+    assert body["rid"] == rid
+    assert body["secret"] is None
+    assert 4.0 < body["remaining"] <= 5.0
+
+
+async def test_async_request_uses_the_ambient_context(server: Server) -> None:
+    ctx, rid = request_ctx()
+    ctx, cancel = gocontext.with_timeout(ctx, 5)
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+        with gocontext.use(ctx):
+            r = await client.get(f"{server.url}/info")
+    cancel()
+    assert r.json()["rid"] == rid
+    assert 4.0 < r.json()["remaining"] <= 5.0
+
+
+def test_a_done_context_sends_nothing(server: Server) -> None:
+    class Counting(httpx.BaseTransport):
+        calls = 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            Counting.calls += 1
+            return httpx.Response(200)
+
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    cancel()
+    with httpx.Client(transport=gocontext.http.Transport(Counting())) as client:
+        with pytest.raises(gocontext.Canceled):
+            client.get(f"{server.url}/info", extensions={"gocontext": ctx})
+        expired, _ = gocontext.with_timeout(gocontext.background(), 0)
+        with pytest.raises(gocontext.DeadlineExceeded):
+            client.get(f"{server.url}/info", extensions={"gocontext": expired})
+    assert Counting.calls == 0
+
+
+def test_the_requests_own_timeout_stays_when_it_is_shorter(server: Server) -> None:
+    seen: list[dict[str, float]] = []
+
+    class Spy(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.extensions["timeout"])
+            return httpx.Response(200)
+
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 60)
+    with httpx.Client(transport=gocontext.http.Transport(Spy()), timeout=2.0) as client:
+        client.get(f"{server.url}/info", extensions={"gocontext": ctx})
+    short, cancel_short = gocontext.with_timeout(gocontext.background(), 0.5)
+    with httpx.Client(transport=gocontext.http.Transport(Spy()), timeout=2.0) as client:
+        client.get(f"{server.url}/info", extensions={"gocontext": short})
+    cancel()
+    cancel_short()
+    assert seen[0]["read"] == 2.0
+    assert 0.4 < seen[1]["read"] <= 0.5
+
+
+def test_sync_cancel_from_another_thread_aborts_a_request_waiting_for_headers(
+    server: Server,
+) -> None:
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        for _ in range(10):
+            parent, cancel = gocontext.with_cancel(gocontext.background())
+            ctx, rid = request_ctx(parent)
+
+            def cancel_when_entered(rid: str = rid, cancel=cancel) -> None:  # type: ignore[no-untyped-def]
+                assert BOARD.event(BOARD.entered, rid).wait(NEVER)
+                cancel()
+
+            t = threading.Thread(target=cancel_when_entered)
+            t.start()
+            started = time.monotonic()
+            with pytest.raises(gocontext.Canceled):
+                client.get(f"{server.url}/wait", extensions={"gocontext": ctx})
+            assert time.monotonic() - started < NEVER
+            t.join(NEVER)
+            assert BOARD.event(BOARD.ended, rid).wait(NEVER)  # the server's context ended too
+        assert client.get(f"{server.url}/info").status_code == 200
+
+
+def test_sync_deadline_aborts_a_stalled_body_and_the_pool_recovers(server: Server) -> None:
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        for _ in range(10):
+            ctx, rid = request_ctx()
+            ctx, cancel = gocontext.with_timeout(ctx, 0.2)
+            with pytest.raises(gocontext.DeadlineExceeded):
+                with client.stream(
+                    "GET", f"{server.url}/stream", extensions={"gocontext": ctx}
+                ) as r:
+                    assert r.status_code == 200
+                    for _chunk in r.iter_bytes():
+                        pass
+            cancel()
+        assert client.get(f"{server.url}/info").status_code == 200
+
+
+def test_sync_cancel_while_sending_a_body(server: Server) -> None:
+    body = b"x" * (64 << 20)  # far more than socket buffers hold: the send blocks
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        for _ in range(3):
+            parent, cancel = gocontext.with_cancel(gocontext.background())
+            ctx, rid = request_ctx(parent)
+
+            def cancel_when_entered(rid: str = rid, cancel=cancel) -> None:  # type: ignore[no-untyped-def]
+                assert BOARD.event(BOARD.entered, rid).wait(NEVER)
+                cancel()
+
+            t = threading.Thread(target=cancel_when_entered)
+            t.start()
+            with pytest.raises(gocontext.Canceled):
+                client.post(f"{server.url}/upload", content=body, extensions={"gocontext": ctx})
+            t.join(NEVER)
+        assert client.get(f"{server.url}/info").status_code == 200
+
+
+async def test_async_cancel_at_every_stage_leaves_the_pool_healthy(server: Server) -> None:
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+        for path, method in [("/wait", "GET"), ("/stream", "GET"), ("/upload", "POST")]:
+            for _ in range(5):
+                parent, cancel = gocontext.with_cancel(gocontext.background())
+                ctx, rid = request_ctx(parent)
+
+                def cancel_when_entered(rid: str = rid, cancel=cancel) -> None:  # type: ignore[no-untyped-def]
+                    assert BOARD.event(BOARD.entered, rid).wait(NEVER)
+                    cancel()
+
+                t = threading.Thread(target=cancel_when_entered)
+                t.start()
+                with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+                    if path == "/stream":
+                        async with client.stream(
+                            method, f"{server.url}{path}", extensions={"gocontext": ctx}
+                        ) as r:
+                            async for _chunk in r.aiter_bytes():
+                                pass
+                    else:
+                        content = b"x" * (8 << 20) if method == "POST" else None
+                        await client.request(
+                            method,
+                            f"{server.url}{path}",
+                            content=content,
+                            extensions={"gocontext": ctx},
+                        )
+                t.join(NEVER)
+            r = await client.get(f"{server.url}/info")
+            assert r.status_code == 200
+
+
+async def test_async_deadline_raises_deadline_exceeded(server: Server) -> None:
+    ctx, _ = request_ctx()
+    ctx, cancel = gocontext.with_timeout(ctx, 0.1)
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+        with anyio.fail_after(NEVER), pytest.raises(gocontext.DeadlineExceeded):
+            await client.get(f"{server.url}/wait", extensions={"gocontext": ctx})
+    cancel()
+
+
+def test_a_connect_that_hangs_is_aborted_by_cancel() -> None:
+    """A listener that never accepts and whose backlog is full: connect() blocks."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue so further connects stall
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        timer = threading.Timer(0.3, cancel)
+        timer.start()
+        with httpx.Client(transport=gocontext.http.Transport(), timeout=NEVER) as client:
+            started = time.monotonic()
+            with pytest.raises((gocontext.Canceled, httpx.ConnectError)) as info:
+                client.get(f"http://127.0.0.1:{port}/", extensions={"gocontext": ctx})
+            assert time.monotonic() - started < NEVER / 2
+            if not isinstance(info.value, gocontext.Canceled):  # the kernel refused instead
+                pytest.skip("this kernel refuses instead of stalling a full backlog")
+        timer.join()
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def test_a_request_context_that_is_not_a_context_is_a_type_error(server: Server) -> None:
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        with pytest.raises(TypeError, match="gocontext"):
+            client.get(f"{server.url}/info", extensions={"gocontext": "nope"})
