@@ -1,284 +1,126 @@
 """Contexts and event loops: awaiting a Done, ``scope()`` and ``sleep()``, under asyncio and trio.
 
 One small section per event loop, picked by the running library: asyncio (any loop, uvloop
-included, several loops in several threads) and trio. A context ends in whatever thread cancels
-it; the loop learns of it through a thread-safe hand-off (``call_soon_threadsafe``,
-``TrioToken.run_sync_soon``), never by running loop code in the canceller's thread.
+included, several loops in several threads) and trio, whose module is imported on first use. A
+context ends in whatever thread cancels it; the loop learns of it through its thread-safe entry
+(``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``), never by running loop code in the
+canceller's thread.
 
 Deadlines enter a loop as time *remaining*: trio's clock is deliberately offset from
-``time.monotonic()``, and asyncio's is the loop's own, so absolute times are never compared
+``time.monotonic()`` and asyncio's is the loop's own, so absolute times are never compared
 across clocks.
+
+A scope's cancellation is an anyio cancel scope on asyncio (so anyio's shields and task groups
+see it) and a trio cancel scope on trio (what anyio's wraps). Its registration on the context is
+removed before the cancel scope is left, so a wake-up that was already on its way only reaches a
+cancel scope that has been left, where ``cancel()`` does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import sys
+from collections.abc import Callable
+from contextlib import suppress
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, final
 
-import anyio
-
 from . import _timer
+from ._ambient import _current
 from ._context import (
     _OURS,
     Context,
     _check_foreign,
     cancel_with_cause,
-    with_cancel_cause,
+    with_cancel,
     with_deadline,
 )
-from ._done import Done
+from ._done import CallbackHandle, Done
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["scope", "sleep", "wait_done"]
+_sniffio_thread: Any
+try:  # trio marks the thread it runs in here (guest mode too); trio itself depends on it
+    from sniffio import thread_local as _sniffio_thread
+except ImportError:  # pragma: no cover - no sniffio means no trio either
+    _sniffio_thread = None
+
+__all__ = ["FrameworkCancelled", "scope", "sleep", "wait_done"]
 
 _get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio itself uses it
-try:  # one backend lookup per scope instead of one per anyio call
-    from anyio.lowlevel import get_async_backend as _get_async_backend  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - anyio releases that keep it private
-    from anyio._core._eventloop import get_async_backend as _get_async_backend
+_current_task = asyncio.current_task
+_INF = math.inf
+_HAS_CANCELLING = sys.version_info >= (3, 11)  # Task.cancelling() and uncancel()
+
+
+class FrameworkCancelled(Exception):
+    """The cause recorded on a scope's child when its task was cancelled by its framework.
+
+    Example:
+        >>> import anyio, gocontext
+        >>> async def main():
+        ...     with anyio.CancelScope() as outer:
+        ...         async with gocontext.scope(gocontext.background()) as child:
+        ...             outer.cancel()
+        ...             await anyio.sleep(1)
+        ...     return gocontext.cause(child)
+        >>> anyio.run(main)
+        FrameworkCancelled('task cancelled by asyncio')
+        >>> anyio.run(main, backend="trio")
+        FrameworkCancelled('task cancelled by trio')
+    """
 
 
 def _library() -> str:
-    """``"asyncio"`` or ``"trio"``: the library running the current task."""
-    if _get_running_loop() is not None:
-        return "asyncio"
-    if "trio" in sys.modules:
-        import trio
-
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
-    raise RuntimeError("gocontext: no asyncio event loop or trio run in this thread")
+    """``"asyncio"`` or ``"trio"``: the library running the current task (sniffio's order)."""
+    name: str | None = None if _sniffio_thread is None else _sniffio_thread.name
+    if name is None:
+        if _get_running_loop() is not None:
+            return "asyncio"
+        raise RuntimeError("gocontext: no asyncio event loop or trio run in this thread")
+    if name == "trio" or name == "asyncio":
+        return name
+    raise RuntimeError(f"gocontext supports asyncio and trio, not {name}")
 
 
 async def wait_done(done: Done) -> None:
     """Suspend the current task until *done* is set (what ``await done`` runs).
 
     The wake-up comes from whichever thread ends the context, through the loop's thread-safe
-    entry; a framework cancellation of the waiting task unregisters the callback.
-    """
-    if done.is_set():
-        await anyio.lowlevel.checkpoint()
-        return
-    if _library() == "asyncio":
-        await _asyncio_wait(done)
-    else:
-        await _trio_wait(done)
-
-
-# --------------------------------------------------------------------------------------------
-# asyncio
-
-
-def _set_result(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _asyncio_wait(done: Done) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to wake
-            loop.call_soon_threadsafe(_set_result, fut)
-
-    handle = done.add_callback(wake)
-    try:
-        await fut
-    finally:
-        handle.cancel()
-
-
-def _asyncio_canceller(cs: anyio.CancelScope) -> Any:
-    loop = asyncio.get_running_loop()
-
-    def cancel() -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nothing is left to cancel
-            loop.call_soon_threadsafe(cs.cancel)
-
-    return cancel
-
-
-# --------------------------------------------------------------------------------------------
-# trio
-
-
-async def _trio_wait(done: Done) -> None:
-    import trio
-
-    token = trio.lowlevel.current_trio_token()
-    task = trio.lowlevel.current_task()
-    waiting = True  # touched only in the trio thread
-
-    def reschedule() -> None:
-        nonlocal waiting
-        if waiting:
-            waiting = False
-            trio.lowlevel.reschedule(task)
-
-    def wake() -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(reschedule)
-
-    handle = done.add_callback(wake)
-
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        nonlocal waiting
-        waiting = False
-        handle.cancel()
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    await trio.lowlevel.wait_task_rescheduled(abort)
-    handle.cancel()
-
-
-def _trio_canceller(cs: anyio.CancelScope) -> Any:
-    import trio
-
-    token = trio.lowlevel.current_trio_token()
-
-    def cancel() -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(cs.cancel)
-
-    return cancel
-
-
-# --------------------------------------------------------------------------------------------
-# scope and sleep
-
-
-class FrameworkCancelled(Exception):
-    """The cause recorded on a scope's child when its task was cancelled by its framework."""
-
-    __module__ = "gocontext"
-
-
-@final
-class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(ctx) as child:`
-    """Run the block under *ctx*: cancelled the moment *ctx* is done, from any thread.
-
-    ``async with gocontext.scope(ctx) as child:`` runs the body in an anyio cancel scope that
-    *ctx* cancels; if that cancellation interrupted the body, leaving the block raises
-    ``ctx.err()`` (``Canceled`` or ``DeadlineExceeded``), never a bare framework cancellation
-    and never a silent fall-through. A body that completes returns normally.
-
-    ``child`` is a ``with_cancel(ctx)`` for the threads, HTTP calls and Ray tasks the body
-    starts. Its deadline is the earlier of *ctx*'s and the enclosing anyio/trio/asyncio
-    effective deadline. When the task is cancelled by its framework (a failing task group,
-    ``task.cancel()``, an outer ``fail_after``), ``child`` is cancelled with a
-    ``FrameworkCancelled`` cause, and the framework's cancellation propagates untouched.
-    ``child`` is cancelled on exit in every case. The body's own exceptions pass through.
+    entry. A framework cancellation of the waiting task raises as usual and unregisters the
+    callback. Awaiting a *done* that is already set is still a checkpoint.
 
     Example:
         >>> import anyio, gocontext
         >>> async def main():
-        ...     ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.01)
-        ...     try:
-        ...         async with gocontext.scope(ctx) as child:
-        ...             await anyio.sleep(10)
-        ...     except gocontext.DeadlineExceeded as e:
-        ...         return str(e), str(child.err())
+        ...     ctx, cancel = gocontext.with_cancel(gocontext.background())
+        ...     cancel()
+        ...     await gocontext._async.wait_done(ctx.done())  # what `await ctx.done()` runs
+        ...     return ctx.err()
         >>> anyio.run(main)
-        ('context deadline exceeded', 'context deadline exceeded')
+        Canceled('context canceled')
     """
-
-    __slots__ = ("_baseline", "_child", "_cs", "_ctx", "_handle", "_task")
-    __module__ = "gocontext"
-
-    def __init__(self, ctx: Context) -> None:
-        if type(ctx) not in _OURS:
-            _check_foreign(ctx, "scope", "ctx")
-        self._ctx = ctx
-        self._cs: anyio.CancelScope | None = None
-
-    async def __aenter__(self) -> Context:
-        if self._cs is not None:
-            raise RuntimeError("gocontext.scope() is not reentrant: enter a new scope(ctx)")
-        ctx = self._ctx
-        library = _library()
-        backend = _get_async_backend(library)  # named: skips anyio's detection on each call
-        child, _ = with_cancel_cause(ctx)
-        outer = backend.current_effective_deadline()
-        if outer != math.inf:  # the enclosing deadline, translated to our clock
-            child, _ = with_deadline(child, _timer.now() + (outer - backend.current_time()))
-        self._child = child
-        self._baseline = 0
-        self._task: asyncio.Task[Any] | None = None
-        if sys.version_info >= (3, 11) and library == "asyncio":
-            self._task = asyncio.current_task()
-            if self._task is not None:
-                self._baseline = self._task.cancelling()
-        cs = self._cs = backend.create_cancel_scope()
-        cs.__enter__()
-        canceller = _asyncio_canceller(cs) if library == "asyncio" else _trio_canceller(cs)
-        self._handle = ctx.done().add_callback(canceller)
-        return child
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        cs = self._cs
-        assert cs is not None
-        self._handle.cancel()
-        try:
-            swallowed = cs.__exit__(et, e, tb)
-        except BaseException as raised:
-            cancel_with_cause(self._child, _framework_cause(raised))
-            raise
-        if swallowed:
-            # Our cancellation interrupted the body. A native task.cancel() that landed at the
-            # same time must not be lost (anyio can fold both into one CancelledError).
-            task = self._task
-            if (
-                sys.version_info >= (3, 11)
-                and task is not None
-                and task.cancelling() > self._baseline
-            ):
-                cancel_with_cause(self._child, FrameworkCancelled("task cancelled by asyncio"))
-                raise asyncio.CancelledError
-            cancel_with_cause(self._child, None)
-            err = self._ctx.err()
-            if err is None:  # pragma: no cover - the scope is cancelled only once ctx is done
-                return True
-            raise err
-        if e is not None and isinstance(e, _cancelled_classes()):
-            cancel_with_cause(self._child, _framework_cause(e))
+    if _library() == "asyncio":
+        if done.is_set():
+            await asyncio.sleep(0)
         else:
-            cancel_with_cause(self._child, None)
-        return False
-
-
-def _cancelled_classes() -> tuple[type[BaseException], ...]:
-    classes: tuple[type[BaseException], ...] = (asyncio.CancelledError,)
-    if "trio" in sys.modules:
-        import trio
-
-        classes += (trio.Cancelled,)
-    return classes
-
-
-def _framework_cause(e: BaseException) -> BaseException | None:
-    if isinstance(e, _cancelled_classes()) or (
-        isinstance(e, BaseExceptionGroup) and e.subgroup(_cancelled_classes()) is not None
-    ):
-        return FrameworkCancelled(f"task cancelled by its framework ({type(e).__name__})")
-    return None
+            await _asyncio_wait(done, None)
+    else:
+        trio = _trio()
+        if done.is_set():
+            await trio.lowlevel.checkpoint()
+        else:
+            await _trio_wait(trio, done)
 
 
 async def sleep(ctx: Context, seconds: float) -> None:
     """Sleep *seconds*; raise ``ctx.err()`` as soon as *ctx* is done.
 
-    Works under asyncio and trio. NaN raises ValueError.
+    Works under asyncio and trio, from any thread's cancel. A *ctx* that is already done raises
+    at once; a zero or negative *seconds* still yields to the loop; ``math.inf`` sleeps until
+    *ctx* is done. NaN raises ValueError.
 
     Example:
         >>> import anyio, gocontext
@@ -299,8 +141,248 @@ async def sleep(ctx: Context, seconds: float) -> None:
     err = ctx.err()
     if err is not None:
         raise err
-    async with scope(ctx):
-        await anyio.sleep(seconds)
+    if _library() == "asyncio":
+        await _asyncio_wait(ctx.done(), seconds)
+    else:
+        trio = _trio()
+        with trio.move_on_after(max(seconds, 0.0)):
+            await _trio_wait(trio, ctx.done())
+    err = ctx.err()
+    if err is not None:
+        raise err
+
+
+@final
+class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(ctx) as child:`
+    """Run the block under *ctx*: its body is cancelled the moment *ctx* is done, from any thread.
+
+    ``async with gocontext.scope(ctx) as child:`` runs the body in a cancel scope (anyio's on
+    asyncio, trio's on trio) that *ctx* cancels. If that cancellation interrupted the body,
+    leaving the block raises ``ctx.err()`` (``Canceled`` or ``DeadlineExceeded``): never a bare
+    framework cancellation, never a silent fall-through. A body that completes returns normally;
+    its own exceptions and exception groups pass through unchanged.
+
+    ``child`` is a ``with_cancel(ctx)`` for the threads, HTTP calls and Ray tasks the body
+    starts, and the ambient context (``gocontext.current()``) inside the block. Its deadline is
+    the earlier of *ctx*'s and the enclosing anyio or trio effective deadline (an outer
+    ``fail_after``), translated to ``time.monotonic()``. When the task is cancelled by its
+    framework (a failing task group, ``task.cancel()``, an outer cancel scope or
+    ``asyncio.timeout``), ``child`` is cancelled with a ``FrameworkCancelled`` cause and the
+    framework's cancellation propagates untouched (an asyncio ``CancelledError`` that can be
+    uncancelled, trio's ``Cancelled``). ``child`` is cancelled on exit in every case.
+
+    Shields are respected: a shielded region inside the body is not interrupted by *ctx*, and
+    the body learns of it at its first checkpoint after the shield. A scope object is entered
+    once; the check that *ctx* is a Context happens here, not at ``async with``.
+
+    Example:
+        >>> import anyio, gocontext
+        >>> async def main():
+        ...     ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.01)
+        ...     try:
+        ...         async with gocontext.scope(ctx) as child:
+        ...             await anyio.sleep(10)
+        ...     except gocontext.DeadlineExceeded as e:
+        ...         return str(e), str(child.err())
+        >>> anyio.run(main)
+        ('context deadline exceeded', 'context deadline exceeded')
+    """
+
+    # Fields: set by __aenter__ in the task that runs the block, read by __aexit__ in the same
+    # task. _cs and _post are also read by _fire in the thread that ends ctx, only while the
+    # registration held in _handle is live (it is removed first thing in __aexit__).
+    __slots__ = ("_baseline", "_child", "_cs", "_ctx", "_handle", "_post", "_task", "_token")
+    __module__ = "gocontext"
+
+    def __init__(self, ctx: Context) -> None:
+        if type(ctx) not in _OURS:
+            _check_foreign(ctx, "scope", "ctx")
+        self._ctx = ctx
+        self._cs: Any = None  # the cancel scope: None until entered, then fixed
+
+    async def __aenter__(self) -> Context:
+        if self._cs is not None:
+            raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
+        ctx = self._ctx
+        if _library() == "asyncio":
+            loop = asyncio.get_running_loop()
+            task: Any = _current_task(loop)
+            # A native task.cancel() that lands with ours must not be lost (anyio < 4.16 can
+            # fold both into one CancelledError and swallow it): compare cancelling() on exit.
+            self._task = task
+            self._baseline = task.cancelling() if _HAS_CANCELLING and task is not None else -1
+            cancel_scope, effective_deadline = _asyncio_parts or _load_asyncio_parts()
+            child = self._child = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
+            cs = self._cs = cancel_scope()
+            self._post = loop.call_soon_threadsafe
+        else:
+            trio = _trio()
+            self._baseline = -1
+            child = self._child = _child_of(
+                ctx, trio.current_effective_deadline(), trio.current_time, "trio"
+            )
+            cs = self._cs = trio.CancelScope()
+            self._post = trio.lowlevel.current_trio_token().run_sync_soon
+        cs.__enter__()
+        self._token: Token[Context] = _current.set(child)
+        if ctx.err() is None:
+            self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
+        else:  # interrupt the body at its first checkpoint, with no round trip through the loop
+            self._handle = None
+            cs.cancel()
+        return child
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        handle, child = self._handle, self._child
+        if handle is not None:
+            handle.cancel()  # from here on, ctx ending cannot reach this scope
+        try:
+            swallowed = self._cs.__exit__(et, e, tb)
+        except BaseException as raised:  # what is left of a group once ours is taken out
+            cancel_with_cause(child, _framework_cause(raised))
+            raise
+        finally:
+            _current.reset(self._token)
+        if swallowed:
+            # Our cancellation interrupted the body.
+            if self._baseline >= 0 and self._task.cancelling() > self._baseline:
+                assert e is not None  # a native cancel folded into ours: never swallowed
+                cancel_with_cause(child, _framework_cause(e))
+                raise e
+            err = self._ctx.err()
+            cancel_with_cause(child, None)
+            if err is None:  # pragma: no cover - the cancel scope is cancelled once ctx is done
+                return True
+            raise err
+        cancel_with_cause(child, None if e is None else _framework_cause(e))
+        return False
+
+    def _fire(self) -> None:
+        # Runs once, in the thread that ends ctx: hand the cancel to the scope's own loop.
+        with suppress(RuntimeError):  # a closed loop or a finished trio run: nothing to cancel
+            self._post(self._cs.cancel)
+
+
+def _child_of(ctx: Context, outer: float, loop_time: Callable[[], float], library: str) -> Context:
+    """A cancelable child of *ctx* with the enclosing deadline *outer* (on the loop's clock)."""
+    if outer == _INF:
+        return with_cancel(ctx)[0]
+    if outer == -_INF:  # an enclosing cancel scope is already cancelled
+        child = with_cancel(ctx)[0]
+        cancel_with_cause(child, FrameworkCancelled(f"task cancelled by {library}"))
+        return child
+    return with_deadline(ctx, _timer.now() + (outer - loop_time()))[0]
+
+
+def _framework_cause(e: BaseException | None) -> BaseException | None:
+    """A ``FrameworkCancelled`` if *e* is (or holds) a framework's cancellation, else None."""
+    if isinstance(e, asyncio.CancelledError):
+        library = "asyncio"
+    elif _trio_module is not None and isinstance(e, _trio_module.Cancelled):
+        library = "trio"
+    elif isinstance(e, BaseExceptionGroup) and e.subgroup(_is_cancellation) is not None:
+        library = _library()
+    else:
+        return None
+    return FrameworkCancelled(f"task cancelled by {library}")
+
+
+def _is_cancellation(e: BaseException) -> bool:
+    return isinstance(e, asyncio.CancelledError) or (
+        _trio_module is not None and isinstance(e, _trio_module.Cancelled)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# asyncio
+
+
+# anyio's asyncio cancel scope class and effective deadline, once an asyncio loop has used this
+# file: anyio's own detection of the running library is skipped on every scope.
+_asyncio_parts: tuple[Callable[[], Any], Callable[[], float]] | None = None
+
+
+def _load_asyncio_parts() -> tuple[Callable[[], Any], Callable[[], float]]:
+    global _asyncio_parts
+    try:  # public in recent anyio releases
+        from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - anyio releases that keep it private
+        from anyio._core._eventloop import get_async_backend
+    backend = get_async_backend("asyncio")
+    _asyncio_parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
+    return _asyncio_parts
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _asyncio_wait(done: Done, timeout: float | None) -> None:
+    """Wait until *done* is set, or *timeout* seconds have passed (None: no limit)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    post = loop.call_soon_threadsafe
+
+    def wake() -> None:
+        with suppress(RuntimeError):  # a closed loop: nobody is left to wake
+            post(_set_result, fut)
+
+    handle = done.add_callback(wake)
+    timer = (
+        None if timeout is None or timeout == _INF else loop.call_later(timeout, _set_result, fut)
+    )
+    try:
+        await fut
+    finally:
+        handle.cancel()
+        if timer is not None:
+            timer.cancel()
+
+
+# --------------------------------------------------------------------------------------------
+# trio
+
+_trio_module: Any = None  # the trio module, once a trio run has used this file
+
+
+def _trio() -> Any:
+    global _trio_module
+    if _trio_module is None:
+        import trio
+
+        _trio_module = trio
+    return _trio_module
+
+
+async def _trio_wait(trio: Any, done: Done) -> None:
+    """Wait until *done* is set; a trio cancellation unregisters the callback."""
+    task = trio.lowlevel.current_task()
+    post = trio.lowlevel.current_trio_token().run_sync_soon
+    waiting = True  # read and written in the trio thread only (reschedule and abort)
+
+    def reschedule() -> None:
+        nonlocal waiting
+        if waiting:
+            waiting = False
+            trio.lowlevel.reschedule(task)
+
+    def wake() -> None:
+        with suppress(RuntimeError):  # trio.RunFinishedError: nobody is left to wake
+            post(reschedule)
+
+    handle = done.add_callback(wake)
+
+    def abort(_: object) -> Any:
+        nonlocal waiting
+        waiting = False
+        handle.cancel()
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+    handle.cancel()
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import contextvars
-import functools
 from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._async import _framework_cause
-from ._context import (
-    _BACKGROUND,
-    _OURS,
-    Context,
-    _check_foreign,
-    cancel_with_cause,
-    with_cancel,
-    with_cancel_cause,
-)
+from ._async import _framework_cause, wait_done
+from ._context import _BACKGROUND, _OURS, Context, _check_foreign, cancel_with_cause, with_cancel
+from ._errors import ContextError
 
 __all__ = ["to_thread"]
 
@@ -30,11 +22,16 @@ Ts = TypeVarTuple("Ts")
 async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
     """Run ``fn(child_ctx, *args)`` in a worker thread and return its result.
 
-    ``child_ctx`` is a ``with_cancel(ctx)``: *fn* should poll ``child_ctx.err()`` or wait on
-    ``child_ctx.done()``. If the awaiting task is cancelled by its framework, ``child_ctx`` is
-    cancelled and the await waits for *fn* to return before the cancellation goes on: no thread
-    is ever abandoned. The ambient context and other context variables are copied into the
-    thread. An exception from *fn* is raised here unchanged.
+    ``child_ctx`` is a ``with_cancel(ctx)``, cancelled once *fn* returns: *fn* should poll
+    ``child_ctx.err()`` (or ``child_ctx.check()``) or wait on ``child_ctx.done()``. The
+    ambient context and every other context variable are copied into the thread. An exception
+    from *fn* is raised here unchanged.
+
+    If the awaiting task is cancelled by its framework, ``child_ctx`` is cancelled (its cause
+    says so) and the await waits for *fn* to return before the cancellation goes on: no thread
+    is ever abandoned. What *fn* returns then is dropped, as is the ``ContextError`` it raises
+    in answer; any other exception from it is raised in place of the cancellation, as it would
+    be from cleanup code running in the task.
 
     Example:
         >>> import anyio, gocontext
@@ -50,22 +47,32 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         _check_foreign(ctx, "to_thread", "ctx")
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {fn!r}")
-    child, _ = with_cancel_cause(ctx)
-    finished, mark_finished = with_cancel(_BACKGROUND)  # done once fn has returned, however
+    child = with_cancel(ctx)[0]
+    # Done once fn has returned or raised; raised holds what it raised. Both are written in the
+    # worker thread before `finished` is set, and read in the task only after.
+    finished, mark_finished = with_cancel(_BACKGROUND)
+    raised: list[BaseException] = []
 
     def run() -> T:
         try:
             return fn(child, *args)
+        except BaseException as e:
+            raised.append(e)
+            raise
         finally:
             mark_finished()
 
-    call = functools.partial(contextvars.copy_context().run, run)
     try:
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        # A copy made here, in the task: what fn sees does not depend on the backend's habits.
+        call = contextvars.copy_context().run
+        return await anyio.to_thread.run_sync(call, run, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class() as e:
+        # The task is being cancelled and the thread still runs: tell it, and wait for it.
         cancel_with_cause(child, _framework_cause(e))
         with anyio.CancelScope(shield=True):
-            await finished.done()
+            await wait_done(finished.done())
+        if raised and not isinstance(raised[0], ContextError):
+            raise raised[0]  # noqa: B904 - raised during the cancellation, chained to it
         raise
     finally:
         cancel_with_cause(child, None)

@@ -320,11 +320,11 @@ async def test_sleep_sleeps_or_raises_the_error_at_once() -> None:
         await gocontext.sleep(None, 1)  # type: ignore[arg-type]
 
 
-async def test_scope_needs_a_context_and_is_not_reentrant() -> None:
+async def test_scope_needs_a_context_and_is_entered_once() -> None:
     with pytest.raises(TypeError, match="Context"):
         gocontext.scope("ctx")  # type: ignore[arg-type]
     s = gocontext.scope(gocontext.background())
     async with s:
-        with pytest.raises(RuntimeError, match="reentrant"):
+        with pytest.raises(RuntimeError, match="entered once"):
             async with s:
                 pass
