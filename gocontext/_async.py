@@ -37,6 +37,7 @@ from ._context import (
     with_deadline,
 )
 from ._done import CallbackHandle, Done
+from ._errors import ContextError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -159,8 +160,11 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     ``async with gocontext.scope(ctx) as child:`` runs the body in a cancel scope (anyio's on
     asyncio, trio's on trio) that *ctx* cancels. If that cancellation interrupted the body,
     leaving the block raises ``ctx.err()`` (``Canceled`` or ``DeadlineExceeded``): never a bare
-    framework cancellation, never a silent fall-through. A body that completes returns normally;
-    its own exceptions and exception groups pass through unchanged.
+    framework cancellation, never a silent fall-through. A body that completes returns normally.
+    The body's own exceptions and exception groups pass through unchanged, with one exception:
+    once *ctx* is done, a group made only of ``ContextError``s (tasks of the body that saw *ctx*
+    end and raised its error before the cancellation reached them) ends the block with
+    ``ctx.err()`` too, the group kept as its ``__context__``.
 
     ``child`` is a ``with_cancel(ctx)`` for the threads, HTTP calls and Ray tasks the body
     starts, and the ambient context (``gocontext.current()``) inside the block. Its deadline is
@@ -204,18 +208,22 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
-        if _library() == "asyncio":
+        name = None if _sniffio_thread is None else _sniffio_thread.name
+        if name is None or name == "asyncio":
             loop = asyncio.get_running_loop()
-            task: Any = _current_task(loop)
-            # A native task.cancel() that lands with ours must not be lost (anyio < 4.16 can
-            # fold both into one CancelledError and swallow it): compare cancelling() on exit.
-            self._task = task
-            self._baseline = task.cancelling() if _HAS_CANCELLING and task is not None else -1
-            cancel_scope, effective_deadline = _asyncio_parts or _load_asyncio_parts()
+            cancel_scope, effective_deadline, guard = _asyncio_parts or _load_asyncio_parts()
+            if guard:  # this anyio can swallow a native task.cancel() folded into ours
+                task: Any = _current_task(loop)
+                self._task = task
+                self._baseline = -1 if task is None else task.cancelling()
+            else:
+                self._baseline = -1
             child = self._child = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
             cs = self._cs = cancel_scope()
             self._post = loop.call_soon_threadsafe
         else:
+            if name != "trio":
+                _library()  # raises: a library that is neither asyncio nor trio
             trio = _trio()
             self._baseline = -1
             child = self._child = _child_of(
@@ -242,6 +250,9 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             swallowed = self._cs.__exit__(et, e, tb)
         except BaseException as raised:  # what is left of a group once ours is taken out
             cancel_with_cause(child, _framework_cause(raised))
+            err = self._ctx.err()
+            if err is not None and _only_context_errors(raised):
+                raise err  # noqa: B904 - the group stays reachable as __context__
             raise
         finally:
             _current.reset(self._token)
@@ -256,7 +267,15 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             if err is None:  # pragma: no cover - the cancel scope is cancelled once ctx is done
                 return True
             raise err
-        cancel_with_cause(child, None if e is None else _framework_cause(e))
+        if e is None:
+            cancel_with_cause(child, None)
+            return False
+        cancel_with_cause(child, _framework_cause(e))
+        err = self._ctx.err()
+        if err is not None and _only_context_errors(e):
+            # Tasks of the body saw ctx end before our cancellation reached them, and raised
+            # its error themselves: the block ends with ctx's error all the same.
+            raise err
         return False
 
     def _fire(self) -> None:
@@ -289,6 +308,11 @@ def _framework_cause(e: BaseException | None) -> BaseException | None:
     return FrameworkCancelled(f"task cancelled by {library}")
 
 
+def _only_context_errors(e: BaseException) -> bool:
+    """True for an exception group whose every leaf is a ContextError."""
+    return isinstance(e, BaseExceptionGroup) and e.split(ContextError)[1] is None
+
+
 def _is_cancellation(e: BaseException) -> bool:
     return isinstance(e, asyncio.CancelledError) or (
         _trio_module is not None and isinstance(e, _trio_module.Cancelled)
@@ -299,19 +323,23 @@ def _is_cancellation(e: BaseException) -> bool:
 # asyncio
 
 
-# anyio's asyncio cancel scope class and effective deadline, once an asyncio loop has used this
-# file: anyio's own detection of the running library is skipped on every scope.
-_asyncio_parts: tuple[Callable[[], Any], Callable[[], float]] | None = None
+# anyio's asyncio cancel scope class, its effective deadline, and whether a native
+# task.cancel() folded into a scope's own cancellation needs our guard (anyio releases before
+# the fix of anyio#1214 swallow it; Python 3.10 has no Task.cancelling() to guard with). Set
+# once an asyncio loop has used this file: anyio's detection of the library is skipped.
+_asyncio_parts: tuple[Callable[[], Any], Callable[[], float], bool] | None = None
 
 
-def _load_asyncio_parts() -> tuple[Callable[[], Any], Callable[[], float]]:
+def _load_asyncio_parts() -> tuple[Callable[[], Any], Callable[[], float], bool]:
     global _asyncio_parts
     try:  # public in recent anyio releases
         from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - anyio releases that keep it private
         from anyio._core._eventloop import get_async_backend
     backend = get_async_backend("asyncio")
-    _asyncio_parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
+    cancel_scope = type(backend.create_cancel_scope())
+    guard = _HAS_CANCELLING and "_cancelling_at_enter" not in getattr(cancel_scope, "__slots__", ())
+    _asyncio_parts = cancel_scope, backend.current_effective_deadline, guard
     return _asyncio_parts
 
 

@@ -1,0 +1,231 @@
+"""The async bridge: entering and leaving ``scope(ctx)``, and how fast a cancel reaches a task.
+
+Run: python benchmarks/bench_async.py [--quick]
+
+Every function returns its figures (ns or µs) so ``bench.py`` can fold them into its tables:
+- ``scope_enter_exit(backend)``: ns to enter and leave ``gocontext.scope(ctx)`` on a live
+  context, beside ``anyio.CancelScope()``, ``trio.CancelScope()`` and ``asyncio.timeout(None)``
+  (target: within 2x of anyio's scope);
+- ``interrupt_latency(backend)``: µs from ``cancel()`` in another thread to the scope body's
+  ``await`` being interrupted (target: median under 300 µs), and to the scope having raised;
+- ``await_done_latency(backend)``: µs from ``cancel()`` in another thread to ``await
+  ctx.done()`` returning.
+Backends: "asyncio", "uvloop", "trio". Times are the best of a few runs (enter/exit) or
+percentiles over many rounds (latency), all in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import trio
+
+import gocontext
+
+NEVER = 10.0  # a wait that must never elapse
+
+
+def _run(backend: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    if backend == "trio":
+        return trio.run(fn, *args)
+    if backend == "uvloop":
+        import uvloop
+
+        return uvloop.run(fn(*args))
+    return asyncio.run(fn(*args))
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {
+        "median": statistics.median(values),
+        "p90": values[int(len(values) * 0.9)],
+        "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
+    }
+
+
+def scope_enter_exit(backend: str, n: int = 20_000, repeat: int = 5) -> dict[str, float]:
+    """ns to enter and leave a scope with an empty body, best of *repeat* runs of *n*."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    async def gocontext_scope() -> None:
+        for _ in range(n):
+            async with gocontext.scope(ctx):
+                pass
+
+    async def anyio_scope() -> None:
+        for _ in range(n):
+            with anyio.CancelScope():
+                pass
+
+    async def trio_scope() -> None:
+        for _ in range(n):
+            with trio.CancelScope():
+                pass
+
+    async def asyncio_timeout() -> None:
+        for _ in range(n):
+            async with asyncio.timeout(None):
+                pass
+
+    kinds: dict[str, Callable[[], Awaitable[None]]] = {
+        "gocontext.scope(ctx)": gocontext_scope,
+        "anyio.CancelScope()": anyio_scope,
+    }
+    if backend == "trio":
+        kinds["trio.CancelScope()"] = trio_scope
+    elif sys.version_info >= (3, 11):
+        kinds["asyncio.timeout(None)"] = asyncio_timeout
+
+    async def measure(body: Callable[[], Awaitable[None]]) -> float:
+        t = time.perf_counter_ns()
+        await body()
+        return (time.perf_counter_ns() - t) / n
+
+    async def all_kinds() -> dict[str, float]:
+        # Interleaved, so a noisy moment on the machine hits every kind alike.
+        best = dict.fromkeys(kinds, float("inf"))
+        for _ in range(repeat):
+            for name, body in kinds.items():
+                best[name] = min(best[name], await measure(body))
+        return best
+
+    try:
+        return dict(_run(backend, all_kinds))
+    finally:
+        cancel()
+
+
+def interrupt_latency(backend: str, rounds: int = 500) -> dict[str, float]:
+    """µs from cancel() in another thread to the scope body's await raising (median, p90,
+    p99), and the median to the scope having raised ``Canceled`` ("scope raised")."""
+    interrupted: list[float] = []
+    raised: list[float] = []
+    go = threading.Semaphore(0)
+    ready = threading.Event()
+    cancels: list[Callable[[], None]] = []
+    t0: list[int] = []
+
+    def canceller() -> None:
+        for _ in range(rounds):
+            go.acquire()
+            ready.wait()
+            ready.clear()
+            t0.append(time.perf_counter_ns())
+            cancels[-1]()
+
+    async def main() -> None:
+        post: Callable[[Callable[[], object]], object]
+        if backend == "trio":
+            post = trio.lowlevel.current_trio_token().run_sync_soon
+        else:
+            post = asyncio.get_running_loop().call_soon
+        cancelled_exc = anyio.get_cancelled_exc_class()
+        for _ in range(rounds):
+            ctx, cancel = gocontext.with_cancel(gocontext.background())
+            cancels.append(cancel)
+            go.release()
+            try:
+                async with gocontext.scope(ctx):
+                    try:
+                        post(ready.set)  # runs once this task is parked in the await below
+                        await anyio.sleep(NEVER)
+                    except cancelled_exc:
+                        interrupted.append((time.perf_counter_ns() - t0[-1]) / 1000)
+                        raise
+            except gocontext.Canceled:
+                raised.append((time.perf_counter_ns() - t0[-1]) / 1000)
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    try:
+        _run(backend, main)
+    finally:
+        thread.join(NEVER)
+    figures = _percentiles(interrupted)
+    figures["scope raised, median"] = statistics.median(raised)
+    return figures
+
+
+def await_done_latency(backend: str, rounds: int = 500) -> dict[str, float]:
+    """µs from cancel() in another thread to ``await ctx.done()`` returning."""
+    woke: list[float] = []
+    go = threading.Semaphore(0)
+    ready = threading.Event()
+    cancels: list[Callable[[], None]] = []
+    t0: list[int] = []
+
+    def canceller() -> None:
+        for _ in range(rounds):
+            go.acquire()
+            ready.wait()
+            ready.clear()
+            t0.append(time.perf_counter_ns())
+            cancels[-1]()
+
+    async def main() -> None:
+        post: Callable[[Callable[[], object]], object]
+        if backend == "trio":
+            post = trio.lowlevel.current_trio_token().run_sync_soon
+        else:
+            post = asyncio.get_running_loop().call_soon
+        for _ in range(rounds):
+            ctx, cancel = gocontext.with_cancel(gocontext.background())
+            cancels.append(cancel)
+            go.release()
+            post(ready.set)
+            await ctx.done()
+            woke.append((time.perf_counter_ns() - t0[-1]) / 1000)
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    try:
+        _run(backend, main)
+    finally:
+        thread.join(NEVER)
+    return _percentiles(woke)
+
+
+def main(quick: bool = False) -> None:
+    """Print every figure, per backend, in markdown tables."""
+    n, rounds = (500, 50) if quick else (20_000, 1000)
+    backends = ["asyncio", "uvloop", "trio"]
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        backends.remove("uvloop")
+    print("\n### enter + leave an empty scope on a live context  (target: within 2x of anyio)\n")
+    print("| loop | scope | ns | ratio to anyio.CancelScope() |\n|---|---|---:|---:|")
+    for backend in backends:
+        figures = scope_enter_exit(backend, n)
+        base = figures["anyio.CancelScope()"]
+        for name, ns in figures.items():
+            print(f"| {backend} | {name} | {ns:,.0f} | {ns / base:.2f}x |")
+    print("\n### cancel() in another thread to the task  (target: median < 300 µs)\n")
+    print("| loop | what | median µs | p90 µs | p99 µs |\n|---|---|---:|---:|---:|")
+    for backend in backends:
+        lat = interrupt_latency(backend, rounds)
+        print(
+            f"| {backend} | scope body's await interrupted | {lat['median']:.0f} | "
+            f"{lat['p90']:.0f} | {lat['p99']:.0f} |"
+        )
+        print(f"| {backend} | scope raised Canceled | {lat['scope raised, median']:.0f} | | |")
+        done = await_done_latency(backend, rounds)
+        print(
+            f"| {backend} | await ctx.done() returned | {done['median']:.0f} | "
+            f"{done['p90']:.0f} | {done['p99']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    main(quick=parser.parse_args().quick)
