@@ -28,6 +28,18 @@ EXPECTED: dict[str, list[str]] = {
         "request ended: DeadlineExceeded('context deadline exceeded')",
         "fanout done",
     ],
+    "http_chain.py": [
+        "1. a 1.5s deadline crosses both hops",
+        "  B: request req-1,",
+        "client: B answered with",
+        "2. the deadline passes while B works",
+        "  B: stopped,",
+        "client: DeadlineExceeded('context deadline exceeded')",
+        "3. the client cancels; the cancel reaches B",
+        "  B: stopped, ClientDisconnected('the client disconnected')",
+        "client: Canceled('context canceled')",
+        "http chain done",
+    ],
 }
 
 # Lines that must appear, in any order (they come from threads and tasks racing each other).

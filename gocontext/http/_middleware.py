@@ -3,6 +3,7 @@ cancelled when the client goes away."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,6 +24,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_get_running_loop = asyncio._get_running_loop
 
 _MS_HEADERS = {
     b"connect-timeout-ms": "Connect-Timeout-Ms",
@@ -132,27 +135,48 @@ class ContextMiddleware:
             except anyio.EndOfStream:
                 return {"type": "http.disconnect"}
 
+        failure: Exception | None = None
+
+        async def run_app() -> None:
+            nonlocal failure
+            try:
+                async with scope(deadline_ctx) as child:
+                    scope_["gocontext"] = child
+                    with use(child):
+                        await self.app(scope_, proxied_receive, tracked_send)
+            except DeadlineExceeded:
+                if not started:
+                    await _plain(send, 504, "deadline exceeded")
+            except Exception as e:
+                # Raised by the caller, outside any task group, so never wrapped in a group;
+                # unless the client is gone and nobody is left to answer.
+                if ctx.err() is None or started:
+                    failure = e
+
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reader)
+            loop = _get_running_loop()
+            if loop is not None:  # a bare asyncio task: a tenth of a task group's cost
+                task = loop.create_task(reader())
                 try:
-                    async with scope(deadline_ctx) as child:
-                        scope_["gocontext"] = child
-                        with use(child):
-                            await self.app(scope_, proxied_receive, tracked_send)
-                except DeadlineExceeded:
-                    if not started:
-                        await _plain(send, 504, "deadline exceeded")
-                except Exception:
-                    if ctx.err() is None or started:
-                        raise
-                    # the client is gone: there is nobody to answer
+                    await run_app()
                 finally:
-                    tg.cancel_scope.cancel()
+                    task.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait({task})
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(reader)
+                    try:
+                        await run_app()
+                    finally:
+                        tg.cancel_scope.cancel()
         finally:
             cancel_deadline()
             cancel(None)
+            send_stream.close()  # the reader may have been cancelled before it began
             receive_stream.close()
+        if failure is not None:
+            raise failure
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
