@@ -130,7 +130,8 @@ def row_timeout_cancel() -> dict[str, float]:
             _, cancel = g.with_timeout(groot, 5.0)
             cancel()
 
-        out["pygolang"] = best_ns(pyg, 20_000)
+        # pygolang spends a thread per timer: keep the count low, or its runtime aborts.
+        out["pygolang"] = best_ns(pyg, 2_000, repeat=3)
     if "cantok" in PEERS:
         ct = PEERS["cantok"]
         troot = ct.SimpleToken()
@@ -152,8 +153,8 @@ def threads_for_live_timers(n: int = 10_000) -> dict[str, int]:
     if "pygolang" in PEERS:
         g = PEERS["pygolang"]
         before = threading.active_count()
-        keep2 = [g.with_timeout(g.background(), 3600 + i) for i in range(min(n, 1000))]
-        out["pygolang (per 1,000)"] = threading.active_count() - before
+        keep2 = [g.with_timeout(g.background(), 3600 + i) for i in range(min(n, 200))]
+        out["pygolang (per 200)"] = threading.active_count() - before
         for _, cancel in keep2:
             cancel()
     return out
