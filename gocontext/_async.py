@@ -53,6 +53,7 @@ __all__ = ["FrameworkCancelled", "scope", "sleep", "wait_done"]
 _get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio itself uses it
 _current_task = asyncio.current_task
 _INF = math.inf
+_NO_LOOP = "gocontext: no asyncio event loop or trio run in this thread"
 _HAS_CANCELLING = sys.version_info >= (3, 11)  # Task.cancelling() and uncancel()
 
 
@@ -80,7 +81,7 @@ def _library() -> str:
     if name is None:
         if _get_running_loop() is not None:
             return "asyncio"
-        raise RuntimeError("gocontext: no asyncio event loop or trio run in this thread")
+        raise RuntimeError(_NO_LOOP)
     if name == "trio" or name == "asyncio":
         return name
     raise RuntimeError(f"gocontext supports asyncio and trio, not {name}")
@@ -210,7 +211,9 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         ctx = self._ctx
         name = None if _sniffio_thread is None else _sniffio_thread.name
         if name is None or name == "asyncio":
-            loop = asyncio.get_running_loop()
+            loop = _get_running_loop()
+            if loop is None:
+                raise RuntimeError(_NO_LOOP)
             cancel_scope, effective_deadline, guard = _asyncio_parts or _load_asyncio_parts()
             if guard:  # this anyio can swallow a native task.cancel() folded into ours
                 task: Any = _current_task(loop)

@@ -8,6 +8,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -19,14 +20,37 @@ from gocontext._async import FrameworkCancelled
 from .conftest import NEVER
 
 if sys.version_info < (3, 11):
-    from exceptiongroup import ExceptionGroup
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 
-async def test_cancel_from_another_thread_interrupts_the_body_and_raises_canceled() -> None:
-    ctx, cancel = gocontext.with_cancel_cause(gocontext.background())
+def in_thread(fn: Callable[[], object]) -> None:
+    """Run *fn* in a new thread and wait for it."""
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join(NEVER)
+    assert not t.is_alive()
+
+
+def post_from_thread() -> Callable[[Callable[[], object]], object]:
+    """The running loop's thread-safe entry: a function that runs fn() in this loop."""
+    if gocontext._async._library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon_threadsafe
+
+
+# --------------------------------------------------------------------------------------------
+# ctx ends the body
+
+
+async def test_cancel_from_another_thread_interrupts_the_body_and_raises_canceled(
+    make_parent: Callable[..., tuple[gocontext.Context, Callable[..., None]]],
+) -> None:
+    ctx, cancel = make_parent()
     why = ConnectionResetError("client left")
     reached_after = False
-    with pytest.raises(gocontext.Canceled) as info:
+    with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled) as info:
         async with gocontext.scope(ctx) as child:
             threading.Thread(target=cancel, args=(why,)).start()
             await anyio.sleep(NEVER)
@@ -34,6 +58,7 @@ async def test_cancel_from_another_thread_interrupts_the_body_and_raises_cancele
     assert not reached_after
     assert info.value.__cause__ is why
     assert isinstance(child.err(), gocontext.Canceled)
+    assert gocontext.cause(child) is why
     assert _context.watcher_count(ctx) == 0
 
 
@@ -50,16 +75,52 @@ async def test_a_body_that_completes_returns_and_its_child_is_cancelled() -> Non
         assert child.err() is None
         await anyio.sleep(0)
     assert isinstance(child.err(), gocontext.Canceled)
+    assert child.err().__cause__ is None  # type: ignore[union-attr]
     assert ctx.err() is None
+    assert _context.watcher_count(ctx) == 0
     cancel()
 
 
 async def test_an_already_done_context_interrupts_at_the_first_checkpoint() -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     cancel()
+    steps: list[str] = []
     with pytest.raises(gocontext.Canceled):
-        async with gocontext.scope(ctx):
+        async with gocontext.scope(ctx) as child:
+            steps.append("entered")
+            assert isinstance(child.err(), gocontext.Canceled)
             await anyio.sleep(NEVER)
+    assert steps == ["entered"]
+
+
+async def test_ctx_cancelled_by_the_body_itself_ends_the_block_with_its_error() -> None:
+    ctx, cancel = gocontext.with_cancel_cause(gocontext.background())
+    why = RuntimeError("enough")
+    with pytest.raises(gocontext.Canceled) as info:
+        async with gocontext.scope(ctx):
+            cancel(why)
+            await anyio.sleep(NEVER)
+    assert info.value.__cause__ is why
+
+
+async def test_the_child_is_the_ambient_context_inside_the_block_and_restored_after() -> None:
+    outer, _ = gocontext.with_cancel(gocontext.background())
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with gocontext.use(outer):
+        async with gocontext.scope(ctx) as child:
+            assert gocontext.current() is child
+            seen = await anyio.to_thread.run_sync(gocontext.current)
+            assert seen is child
+        assert gocontext.current() is outer
+        with pytest.raises(gocontext.Canceled):
+            async with gocontext.scope(ctx):
+                cancel()
+                await anyio.sleep(NEVER)
+        assert gocontext.current() is outer
+
+
+# --------------------------------------------------------------------------------------------
+# the body's own exceptions
 
 
 async def test_the_bodys_own_exception_is_never_replaced() -> None:
@@ -68,6 +129,12 @@ async def test_the_bodys_own_exception_is_never_replaced() -> None:
         async with gocontext.scope(ctx):
             cancel()
             raise KeyError("mine")
+    with pytest.raises(ValueError, match="in cleanup"):
+        async with gocontext.scope(ctx):
+            try:
+                await anyio.sleep(NEVER)
+            finally:
+                raise ValueError("in cleanup")
 
 
 async def test_exception_groups_from_task_groups_keep_their_members() -> None:
@@ -81,6 +148,46 @@ async def test_exception_groups_from_task_groups_keep_their_members() -> None:
             tg.start_soon(fail, ValueError("a"))
             tg.start_soon(fail, KeyError("b"))
     assert sorted(type(e).__name__ for e in info.value.exceptions) == ["KeyError", "ValueError"]
+
+
+async def test_a_group_with_an_error_of_the_body_passes_when_ctx_ends_too() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    async def fail() -> None:
+        cancel()
+        raise ValueError("a bug")
+
+    async def wait() -> None:
+        await anyio.sleep(NEVER)
+
+    with anyio.fail_after(NEVER), pytest.raises(ExceptionGroup) as info:
+        async with gocontext.scope(ctx), anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            tg.start_soon(fail)
+    assert info.value.subgroup(ValueError) is not None
+    assert ctx.err() is not None
+
+
+async def test_tasks_raising_ctxs_error_first_still_end_the_block_with_ctxs_error() -> None:
+    """A task that saw ctx end raises its error before the scope's cancellation arrives: the
+    block ends with ctx.err(), the task group's group kept as __context__."""
+    ctx, cancel = gocontext.with_cancel_cause(gocontext.background())
+    why = TimeoutError("upstream gave up")
+
+    async def notice() -> None:
+        cancel(why)
+        raise ctx.err()  # type: ignore[misc]  # at once: no checkpoint in between
+
+    with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled) as info:
+        async with gocontext.scope(ctx), anyio.create_task_group() as tg:
+            tg.start_soon(notice)
+            await anyio.sleep(NEVER)
+    assert info.value.__cause__ is why
+    assert isinstance(info.value.__context__, BaseExceptionGroup)
+
+
+# --------------------------------------------------------------------------------------------
+# the framework cancels the task
 
 
 async def test_an_outer_framework_cancellation_passes_through_and_cancels_the_child() -> None:
@@ -129,6 +236,120 @@ async def test_a_failing_sibling_cancels_the_scope_child_so_its_thread_stops() -
     assert isinstance(thread_saw[0], FrameworkCancelled)
 
 
+async def test_an_enclosing_scope_already_cancelled_gives_a_cancelled_child() -> None:
+    ctx, _ = gocontext.with_cancel(gocontext.background())
+    with anyio.CancelScope() as outer:
+        outer.cancel()
+        async with gocontext.scope(ctx) as child:
+            assert isinstance(child.err(), gocontext.Canceled)
+            assert isinstance(gocontext.cause(child), FrameworkCancelled)
+            await anyio.sleep(NEVER)
+    assert outer.cancelled_caught
+    assert ctx.err() is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_native_task_cancel_is_never_swallowed() -> None:
+    """task.cancel() landing in the same loop iteration as our own cancellation still cancels
+    the task (anyio can fold both into one CancelledError)."""
+    for _ in range(50):
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        entered = asyncio.Event()
+
+        async def body(ctx: gocontext.Context = ctx, entered: asyncio.Event = entered) -> str:
+            try:
+                async with gocontext.scope(ctx):
+                    entered.set()
+                    await asyncio.sleep(NEVER)
+            except gocontext.Canceled:
+                return "our error"
+            return "returned"
+
+        task = asyncio.get_running_loop().create_task(body())
+        await entered.wait()
+        cancel()  # posts the scope's cancellation to this loop
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_native_cancel_propagates_and_can_be_uncancelled() -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("Task.uncancel() needs Python 3.11")
+    ctx, _ = gocontext.with_cancel(gocontext.background())
+    entered = asyncio.Event()
+    caught: list[gocontext.Context] = []
+
+    async def body() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            async with gocontext.scope(ctx) as child:
+                caught.append(child)
+                entered.set()
+                await asyncio.sleep(NEVER)
+        except asyncio.CancelledError:
+            assert task.uncancel() == 0
+        await asyncio.sleep(0)  # nothing stale left: the task runs on
+        return "recovered"
+
+    task = asyncio.get_running_loop().create_task(body())
+    await entered.wait()
+    task.cancel("shutting down")
+    assert await asyncio.wait_for(task, NEVER) == "recovered"
+    assert isinstance(gocontext.cause(caught[0]), FrameworkCancelled)
+    assert ctx.err() is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_timeout_outside_and_inside_a_scope() -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("asyncio.timeout needs Python 3.11")
+    ctx, _ = gocontext.with_cancel(gocontext.background())
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(0.01), gocontext.scope(ctx) as child:
+            await asyncio.sleep(NEVER)
+    assert not isinstance(info.value, gocontext.ContextError)
+    assert isinstance(gocontext.cause(child), FrameworkCancelled)
+    inner, cancel_inner = gocontext.with_cancel(gocontext.background())
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope(inner):
+            async with asyncio.timeout(NEVER):
+                asyncio.get_running_loop().call_soon(cancel_inner)
+                await asyncio.sleep(NEVER)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_cancel_scopes_nest_both_ways() -> None:
+    import trio
+
+    ctx, _ = gocontext.with_cancel(gocontext.background())
+    with trio.move_on_after(0.01) as outer:
+        async with gocontext.scope(ctx) as child:
+            await trio.sleep(NEVER)
+    assert outer.cancelled_caught
+    assert child.err() is not None  # its inherited deadline, or the cancellation: which first
+    with trio.CancelScope() as outer:
+        async with gocontext.scope(ctx) as child:
+            outer.cancel()
+            await trio.sleep(NEVER)
+    assert outer.cancelled_caught
+    assert isinstance(gocontext.cause(child), FrameworkCancelled)
+    inner_ctx, cancel_inner = gocontext.with_cancel(gocontext.background())
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope(inner_ctx):
+            with trio.move_on_after(NEVER) as inner:
+                in_thread(cancel_inner)
+                await trio.sleep(NEVER)
+    assert not inner.cancelled_caught
+
+
+# --------------------------------------------------------------------------------------------
+# deadlines
+
+
 async def test_the_child_inherits_the_enclosing_effective_deadline() -> None:
     ctx, _ = gocontext.with_timeout(gocontext.background(), 3600)
     with anyio.fail_after(2):
@@ -138,6 +359,9 @@ async def test_the_child_inherits_the_enclosing_effective_deadline() -> None:
     assert 1.5 < remaining <= 2.0  # translated from the loop's clock, not compared raw
     async with gocontext.scope(ctx) as child:
         assert child.deadline() == ctx.deadline()
+    with anyio.fail_after(NEVER * 1000):  # later than ctx's: ctx's stays
+        async with gocontext.scope(ctx) as child:
+            assert child.deadline() == ctx.deadline()
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
@@ -152,18 +376,47 @@ async def test_the_enclosing_deadline_is_translated_from_trios_offset_clock() ->
     assert 4.5 < remaining <= 5.0
 
 
+async def test_the_enclosing_deadline_ends_the_child_while_the_framework_ends_the_body() -> None:
+    ctx, _ = gocontext.with_cancel(gocontext.background())
+    with anyio.move_on_after(0.02) as outer:
+        async with gocontext.scope(ctx) as child:
+            assert child.done().wait(NEVER)  # a thread would see it end, at the deadline
+            assert isinstance(child.err(), gocontext.DeadlineExceeded)
+            await anyio.sleep(NEVER)
+    assert outer.cancelled_caught  # the framework's own timeout, not our error
+    assert ctx.err() is None
+
+
+# --------------------------------------------------------------------------------------------
+# shields and nesting
+
+
 async def test_a_shielded_region_is_not_interrupted_and_learns_when_it_ends() -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     steps: list[str] = []
     with pytest.raises(gocontext.Canceled):
         async with gocontext.scope(ctx):
             with anyio.CancelScope(shield=True):
-                cancel()
+                in_thread(cancel)
                 await anyio.sleep(0.01)
                 steps.append("shield finished")
             steps.append("after shield")
             await anyio.sleep(NEVER)
     assert steps == ["shield finished", "after shield"]
+
+
+async def test_a_shielded_scope_inside_an_outer_cancellation_still_obeys_its_own_ctx() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with anyio.CancelScope() as outer:
+        outer.cancel()
+        with anyio.CancelScope(shield=True):
+            with pytest.raises(gocontext.Canceled):
+                async with gocontext.scope(ctx) as child:
+                    assert child.err() is None  # the shield hides the outer cancellation
+                    in_thread(cancel)
+                    await anyio.sleep(NEVER)
+        await anyio.sleep(NEVER)
+    assert outer.cancelled_caught
 
 
 async def test_scopes_nest_with_anyio_timeouts_both_ways() -> None:
@@ -181,141 +434,239 @@ async def test_scopes_nest_with_anyio_timeouts_both_ways() -> None:
     assert not outer2.cancelled_caught
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_asyncio_timeout_outside_and_inside_a_scope() -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout needs Python 3.11")
-    ctx, _ = gocontext.with_cancel(gocontext.background())
-    with pytest.raises(TimeoutError) as info:
-        async with asyncio.timeout(0.01), gocontext.scope(ctx):
-            await asyncio.sleep(NEVER)
-    assert not isinstance(info.value, gocontext.ContextError)
-    inner, cancel_inner = gocontext.with_cancel(gocontext.background())
-    with pytest.raises(gocontext.Canceled):
-        async with gocontext.scope(inner):
-            async with asyncio.timeout(NEVER):
-                asyncio.get_running_loop().call_soon(cancel_inner)
-                await asyncio.sleep(NEVER)
+async def test_nested_scopes_end_with_the_outer_contexts_error() -> None:
+    parent, cancel = gocontext.with_cancel_cause(gocontext.background())
+    why = ConnectionResetError("gone")
+    with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled) as info:
+        async with gocontext.scope(parent) as outer_child:
+            inner_ctx, _ = gocontext.with_timeout(outer_child, NEVER)
+            async with gocontext.scope(inner_ctx) as inner_child:
+                threading.Thread(target=cancel, args=(why,)).start()
+                await anyio.sleep(NEVER)
+    assert info.value.__cause__ is why
+    assert gocontext.cause(inner_child) is why
+    assert gocontext.cause(outer_child) is why
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_native_task_cancel_is_never_swallowed() -> None:
-    """task.cancel() landing with our own cancellation still cancels the task."""
-    for _ in range(50):
+# --------------------------------------------------------------------------------------------
+# races
+
+
+async def test_ctx_cancelled_as_the_body_finishes() -> None:
+    """Returned or our error, never both, never a cancellation left over for later."""
+    outcomes = {"returned": 0, "ours": 0}
+    post = post_from_thread()
+    for i in range(300):
         ctx, cancel = gocontext.with_cancel(gocontext.background())
-        entered = asyncio.Event()
+        delay = (i % 10) / 10_000
+        fired = threading.Event()
 
-        async def body(ctx: gocontext.Context = ctx, entered: asyncio.Event = entered) -> str:
-            try:
-                async with gocontext.scope(ctx):
-                    entered.set()
-                    await asyncio.sleep(NEVER)
-            except gocontext.Canceled:
-                return "our error"
-            return "returned"
+        def later(
+            cancel: Callable[[], None] = cancel,
+            delay: float = delay,
+            fired: threading.Event = fired,
+        ) -> None:
+            time.sleep(delay)
+            cancel()
+            fired.set()
 
-        task = asyncio.get_running_loop().create_task(body())
-        await entered.wait()
-        cancel()  # schedules the scope's cancellation on this loop
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert task.cancelled()
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_native_cancel_alone_propagates_and_can_be_uncancelled() -> None:
-    ctx, _ = gocontext.with_cancel(gocontext.background())
-    entered = asyncio.Event()
-    caught: list[gocontext.Context] = []
-
-    async def body() -> None:
-        async with gocontext.scope(ctx) as child:
-            caught.append(child)
-            entered.set()
-            await asyncio.sleep(NEVER)
-
-    task = asyncio.get_running_loop().create_task(body())
-    await entered.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert isinstance(gocontext.cause(caught[0]), FrameworkCancelled)
+        try:
+            async with gocontext.scope(ctx):
+                post(lambda: None)  # the loop has one more thing to run; the body one step
+                threading.Thread(target=later).start()
+                await anyio.sleep(0)
+            outcomes["returned"] += 1
+        except gocontext.Canceled:
+            outcomes["ours"] += 1
+        assert await anyio.to_thread.run_sync(fired.wait, NEVER)
+        await anyio.sleep(0)  # no stale cancellation reaches code after the block
+        await anyio.sleep(0)
+        assert _context.watcher_count(ctx) == 0
+    assert sum(outcomes.values()) == 300
 
 
 async def test_ctx_cancelled_while_the_body_runs_its_cleanup() -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
-    cleaned = False
-    with pytest.raises(gocontext.Canceled):
+    cleaned: list[str] = []
+    with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
         async with gocontext.scope(ctx):
             try:
-                cancel()
-                await anyio.sleep(NEVER)
+                await anyio.sleep(0)
             finally:
                 with anyio.CancelScope(shield=True):
+                    in_thread(cancel)
                     await anyio.sleep(0)
-                cleaned = True
-    assert cleaned
+                    cleaned.append("shielded cleanup ran")
+                await anyio.sleep(NEVER)  # unshielded cleanup: interrupted
+    assert cleaned == ["shielded cleanup ran"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_native_cancels_and_ctx_cancels_from_another_thread_at_random() -> None:
+    """Every task.cancel() ends its task cancelled (none is swallowed), whatever our scope
+    was doing when it landed."""
+    n = 500
+    rng = random.Random(3)
+    loop = asyncio.get_running_loop()
+    ctxs = [gocontext.with_cancel(gocontext.background()) for _ in range(n)]
+    outcomes: list[str | None] = [None] * n
+    parked = 0
+    all_parked = asyncio.Event()
+
+    async def one(i: int) -> None:
+        nonlocal parked
+        try:
+            async with gocontext.scope(ctxs[i][0]):
+                for _ in range(i % 4):
+                    await asyncio.sleep(0)
+                parked += 1
+                if parked == n:
+                    all_parked.set()
+                await asyncio.sleep(0 if i % 2 else NEVER)
+            outcomes[i] = "returned"
+        except gocontext.Canceled:
+            outcomes[i] = "ours"
+        await asyncio.Event().wait()  # only a task.cancel() ends this task
+
+    tasks = [loop.create_task(one(i)) for i in range(n)]
+    await asyncio.wait_for(all_parked.wait(), NEVER)
+
+    def storm() -> None:
+        order = [("ctx", i) for i in range(n)] + [("task", i) for i in range(n)]
+        rng.shuffle(order)
+        for kind, i in order:
+            if kind == "ctx":
+                ctxs[i][1]()
+            else:
+                loop.call_soon_threadsafe(tasks[i].cancel)
+            if rng.random() < 0.05:
+                time.sleep(0)
+
+    await asyncio.to_thread(storm)
+    done, pending = await asyncio.wait(tasks, timeout=NEVER)
+    assert not pending
+    assert all(t.cancelled() for t in tasks)
+    assert all(_context.watcher_count(c) == 0 for c, _ in ctxs)
+    assert set(outcomes) <= {None, "returned", "ours"}
 
 
 async def test_ten_thousand_scopes_cancelled_at_random_from_another_thread() -> None:
     """Each scope ends in exactly one of: returned, our error, framework cancellation; nothing
-    hangs and nothing stays registered."""
+    hangs and nothing stays registered, on our side or in the loop's queue."""
     n = 10_000
-    root, cancel_root = gocontext.with_cancel(gocontext.background())
-    pairs = [gocontext.with_cancel(root) for _ in range(n)]
-    outcomes = {"returned": 0, "ours": 0, "framework": 0}
     rng = random.Random(7)
-    started = anyio.Event()
+    post = post_from_thread()
+    pairs = [gocontext.with_cancel(gocontext.background()) for _ in range(n)]
+    scopes = [anyio.CancelScope() for _ in range(n)]
+    # per scope: does the body return by itself, and who cancels (ctx, framework, both)
+    quick = [i % 5 == 0 for i in range(n)]
+    who = [("ctx", "framework", "both")[rng.randrange(3)] for _ in range(n)]
+    outcomes: list[str | None] = [None] * n
     count = 0
+    started = anyio.Event()
 
-    async def one(i: int, ctx: gocontext.Context) -> None:
+    async def one(i: int) -> None:
         nonlocal count
+        result = None
         try:
-            with anyio.CancelScope() as cs:
-                if i % 7 == 0:
-                    cs.cancel()  # some are cancelled by the framework instead
-                async with gocontext.scope(ctx):
+            with scopes[i]:
+                async with gocontext.scope(pairs[i][0]):
                     count += 1
                     if count == n:
                         started.set()
-                    await anyio.sleep(0 if i % 3 == 0 else NEVER)
-                outcomes["returned"] += 1
-                return
-            outcomes["framework"] += 1
+                    await anyio.sleep(0 if quick[i] else NEVER)
+                result = "returned"
         except gocontext.Canceled:
-            outcomes["ours"] += 1
+            result = "ours"
+        if result is None:
+            assert scopes[i].cancelled_caught
+            result = "framework"
+        assert outcomes[i] is None
+        outcomes[i] = result
 
     def canceller() -> None:
         order = list(range(n))
         rng.shuffle(order)
         for i in order:
-            pairs[i][1]()
+            if who[i] != "framework":
+                pairs[i][1]()
+            if who[i] != "ctx":
+                post(scopes[i].cancel)
 
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            for i, (ctx, _) in enumerate(pairs):
-                tg.start_soon(one, i, ctx)
+            for i in range(n):
+                tg.start_soon(one, i)
             await started.wait()
             await anyio.to_thread.run_sync(canceller)
-    assert sum(outcomes.values()) == n
-    assert outcomes["ours"] > 0
-    assert outcomes["framework"] > 0
+    assert None not in outcomes
+    for i in range(n):
+        if not quick[i]:
+            assert outcomes[i] == {"ctx": "ours", "framework": "framework"}.get(
+                who[i], outcomes[i]
+            ), (i, who[i], outcomes[i])
+            assert outcomes[i] != "returned"
+    assert outcomes.count("ours") > n // 10
+    assert outcomes.count("framework") > n // 10
     assert all(_context.watcher_count(ctx) == 0 for ctx, _ in pairs)
-    assert _context.watcher_count(root) == 0
-    cancel_root()
+    await settle_the_loop()
+
+
+async def settle_the_loop() -> None:
+    """Let the loop run what is queued, then check that nothing of ours stays queued."""
+    for _ in range(3):
+        await anyio.sleep(0)
+    if gocontext._async._library() == "trio":
+        import trio
+        import trio.testing
+
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().run_sync_soon_queue_size == 0
+    else:
+        await anyio.wait_all_tasks_blocked()
+        ready = getattr(asyncio.get_running_loop(), "_ready", ())  # the stock loop's queue
+        assert not [h for h in ready if "CancelScope" in repr(h) and not h.cancelled()]
+
+
+# --------------------------------------------------------------------------------------------
+# sleep() and bad input
 
 
 async def test_sleep_sleeps_or_raises_the_error_at_once() -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     await gocontext.sleep(ctx, 0.001)
-    threading.Timer(0.01, cancel).start()
+    await gocontext.sleep(ctx, 0)
+    await gocontext.sleep(ctx, -1)
+    timer = threading.Timer(0.01, cancel)
+    timer.start()
     with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
         await gocontext.sleep(ctx, NEVER)
+    timer.join(NEVER)
     with pytest.raises(gocontext.Canceled):
         await gocontext.sleep(ctx, 0)
+    assert _context.watcher_count(ctx) == 0
+
+
+async def test_sleep_until_the_deadline_and_infinite_sleep() -> None:
+    ctx, _ = gocontext.with_timeout(gocontext.background(), 0.01)
+    with anyio.fail_after(NEVER), pytest.raises(gocontext.DeadlineExceeded):
+        await gocontext.sleep(ctx, math.inf)
+
+
+async def test_sleep_is_cancelled_by_its_framework_and_unregisters() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with anyio.move_on_after(0.01) as outer:
+        await gocontext.sleep(ctx, NEVER)
+    assert outer.cancelled_caught
+    assert _context.watcher_count(ctx) == 0
+    cancel()
+
+
+async def test_sleep_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="NaN"):
         await gocontext.sleep(gocontext.background(), math.nan)
+    with pytest.raises(TypeError, match="seconds"):
+        await gocontext.sleep(gocontext.background(), "1")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Context"):
         await gocontext.sleep(None, 1)  # type: ignore[arg-type]
 
@@ -328,3 +679,14 @@ async def test_scope_needs_a_context_and_is_entered_once() -> None:
         with pytest.raises(RuntimeError, match="entered once"):
             async with s:
                 pass
+    with pytest.raises(RuntimeError, match="entered once"):
+        async with s:
+            pass
+
+
+def test_scope_outside_an_event_loop_is_a_clear_error() -> None:
+    s = gocontext.scope(gocontext.background())
+    coro = s.__aenter__()
+    with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):
+        coro.send(None)
+    coro.close()
