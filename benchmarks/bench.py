@@ -505,7 +505,7 @@ def table(
     print(f"| implementation | {unit} | ratio to gocontext |")
     print("|---|---:|---:|")
     for name, v in figures.items():
-        if name == "gocontext" or ours == 0:
+        if name == "gocontext" or ours < 1e-3 or v < 1e-3:
             ratio = "1.00x" if name == "gocontext" else "n/a"
         else:
             ratio = f"{(v / ours if lower_better else ours / v):.2f}x"
