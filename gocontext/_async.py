@@ -301,14 +301,13 @@ def _child_of(ctx: Context, outer: float, loop_time: Callable[[], float], librar
 def _framework_cause(e: BaseException | None) -> BaseException | None:
     """A ``FrameworkCancelled`` if *e* is (or holds) a framework's cancellation, else None."""
     if isinstance(e, asyncio.CancelledError):
-        library = "asyncio"
-    elif _trio_module is not None and isinstance(e, _trio_module.Cancelled):
-        library = "trio"
-    elif isinstance(e, BaseExceptionGroup) and e.subgroup(_is_cancellation) is not None:
-        library = _library()
-    else:
-        return None
-    return FrameworkCancelled(f"task cancelled by {library}")
+        return FrameworkCancelled("task cancelled by asyncio")
+    trio = sys.modules.get("trio")
+    if trio is not None and isinstance(e, trio.Cancelled):
+        return FrameworkCancelled("task cancelled by trio")
+    if isinstance(e, BaseExceptionGroup) and e.subgroup(_is_cancellation) is not None:
+        return FrameworkCancelled(f"task cancelled by {_library()}")
+    return None
 
 
 def _only_context_errors(e: BaseException) -> bool:
@@ -317,8 +316,9 @@ def _only_context_errors(e: BaseException) -> bool:
 
 
 def _is_cancellation(e: BaseException) -> bool:
+    trio = sys.modules.get("trio")
     return isinstance(e, asyncio.CancelledError) or (
-        _trio_module is not None and isinstance(e, _trio_module.Cancelled)
+        trio is not None and isinstance(e, trio.Cancelled)
     )
 
 
