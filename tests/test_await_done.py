@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 
 import anyio
@@ -107,3 +108,82 @@ def test_await_outside_any_event_loop_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):
         coro.send(None)
     coro.close()
+
+
+async def test_a_thousand_waiters_wake_on_one_cancel_and_leave_nothing_registered() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    woke = 0
+
+    async def waiter() -> None:
+        nonlocal woke
+        await ctx.done()
+        woke += 1
+
+    with anyio.fail_after(NEVER):
+        async with anyio.create_task_group() as tg:
+            for _ in range(1000):
+                tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert _context.watcher_count(ctx) == 1000
+            threading.Thread(target=cancel).start()
+    assert woke == 1000
+    assert _context.watcher_count(ctx) == 0
+
+
+async def test_waiters_cancelled_by_their_framework_as_the_context_ends() -> None:
+    """Each waiter either wakes or is cancelled; none hangs and none stays registered."""
+    rng = random.Random(5)
+    for _ in range(20):
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        outcomes = {"woke": 0, "cancelled": 0}
+        scopes = [anyio.CancelScope() for _ in range(50)]
+
+        async def waiter(cs: anyio.CancelScope, outcomes: dict[str, int] = outcomes) -> None:
+            with cs:
+                await ctx.done()
+                outcomes["woke"] += 1
+                return
+            outcomes["cancelled"] += 1
+
+        with anyio.fail_after(NEVER):
+            async with anyio.create_task_group() as tg:
+                for cs in scopes:
+                    tg.start_soon(waiter, cs)
+                await anyio.wait_all_tasks_blocked()
+                threading.Timer(rng.random() / 1000, cancel).start()
+                for cs in scopes:
+                    cs.cancel()
+                    if rng.random() < 0.2:
+                        await anyio.sleep(0)
+        assert sum(outcomes.values()) == 50
+        assert _context.watcher_count(ctx) == 0
+        assert ctx.done().wait(NEVER)
+
+
+def test_trio_in_guest_mode_on_an_asyncio_loop_awaits_and_scopes_with_trio() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    async def guest() -> str:
+        trio.lowlevel.current_trio_token().run_sync_soon(cancel)
+        await ctx.done()
+        other, cancel_other = gocontext.with_cancel(gocontext.background())
+        trio.lowlevel.current_trio_token().run_sync_soon(cancel_other)
+        try:
+            async with gocontext.scope(other):
+                await trio.sleep(NEVER)
+        except gocontext.Canceled:
+            return "trio guest: canceled"
+        return "not cancelled"
+
+    async def host() -> str:
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[str] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            guest,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=lambda outcome: finished.set_result(outcome.unwrap()),
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        return await asyncio.wait_for(finished, NEVER)
+
+    assert asyncio.run(host()) == "trio guest: canceled"
