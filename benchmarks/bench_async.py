@@ -22,7 +22,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -33,7 +33,7 @@ import gocontext
 NEVER = 10.0  # a wait that must never elapse
 
 
-def _run(backend: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+def _run(backend: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
     if backend == "trio":
         return trio.run(fn, *args)
     if backend == "uvloop":
@@ -72,9 +72,10 @@ def scope_enter_exit(backend: str, n: int = 20_000, repeat: int = 5) -> dict[str
                 pass
 
     async def asyncio_timeout() -> None:
-        for _ in range(n):
-            async with asyncio.timeout(None):
-                pass
+        if sys.version_info >= (3, 11):
+            for _ in range(n):
+                async with asyncio.timeout(None):
+                    pass
 
     kinds: dict[str, Callable[[], Awaitable[None]]] = {
         "gocontext.scope(ctx)": gocontext_scope,

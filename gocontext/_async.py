@@ -170,9 +170,10 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     ``child`` is a ``with_cancel(ctx)`` for the threads, HTTP calls and Ray tasks the body
     starts, and the ambient context (``gocontext.current()``) inside the block. Its deadline is
     the earlier of *ctx*'s and the enclosing anyio or trio effective deadline (an outer
-    ``fail_after``), translated to ``time.monotonic()``. When the task is cancelled by its
-    framework (a failing task group, ``task.cancel()``, an outer cancel scope or
-    ``asyncio.timeout``), ``child`` is cancelled with a ``FrameworkCancelled`` cause and the
+    ``fail_after``), translated to ``time.monotonic()``; an ``asyncio.timeout()`` keeps its
+    deadline to itself, so ``child`` learns of one only when it fires. When the task is
+    cancelled by its framework (a failing task group, ``task.cancel()``, an outer cancel scope
+    or ``asyncio.timeout``), ``child`` is cancelled with a ``FrameworkCancelled`` cause and the
     framework's cancellation propagates untouched (an asyncio ``CancelledError`` that can be
     uncancelled, trio's ``Cancelled``). ``child`` is cancelled on exit in every case.
 
