@@ -505,6 +505,8 @@ async def test_ctx_cancelled_while_the_body_runs_its_cleanup() -> None:
 async def test_native_cancels_and_ctx_cancels_from_another_thread_at_random() -> None:
     """Every task.cancel() ends its task cancelled (none is swallowed), whatever our scope
     was doing when it landed."""
+    if sys.version_info < (3, 11):
+        pytest.skip("on 3.10 a task.cancel() folded into a scope's own cannot be told apart")
     n = 500
     rng = random.Random(3)
     loop = asyncio.get_running_loop()
