@@ -175,7 +175,9 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     cancelled by its framework (a failing task group, ``task.cancel()``, an outer cancel scope
     or ``asyncio.timeout``), ``child`` is cancelled with a ``FrameworkCancelled`` cause and the
     framework's cancellation propagates untouched (an asyncio ``CancelledError`` that can be
-    uncancelled, trio's ``Cancelled``). ``child`` is cancelled on exit in every case.
+    uncancelled, trio's ``Cancelled``). ``child`` is cancelled on exit in every case. (On
+    Python 3.10, which has no ``Task.cancelling()``, a ``task.cancel()`` landing in the same loop
+    iteration as *ctx*'s cancellation can be taken for ours, as with anyio's own scopes.)
 
     Shields are respected: a shielded region inside the body is not interrupted by *ctx*, and
     the body learns of it at its first checkpoint after the shield. A scope object is entered
