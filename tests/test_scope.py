@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import anyio
@@ -692,3 +694,26 @@ def test_scope_outside_an_event_loop_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):
         coro.send(None)
     coro.close()
+
+
+async def test_nothing_of_a_finished_scope_is_kept_alive() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    async with gocontext.scope(ctx) as child:
+        await anyio.sleep(0)
+    refs = [weakref.ref(child)]
+    other, cancel_other = gocontext.with_cancel(ctx)
+    try:
+        async with gocontext.scope(other) as child:
+            cancel_other()
+            # (an event, not a sleep: asyncio's timer handles keep a copy of the context
+            # variables, the ambient child included, until the loop drops them)
+            await anyio.Event().wait()
+    except gocontext.Canceled:
+        pass
+    refs.append(weakref.ref(child))
+    del child, other, cancel_other
+    await settle_the_loop()  # callbacks still queued hold a copy of the context variables
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    assert _context.watcher_count(ctx) == 0
+    cancel()
