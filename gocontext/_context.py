@@ -1251,7 +1251,9 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def cancel_with_cause(ctx: Context, cause: BaseException | None) -> None:
-    """Cancel *ctx*, a node of ours, recording *cause* (for the integrations in this package)."""
+def cancel_with_cause(
+    ctx: Context, cause: BaseException | None, kind: type[ContextError] = Canceled
+) -> None:
+    """End *ctx*, a node of ours, with *kind* and *cause* (for the integrations here)."""
     if isinstance(ctx, _CancelContext) and ctx._state is None:
-        _end(ctx, _CANCELED if cause is None else (Canceled, cause))
+        _end(ctx, _CANCELED if cause is None and kind is Canceled else (kind, cause))

@@ -1,0 +1,237 @@
+"""Contexts across a real local Ray cluster: deadlines, values and one cancel for a tree."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+import anyio
+import pytest
+
+import gocontext
+
+ray = pytest.importorskip("ray")
+import gocontext.ray  # noqa: E402
+
+from ..conftest import NEVER  # noqa: E402
+
+RID = gocontext.PropagatedKey("ray-rid")
+SECRET = gocontext.Key[str]("ray-secret")
+
+
+@ray.remote(num_cpus=0)
+def poll_until_done(ctx: gocontext.Context, signal: object) -> tuple[str, str]:
+    ray.get(signal.set.remote("running"))  # type: ignore[attr-defined]
+    started = time.monotonic()
+    while ctx.err() is None:
+        if time.monotonic() - started > NEVER:
+            return ("never ended", "")
+        sum(range(1000))  # busy in Python, no checkpoint Ray could interrupt cleanly
+    return type(ctx.err()).__name__, repr(gocontext.cause(ctx))
+
+
+@ray.remote(num_cpus=0)
+def block_until_done(ctx: gocontext.Context, signal: object) -> str:
+    ray.get(signal.set.remote("running"))  # type: ignore[attr-defined]
+    ended = ctx.done().wait(NEVER)
+    return f"{ended} {type(ctx.err()).__name__}"
+
+
+@ray.remote(num_cpus=0)
+def describe(ctx: gocontext.Context) -> dict[str, object]:
+    return {
+        "remaining": ctx.remaining(),  # type: ignore[attr-defined]
+        "rid": ctx.value(RID),
+        "secret": ctx.value(SECRET),
+        "err": repr(ctx.err()),
+    }
+
+
+@ray.remote(num_cpus=0)
+def parent_task(ctx: gocontext.Context, signal: object) -> str:
+    child, cancel = gocontext.with_cancel(ctx)
+    ref = poll_until_done.remote(child, signal)  # passed on: a tree of tasks
+    try:
+        return ray.get(ref)[0]
+    finally:
+        cancel()
+
+
+@ray.remote(num_cpus=0, max_concurrency=2000)
+class AsyncWorker:
+    async def wait_done(self, ctx: gocontext.Context, signal: object) -> str:
+        await signal.set.remote("running")  # type: ignore[attr-defined]
+        await asyncio.wait_for(ctx.done(), NEVER)  # type: ignore[arg-type]
+        return type(ctx.err()).__name__
+
+    async def own_cancel(self, ctx: gocontext.Context, tag: int) -> tuple[int, str | None]:
+        await asyncio.wait_for(ctx.done(), NEVER)  # type: ignore[arg-type]
+        return tag, ctx.value(RID)
+
+
+def test_a_busy_remote_loop_sees_the_drivers_cancel(signal: object) -> None:
+    ctx, cancel = gocontext.with_cancel_cause(gocontext.background())
+    ref = poll_until_done.remote(ctx, signal)
+    ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+    cancel(ConnectionResetError("client left"))
+    kind, why = ray.get(ref, timeout=NEVER)
+    assert kind == "Canceled"
+    assert "client left" in why
+
+
+def test_a_remote_thread_blocked_in_wait_wakes(signal: object) -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ref = block_until_done.remote(ctx, signal)
+    ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+    cancel()
+    assert ray.get(ref, timeout=NEVER) == "True Canceled"
+
+
+def test_an_async_actor_method_awaiting_done_is_woken(signal: object) -> None:
+    worker = AsyncWorker.remote()  # type: ignore[attr-defined]
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ref = worker.wait_done.remote(ctx, signal)
+    ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+    cancel()
+    assert ray.get(ref, timeout=NEVER) == "Canceled"
+    ray.kill(worker)
+
+
+def test_deadline_and_only_propagated_values_travel() -> None:
+    ctx = gocontext.with_value(gocontext.background(), RID, "r-9")
+    ctx = gocontext.with_value(ctx, SECRET, "hunter2")
+    ctx, cancel = gocontext.with_timeout(ctx, 30)
+    got = ray.get(describe.remote(ctx), timeout=NEVER)
+    cancel()
+    assert got["rid"] == "r-9"
+    assert got["secret"] is None
+    assert 20 < got["remaining"] <= 30  # type: ignore[operator]
+    assert got["err"] == "None"
+
+
+def test_the_deadline_ends_the_remote_context(signal: object) -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.5)
+    kind, _ = ray.get(poll_until_done.remote(ctx, signal), timeout=NEVER)
+    assert kind == "DeadlineExceeded"
+    cancel()
+
+
+def test_a_done_context_arrives_done() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    cancel()
+    assert ray.get(describe.remote(ctx))["err"] == "Canceled('context canceled')"
+    expired, _ = gocontext.with_timeout(gocontext.background(), 0)
+    assert ray.get(describe.remote(expired))["err"].startswith("DeadlineExceeded")
+
+
+def test_one_cancel_stops_a_tree_of_tasks(signal: object) -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ref = parent_task.remote(ctx, signal)
+    ray.get(signal.wait.remote())  # type: ignore[attr-defined]  # the grandchild runs
+    cancel()
+    assert ray.get(ref, timeout=NEVER) == "Canceled"
+
+
+def test_get_returns_results_or_raises_and_cancels_at_once(signal: object) -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    assert gocontext.ray.get(ctx, describe.remote(ctx))["err"] == "None"
+    assert len(gocontext.ray.get(ctx, [describe.remote(ctx) for _ in range(3)])) == 3
+    ref = block_until_done.remote(gocontext.background(), signal)  # ignores any context
+    ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+    import threading
+
+    threading.Timer(0.05, cancel).start()
+    started = time.monotonic()
+    with pytest.raises(gocontext.Canceled):
+        gocontext.ray.get(ctx, ref)
+    assert time.monotonic() - started < NEVER / 2
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
+        ray.get(ref, timeout=NEVER)
+
+
+def test_get_with_a_deadline_raises_deadline_exceeded(signal: object) -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.2)
+    ref = block_until_done.remote(gocontext.background(), signal)
+    with pytest.raises(gocontext.DeadlineExceeded):
+        gocontext.ray.get(ctx, ref)
+    cancel()
+
+
+@pytest.mark.anyio
+async def test_get_async_under_asyncio_and_trio() -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 30)
+    got = await gocontext.ray.get_async(ctx, describe.remote(ctx))
+    assert got["err"] == "None"
+    cancel()
+    with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+        await gocontext.ray.get_async(ctx, describe.remote(gocontext.background()))
+
+
+def test_a_dying_worker_gives_rays_error_not_a_hang() -> None:
+    @ray.remote(num_cpus=0, max_retries=0)
+    def die(ctx: gocontext.Context) -> None:
+        os._exit(1)
+
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with pytest.raises(ray.exceptions.RayError):
+        gocontext.ray.get(ctx, die.remote(ctx))
+    assert ctx.err() is None
+    cancel()
+
+
+def test_a_dead_channel_ends_the_remote_contexts(signal: object) -> None:
+    """The sender's process going away ends what it sent (here: its channel actor is killed)."""
+    from gocontext.ray import _channel
+
+    ctx, _cancel = gocontext.with_cancel(gocontext.background())
+    ref = poll_until_done.remote(ctx, signal)
+    ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+    channel = _channel.sender_channel()
+    ray.kill(channel)
+    _channel._channel = None  # the next context sent gets a new channel
+    kind, why = ray.get(ref, timeout=NEVER)
+    assert kind == "Canceled"
+    assert "ChannelGone" in why
+
+
+def test_many_contexts_each_see_their_own_cancel_and_the_channel_empties() -> None:
+    from gocontext.ray import _channel
+
+    n = 1000
+    worker = AsyncWorker.remote()  # type: ignore[attr-defined]
+    rng = random.Random(3)
+    pairs = [
+        gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, f"c{i}"))
+        for i in range(n)
+    ]
+    refs = [worker.own_cancel.remote(ctx, i) for i, (ctx, _) in enumerate(pairs)]
+    order = list(range(n))
+    rng.shuffle(order)
+    for i in order:
+        pairs[i][1]()
+    results = ray.get(refs, timeout=60)
+    assert results == [(i, f"c{i}") for i in range(n)]
+    channel = _channel.sender_channel()
+    del pairs, refs
+    import gc
+
+    gc.collect()
+    for _ in range(100):  # the watcher's unwatch calls are asynchronous: give them a moment
+        if ray.get(channel.size.remote()) == 0:
+            break
+        time.sleep(0.05)
+    assert ray.get(channel.size.remote()) == 0
+    ray.kill(worker)
+
+
+def test_contexts_pickle_only_with_the_integration_loaded() -> None:
+    import pickle
+
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    data = pickle.dumps(ctx)  # the reducer is installed by importing gocontext.ray
+    copy = pickle.loads(data)
+    assert copy.err() is None
+    cancel()
+    assert copy.done().wait(NEVER)
