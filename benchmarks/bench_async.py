@@ -9,7 +9,9 @@ Every function returns its figures (ns or µs) so ``bench.py`` can fold them int
 - ``interrupt_latency(backend)``: µs from ``cancel()`` in another thread to the scope body's
   ``await`` being interrupted (target: median under 300 µs), and to the scope having raised;
 - ``await_done_latency(backend)``: µs from ``cancel()`` in another thread to ``await
-  ctx.done()`` returning.
+  ctx.done()`` returning;
+- ``fan_in_cancel(backend)``: ms for one ``cancel()`` in another thread to return, and until
+  all of 10,000 scopes watching that context have raised.
 Backends: "asyncio", "uvloop", "trio". Times are the best of a few runs (enter/exit) or
 percentiles over many rounds (latency), all in one process.
 """
@@ -195,6 +197,47 @@ def await_done_latency(backend: str, rounds: int = 500) -> dict[str, float]:
     return _percentiles(woke)
 
 
+def fan_in_cancel(backend: str, n: int = 10_000) -> dict[str, float]:
+    """ms for one cancel() in another thread, watched by *n* parked scopes, to return, and
+    until every scope has raised ``Canceled``."""
+    root, cancel = gocontext.with_cancel(gocontext.background())
+    figures: dict[str, float] = {}
+
+    async def main() -> None:
+        entered = 0
+        ended = 0
+        all_in = anyio.Event()
+
+        async def one() -> None:
+            nonlocal entered, ended
+            try:
+                async with gocontext.scope(root):
+                    entered += 1
+                    if entered == n:
+                        all_in.set()
+                    await anyio.sleep_forever()
+            except gocontext.Canceled:
+                ended += 1
+
+        def cancel_and_time() -> float:
+            t0 = time.perf_counter()
+            cancel()
+            figures["cancel() returned"] = (time.perf_counter() - t0) * 1000
+            return t0
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+            await all_in.wait()
+            await anyio.wait_all_tasks_blocked()
+            t0 = await anyio.to_thread.run_sync(cancel_and_time)
+        figures["all scopes raised"] = (time.perf_counter() - t0) * 1000
+        assert ended == n
+
+    _run(backend, main)
+    return figures
+
+
 def main(quick: bool = False) -> None:
     """Print every figure, per backend, in markdown tables."""
     n, rounds = (500, 50) if quick else (20_000, 1000)
@@ -224,6 +267,12 @@ def main(quick: bool = False) -> None:
             f"| {backend} | await ctx.done() returned | {done['median']:.0f} | "
             f"{done['p90']:.0f} | {done['p99']:.0f} |"
         )
+    fan = 500 if quick else 10_000
+    print(f"\n### one cancel() in another thread ends {fan:,} parked scopes\n")
+    print("| loop | cancel() returned, ms | all scopes raised, ms |\n|---|---:|---:|")
+    for backend in backends:
+        f = fan_in_cancel(backend, fan)
+        print(f"| {backend} | {f['cancel() returned']:.0f} | {f['all scopes raised']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ cancel scope that has been left, where ``cancel()`` does nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sys
+import threading
 from collections.abc import Callable
-from contextlib import suppress
 from contextvars import Token
+from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
 from . import _timer
@@ -54,6 +56,7 @@ _get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio its
 _current_task = asyncio.current_task
 _INF = math.inf
 _NO_LOOP = "gocontext: no asyncio event loop or trio run in this thread"
+_log = logging.getLogger("gocontext")
 _HAS_CANCELLING = sys.version_info >= (3, 11)  # Task.cancelling() and uncancel()
 
 
@@ -197,9 +200,9 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     """
 
     # Fields: set by __aenter__ in the task that runs the block, read by __aexit__ in the same
-    # task. _cs and _post are also read by _fire in the thread that ends ctx, only while the
+    # task. _cs and _mailbox are also read by _fire in the thread that ends ctx, only while the
     # registration held in _handle is live (it is removed first thing in __aexit__).
-    __slots__ = ("_baseline", "_child", "_cs", "_ctx", "_handle", "_post", "_task", "_token")
+    __slots__ = ("_baseline", "_child", "_cs", "_ctx", "_handle", "_mailbox", "_task", "_token")
     __module__ = "gocontext"
 
     def __init__(self, ctx: Context) -> None:
@@ -226,7 +229,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 self._baseline = -1
             child = self._child = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
             cs = self._cs = cancel_scope()
-            self._post = loop.call_soon_threadsafe
+            self._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
         else:
             if name != "trio":
                 _library()  # raises: a library that is neither asyncio nor trio
@@ -236,7 +239,8 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 ctx, trio.current_effective_deadline(), trio.current_time, "trio"
             )
             cs = self._cs = trio.CancelScope()
-            self._post = trio.lowlevel.current_trio_token().run_sync_soon
+            token = trio.lowlevel.current_trio_token()
+            self._mailbox = _mailbox(token, token.run_sync_soon)
         cs.__enter__()
         self._token: Token[Context] = _current.set(child)
         if ctx.err() is None:
@@ -286,8 +290,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
 
     def _fire(self) -> None:
         # Runs once, in the thread that ends ctx: hand the cancel to the scope's own loop.
-        with suppress(RuntimeError):  # a closed loop or a finished trio run: nothing to cancel
-            self._post(self._cs.cancel)
+        self._mailbox.put(self._cs.cancel)
 
 
 def _child_of(ctx: Context, outer: float, loop_time: Callable[[], float], library: str) -> Context:
@@ -326,6 +329,62 @@ def _is_cancellation(e: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Hand-offs to a loop from other threads
+
+
+@final
+class _Mailbox:
+    """Calls handed to one event loop from any thread, run there in batches.
+
+    One wake-up of the loop per batch, not one per call: ending a context that 10,000 scopes
+    watch makes 10,000 calls, and a wake-up is a system call plus a GIL hand-off each.
+    """
+
+    __slots__ = ("_key", "_lock", "_pending", "_post")
+
+    def __init__(self, key: object, post: Callable[[Callable[[], object]], object]) -> None:
+        self._key = key  # the loop or trio token it serves
+        self._post = post  # the loop's thread-safe entry
+        self._lock = threading.Lock()
+        # Guarded by _lock: calls not run yet. Non-empty exactly while a _drain is posted (or
+        # about to be, by the put() that made it non-empty); _drain takes it whole.
+        self._pending: list[Callable[[], object]] = []
+
+    def put(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` soon in the loop; callable from any thread, never blocks for long."""
+        with self._lock:
+            pending = self._pending
+            pending.append(fn)
+            if len(pending) > 1:  # a drain is on its way and will take this one too
+                return
+        try:
+            self._post(self._drain)
+        except RuntimeError:  # a closed loop or a finished trio run: nobody is left to run it
+            with self._lock:
+                self._pending = []
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for fn in batch:
+            try:
+                fn()
+            except Exception:  # pragma: no cover - our calls do not raise; one must not stop all
+                _log.exception("gocontext: a call handed to the event loop failed")
+
+
+_mailboxes = threading.local()  # .last: the mailbox of the loop this thread ran last
+
+
+def _mailbox(key: object, post: Callable[[Callable[[], object]], object]) -> _Mailbox:
+    """The mailbox of the loop (or trio run) identified by *key*, running in this thread."""
+    box: _Mailbox | None = getattr(_mailboxes, "last", None)
+    if box is None or box._key is not key:
+        box = _mailboxes.last = _Mailbox(key, post)
+    return box
+
+
+# --------------------------------------------------------------------------------------------
 # asyncio
 
 
@@ -358,11 +417,10 @@ async def _asyncio_wait(done: Done, timeout: float | None) -> None:
     """Wait until *done* is set, or *timeout* seconds have passed (None: no limit)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    post = loop.call_soon_threadsafe
+    put = _mailbox(loop, loop.call_soon_threadsafe).put
 
     def wake() -> None:
-        with suppress(RuntimeError):  # a closed loop: nobody is left to wake
-            post(_set_result, fut)
+        put(partial(_set_result, fut))
 
     handle = done.add_callback(wake)
     timer = (
@@ -394,7 +452,8 @@ def _trio() -> Any:
 async def _trio_wait(trio: Any, done: Done) -> None:
     """Wait until *done* is set; a trio cancellation unregisters the callback."""
     task = trio.lowlevel.current_task()
-    post = trio.lowlevel.current_trio_token().run_sync_soon
+    token = trio.lowlevel.current_trio_token()
+    put = _mailbox(token, token.run_sync_soon).put
     waiting = True  # read and written in the trio thread only (reschedule and abort)
 
     def reschedule() -> None:
@@ -404,8 +463,7 @@ async def _trio_wait(trio: Any, done: Done) -> None:
             trio.lowlevel.reschedule(task)
 
     def wake() -> None:
-        with suppress(RuntimeError):  # trio.RunFinishedError: nobody is left to wake
-            post(reschedule)
+        put(reschedule)
 
     handle = done.add_callback(wake)
 

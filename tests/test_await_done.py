@@ -187,3 +187,22 @@ def test_trio_in_guest_mode_on_an_asyncio_loop_awaits_and_scopes_with_trio() -> 
         return await asyncio.wait_for(finished, NEVER)
 
     assert asyncio.run(host()) == "trio guest: canceled"
+
+
+def test_ending_a_context_after_its_waiters_loop_closed_is_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    loop = asyncio.new_event_loop()
+
+    async def waiter() -> None:
+        await ctx.done()
+
+    task = loop.create_task(waiter())
+    loop.run_until_complete(asyncio.sleep(0))  # the waiter is parked and registered
+    assert _context.watcher_count(ctx) == 1
+    loop.close()  # with the waiter still parked: nobody is left to wake
+    cancel()
+    cancel()
+    assert not [r for r in caplog.records if r.name.startswith("gocontext")]
+    assert not task.done()
