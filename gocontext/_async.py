@@ -241,13 +241,22 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             cs = self._cs = trio.CancelScope()
             token = trio.lowlevel.current_trio_token()
             self._mailbox = _mailbox(token, token.run_sync_soon)
-        cs.__enter__()
-        self._token: Token[Context] = _current.set(child)
+        # Registered before the cancel scope is entered, so nothing can fail between entering
+        # it and returning (a cancel scope left entered would corrupt the task's scope stack);
+        # a cancel() that arrives before the entry takes effect at the entry.
         if ctx.err() is None:
             self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
         else:  # interrupt the body at its first checkpoint, with no round trip through the loop
             self._handle = None
             cs.cancel()
+        try:
+            cs.__enter__()
+        except BaseException:
+            if self._handle is not None:
+                self._handle.cancel()
+            cancel_with_cause(child, None)
+            raise
+        self._token: Token[Context] = _current.set(child)
         return child
 
     async def __aexit__(
