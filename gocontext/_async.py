@@ -3,8 +3,8 @@
 One small section per event loop, picked by the running library: asyncio (any loop, uvloop
 included, several loops in several threads) and trio, whose module is imported on first use. A
 context ends in whatever thread cancels it; the loop learns of it through its thread-safe entry
-(``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``), never by running loop code in the
-canceller's thread.
+(``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``), one wake-up per batch of calls,
+never by running loop code in the canceller's thread.
 
 Deadlines enter a loop as time *remaining*: trio's clock is deliberately offset from
 ``time.monotonic()`` and asyncio's is the loop's own, so absolute times are never compared
