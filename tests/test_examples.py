@@ -40,6 +40,15 @@ EXPECTED: dict[str, list[str]] = {
         "client: Canceled('context canceled')",
         "http chain done",
     ],
+    "ray_fanout.py": [
+        "1. a request fans out to 2 branches x 2 leaves, deadline in 1.0s",
+        "branch-0 saw DeadlineExceeded('context deadline exceeded')",
+        "branch-0.0 saw DeadlineExceeded('context deadline exceeded')",
+        "(req-3)",
+        "2. the driver cancels; get() raises at once and cancels the tree",
+        "driver: get() raised Canceled('context canceled')",
+        "ray fanout done",
+    ],
 }
 
 # Lines that must appear, in any order (they come from threads and tasks racing each other).

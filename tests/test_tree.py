@@ -326,8 +326,17 @@ def test_errors_are_ordinary_exceptions() -> None:
 
 
 def test_contexts_do_not_pickle_without_an_integration() -> None:
-    import pickle
+    """Run in a fresh interpreter: importing gocontext.ray elsewhere installs a reducer."""
+    import subprocess
+    import sys
 
-    ctx, _ = gocontext.with_cancel(gocontext.background())
-    with pytest.raises(TypeError, match="cannot be pickled"):
-        pickle.dumps(ctx)
+    code = (
+        "import pickle, gocontext\n"
+        "ctx, _ = gocontext.with_cancel(gocontext.background())\n"
+        "try:\n"
+        "    pickle.dumps(ctx)\n"
+        "except TypeError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "cannot be pickled" in out.stdout

@@ -177,22 +177,28 @@ class _Watcher:
         self.thread = threading.Thread(target=self._run, name="gocontext-ray-watcher", daemon=True)
         self.thread.start()
 
+    # watch() and unwatch() are submitted under the lock: Ray runs one caller's actor calls in
+    # submission order, so a token dropped and received again is never left unwatched.
+
     def add(self, token: str, node: Context) -> None:
         with self.lock:
-            self.contexts.setdefault(token, weakref.WeakSet()).add(node)
-        self.channel.watch.remote(self.id, token)
+            nodes = self.contexts.get(token)
+            if nodes is None:
+                nodes = self.contexts[token] = weakref.WeakSet()
+            if not nodes:  # one watch per token and process, however many tasks received it
+                self.channel.watch.remote(self.id, token)
+            nodes.add(node)
         weakref.finalize(node, self._drop, token)
 
     def _drop(self, token: str) -> None:
         with self.lock:
             nodes = self.contexts.get(token)
-            if nodes is not None and len(nodes) == 0:
-                del self.contexts[token]
-            else:
+            if nodes is None or len(nodes) > 0:
                 return
-        if ray.is_initialized():  # never start Ray again at exit
-            with contextlib.suppress(Exception):  # the process may be shutting down
-                self.channel.unwatch.remote(self.id, token)
+            del self.contexts[token]
+            if ray.is_initialized():  # never start Ray again at exit
+                with contextlib.suppress(Exception):  # the process may be shutting down
+                    self.channel.unwatch.remote(self.id, token)
 
     def _run(self) -> None:
         from .._errors import Canceled, DeadlineExceeded
