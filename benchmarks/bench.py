@@ -194,13 +194,14 @@ def row_cancel_tree(width: int = 1000, depth: int = 100) -> dict[str, float]:
         width, depth = 50, 20
     n = width * depth + width
 
-    def ours() -> float:
-        root, cancel = gocontext.with_cancel(gocontext.background())
+    def go_style(mod: Any) -> float:
+        """gocontext and pygolang's golang.context share Go's API: one function for both."""
+        root, cancel = mod.with_cancel(mod.background())
         leaves = []
         for _ in range(width):
-            mid, _ = gocontext.with_cancel(root)
+            mid, _ = mod.with_cancel(root)
             leaves.append(mid)
-            leaves.extend(gocontext.with_cancel(mid)[0] for _ in range(depth))
+            leaves.extend(mod.with_cancel(mid)[0] for _ in range(depth))
         t = time.perf_counter_ns()
         cancel()
         for c in leaves:
@@ -208,25 +209,9 @@ def row_cancel_tree(width: int = 1000, depth: int = 100) -> dict[str, float]:
                 raise AssertionError("a descendant is not done")
         return (time.perf_counter_ns() - t) / n
 
-    out = {"gocontext": min(ours() for _ in range(3))}
+    out = {"gocontext": min(go_style(gocontext) for _ in range(3))}
     if "pygolang" in PEERS:
-        g = PEERS["pygolang"]
-
-        def pyg() -> float:
-            root, cancel = g.with_cancel(g.background())
-            leaves = []
-            for _ in range(width):
-                mid, _ = g.with_cancel(root)
-                leaves.append(mid)
-                leaves.extend(g.with_cancel(mid)[0] for _ in range(depth))
-            t = time.perf_counter_ns()
-            cancel()
-            for c in leaves:
-                if c.err() is None:
-                    raise AssertionError
-            return (time.perf_counter_ns() - t) / n
-
-        out["pygolang"] = min(pyg() for _ in range(3))
+        out["pygolang"] = min(go_style(PEERS["pygolang"]) for _ in range(3))
     if "cantok" in PEERS:
         ct = PEERS["cantok"]
 
@@ -588,7 +573,7 @@ def main() -> None:
         f"\ncancel() in another thread to the scope body's await interrupted, median: "
         f"asyncio {lat['asyncio']:.0f} µs, trio {lat['trio']:.0f} µs (target: < 300 µs)"
     )
-    for extra in ("bench_http", "bench_ray"):
+    for extra in ("bench_async", "bench_http", "bench_ray"):
         try:
             mod = __import__(extra)
         except ImportError as e:

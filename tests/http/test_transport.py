@@ -18,6 +18,18 @@ from ..conftest import NEVER
 from .conftest import BOARD, RID, SECRET, Server
 
 
+def cancel_when_entered(rid: str, cancel: object) -> threading.Thread:
+    """A thread that cancels once the server's handler for *rid* is running."""
+
+    def run() -> None:
+        assert BOARD.event(BOARD.entered, rid).wait(NEVER)
+        cancel()  # type: ignore[operator]
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
 def request_ctx(parent: gocontext.Context | None = None) -> tuple[gocontext.Context, str]:
     rid = uuid.uuid4().hex
     return gocontext.with_value(parent or gocontext.background(), RID, rid), rid
@@ -94,12 +106,7 @@ def test_sync_cancel_from_another_thread_aborts_a_request_waiting_for_headers(
             parent, cancel = gocontext.with_cancel(gocontext.background())
             ctx, rid = request_ctx(parent)
 
-            def cancel_when_entered(rid: str = rid, cancel=cancel) -> None:  # type: ignore[no-untyped-def]
-                assert BOARD.event(BOARD.entered, rid).wait(NEVER)
-                cancel()
-
-            t = threading.Thread(target=cancel_when_entered)
-            t.start()
+            t = cancel_when_entered(rid, cancel)
             started = time.monotonic()
             with pytest.raises(gocontext.Canceled):
                 client.get(f"{server.url}/wait", extensions={"gocontext": ctx})
@@ -132,12 +139,7 @@ def test_sync_cancel_while_sending_a_body(server: Server) -> None:
             parent, cancel = gocontext.with_cancel(gocontext.background())
             ctx, rid = request_ctx(parent)
 
-            def cancel_when_entered(rid: str = rid, cancel=cancel) -> None:  # type: ignore[no-untyped-def]
-                assert BOARD.event(BOARD.entered, rid).wait(NEVER)
-                cancel()
-
-            t = threading.Thread(target=cancel_when_entered)
-            t.start()
+            t = cancel_when_entered(rid, cancel)
             with pytest.raises(gocontext.Canceled):
                 client.post(f"{server.url}/upload", content=body, extensions={"gocontext": ctx})
             t.join(NEVER)
@@ -151,12 +153,7 @@ async def test_async_cancel_at_every_stage_leaves_the_pool_healthy(server: Serve
                 parent, cancel = gocontext.with_cancel(gocontext.background())
                 ctx, rid = request_ctx(parent)
 
-                def cancel_when_entered(rid: str = rid, cancel=cancel) -> None:  # type: ignore[no-untyped-def]
-                    assert BOARD.event(BOARD.entered, rid).wait(NEVER)
-                    cancel()
-
-                t = threading.Thread(target=cancel_when_entered)
-                t.start()
+                t = cancel_when_entered(rid, cancel)
                 with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
                     if path == "/stream":
                         async with client.stream(
