@@ -413,71 +413,6 @@ def deadline_lateness(rounds: int = 500) -> tuple[float, float]:
     return statistics.median(late), percentile(late, 0.99)
 
 
-def async_scope_rows() -> dict[str, dict[str, float]]:
-    import anyio
-    import trio
-
-    n = 20_000
-    ctx, _ = gocontext.with_cancel(gocontext.background())
-    out: dict[str, dict[str, float]] = {}
-
-    async def enter_exit(kind: str) -> float:
-        count = n if not QUICK else 200
-        t = time.perf_counter_ns()
-        for _ in range(count):
-            if kind == "gocontext.scope":
-                async with gocontext.scope(ctx):
-                    pass
-            elif kind == "anyio.CancelScope":
-                with anyio.CancelScope():
-                    pass
-            else:
-                async with asyncio.timeout(None):
-                    pass
-        return (time.perf_counter_ns() - t) / count
-
-    kinds = ["gocontext.scope", "anyio.CancelScope"]
-    if sys.version_info >= (3, 11):
-        kinds.append("asyncio.timeout(None)")
-    out["asyncio"] = {k: min(asyncio.run(enter_exit(k)) for _ in range(3)) for k in kinds}
-    out["trio"] = {k: min(trio.run(enter_exit, k) for _ in range(3)) for k in kinds[:2]}
-    return out
-
-
-def async_interrupt_latency(rounds: int = 500) -> dict[str, float]:
-    """cancel() in another thread to the body's await being interrupted; median µs."""
-    import anyio
-
-    if QUICK:
-        rounds = 30
-
-    async def run() -> float:
-        lat = []
-        for _ in range(rounds):
-            ctx, cancel = gocontext.with_cancel(gocontext.background())
-            t0: list[int] = []
-            parked = threading.Event()
-
-            def canceller(cancel: Callable[[], None] = cancel) -> None:
-                parked.wait()
-                time.sleep(0.0002)
-                t0.append(time.perf_counter_ns())
-                cancel()
-
-            th = threading.Thread(target=canceller)
-            th.start()
-            try:
-                async with gocontext.scope(ctx):
-                    parked.set()
-                    await anyio.sleep(10)
-            except gocontext.Canceled:
-                lat.append((time.perf_counter_ns() - t0[0]) / 1000)
-            th.join()
-        return statistics.median(lat)
-
-    return {"asyncio": anyio.run(run, backend="asyncio"), "trio": anyio.run(run, backend="trio")}
-
-
 # --------------------------------------------------------------------------------------------
 # Printing
 
@@ -558,20 +493,6 @@ def main() -> None:
     med, p99 = deadline_lateness()
     print(
         f"\ndeadline lateness on the shared timer: median {med:.2f} ms, p99 {p99:.2f} ms (target: p99 <= 10 ms)"
-    )
-    scopes = async_scope_rows()
-    for loop, figures in scopes.items():
-        print(
-            f"\n### enter + leave scope(ctx) on a live context, {loop}  (target: within 2x of anyio)\n"
-        )
-        print("| implementation | ns | ratio to anyio.CancelScope |\n|---|---:|---:|")
-        base = figures["anyio.CancelScope"]
-        for name, v in figures.items():
-            print(f"| {name} | {v:,.0f} | {v / base:.2f}x |")
-    lat = async_interrupt_latency()
-    print(
-        f"\ncancel() in another thread to the scope body's await interrupted, median: "
-        f"asyncio {lat['asyncio']:.0f} µs, trio {lat['trio']:.0f} µs (target: < 300 µs)"
     )
     for extra in ("bench_async", "bench_http", "bench_ray"):
         try:

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 venv=benchmarks/.venv
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q -U pip
-"$venv/bin/pip" install -q -e '.[http]' -r benchmarks/requirements.txt
+"$venv/bin/pip" install -q -e '.[test]' -r benchmarks/requirements.txt  # test: the http and ray extras, uvicorn
 # pygolang does not build with Cython 3; build it with Cython 2 (its C++ runtime compiles
 # here with g++). A failure is reported by bench.py as a missing peer, never hidden.
 if ! "$venv/bin/python" -c "import golang.context" 2>/dev/null; then
