@@ -115,25 +115,7 @@ class ContextMiddleware:
                 started = True
             await send(message)
 
-        send_stream, receive_stream = anyio.create_memory_object_stream[Message](1)
-
-        async def reader() -> None:
-            # Keep reading the connection, so a disconnect is seen even while the handler
-            # works without reading; the handler gets the messages through the stream.
-            async with send_stream:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        cancel(ClientDisconnected("the client disconnected"))
-                        await send_stream.send(message)
-                        return
-                    await send_stream.send(message)
-
-        async def proxied_receive() -> Message:
-            try:
-                return await receive_stream.receive()
-            except anyio.EndOfStream:
-                return {"type": "http.disconnect"}
+        channel = _Receiver(receive, lambda: cancel(ClientDisconnected("the client disconnected")))
 
         failure: Exception | None = None
 
@@ -143,7 +125,7 @@ class ContextMiddleware:
                 async with scope(deadline_ctx) as child:
                     scope_["gocontext"] = child
                     with use(child):
-                        await self.app(scope_, proxied_receive, tracked_send)
+                        await self.app(scope_, channel.receive, tracked_send)
             except DeadlineExceeded:
                 if not started:
                     await _plain(send, 504, "deadline exceeded")
@@ -155,17 +137,27 @@ class ContextMiddleware:
 
         try:
             loop = _get_running_loop()
-            if loop is not None:  # a bare asyncio task: a tenth of a task group's cost
-                task = loop.create_task(reader())
+            if loop is not None:
+                # Most requests are over before a watcher would matter: start one (a bare
+                # asyncio task, a tenth of a task group's cost) only for those still running.
+                task: asyncio.Task[None] | None = None
+
+                def start_watcher() -> None:
+                    nonlocal task
+                    task = loop.create_task(channel.watch())
+
+                timer = loop.call_later(WATCH_AFTER, start_watcher)
                 try:
                     await run_app()
                 finally:
-                    task.cancel()
-                    with anyio.CancelScope(shield=True):
-                        await asyncio.wait({task})
+                    timer.cancel()
+                    if task is not None:
+                        task.cancel()
+                        with anyio.CancelScope(shield=True):
+                            await asyncio.wait({task})
             else:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(reader)
+                    tg.start_soon(channel.watch, WATCH_AFTER)
                     try:
                         await run_app()
                     finally:
@@ -173,10 +165,70 @@ class ContextMiddleware:
         finally:
             cancel_deadline()
             cancel(None)
-            send_stream.close()  # the reader may have been cancelled before it began
-            receive_stream.close()
+            channel.close()
         if failure is not None:
             raise failure
+
+
+WATCH_AFTER = 0.01  # seconds a request runs before its connection is watched for a disconnect
+
+
+class _Receiver:
+    """The request's ``receive``, shared by the app and a watcher that sees a disconnect.
+
+    Until the watcher starts, the app reads the connection itself. The watcher waits for a
+    read the app has under way to finish, then reads every message itself and hands them to
+    the app through a small stream, so the connection is always being read: a disconnect is
+    seen even while the handler works without reading. (Single-threaded, on the event loop.)
+    """
+
+    def __init__(self, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+        self._receive = receive
+        self._on_disconnect = on_disconnect
+        self._watching = False
+        self._app_reading = False
+        self._app_done: anyio.Event | None = None
+        self._stream: Any = None
+
+    async def receive(self) -> Message:
+        if not self._watching:
+            self._app_reading = True
+            try:
+                message = await self._receive()
+            finally:
+                self._app_reading = False
+                if self._app_done is not None:
+                    self._app_done.set()
+            if message["type"] == "http.disconnect":
+                self._on_disconnect()
+            return message
+        try:
+            return await self._stream[1].receive()  # type: ignore[no-any-return]
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return {"type": "http.disconnect"}
+
+    async def watch(self, delay: float = 0.0) -> None:
+        if delay:
+            await anyio.sleep(delay)
+        self._stream = anyio.create_memory_object_stream[Message](1)
+        self._watching = True
+        if self._app_reading:
+            self._app_done = anyio.Event()
+            await self._app_done.wait()
+        send_stream = self._stream[0]
+        async with send_stream:
+            while True:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self._on_disconnect()
+                    await send_stream.send(message)
+                    return
+                await send_stream.send(message)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream[0].close()
+            self._stream[1].close()
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
