@@ -13,6 +13,8 @@ import math
 import time
 from typing import Any
 
+import ray
+
 from .. import _propagation
 from .._context import Context, background, with_cancel_cause, with_deadline
 from .._errors import DeadlineExceeded
@@ -33,6 +35,12 @@ BOOT_ID = _boot_id()
 
 
 def reduce(ctx: Context) -> tuple[Any, tuple[Any, ...]]:
+    if not ray.is_initialized():  # pickled for something else: never start Ray for it
+        raise TypeError(
+            "a gocontext context cannot be pickled by itself: its cancellation lives in this "
+            "process. It travels as an argument to Ray tasks (once Ray is initialized) and "
+            "across HTTP with gocontext.http"
+        )
     err = ctx.err()
     deadline = ctx.deadline()
     values = _propagation.outgoing_values(ctx)

@@ -238,3 +238,21 @@ def test_contexts_pickle_only_with_the_integration_loaded() -> None:
     assert copy.err() is None
     cancel()
     assert copy.done().wait(NEVER)
+
+
+def test_without_ray_running_a_context_does_not_pickle_and_starts_nothing() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle, ray, gocontext, gocontext.ray\n"
+        "ctx, _ = gocontext.with_cancel(gocontext.background())\n"
+        "try:\n"
+        "    pickle.dumps(ctx)\n"
+        "except TypeError as e:\n"
+        "    print('refused:', e)\n"
+        "print('ray started:', ray.is_initialized())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "refused: a gocontext context cannot be pickled" in out.stdout
+    assert "ray started: False" in out.stdout
