@@ -956,7 +956,8 @@ def _with_deadline(
     expired: bool | None = None,
 ) -> CancelPair:
     t = type(parent)
-    if t in _OURS:
+    ours = t in _OURS
+    if ours:
         up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
         # parent.deadline(), quicker: the nearest deadline up the chain (a chain of plain
         # cancel nodes of ours ends at a root, at without_cancel, or at a foreign parent).
@@ -973,7 +974,7 @@ def _with_deadline(
     ctx._deadline = deadline
     ctx._cause = cause
     ctx._entry = None
-    if t in _OURS:  # the hot path, inlined
+    if ours:  # the hot path, inlined
         ctx._parent = parent
         ctx._up = up
         ctx._vals = parent._vals  # type: ignore[attr-defined]
