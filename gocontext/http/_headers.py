@@ -5,13 +5,16 @@
 - ``Connect-Timeout-Ms`` and Envoy's ``X-Envoy-Expected-Rq-Timeout-Ms``: whole milliseconds.
 - ``baggage``: W3C Baggage, ``key=value`` list members separated by commas, values
   percent-encoded, optional ``;properties`` kept as they are.
+
+Only HTTP's own whitespace (SP and HTAB) may surround a value; anything else that
+``str.strip()`` would remove (``\\x85``, ``\\xa0``, ``\\x1c``) breaks the grammar.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote_to_bytes
 
 __all__ = [
     "MAX_BAGGAGE_BYTES",
@@ -32,11 +35,26 @@ _GRPC = re.compile(r"([0-9]{1,8})([HMSmun])\Z")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _MS = re.compile(rf"[0-9]{{1,{_MAX_MS_DIGITS}}}\Z")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# A member's value: W3C's baggage-octets (no space, '"', ',', ';' or '\\'), plus raw non-ASCII
+# text (not C1 controls or NBSP), which some senders put there unescaped; every '%' starts a
+# two-digit escape.
+_VALUE = re.compile(
+    r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E\xA1-\U0010FFFF]|%[0-9A-Fa-f]{2})*\Z"
+)
+_OWS = " \t"  # HTTP's optional whitespace: nothing else is stripped
+_SHOWN = 64  # characters of a bad header a message echoes
 _SAFE = "!#$&'()*+-./:<=>?@[]^_`{|}~"  # baggage-octets that need no escaping (not , ; % \\ ")
 
 
 class HeaderError(ValueError):
     """A deadline or baggage header that does not follow its grammar."""
+
+
+def _shown(value: str) -> str:
+    """*value* as a message shows it: its repr, cut to ``_SHOWN`` characters."""
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return repr(value[:_SHOWN]) + "…"
 
 
 def format_grpc_timeout(seconds: float) -> str:
@@ -63,10 +81,11 @@ def parse_grpc_timeout(value: str) -> float:
         >>> parse_grpc_timeout("250m"), parse_grpc_timeout("2S")
         (0.25, 2.0)
     """
-    m = _GRPC.match(value.strip())
+    m = _GRPC.match(value.strip(_OWS))
     if m is None:
         raise HeaderError(
-            f"Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), got {value!r}"
+            "Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), "
+            f"got {_shown(value)}"
         )
     return int(m.group(1)) * _GRPC_UNITS[m.group(2)]
 
@@ -78,37 +97,49 @@ def parse_timeout_ms(name: str, value: str) -> float:
         >>> parse_timeout_ms("Connect-Timeout-Ms", "1500")
         1.5
     """
-    v = value.strip()
+    v = value.strip(_OWS)
     if _MS.match(v) is None:
         raise HeaderError(
             f"{name} must be a whole number of milliseconds "
-            f"(at most {_MAX_MS_DIGITS} digits), got {value!r}"
+            f"(at most {_MAX_MS_DIGITS} digits), got {_shown(value)}"
         )
     return int(v) / 1000.0
 
 
-def parse_baggage(header: str) -> dict[str, str]:
+def parse_baggage(header: str | bytes) -> dict[str, str]:
     """The ``key -> value`` pairs of a ``baggage`` header, bounded and forgiving.
 
-    At most ``MAX_BAGGAGE_BYTES`` are read and ``MAX_BAGGAGE_ENTRIES`` kept; malformed members
-    (no ``=``, a key that is not a token, a bad percent-escape) are dropped, never trusted.
+    Only the members that lie whole within the first ``MAX_BAGGAGE_BYTES`` bytes are read (a
+    member cut by the bound is dropped, never passed on as a prefix) and at most
+    ``MAX_BAGGAGE_ENTRIES`` kept. Malformed members are dropped, never trusted: no ``=``, a key
+    that is not a token, a value with a space, quote, backslash or control character, a bad
+    percent-escape (``%zz``, a lone ``%``), or bytes that are not UTF-8. Raw bytes (an ASGI
+    header) are read as UTF-8.
 
     Example:
-        >>> parse_baggage("request-id=r%2017;ttl=3, bad entry, user=ada")
+        >>> parse_baggage("request-id=r%2017;ttl=3, bad entry, user=ada, q=%zz")
         {'request-id': 'r 17', 'user': 'ada'}
+        >>> parse_baggage(b"city=Gen\\xc3\\xa8ve")
+        {'city': 'Genève'}
     """
+    data = header if isinstance(header, bytes) else header.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_BAGGAGE_BYTES:
+        # Keep whole members only: cut after the last comma inside the bound.
+        data = data[: data.rfind(b",", 0, MAX_BAGGAGE_BYTES + 1) + 1]
     out: dict[str, str] = {}
-    data = header.encode("utf-8", "replace")[:MAX_BAGGAGE_BYTES].decode("utf-8", "ignore")
-    for member in data.split(","):
+    for member in data.split(b","):
         if len(out) >= MAX_BAGGAGE_ENTRIES:
             break
-        pair = member.split(";", 1)[0]
-        key, sep, raw = pair.partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or not _TOKEN.match(key):
+        try:
+            text = member.split(b";", 1)[0].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        key, sep, raw = text.partition("=")
+        key, raw = key.strip(_OWS), raw.strip(_OWS)
+        if not sep or _TOKEN.match(key) is None or _VALUE.match(raw) is None:
             continue
         try:
-            value = unquote(raw, errors="strict")
+            value = unquote_to_bytes(raw).decode("utf-8") if "%" in raw else raw
         except UnicodeDecodeError:
             continue
         out[key] = value

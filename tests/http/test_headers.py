@@ -89,6 +89,11 @@ def test_the_smallest_incoming_timeout_wins() -> None:
         ("k=%FF", {}),
         ("", {}),
         (",,,", {}),
+        ("a=%zz, b=%, c=%4, d=x%, k=v", {"k": "v"}),  # bad escapes are dropped, not passed on
+        ('a=two words, b="quoted", c=back\\slash, d=\x7f, k=v', {"k": "v"}),
+        ("k=\tv\t , j=", {"k": "v", "j": ""}),  # HTTP whitespace only, an empty value is one
+        ("k=\xa0v, j=v\x85", {}),  # not HTTP whitespace, and not W3C baggage-octets
+        ("k=\udcff", {}),  # a lone surrogate is no text
     ],
 )
 def test_baggage_parses_and_drops_malformed_members(header: str, expected: dict[str, str]) -> None:
@@ -99,7 +104,43 @@ def test_baggage_is_bounded() -> None:
     many = ",".join(f"k{i}=v" for i in range(1000))
     assert len(parse_baggage(many)) == MAX_BAGGAGE_ENTRIES
     huge = "k=" + "x" * (MAX_BAGGAGE_BYTES * 4) + ",j=1"
-    assert parse_baggage(huge) == {"k": "x" * (MAX_BAGGAGE_BYTES - 2)}
+    assert parse_baggage(huge) == {}
+
+
+def test_a_member_cut_by_the_bound_is_dropped_whole() -> None:
+    head = "a=" + "x" * 7000 + ","  # 7,003 bytes
+    assert parse_baggage(head + "b=" + "y" * 2000) == {"a": "x" * 7000}
+    assert parse_baggage(head + "b=" + "y" * 2000 + ",c=1") == {"a": "x" * 7000}
+    whole = head + "b=" + "y" * (MAX_BAGGAGE_BYTES - len(head) - 2)  # ends on the bound
+    assert parse_baggage(whole + ",c=1")["b"] == "y" * (MAX_BAGGAGE_BYTES - len(head) - 2)
+
+
+def test_raw_utf8_baggage_reads_as_utf8_and_bad_bytes_drop_the_member() -> None:
+    assert parse_baggage("city=Genève".encode()) == {"city": "Genève"}
+    assert parse_baggage(b"a=\xff\xfe, b=ok") == {"b": "ok"}
+    assert parse_baggage(b"city=Gen%C3%A8ve") == {"city": "Genève"}
+
+
+@pytest.mark.parametrize("junk", ["\x85", "\x1c", "\xa0", "\u2003", "\n", "\x0b"])
+def test_only_http_whitespace_may_surround_a_deadline(junk: str) -> None:
+    with pytest.raises(HeaderError, match="Grpc-Timeout"):
+        parse_grpc_timeout(f"{junk}5S")
+    with pytest.raises(HeaderError, match="Grpc-Timeout"):
+        parse_grpc_timeout(f"5S{junk}")
+    with pytest.raises(HeaderError, match="Connect-Timeout-Ms"):
+        parse_timeout_ms("Connect-Timeout-Ms", f"{junk}500")
+    assert parse_grpc_timeout(" \t5S\t ") == 5.0
+    assert parse_timeout_ms("Connect-Timeout-Ms", "\t500 ") == 0.5
+
+
+def test_a_huge_bad_header_is_echoed_in_part() -> None:
+    value = "9" * 65536
+    for parse in (parse_grpc_timeout, lambda v: parse_timeout_ms("Connect-Timeout-Ms", v)):
+        with pytest.raises(HeaderError) as info:
+            parse(value)
+        message = str(info.value)
+        assert len(message) < 200
+        assert message.endswith("…")
 
 
 def test_baggage_formats_merges_and_escapes() -> None:
