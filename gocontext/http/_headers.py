@@ -84,8 +84,7 @@ def parse_grpc_timeout(value: str) -> float:
     m = _GRPC.match(value.strip(_OWS))
     if m is None:
         raise HeaderError(
-            "Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), "
-            f"got {_shown(value)}"
+            f"Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), got {_shown(value)}"
         )
     return int(m.group(1)) * _GRPC_UNITS[m.group(2)]
 
