@@ -1,92 +1,152 @@
 """ASGI middleware: each request runs under a context with the caller's deadline and values,
-cancelled when the client goes away."""
+ended by the deadline or by the client going away, whichever comes first."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final, Union
 
 import anyio
 
-from .._ambient import use
 from .._async import scope
 from .._context import Context, background, with_cancel_cause, with_timeout
-from .._errors import DeadlineExceeded
+from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
 from ._headers import HeaderError, parse_baggage, parse_grpc_timeout, parse_timeout_ms
 
-__all__ = ["ClientDisconnected", "ContextMiddleware"]
+__all__ = ["ClientDisconnected", "ContextMiddleware", "MaxTimeout"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+MaxTimeout = Union[float, None, Callable[[Scope], Union[float, None]]]  # noqa: UP007 - 3.10 runtime
 
 _get_running_loop = asyncio._get_running_loop
 
-_MS_HEADERS = {
+_DEFAULT_MAX_TIMEOUT: Final = 60.0  # seconds: a request with no deadline header gets this one
+_LONGEST: Final = 365 * 86400.0  # an unbounded server still reads a longer ask as this
+_WATCH_AFTER: Final = 0.01  # seconds a request runs before a watcher starts (most end sooner)
+_DEADLINE_SLACK: Final = 0.1  # a disconnect this close to the deadline is the deadline's doing
+_MAX_UNREAD: Final = 4 << 20  # bytes of body a watcher holds for an app that does not read it
+
+# Header names, lowercase as ASGI servers give them (the spec only asks that they be).
+_GRPC: Final = b"grpc-timeout"
+_BAGGAGE: Final = b"baggage"
+_MS_HEADERS: Final = {
     b"connect-timeout-ms": "Connect-Timeout-Ms",
     b"x-envoy-expected-rq-timeout-ms": "X-Envoy-Expected-Rq-Timeout-Ms",
 }
+_READ: Final = frozenset({_GRPC, _BAGGAGE, *_MS_HEADERS})
+_LENGTHS: Final = frozenset(map(len, _READ))  # a name of another length is none of them
+
+# Where a response stands: what the app sent so far, or that the middleware answered for it.
+_IDLE, _STARTED, _COMPLETE, _TAKEN = range(4)
+_END_BODY: Final = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class ClientDisconnected(ConnectionError):
-    """The cause recorded on a request's context when its client disconnects."""
+    """The cause recorded on a request's context when its client went away first.
+
+    Example:
+        >>> import gocontext, gocontext.http
+        >>> ctx, cancel = gocontext.with_cancel_cause(gocontext.background())
+        >>> cancel(gocontext.http.ClientDisconnected("the client disconnected"))
+        >>> gocontext.cause(ctx)
+        ClientDisconnected('the client disconnected')
+    """
 
     __module__ = "gocontext.http"
 
 
-def incoming_deadline(headers: list[tuple[bytes, bytes]]) -> tuple[float | None, dict[str, str]]:
-    """The smallest timeout the headers ask for (seconds, or None) and the baggage values."""
+def _timeout_and_values(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[float | None, dict[str, str]]:
+    """The smallest timeout the headers ask for (seconds, or None) and the baggage values.
+
+    Example:
+        >>> _timeout_and_values([(b"grpc-timeout", b"250m"), (b"baggage", b"user=ada")])
+        (0.25, {'user': 'ada'})
+    """
     timeout: float | None = None
-    baggage: list[str] = []
-    for raw_name, raw_value in headers:
-        name = raw_name.lower()
-        if name == b"grpc-timeout":
-            t = parse_grpc_timeout(raw_value.decode("latin-1"))
-        elif name in _MS_HEADERS:
-            t = parse_timeout_ms(_MS_HEADERS[name], raw_value.decode("latin-1"))
-        else:
-            if name == b"baggage":
-                baggage.append(raw_value.decode("latin-1"))
+    baggage: list[bytes] = []
+    for name, value in headers:
+        if len(name) not in _LENGTHS:
             continue
-        timeout = t if timeout is None else min(timeout, t)
-    return timeout, (parse_baggage(",".join(baggage)) if baggage else {})
+        if name not in _READ:
+            name = name.lower()
+            if name not in _READ:
+                continue
+        if name == _GRPC:
+            t = parse_grpc_timeout(value.decode("latin-1"))
+        elif name == _BAGGAGE:
+            baggage.append(value)
+            continue
+        else:
+            t = parse_timeout_ms(_MS_HEADERS[name], value.decode("latin-1"))
+        if timeout is None or t < timeout:
+            timeout = t
+    if not baggage:
+        return timeout, {}
+    return timeout, parse_baggage(baggage[0] if len(baggage) == 1 else b",".join(baggage))
+
+
+def _check_max_timeout(value: object) -> None:
+    if value is None or callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            "ContextMiddleware() needs max_timeout as seconds, None or a function of the "
+            f"request's scope, got {value!r}"
+        )
+    if math.isnan(value) or value <= 0:
+        raise ValueError(
+            f"ContextMiddleware() needs a positive max_timeout in seconds, got {value!r}"
+        )
 
 
 class ContextMiddleware:
     """Run each HTTP request of an ASGI app (Starlette, FastAPI, any) under its own context.
 
     The context carries the caller's deadline (``Grpc-Timeout``, ``Connect-Timeout-Ms`` or
-    ``X-Envoy-Expected-Rq-Timeout-Ms``, the smallest, capped by *max_timeout*, which also
-    applies when no header is sent) and its ``PropagatedKey`` values (``baggage``), and is
-    cancelled with a ``ClientDisconnected`` cause when the client goes away. Handlers read it
-    with ``gocontext.current()`` or ``scope["gocontext"]``. The handler runs in
-    ``gocontext.scope(ctx)``: one that ignores its context is still cancelled at the deadline,
-    and the response is a 504 if nothing was sent yet. A malformed deadline header gets a 400
-    that says what was wrong.
+    ``X-Envoy-Expected-Rq-Timeout-Ms``, the smallest) and its ``PropagatedKey`` values
+    (``baggage``). Handlers read it with ``gocontext.current()`` or ``scope["gocontext"]``.
+
+    *max_timeout* caps every deadline, and is the deadline of a request that sends none: 60
+    seconds by default; ``None`` leaves requests with no header unbounded; a function of the
+    ASGI scope chooses per request (a route that streams events can return ``None``).
+
+    The context ends in one of two ways, told apart by its error, the same at every hop:
+    ``DeadlineExceeded`` when the deadline passes (also when the client left because its own
+    deadline passed), or ``Canceled`` with a ``ClientDisconnected`` cause when the client went
+    away first. The handler runs in ``gocontext.scope(ctx)``, so one that ignores its context is
+    interrupted at its next checkpoint. At the deadline the client gets a 504 at once, even if
+    the handler is blocked (in a thread, say) and runs on: its late response is discarded, as
+    Go's ``http.TimeoutHandler`` does. A response already under way is ended there, cleanly: the
+    client sees the body stop, the server logs nothing. A deadline already passed on arrival
+    (``Grpc-Timeout: 0n``) gets its 504 without running the handler; a malformed deadline
+    header gets a 400 that says what was wrong.
 
     Example:
         >>> from starlette.applications import Starlette
         >>> import gocontext.http
         >>> app = gocontext.http.ContextMiddleware(Starlette(), max_timeout=30)
+        >>> events = gocontext.http.ContextMiddleware(
+        ...     Starlette(), max_timeout=lambda scope: None if scope["path"] == "/events" else 30
+        ... )
     """
 
     __module__ = "gocontext.http"
 
-    def __init__(self, app: ASGIApp, *, max_timeout: float | None = None) -> None:
-        if max_timeout is not None and (
-            isinstance(max_timeout, bool)
-            or not isinstance(max_timeout, (int, float))
-            or math.isnan(max_timeout)
-            or max_timeout <= 0
-        ):
-            raise ValueError(
-                f"max_timeout must be a positive number of seconds, got {max_timeout!r}"
-            )
+    def __init__(self, app: ASGIApp, *, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> None:
+        if not callable(app):
+            raise TypeError(f"ContextMiddleware() needs an ASGI app, got {app!r}")
+        _check_max_timeout(max_timeout)
         self.app = app
         self.max_timeout = max_timeout
 
@@ -95,140 +155,240 @@ class ContextMiddleware:
             await self.app(scope_, receive, send)
             return
         try:
-            timeout, values = incoming_deadline(scope_.get("headers") or [])
+            timeout, values = _timeout_and_values(scope_["headers"])
         except HeaderError as e:
             await _plain(send, 400, f"bad deadline header: {e}")
             return
-        if self.max_timeout is not None:
-            timeout = self.max_timeout if timeout is None else min(timeout, self.max_timeout)
-        parent = attach_values(background(), values)
-        ctx, cancel = with_cancel_cause(parent)
-        deadline_ctx: Context = ctx
-        cancel_deadline: Callable[[], None] = lambda: None  # noqa: E731
+        cap = self.max_timeout
+        if cap is not None and not isinstance(cap, (int, float)):
+            cap = cap(scope_)
+            _check_max_timeout(cap)
+        if timeout is None or (cap is not None and timeout > cap):
+            timeout = cap
+        parent = attach_values(background(), values) if values else background()
+        cancel_deadline: Callable[[], None] | None = None
         if timeout is not None:
-            deadline_ctx, cancel_deadline = with_timeout(ctx, timeout)
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        channel = _Receiver(receive, lambda: cancel(ClientDisconnected("the client disconnected")))
-
-        failure: Exception | None = None
-
-        async def run_app() -> None:
-            nonlocal failure
-            try:
-                async with scope(deadline_ctx) as child:
-                    scope_["gocontext"] = child
-                    with use(child):
-                        await self.app(scope_, channel.receive, tracked_send)
-            except DeadlineExceeded:
-                if not started:
-                    await _plain(send, 504, "deadline exceeded")
-            except Exception as e:
-                # Raised by the caller, outside any task group, so never wrapped in a group;
-                # unless the client is gone and nobody is left to answer.
-                if ctx.err() is None or started:
-                    failure = e
-
+            if timeout <= 0:  # nothing the handler could do would reach the client in time
+                await _plain(send, 504, "deadline exceeded")
+                return
+            parent, cancel_deadline = with_timeout(parent, min(timeout, _LONGEST))
+        ctx, cancel = with_cancel_cause(parent)
+        exchange = _Exchange(receive, send, ctx, cancel)
         try:
             loop = _get_running_loop()
             if loop is not None:
                 # Most requests are over before a watcher would matter: start one (a bare
                 # asyncio task, a tenth of a task group's cost) only for those still running.
-                task: asyncio.Task[None] | None = None
-
-                def start_watcher() -> None:
-                    nonlocal task
-                    task = loop.create_task(channel.watch())
-
-                timer = loop.call_later(WATCH_AFTER, start_watcher)
+                timer = loop.call_later(_WATCH_AFTER, exchange.start_watching, loop)
                 try:
-                    await run_app()
+                    await self._run(scope_, exchange)
                 finally:
                     timer.cancel()
-                    if task is not None:
-                        task.cancel()
-                        with anyio.CancelScope(shield=True):
-                            await asyncio.wait({task})
+                    await exchange.stop_watching()
             else:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(channel.watch, WATCH_AFTER)
+                    tg.start_soon(exchange.watch, _WATCH_AFTER)
                     try:
-                        await run_app()
+                        await self._run(scope_, exchange)
                     finally:
                         tg.cancel_scope.cancel()
         finally:
-            cancel_deadline()
             cancel(None)
-            channel.close()
-        if failure is not None:
-            raise failure
+            if cancel_deadline is not None:
+                cancel_deadline()
+        if exchange.failure is not None:
+            raise exchange.failure
+
+    async def _run(self, scope_: Scope, exchange: _Exchange) -> None:
+        """Run the app under the request's context; keep what it raised in the exchange."""
+        ctx = exchange.ctx
+        try:
+            async with scope(ctx) as child:
+                scope_["gocontext"] = child
+                await self.app(scope_, exchange.receive, exchange.send)
+        except ContextError as e:
+            err = ctx.err()
+            if isinstance(err, DeadlineExceeded) or (err is None and _passed(ctx.deadline())):
+                # (An HTTP call of the handler can time out a moment before ctx's timer fires.)
+                await exchange.answer_deadline()
+            elif err is None or type(e) is not type(err):  # not the request's own end: the app's
+                exchange.failure = e
+        except Exception as e:
+            # Raised by the app, outside any task group, so never wrapped in a group; once the
+            # middleware has answered for the app, nobody is left to hear of it.
+            if exchange.state != _TAKEN:
+                exchange.failure = e
 
 
-WATCH_AFTER = 0.01  # seconds a request runs before its connection is watched for a disconnect
-
-
-class _Receiver:
-    """The request's ``receive``, shared by the app and a watcher that sees a disconnect.
+class _Exchange:
+    """One request's traffic: the ``receive`` and ``send`` the app sees, and the watcher.
 
     Until the watcher starts, the app reads the connection itself. The watcher waits for a
-    read the app has under way to finish, then reads every message itself and hands them to
-    the app through a small stream, so the connection is always being read: a disconnect is
-    seen even while the handler works without reading. (Single-threaded, on the event loop.)
+    read the app has under way to finish, then reads every message itself into a queue the
+    app's ``receive`` takes from, so the connection is always being read and a disconnect is
+    seen even while the handler works without reading (up to ``_MAX_UNREAD`` bytes of body it
+    has not taken). Beside the reading, the watcher answers for the app at the deadline.
+    Everything runs on the request's event loop, in the request's task or the watcher's.
     """
 
-    def __init__(self, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+    __slots__ = (
+        "_app_read",
+        "_app_reading",
+        "_arrived",
+        "_cancel",
+        "_queue",
+        "_receive",
+        "_send",
+        "_task",
+        "_unread",
+        "_watching",
+        "ctx",
+        "failure",
+        "state",
+    )
+
+    def __init__(
+        self, receive: Receive, send: Send, ctx: Context, cancel: Callable[[BaseException], None]
+    ) -> None:
         self._receive = receive
-        self._on_disconnect = on_disconnect
-        self._watching = False
-        self._app_reading = False
-        self._app_done: anyio.Event | None = None
-        self._stream: Any = None
+        self._send = send
+        self.ctx = ctx
+        self._cancel = cancel
+        self.state = _IDLE  # _IDLE, _STARTED, _COMPLETE or _TAKEN; only moves forward
+        self.failure: Exception | None = None  # what the app raised, for the server to see
+        self._watching = False  # the watcher reads the connection from now on
+        self._app_reading = False  # the app is inside the connection's receive
+        self._app_read: anyio.Event | None = None  # set when that read returns
+        self._queue: deque[Message] = deque()  # read by the watcher, not yet taken by the app
+        self._unread = 0  # body bytes in _queue
+        self._arrived: anyio.Event | None = None  # set when _queue changes or reading ends
+        self._task: asyncio.Task[None] | None = None  # the watcher, on asyncio
+
+    # -- what the app sees -----------------------------------------------------------------
 
     async def receive(self) -> Message:
-        if not self._watching:
-            self._app_reading = True
-            try:
-                message = await self._receive()
-            finally:
-                self._app_reading = False
-                if self._app_done is not None:
-                    self._app_done.set()
-            if message["type"] == "http.disconnect":
-                self._on_disconnect()
-            return message
+        queue = self._queue
+        while not queue:
+            if not self._watching:
+                return await self._read_myself()
+            arrived = self._arrived = anyio.Event()
+            await arrived.wait()
+        message = queue[0]
+        if message["type"] != "http.disconnect":  # the last message stays for every later read
+            queue.popleft()
+            self._unread -= len(message.get("body", b""))
+            self._wake()
+        return message
+
+    async def _read_myself(self) -> Message:
+        self._app_reading = True
         try:
-            return await self._stream[1].receive()  # type: ignore[no-any-return]
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            return {"type": "http.disconnect"}
+            message = await self._receive()
+        finally:
+            self._app_reading = False
+            if self._app_read is not None:
+                self._app_read.set()
+        if message["type"] == "http.disconnect":
+            self._disconnected()
+        return message
+
+    async def send(self, message: Message) -> None:
+        state = self.state
+        if state == _TAKEN:
+            return  # the middleware answered for the app: its late response goes nowhere
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.state = _STARTED
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.state = _COMPLETE
+        await self._send(message)
+
+    # -- what the middleware does ----------------------------------------------------------
+
+    async def answer_deadline(self) -> None:
+        """Answer for the app at the deadline: a 504, or the end of a response under way."""
+        state = self.state
+        if state in (_TAKEN, _COMPLETE):
+            return
+        self.state = _TAKEN
+        try:
+            if state == _IDLE:
+                await _plain(self._send, 504, "deadline exceeded")
+            else:
+                await self._send(_END_BODY)
+        except Exception:  # a gone client, or a body that declared a longer length
+            return
+
+    def _disconnected(self) -> None:
+        if self.state in (_COMPLETE, _TAKEN):
+            return  # the response is out: the server says "disconnect" for every later read
+        if _passed(self.ctx.deadline(), _DEADLINE_SLACK):
+            return  # the client left for the deadline, which ends the context in a moment
+        self._cancel(ClientDisconnected("the client disconnected"))
+
+    def _wake(self) -> None:
+        # One event serves both waits, never at the same time: the app waits only on an empty
+        # queue, the watcher only on one holding more than _MAX_UNREAD bytes.
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
+
+    # -- the watcher ------------------------------------------------------------------------
+
+    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the watcher as a bare task (asyncio); ``stop_watching`` ends it."""
+        self._task = loop.create_task(self.watch())
+
+    async def stop_watching(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task})
+            if not task.cancelled() and self.failure is None:
+                e = task.exception()
+                if isinstance(e, Exception):
+                    self.failure = e
 
     async def watch(self, delay: float = 0.0) -> None:
+        """Read the connection for the app, and answer for it at the deadline."""
         if delay:
             await anyio.sleep(delay)
-        self._stream = anyio.create_memory_object_stream[Message](1)
-        self._watching = True
-        if self._app_reading:
-            self._app_done = anyio.Event()
-            await self._app_done.wait()
-        send_stream = self._stream[0]
-        async with send_stream:
-            while True:
-                message = await self._receive()
-                if message["type"] == "http.disconnect":
-                    self._on_disconnect()
-                    await send_stream.send(message)
-                    return
-                await send_stream.send(message)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_time)
+            await self._read()
 
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream[0].close()
-            self._stream[1].close()
+    async def _keep_time(self) -> None:
+        ctx = self.ctx
+        await ctx.done()
+        if isinstance(ctx.err(), DeadlineExceeded):
+            await self.answer_deadline()
+
+    async def _read(self) -> None:
+        self._watching = True
+        try:
+            if self._app_reading:
+                self._app_read = anyio.Event()
+                await self._app_read.wait()
+            while True:
+                while self._unread > _MAX_UNREAD:
+                    arrived = self._arrived = anyio.Event()
+                    await arrived.wait()
+                message = await self._receive()
+                self._queue.append(message)
+                self._unread += len(message.get("body", b""))
+                self._wake()
+                if message["type"] == "http.disconnect":
+                    self._disconnected()
+                    return
+        finally:
+            self._watching = False  # stopped or failed: the app reads for itself again
+            self._wake()
+
+
+def _passed(deadline: float | None, slack: float = 0.0) -> bool:
+    """Whether *deadline* (monotonic) has passed, or will within *slack* seconds."""
+    return deadline is not None and deadline - time.monotonic() <= slack
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

@@ -1,12 +1,17 @@
 """Real servers for the HTTP tests: uvicorn on 127.0.0.1 (a free port), Starlette and FastAPI
-apps behind ContextMiddleware, and a second service for chains."""
+apps behind ContextMiddleware, and a second service for chains; and a hand-driven ASGI peer,
+to run the middleware under trio as well as asyncio."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import httpx
@@ -45,7 +50,12 @@ class Board:
 
     def end(self, rid: str, ctx: gocontext.Context) -> None:
         self.causes[rid] = gocontext.cause(ctx)
+        self.errors[rid] = ctx.err()
         self.event(self.ended, rid).set()
+
+    errors: dict[str, BaseException | None] = field(default_factory=dict)
+    release: dict[str, threading.Event] = field(default_factory=dict)
+    in_flight: int = 0  # requests inside the app behind the middleware, on every test server
 
 
 BOARD = Board()
@@ -96,10 +106,39 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body())
 
 
-async def upload(request: Request) -> Response:
+def blocked(request: Request) -> Response:
+    """A sync endpoint (a worker thread) blocked until the test releases it."""
     rid = str(gocontext.current().value(RID))
     BOARD.enter(rid)
-    await anyio.sleep(NEVER)  # never reads the body: the client stays stuck sending it
+    BOARD.event(BOARD.release, rid).wait(NEVER)
+    BOARD.end(rid, gocontext.current())
+    return PlainTextResponse("late")
+
+
+async def relay(request: Request) -> Response:
+    """Calls the next service with the current context, which must end the call; records how
+    its own context ended."""
+    ctx = gocontext.current()
+    rid = str(ctx.value(RID))
+    try:
+        async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+            r = await client.get(request.query_params["to"])
+        return PlainTextResponse(r.text, status_code=r.status_code)
+    finally:
+        with anyio.move_on_after(NEVER, shield=True):
+            await ctx.done()  # the call can fail by its timeout a moment before ctx's timer fires
+        BOARD.end(f"{rid}-relay", ctx)
+
+
+async def upload(request: Request) -> Response:
+    rid = str(gocontext.current().value(RID))
+    ctx = gocontext.current()
+    BOARD.enter(rid)
+    try:
+        with anyio.move_on_after(NEVER):
+            await ctx.done()  # never reads the body: the client stays stuck sending it
+    finally:
+        BOARD.end(rid, ctx)
     return PlainTextResponse("done")
 
 
@@ -113,7 +152,7 @@ async def call(request: Request) -> Response:
     return JSONResponse({"here": here, "next": r.json() if r.status_code == 200 else r.status_code})
 
 
-def starlette_app(max_timeout: float | None = None) -> gocontext.http.ContextMiddleware:
+def starlette_app(**options: Any) -> gocontext.http.ContextMiddleware:
     app = Starlette(
         routes=[
             Route("/info", info),
@@ -122,9 +161,33 @@ def starlette_app(max_timeout: float | None = None) -> gocontext.http.ContextMid
             Route("/stream", stream),
             Route("/upload", upload, methods=["POST"]),
             Route("/call", call),
+            Route("/blocked", blocked),
+            Route("/relay", relay),
         ]
     )
-    return gocontext.http.ContextMiddleware(app, max_timeout=max_timeout)
+    return gocontext.http.ContextMiddleware(_counted(app), **options)
+
+
+def _counted(app: Any) -> Any:
+    """*app*, counting in ``BOARD.in_flight`` the requests inside it."""
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        BOARD.in_flight += 1  # only ever changed on a server's event loop thread, under the GIL
+        try:
+            await app(scope, receive, send)
+        finally:
+            BOARD.in_flight -= 1
+
+    return counted
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (at most NEVER seconds) until *condition* holds, else fail naming *what*."""
+    end = time.monotonic() + NEVER
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"still not true after {NEVER} s: {what}")
+        time.sleep(0.005)
 
 
 def fastapi_app() -> gocontext.http.ContextMiddleware:
@@ -143,7 +206,9 @@ def fastapi_app() -> gocontext.http.ContextMiddleware:
 
 class Server:
     def __init__(self, app: object) -> None:
-        self.sock = socket.socket()
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then, and without it every small
+        # response waits for the client's delayed ACK.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -169,6 +234,13 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
+    """No cap: requests with no deadline header have no deadline."""
+    with Server(starlette_app(max_timeout=None)) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def default_server() -> Iterator[Server]:
     with Server(starlette_app()) as s:
         yield s
 
@@ -187,5 +259,116 @@ def fastapi_server() -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def second_server() -> Iterator[Server]:
-    with Server(starlette_app()) as s:
+    with Server(starlette_app(max_timeout=None)) as s:
         yield s
+
+
+class LogRecords(logging.Handler):
+    """Every record at WARNING or above that the server's and our loggers emit."""
+
+    NAMES = ("uvicorn", "gocontext", "asyncio", "starlette")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def errors(self) -> list[str]:
+        return [
+            f"{r.name}: {r.getMessage()} {r.exc_info[1]!r}" if r.exc_info else r.getMessage()
+            for r in self.records
+            if r.levelno >= logging.ERROR
+        ]
+
+
+@pytest.fixture
+def server_logs() -> Iterator[LogRecords]:
+    handler = LogRecords()
+    loggers = [logging.getLogger(name) for name in LogRecords.NAMES]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+Message = MutableMapping[str, Any]
+
+
+class Peer:
+    """The server and client of one ASGI request, played by a test, under asyncio or trio.
+
+    ``push()`` hands the app a message (``http.request`` chunks, then ``http.disconnect`` for a
+    client that leaves); ``sent`` collects what the app sends. As uvicorn does, once the client
+    is gone or the response complete, every read says ``http.disconnect``.
+    """
+
+    def __init__(self, headers: list[tuple[bytes, bytes]] | None = None, path: str = "/") -> None:
+        self.scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"test"), *(headers or [])],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+        }
+        self._inbox: deque[Message] = deque()
+        self.sent: list[Message] = []
+        self.reads = 0
+        self.gone = False
+        self._changed = anyio.Event()
+
+    def push(self, message: Message) -> None:
+        self._inbox.append(message)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def receive(self) -> Message:
+        self.reads += 1
+        await anyio.lowlevel.checkpoint()
+        while not (self.gone or self.complete or self._inbox):
+            await self._changed.wait()
+        if self.gone or self.complete:
+            return {"type": "http.disconnect"}
+        message = self._inbox.popleft()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.complete:
+            raise RuntimeError(f"{message['type']} sent after the response completed")
+        self.sent.append(message)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @property
+    def complete(self) -> bool:
+        return any(
+            m["type"] == "http.response.body" and not m.get("more_body", False) for m in self.sent
+        )
+
+    @property
+    def status(self) -> int | None:
+        starts = [m["status"] for m in self.sent if m["type"] == "http.response.start"]
+        return starts[0] if starts else None
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        with anyio.fail_after(NEVER):
+            while not condition():
+                await self._changed.wait()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import uuid
 
@@ -118,65 +117,12 @@ async def test_a_chain_carries_one_deadline_and_one_cancel(
     cancel()
 
 
-def test_max_timeout_must_be_positive() -> None:
-    for bad in (0, -1, float("nan"), "5"):
-        with pytest.raises(ValueError, match="max_timeout"):
-            gocontext.http.ContextMiddleware(lambda s, r, se: None, max_timeout=bad)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_load_500_requests_half_cancelled_at_random(server: Server) -> None:
-    """Every request ends as success, Canceled or DeadlineExceeded; every aborted request's
-    server-side context ends; the client's pool still works."""
-    n = 500
-    rng = random.Random(11)
-    outcomes: dict[str, int] = {"ok": 0, "canceled": 0, "deadline": 0}
-    aborted: list[str] = []
-    failures: list[str] = []
-    limits = httpx.Limits(max_connections=100)
-    inner = httpx.AsyncHTTPTransport(limits=limits)
-    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(inner)) as client:
-
-        async def one(i: int) -> None:
-            rid = f"load-{i}-{uuid.uuid4().hex}"
-            ctx, cancel = gocontext.with_timeout(
-                gocontext.with_value(gocontext.background(), RID, rid), 5
-            )
-            path = "/wait" if i % 2 else "/info"
-            if i % 2:
-                delay = rng.random() * 0.5
-                threading.Timer(delay, cancel).start()
-            try:
-                r = await client.get(f"{server.url}{path}", extensions={"gocontext": ctx})
-                assert r.status_code == 200
-                outcomes["ok"] += 1
-            except gocontext.Canceled as e:
-                outcomes["canceled"] += 1
-                aborted.append(rid)
-                if not i % 2:
-                    failures.append(repr(e.__cause__ or e.__context__))
-            except gocontext.DeadlineExceeded as e:
-                outcomes["deadline"] += 1
-                aborted.append(rid)
-                if not i % 2:
-                    failures.append(repr(e.__cause__ or e.__context__))
-            finally:
-                cancel()
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(one, i)
-        assert sum(outcomes.values()) == n
-        # Uncancelled requests mostly succeed; a few may wait in httpcore's pool queue past
-        # their deadline while it reshuffles after cancellations: those end as
-        # DeadlineExceeded, which is an allowed end.
-        assert outcomes["ok"] >= n // 3, failures[:5]
-        assert outcomes["canceled"] > 0
-        for rid in aborted:  # requests that reached the handler saw their context end
-            if BOARD.event(BOARD.entered, rid).is_set():
-                assert BOARD.event(BOARD.ended, rid).wait(NEVER)
-        assert (await client.get(f"{server.url}/info")).status_code == 200
-        pool = inner._pool  # nothing left behind: no queued request, no busy connection
-        assert not pool._requests
-        assert all(c.is_idle() or c.is_closed() for c in pool.connections)
+def test_max_timeout_must_be_positive_seconds_none_or_a_function() -> None:
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match=r"ContextMiddleware\(\).*max_timeout.*got"):
+            gocontext.http.ContextMiddleware(lambda s, r, se: None, max_timeout=bad)  # type: ignore[arg-type, return-value]
+    for wrong in ("5", True, b"5"):
+        with pytest.raises(TypeError, match=r"ContextMiddleware\(\).*max_timeout.*got"):
+            gocontext.http.ContextMiddleware(lambda s, r, se: None, max_timeout=wrong)  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match="ASGI app"):
+        gocontext.http.ContextMiddleware(None, max_timeout=None)  # type: ignore[arg-type]
