@@ -32,8 +32,12 @@ _get_running_loop = asyncio._get_running_loop
 _DEFAULT_MAX_TIMEOUT: Final = 60.0  # seconds: a request with no deadline header gets this one
 _LONGEST: Final = 365 * 86400.0  # an unbounded server still reads a longer ask as this
 _WATCH_AFTER: Final = 0.01  # seconds a request runs before a watcher starts (most end sooner)
-_DEADLINE_SLACK: Final = 0.1  # a disconnect this close to the deadline is the deadline's doing
+# A disconnect this close to the deadline is the deadline's doing: the header carries the time
+# left when the caller sent it, so our deadline falls later than the caller's by the request's
+# transit, and a caller that gives up at its deadline is seen leaving up to that much before ours.
+_DEADLINE_SLACK: Final = 0.25
 _MAX_UNREAD: Final = 4 << 20  # bytes of body a watcher holds for an app that does not read it
+_ANSWER_WITHIN: Final = 5.0  # seconds a client has to take the middleware's 504 or end of body
 
 # Header names, lowercase as ASGI servers give them (the spec only asks that they be).
 _GRPC: Final = b"grpc-timeout"
@@ -47,7 +51,6 @@ _LENGTHS: Final = frozenset(map(len, _READ))  # a name of another length is none
 
 # Where a response stands: what the app sent so far, or that the middleware answered for it.
 _IDLE, _STARTED, _COMPLETE, _TAKEN = range(4)
-_END_BODY: Final = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class ClientDisconnected(ConnectionError):
@@ -311,13 +314,16 @@ class _Exchange:
         if state in (_TAKEN, _COMPLETE):
             return
         self.state = _TAKEN
-        try:
-            if state == _IDLE:
-                await _plain(self._send, 504, "deadline exceeded")
-            else:
-                await self._send(_END_BODY)
-        except Exception:  # a gone client, or a body that declared a longer length
-            return
+        # Shielded: the watcher may answer, and be stopped by the request's end meanwhile; the
+        # answer must not be cut. Bounded: a client that takes nothing must not hold us.
+        with anyio.move_on_after(_ANSWER_WITHIN, shield=True):
+            try:
+                if state == _IDLE:
+                    await _plain(self._send, 504, "deadline exceeded")
+                else:
+                    await self._send({"type": "http.response.body", "body": b""})
+            except Exception:  # a gone client, or a body that declared a longer length
+                return
 
     def _disconnected(self) -> None:
         if self.state in (_COMPLETE, _TAKEN):
