@@ -18,7 +18,7 @@ from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
 from ._headers import HeaderError, parse_baggage, parse_grpc_timeout, parse_timeout_ms
 
-__all__ = ["ClientDisconnected", "ContextMiddleware", "MaxTimeout"]
+__all__ = ["ClientDisconnected", "ContextMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -95,12 +95,16 @@ async def ignore(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
-    rid = str(gocontext.current().value(RID))
+    ctx = gocontext.current()
+    rid = str(ctx.value(RID))
 
     async def body():  # type: ignore[no-untyped-def]
         yield b"first chunk\n"
         BOARD.enter(rid)
-        await anyio.sleep(NEVER)
+        try:
+            await anyio.sleep(NEVER)
+        finally:
+            BOARD.end(rid, ctx)
         yield b"never\n"
 
     return StreamingResponse(body())
@@ -128,6 +132,23 @@ async def relay(request: Request) -> Response:
         with anyio.move_on_after(NEVER, shield=True):
             await ctx.done()  # the call can fail by its timeout a moment before ctx's timer fires
         BOARD.end(f"{rid}-relay", ctx)
+
+
+class RawStream:
+    """A bare ASGI stream (no framework between it and the middleware) that ignores its context:
+    one chunk, then it parks until the middleware's scope interrupts it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        ctx = gocontext.current()
+        rid = str(ctx.value(RID))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first chunk\n", "more_body": True})
+        BOARD.enter(rid)
+        try:
+            await anyio.sleep(NEVER)
+        finally:
+            BOARD.end(rid, ctx)
+        await send({"type": "http.response.body", "body": b"never\n"})
 
 
 async def upload(request: Request) -> Response:
@@ -163,6 +184,7 @@ def starlette_app(**options: Any) -> gocontext.http.ContextMiddleware:
             Route("/call", call),
             Route("/blocked", blocked),
             Route("/relay", relay),
+            Route("/raw-stream", RawStream()),
         ]
     )
     return gocontext.http.ContextMiddleware(_counted(app), **options)

@@ -211,7 +211,8 @@ async def test_a_client_that_leaves_long_before_the_deadline_is_recorded_as_gone
 
 @pytest.fixture
 def short_server() -> Iterator[Server]:
-    """Its own server, so that its log holds only what a test caused; streams get 0.5 s."""
+    """Its own server, so that its log holds only what a test caused (a server's logging is set
+    up when it is made: ask for this fixture before ``server_logs``); streams get 0.5 s."""
     with Server(starlette_app(max_timeout=0.5)) as s:
         yield s
 
@@ -236,16 +237,27 @@ def test_a_stream_cut_at_the_deadline_ends_cleanly_with_no_error_logged(
     assert server_logs.errors() == []
 
 
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    """Its own server, so that its log holds only what a test caused."""
+    with Server(starlette_app(max_timeout=None)) as s:
+        yield s
+
+
+@pytest.mark.parametrize("path", ["/stream", "/raw-stream"])
 def test_a_client_that_closes_a_stream_early_causes_no_error_log(
-    server: Server, server_logs: LogRecords
+    own_server: Server, server_logs: LogRecords, path: str
 ) -> None:
     rid = uuid.uuid4().hex
-    with Server(starlette_app(max_timeout=None)) as own, httpx.Client(timeout=NEVER) as client:
-        with client.stream("GET", f"{own.url}/stream", headers={"baggage": f"test-rid={rid}"}) as r:
+    with httpx.Client(timeout=NEVER) as client:
+        url = f"{own_server.url}{path}"
+        with client.stream("GET", url, headers={"baggage": f"test-rid={rid}"}) as r:
             assert next(r.iter_raw()) == b"first chunk\n"
             assert BOARD.event(BOARD.entered, rid).wait(NEVER)
-        wait_until(lambda: _served_all(own), "the server finished its requests")
+    assert BOARD.event(BOARD.ended, rid).wait(NEVER)
+    wait_until(lambda: _served_all(own_server), "the server finished its requests")
     assert server_logs.errors() == []
+    assert isinstance(BOARD.causes[rid], gocontext.http.ClientDisconnected)
 
 
 async def _stream_app() -> Starlette:
