@@ -302,7 +302,10 @@ class _Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.state = _STARTED
-        elif kind == "http.response.body" and not message.get("more_body", False):
+        elif kind == "http.response.body":
+            if not message.get("more_body", False):
+                self.state = _COMPLETE
+        elif kind == "http.response.pathsend":  # the ASGI extension that sends a file whole
             self.state = _COMPLETE
         await self._send(message)
 

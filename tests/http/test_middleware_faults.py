@@ -387,3 +387,16 @@ def test_raw_utf8_baggage_reaches_the_handler_as_text(server: Server) -> None:
     assert r.json()["rid"] == "Genève"
     r = httpx.get(f"{server.url}/info", headers={"baggage": "test-rid=two words"})
     assert r.json()["rid"] is None
+
+
+async def test_a_response_sent_whole_by_pathsend_is_not_ended_again_at_the_deadline() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+        with anyio.CancelScope(shield=True):  # works on past the deadline
+            await gocontext.current().done()
+
+    peer = Peer([(b"grpc-timeout", b"50m")])
+    with anyio.fail_after(NEVER):
+        await gocontext.http.ContextMiddleware(app)(peer.scope, peer.receive, peer.send)
+    assert [m["type"] for m in peer.sent] == ["http.response.start", "http.response.pathsend"]
