@@ -7,7 +7,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final, Union
 
 import anyio
@@ -68,7 +68,7 @@ class ClientDisconnected(ConnectionError):
 
 
 def _timeout_and_values(
-    headers: list[tuple[bytes, bytes]],
+    headers: Iterable[tuple[bytes, bytes]],
 ) -> tuple[float | None, dict[str, str]]:
     """The smallest timeout the headers ask for (seconds, or None) and the baggage values.
 
@@ -158,7 +158,7 @@ class ContextMiddleware:
             await self.app(scope_, receive, send)
             return
         try:
-            timeout, values = _timeout_and_values(scope_["headers"])
+            timeout, values = _timeout_and_values(scope_.get("headers") or ())
         except HeaderError as e:
             await _plain(send, 400, f"bad deadline header: {e}")
             return
@@ -187,7 +187,8 @@ class ContextMiddleware:
                     await self._run(scope_, exchange)
                 finally:
                     timer.cancel()
-                    await exchange.stop_watching()
+                    if exchange.watcher is not None:
+                        await exchange.stop_watching(exchange.watcher)
             else:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(exchange.watch, _WATCH_AFTER)
@@ -242,12 +243,12 @@ class _Exchange:
         "_queue",
         "_receive",
         "_send",
-        "_task",
         "_unread",
         "_watching",
         "ctx",
         "failure",
         "state",
+        "watcher",
     )
 
     def __init__(
@@ -265,7 +266,7 @@ class _Exchange:
         self._queue: deque[Message] = deque()  # read by the watcher, not yet taken by the app
         self._unread = 0  # body bytes in _queue
         self._arrived: anyio.Event | None = None  # set when _queue changes or reading ends
-        self._task: asyncio.Task[None] | None = None  # the watcher, on asyncio
+        self.watcher: asyncio.Task[None] | None = None  # the watcher's task, on asyncio
 
     # -- what the app sees -----------------------------------------------------------------
 
@@ -346,18 +347,17 @@ class _Exchange:
 
     def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the watcher as a bare task (asyncio); ``stop_watching`` ends it."""
-        self._task = loop.create_task(self.watch())
+        self.watcher = loop.create_task(self.watch())
 
-    async def stop_watching(self) -> None:
-        task = self._task
-        if task is not None:
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait({task})
-            if not task.cancelled() and self.failure is None:
-                e = task.exception()
-                if isinstance(e, Exception):
-                    self.failure = e
+    async def stop_watching(self, task: asyncio.Task[None]) -> None:
+        """Stop the watcher task, and keep what it raised if the app raised nothing."""
+        task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({task})
+        if not task.cancelled() and self.failure is None:
+            e = task.exception()
+            if isinstance(e, Exception):
+                self.failure = e
 
     async def watch(self, delay: float = 0.0) -> None:
         """Read the connection for the app, and answer for it at the deadline."""

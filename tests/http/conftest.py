@@ -51,9 +51,11 @@ class Board:
     def end(self, rid: str, ctx: gocontext.Context) -> None:
         self.causes[rid] = gocontext.cause(ctx)
         self.errors[rid] = ctx.err()
+        self.deadlines[rid] = ctx.deadline()
         self.event(self.ended, rid).set()
 
     errors: dict[str, BaseException | None] = field(default_factory=dict)
+    deadlines: dict[str, float | None] = field(default_factory=dict)
     release: dict[str, threading.Event] = field(default_factory=dict)
     in_flight: int = 0  # requests inside the app behind the middleware, on every test server
 
@@ -124,6 +126,7 @@ async def relay(request: Request) -> Response:
     its own context ended."""
     ctx = gocontext.current()
     rid = str(ctx.value(RID))
+    BOARD.enter(f"{rid}-relay")
     try:
         async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
             r = await client.get(request.query_params["to"])
