@@ -43,11 +43,7 @@ def _app(release: threading.Event) -> Starlette:
         return PlainTextResponse("late")
 
     async def streams(request: Request) -> Response:
-        async def body():  # type: ignore[no-untyped-def]
-            yield b"first\n"
-            await anyio.sleep(NEVER)
-
-        return StreamingResponse(body())
+        return StreamingResponse(_Body())
 
     def blocked(request: Request) -> Response:
         release.wait(NEVER)
@@ -61,6 +57,24 @@ def _app(release: threading.Event) -> Starlette:
             Route("/blocked", blocked, methods=["POST"]),
         ]
     )
+
+
+class _Body:
+    """One chunk, then a wait for ever: an iterator object, not an async generator, which trio
+    would leave to the garbage collector to close once the stream is cut."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.sent:
+            self.sent = True
+            return b"first\n"
+        await anyio.sleep(NEVER)
+        raise StopAsyncIteration
 
 
 @pytest.mark.parametrize("path", ["/parked", "/reads", "/streams", "/blocked"])
