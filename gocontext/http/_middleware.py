@@ -99,10 +99,15 @@ def _timeout_and_values(
     return timeout, parse_baggage(baggage[0] if len(baggage) == 1 else b",".join(baggage))
 
 
-def _check_max_timeout(value: object) -> None:
-    if value is None or callable(value):
+def _check_max_timeout(value: object, per_request: bool = False) -> None:
+    if value is None or (callable(value) and not per_request):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if per_request:
+            raise TypeError(
+                f"ContextMiddleware()'s max_timeout function must return seconds or None, got "
+                f"{value!r}"
+            )
         raise TypeError(
             "ContextMiddleware() needs max_timeout as seconds, None or a function of the "
             f"request's scope, got {value!r}"
@@ -165,7 +170,7 @@ class ContextMiddleware:
         cap = self.max_timeout
         if cap is not None and not isinstance(cap, (int, float)):
             cap = cap(scope_)
-            _check_max_timeout(cap)
+            _check_max_timeout(cap, per_request=True)
         if timeout is None or (cap is not None and timeout > cap):
             timeout = cap
         parent = attach_values(background(), values) if values else background()

@@ -323,10 +323,12 @@ async def test_max_timeout_can_be_chosen_per_request() -> None:
     assert orders is not None
     assert orders - time.monotonic() <= 0.5
 
-    bad = gocontext.http.ContextMiddleware(app, max_timeout=lambda scope: "soon")  # type: ignore[arg-type, return-value]
-    peer = Peer()
-    with pytest.raises(TypeError, match="max_timeout"):
-        await bad(peer.scope, peer.receive, peer.send)
+    for wrong in ("soon", lambda: 5, -1.0):
+        bad = gocontext.http.ContextMiddleware(app, max_timeout=lambda scope, w=wrong: w)  # type: ignore[arg-type, misc]
+        peer = Peer()
+        with pytest.raises((TypeError, ValueError), match=r"max_timeout.*got"):
+            await bad(peer.scope, peer.receive, peer.send)
+        assert peer.sent == []
 
 
 # -- bounds on what comes in ------------------------------------------------------------------
