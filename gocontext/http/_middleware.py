@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final, Union
 
 import anyio
 
+from .. import _timer
 from .._async import scope
 from .._context import Context, background, with_cancel_cause, with_timeout
 from .._errors import ContextError, DeadlineExceeded
@@ -401,8 +401,9 @@ class _Exchange:
 
 
 def _passed(deadline: float | None, slack: float = 0.0) -> bool:
-    """Whether *deadline* (monotonic) has passed, or will within *slack* seconds."""
-    return deadline is not None and deadline - time.monotonic() <= slack
+    """Whether *deadline* has passed, or will within *slack* seconds, on the deadline clock
+    (``time.monotonic()``, or a test's fake clock)."""
+    return deadline is not None and deadline - _timer.now() <= slack
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

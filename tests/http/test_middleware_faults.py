@@ -26,7 +26,7 @@ import gocontext
 import gocontext.http
 from gocontext.http._middleware import _DEADLINE_SLACK
 
-from ..conftest import NEVER
+from ..conftest import NEVER, FakeClock
 from .conftest import BOARD, RID, LogRecords, Peer, Server, starlette_app, wait_until
 
 
@@ -215,6 +215,17 @@ async def test_a_client_that_leaves_long_before_the_deadline_is_recorded_as_gone
             await app.entered.wait()
         peer.push({"type": "http.disconnect"})
     assert isinstance(app.ctx.err(), gocontext.Canceled)
+    assert isinstance(gocontext.cause(app.ctx), gocontext.http.ClientDisconnected)
+
+
+async def test_the_rule_reads_the_deadline_clock(fake_clock: FakeClock) -> None:
+    app = Parked()
+    peer = Peer([(b"grpc-timeout", b"10S")])  # ten seconds on the fake clock: far off
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gocontext.http.ContextMiddleware(app), peer.scope, peer.receive, peer.send)
+        with anyio.fail_after(NEVER):
+            await app.entered.wait()
+        peer.push({"type": "http.disconnect"})
     assert isinstance(gocontext.cause(app.ctx), gocontext.http.ClientDisconnected)
 
 
