@@ -248,6 +248,7 @@ class _Exchange:
         "_queue",
         "_receive",
         "_send",
+        "_start",
         "_unread",
         "_watching",
         "ctx",
@@ -264,6 +265,7 @@ class _Exchange:
         self.ctx = ctx
         self._cancel = cancel
         self.state = _IDLE  # _IDLE, _STARTED, _COMPLETE or _TAKEN; only moves forward
+        self._start: Message | None = None  # the app's http.response.start, once sent
         self.failure: Exception | None = None  # what the app raised, for the server to see
         self._watching = False  # the watcher reads the connection from now on
         self._app_reading = False  # the app is inside the connection's receive
@@ -308,6 +310,7 @@ class _Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.state = _STARTED
+            self._start = message
         elif kind == "http.response.body":
             if not message.get("more_body", False):
                 self.state = _COMPLETE
@@ -323,6 +326,10 @@ class _Exchange:
         if state in (_TAKEN, _COMPLETE):
             return
         self.state = _TAKEN
+        if state == _STARTED and _declares_length(self._start):
+            # Such a body cannot end early: leave it unfinished, and the server closes the
+            # connection, so the client sees it cut instead of waiting for the rest.
+            return
         # Shielded: the watcher may answer, and be stopped by the request's end meanwhile; the
         # answer must not be cut. Bounded: a client that takes nothing must not hold us.
         with anyio.move_on_after(_ANSWER_WITHIN, shield=True):
@@ -331,7 +338,7 @@ class _Exchange:
                     await _plain(self._send, 504, "deadline exceeded")
                 else:
                     await self._send({"type": "http.response.body", "body": b""})
-            except Exception:  # a gone client, or a body that declared a longer length
+            except Exception:  # a client already gone
                 return
 
     def _disconnected(self) -> None:
@@ -398,6 +405,13 @@ class _Exchange:
         finally:
             self._watching = False  # stopped or failed: the app reads for itself again
             self._wake()
+
+
+def _declares_length(start: Message | None) -> bool:
+    """Whether a response's start message declares a Content-Length."""
+    return start is not None and any(
+        name.lower() == b"content-length" for name, _ in start.get("headers", ())
+    )
 
 
 def _passed(deadline: float | None, slack: float = 0.0) -> bool:

@@ -260,6 +260,39 @@ def test_a_stream_cut_at_the_deadline_ends_cleanly_with_no_error_logged(
     assert server_logs.errors() == []
 
 
+def test_a_body_of_declared_length_cut_at_the_deadline_is_closed_not_left_hanging() -> None:
+    async def download(request: Request) -> Response:
+        async def body():  # type: ignore[no-untyped-def]
+            yield b"x" * 10
+            await anyio.sleep(NEVER)
+            yield b"y" * 10
+
+        return StreamingResponse(body(), headers={"content-length": "20"})
+
+    app = Starlette(routes=[Route("/", download)])
+    with (
+        Server(gocontext.http.ContextMiddleware(app, max_timeout=0.3)) as own,
+        httpx.Client(timeout=NEVER) as client,
+        client.stream("GET", f"{own.url}/") as r,
+        pytest.raises(httpx.RemoteProtocolError, match="complete message body"),
+    ):
+        r.read()  # the server closes the connection: no wait for the rest of the body
+
+
+async def test_a_body_of_declared_length_is_left_unfinished_at_the_deadline() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"Content-Length", b"20")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x" * 10, "more_body": True})
+        await anyio.sleep(NEVER)
+
+    peer = Peer([(b"grpc-timeout", b"100m")])
+    with anyio.fail_after(NEVER):
+        await gocontext.http.ContextMiddleware(app)(peer.scope, peer.receive, peer.send)
+    assert peer.body == b"x" * 10
+    assert not peer.complete  # left for the server to close the connection
+
+
 @pytest.fixture
 def own_server() -> Iterator[Server]:
     """Its own server, so that its log holds only what a test caused."""
