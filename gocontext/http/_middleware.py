@@ -136,9 +136,11 @@ class ContextMiddleware:
     interrupted at its next checkpoint. At the deadline the client gets a 504 at once, even if
     the handler is blocked (in a thread, say) and runs on: its late response is discarded, as
     Go's ``http.TimeoutHandler`` does. A response already under way is ended there, cleanly: the
-    client sees the body stop, the server logs nothing. A deadline already passed on arrival
-    (``Grpc-Timeout: 0n``) gets its 504 without running the handler; a malformed deadline
-    header gets a 400 that says what was wrong.
+    client sees the body stop, the server logs nothing (but a body of declared
+    ``Content-Length`` cannot end early: it is left for the server to cut, closing the
+    connection). Routes that stream for long choose their own *max_timeout*. A deadline already
+    passed on arrival (``Grpc-Timeout: 0n``) gets its 504 without running the handler; a
+    malformed deadline header gets a 400 that says what was wrong.
 
     Example:
         >>> from starlette.applications import Starlette
