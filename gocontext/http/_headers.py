@@ -31,15 +31,17 @@ MAX_BAGGAGE_BYTES = 8192  # the W3C spec's minimum that every platform must acce
 MAX_BAGGAGE_ENTRIES = 180  # likewise
 _MAX_MS_DIGITS = 10  # about 115 days: anything longer is a mistake, not a deadline
 
-_GRPC = re.compile(r"([0-9]{1,8})([HMSmun])\Z")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _MS = re.compile(rf"[0-9]{{1,{_MAX_MS_DIGITS}}}\Z")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# A member's value: W3C's baggage-octets (no space, '"', ',', ';' or '\\'), plus raw non-ASCII
-# text (not C1 controls or NBSP), which some senders put there unescaped; every '%' starts a
-# two-digit escape.
-_VALUE = re.compile(
-    r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E\xA1-\U0010FFFF]|%[0-9A-Fa-f]{2})*\Z"
+# A list member: a token key, '=', a value, optional ';properties', HTTP whitespace around each.
+# The value is W3C's baggage-octets (no space, '"', ',', ';' or '\\'), plus raw non-ASCII text
+# (not C1 controls, NBSP or surrogates), which some senders put there unescaped; every '%'
+# starts a two-digit escape. No two branches match the same character: matching is linear.
+_MEMBER = re.compile(
+    r"[ \t]*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*"
+    r"((?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E\xA1-\uD7FF\uE000-\U0010FFFF]+|%[0-9A-Fa-f]{2})*)"
+    r"[ \t]*(?:;.*)?",
+    re.DOTALL,
 )
 _OWS = " \t"  # HTTP's optional whitespace: nothing else is stripped
 _SHOWN = 64  # characters of a bad header a message echoes
@@ -81,12 +83,14 @@ def parse_grpc_timeout(value: str) -> float:
         >>> parse_grpc_timeout("250m"), parse_grpc_timeout("2S")
         (0.25, 2.0)
     """
-    m = _GRPC.match(value.strip(_OWS))
-    if m is None:
+    v = value.strip(_OWS)
+    unit = _GRPC_UNITS.get(v[-1:])
+    digits = v[:-1]
+    if unit is None or not (0 < len(digits) <= 8 and digits.isascii() and digits.isdigit()):
         raise HeaderError(
             f"Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), got {_shown(value)}"
         )
-    return int(m.group(1)) * _GRPC_UNITS[m.group(2)]
+    return int(digits) * unit
 
 
 def parse_timeout_ms(name: str, value: str) -> float:
@@ -125,23 +129,24 @@ def parse_baggage(header: str | bytes) -> dict[str, str]:
     if len(data) > MAX_BAGGAGE_BYTES:
         # Keep whole members only: cut after the last comma inside the bound.
         data = data[: data.rfind(b",", 0, MAX_BAGGAGE_BYTES + 1) + 1]
+    try:
+        members = data.decode("utf-8").split(",")
+    except UnicodeDecodeError:  # rare: read member by member, dropping the ones that are not
+        members = [m.decode("utf-8", "surrogateescape") for m in data.split(b",")]
     out: dict[str, str] = {}
-    for member in data.split(b","):
+    for member in members:
         if len(out) >= MAX_BAGGAGE_ENTRIES:
             break
-        try:
-            text = member.split(b";", 1)[0].decode("utf-8")
-        except UnicodeDecodeError:
+        m = _MEMBER.fullmatch(member)
+        if m is None:
             continue
-        key, sep, raw = text.partition("=")
-        key, raw = key.strip(_OWS), raw.strip(_OWS)
-        if not sep or _TOKEN.match(key) is None or _VALUE.match(raw) is None:
-            continue
-        try:
-            value = unquote_to_bytes(raw).decode("utf-8") if "%" in raw else raw
-        except UnicodeDecodeError:
-            continue
-        out[key] = value
+        key, raw = m.groups()
+        if "%" in raw:
+            try:
+                raw = unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+        out[key] = raw
     return out
 
 

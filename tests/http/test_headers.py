@@ -28,7 +28,25 @@ def test_grpc_timeout_parses(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "S", "1", "1s", "-1S", "1.5S", "123456789S", "1SS", "1 S", "\uff11S", "0x10S", "inf"],
+    [
+        "",
+        "S",
+        "1",
+        "1s",
+        "-1S",
+        "1.5S",
+        "123456789S",
+        "1SS",
+        "1 S",
+        "\uff11S",
+        "0x10S",
+        "inf",
+        "+5S",
+        "5_0S",
+        "\u00b2S",
+        "\u0661S",
+        "5\u00a0S",
+    ],
 )
 def test_grpc_timeout_rejects_what_breaks_the_grammar(bad: str) -> None:
     with pytest.raises(HeaderError, match="Grpc-Timeout"):
