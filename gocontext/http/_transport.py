@@ -18,24 +18,36 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import math
+import os
+import select
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncBackend as _SyncBackend
+from httpcore._backends.sync import SyncStream as _SyncStream
 
 from .. import _timer
 from .._ambient import current
 from .._async import scope
-from .._context import _OURS, Context, _check_foreign
+from .._context import _NEVER, _OURS, Context, _check_foreign
+from .._done import CallbackHandle
 from .._errors import ContextError, DeadlineExceeded
 from .._propagation import outgoing_values
 from ._headers import format_baggage, format_grpc_timeout
 
+if TYPE_CHECKING:
+    from types import TracebackType
+
 __all__ = ["AsyncTransport", "Transport"]
+
+_HAS_POLL = hasattr(select, "poll")  # not on Windows: connects there go through httpcore
 
 EXTENSION = "gocontext"
 
@@ -57,7 +69,7 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     err = ctx.err()
     if err is not None:
         raise err
-    binding = False
+    capped = False
     deadline = ctx.deadline()
     if deadline is not None and deadline != math.inf:
         left = deadline - _timer.now()
@@ -69,22 +81,53 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
             own = timeouts.get(k)
             if own is None or own > left:
                 timeouts[k] = left
-                binding = True
+                capped = True
         request.extensions = {**request.extensions, "timeout": timeouts}
     values = outgoing_values(ctx)
     if values:
         request.headers["baggage"] = format_baggage(values, request.headers.get("baggage"))
-    return binding
+    return capped
 
 
-def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
-    """The error to raise for a transport failure: the context's, if it caused it."""
-    err = ctx.err()
-    if err is not None:
-        return err
-    if binding and isinstance(e, httpx.TimeoutException):
-        return DeadlineExceeded()
-    return e
+class _ContextErrors:
+    """Raise a transport failure as the context's error when the context caused it.
+
+    httpx's ``map_httpcore_exceptions()`` for contexts: inside ``with _ContextErrors(...)``, an
+    ``httpx.HTTPError`` (or our own ``_Aborted`` signal) raised after the context ended becomes
+    ``ctx.err()``; a timeout that the context's deadline imposed (*capped*) becomes
+    ``DeadlineExceeded``. Anything else passes unchanged. One object serves many ``with`` blocks.
+    """
+
+    __slots__ = ("_capped", "_ctx")
+
+    def __init__(self, ctx: Context, capped: bool) -> None:
+        self._ctx = ctx
+        self._capped = capped
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if e is None or not isinstance(e, (httpx.HTTPError, _Aborted)):
+            return
+        err: BaseException | None = self._ctx.err()
+        if err is None and self._capped and isinstance(e, httpx.TimeoutException):
+            err = DeadlineExceeded()
+        if err is None:
+            if isinstance(e, _Aborted):  # pragma: no cover - only raised once ctx has ended
+                raise httpx.NetworkError(str(e)) from e
+            return
+        raise err from e
+
+
+class _Aborted(Exception):
+    """Raised inside httpcore by a blocking request whose context ended: never escapes to users.
+
+    Not an httpcore error on purpose, so httpx passes it through unmapped and
+    ``_ContextErrors`` turns it into the context's error.
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,18 +154,22 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
-        binding = _prepare(request, ctx)
+        capped = _prepare(request, ctx)
+        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            return await self._inner.handle_async_request(request)
+        errors = _ContextErrors(ctx, capped)
+        response: httpx.Response | None = None
         try:
-            async with scope(ctx):
-                response = await self._inner.handle_async_request(request)
+            with errors:
+                async with scope(ctx):
+                    response = await self._inner.handle_async_request(request)
         except ContextError:
-            raise
-        except httpx.HTTPError as e:
-            err = _translate(e, ctx, binding)
-            if err is e:
+            if response is None:
                 raise
-            raise err from e
-        response.stream = _AsyncBoundedStream(response.stream, ctx, binding)
+            # ctx ended after the response arrived: hand it over all the same (dropping it would
+            # keep its connection checked out of the pool forever); its body reads raise.
+        assert response is not None  # set, or the block raised
+        response.stream = _AsyncBoundedStream(response.stream, ctx, errors)
         return response
 
     async def aclose(self) -> None:
@@ -132,26 +179,27 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 class _AsyncBoundedStream(httpx.AsyncByteStream):
     """A response body whose every read is bounded by the context."""
 
-    def __init__(self, inner: Any, ctx: Context, binding: bool) -> None:
+    def __init__(self, inner: Any, ctx: Context, errors: _ContextErrors) -> None:
         self._inner = inner
         self._ctx = ctx
-        self._binding = binding
+        self._errors = errors
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         it = self._inner.__aiter__()
+        ctx, errors = self._ctx, self._errors
         while True:
+            chunk: bytes | None = None
             try:
-                async with scope(self._ctx):
-                    chunk = await it.__anext__()
+                with errors:
+                    async with scope(ctx):
+                        chunk = await it.__anext__()
             except StopAsyncIteration:
                 return
             except ContextError:
-                raise
-            except httpx.HTTPError as e:
-                err = _translate(e, self._ctx, self._binding)
-                if err is e:
+                if chunk is None:
                     raise
-                raise err from e
+                # a chunk that arrived as ctx ended is delivered; the next read raises
+            assert chunk is not None  # set, or the block raised
             yield chunk
 
     async def aclose(self) -> None:
@@ -165,57 +213,64 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
 class _Aborter:
     """The sockets one blocking request is using, and the switch that shuts them down.
 
-    ``lock`` guards ``aborted``, ``finished`` and ``streams``. Once the response is closed
-    (``finished``), aborting does nothing: the connection may already serve another request.
+    ``lock`` guards ``aborted``, ``finished`` and ``sockets``. A socket is registered before it
+    is used (before ``connect()`` for a new connection), so an abort interrupts whatever the
+    request is blocked in. Once the response is closed (``finished``), aborting does nothing:
+    the connection may already serve another request.
     """
+
+    __slots__ = ("aborted", "finished", "lock", "sockets")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.aborted = False
         self.finished = False
-        self.streams: set[_AbortableStream] = set()
+        self.sockets: set[socket.socket] = set()
 
-    def attach(self, stream: _AbortableStream) -> None:
+    def attach(self, sock: socket.socket) -> None:
+        """Register *sock*; raise ``_Aborted`` if the request's context has already ended."""
         with self.lock:
             if self.aborted:
-                raise httpcore.ReadError("the request's context ended")
-            self.streams.add(stream)
+                raise _Aborted("the request's context ended")
+            self.sockets.add(sock)
 
     def abort(self) -> None:
         with self.lock:
             if self.finished or self.aborted:
                 return
             self.aborted = True
-            streams = list(self.streams)
-        for s in streams:
-            s.shutdown()
+            sockets = list(self.sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # already closed, or never connected
+                sock.shutdown(socket.SHUT_RDWR)
 
     def finish(self) -> None:
         with self.lock:
             self.finished = True
-            self.streams.clear()
+            self.sockets.clear()
 
 
 _current: contextvars.ContextVar[_Aborter | None] = contextvars.ContextVar(
     "gocontext.http.aborter", default=None
 )
-_CONNECT_SLICE = 0.1  # a blocked connect is retried in slices this long, checking for a cancel
+# How long a connect waits between looks at the abort flag, on systems where shutting down a
+# connecting socket does not wake poll() (Linux wakes it at once). The handshake goes on across
+# slices: the socket is the same one.
+_CONNECT_SLICE = 0.1
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN}
 
 
 class _AbortableStream(httpcore.NetworkStream):
+    __slots__ = ("_inner", "_sock")
+
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
+        self._sock: socket.socket | None = inner.get_extra_info("socket")
 
     def _enter(self) -> None:
         aborter = _current.get()
-        if aborter is not None:
-            aborter.attach(self)
-
-    def shutdown(self) -> None:
-        sock = self._inner.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        if aborter is not None and self._sock is not None:
+            aborter.attach(self._sock)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._enter()
@@ -241,7 +296,82 @@ class _AbortableStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+def _connect(
+    aborter: _Aborter,
+    host: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[Any] | None,
+) -> socket.socket:
+    """``socket.create_connection`` as httpcore's SyncBackend uses it, abortable by *aborter*.
+
+    One handshake per address, however long it takes: each socket is registered with the
+    aborter before ``connect()``, which runs non-blocking and is waited on in poll() slices.
+    Name resolution is not abortable (nor bounded by *timeout*, as in httpcore).
+    """
+    end = None if timeout is None else time.monotonic() + timeout
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except OSError as e:
+        raise httpcore.ConnectError(str(e)) from e
+    error: Exception = httpcore.ConnectError(f"getaddrinfo returned nothing for {host!r}")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            aborter.attach(sock)
+            if local_address is not None:
+                sock.bind((local_address, 0))
+            _wait_connected(sock, address, end, aborter)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except _Aborted:
+            sock.close()
+            raise
+        except OSError as e:
+            sock.close()
+            if aborter.aborted:
+                raise _Aborted("the request's context ended") from e
+            error = httpcore.ConnectError(str(e))
+            error.__cause__ = e
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+    raise error
+
+
+def _wait_connected(
+    sock: socket.socket, address: Any, end: float | None, aborter: _Aborter
+) -> None:
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code in _IN_PROGRESS:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while True:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise httpcore.ConnectTimeout("timed out")
+            wait = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
+            ready = poller.poll(math.ceil(wait * 1000))
+            if aborter.aborted:
+                raise _Aborted("the request's context ended")
+            if ready:
+                break
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
 class _AbortableBackend(httpcore.NetworkBackend):
+    """The pool's network backend, wrapped: every stream registers its socket with the
+    request's aborter. New connections of httpcore's own ``SyncBackend`` are made here, so a
+    connect is abortable too; another backend connects as it likes, and an abort that comes
+    while it does takes effect when it returns."""
+
     def __init__(self, inner: httpcore.NetworkBackend) -> None:
         self._inner = inner
 
@@ -254,35 +384,31 @@ class _AbortableBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         aborter = _current.get()
-        if aborter is None:
+        if aborter is not None and type(self._inner) is _SyncBackend and _HAS_POLL:
             return _AbortableStream(
-                self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+                _SyncStream(_connect(aborter, host, port, timeout, local_address, socket_options))
             )
-        # A blocked connect cannot be shut down from another thread: try in slices.
-        end = None if timeout is None else _timer.now() + timeout
-        while True:
-            if aborter.aborted:
-                raise httpcore.ConnectError("the request's context ended")
-            left = None if end is None else end - _timer.now()
-            if left is not None and left <= 0:
-                raise httpcore.ConnectTimeout("connect timed out")
-            slice_ = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
+        stream = _AbortableStream(
+            self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+        if aborter is not None:
             try:
-                stream = self._inner.connect_tcp(host, port, slice_, local_address, socket_options)
-            except httpcore.ConnectTimeout:
-                continue
-            wrapped = _AbortableStream(stream)
-            try:
-                aborter.attach(wrapped)
-            except httpcore.ReadError:
+                stream._enter()
+            except _Aborted:
                 stream.close()
-                raise httpcore.ConnectError("the request's context ended") from None
-            return wrapped
+                raise
+        return stream
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        return _AbortableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        stream = _AbortableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        try:
+            stream._enter()
+        except _Aborted:
+            stream.close()
+            raise
+        return stream
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -292,8 +418,8 @@ class Transport(httpx.BaseTransport):
     """An httpx transport (blocking) that makes each request honour its context.
 
     Wraps *inner* (default: ``httpx.HTTPTransport()``). A cancel from any thread aborts the
-    request in flight and raises ``Canceled``; a passed deadline raises ``DeadlineExceeded``;
-    the connection pool stays healthy.
+    request in flight, connecting included, and raises ``Canceled``; a passed deadline raises
+    ``DeadlineExceeded``; the connection pool stays healthy.
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -319,24 +445,23 @@ class Transport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
-        binding = _prepare(request, ctx)
+        capped = _prepare(request, ctx)
+        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            return self._inner.handle_request(request)
         aborter = _Aborter()
         handle = ctx.done().add_callback(aborter.abort)
+        errors = _ContextErrors(ctx, capped)
         token = _current.set(aborter)
         try:
-            response = self._inner.handle_request(request)
-        except BaseException as e:
+            with errors:
+                response = self._inner.handle_request(request)
+        except BaseException:
             aborter.finish()
             handle.cancel()
-            if not isinstance(e, Exception) or isinstance(e, ContextError):
-                raise
-            err = _translate(e, ctx, binding)
-            if err is e:
-                raise
-            raise err from e
+            raise
         finally:
             _current.reset(token)
-        response.stream = _SyncBoundedStream(response.stream, ctx, binding, aborter, handle)
+        response.stream = _SyncBoundedStream(response.stream, ctx, errors, aborter, handle)
         return response
 
     def close(self) -> None:
@@ -345,32 +470,34 @@ class Transport(httpx.BaseTransport):
 
 class _SyncBoundedStream(httpx.SyncByteStream):
     def __init__(
-        self, inner: Any, ctx: Context, binding: bool, aborter: _Aborter, handle: Any
+        self,
+        inner: Any,
+        ctx: Context,
+        errors: _ContextErrors,
+        aborter: _Aborter,
+        handle: CallbackHandle,
     ) -> None:
         self._inner = inner
         self._ctx = ctx
-        self._binding = binding
+        self._errors = errors
         self._aborter = aborter
         self._handle = handle
 
     def __iter__(self) -> Iterator[bytes]:
         it = iter(self._inner)
+        ctx, errors, aborter = self._ctx, self._errors, self._aborter
         while True:
-            token = _current.set(self._aborter)  # around each read: the reader may switch
+            token = _current.set(aborter)  # around each read: the reader may switch
             try:
-                chunk = next(it)
+                with errors:
+                    chunk = next(it)
             except StopIteration:
                 return
-            except httpx.HTTPError as e:
-                err = _translate(e, self._ctx, self._binding)
-                if err is e:
-                    raise
-                raise err from e
             finally:
                 _current.reset(token)
-            done = self._ctx.err()
-            if done is not None:
-                raise done
+            err = ctx.err()  # the chunk may have been buffered before an abort
+            if err is not None:
+                raise err
             yield chunk
 
     def close(self) -> None:
