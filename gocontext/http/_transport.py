@@ -4,18 +4,23 @@ A request's context is ``request.extensions["gocontext"]`` when given, else the 
 Before sending: a done context sends nothing; the time left becomes a ``Grpc-Timeout`` header
 and caps every httpx timeout; ``PropagatedKey`` values go out in ``baggage``. While in flight:
 
-- ``AsyncTransport`` runs each step (headers, then every body chunk) in ``gocontext.scope``,
-  so a cancel from any thread interrupts it at once and httpcore drops the connection.
+- ``AsyncTransport`` registers on the context once per request and runs each step (headers,
+  then every body chunk) in a cancel scope that the context's end cancels, from any thread,
+  so the step is interrupted at once and httpcore drops the connection.
 - ``Transport`` (blocking) registers on the context for the request's lifetime; a cancel or a
   deadline shuts down the sockets the request is using, which wakes the blocked thread with an
   error that is raised as ``Canceled`` / ``DeadlineExceeded``. The connection is discarded, so
   the pool stays healthy. This needs the pool's network backend, so it works with the default
   inner transport or any ``httpx.HTTPTransport``; other inner transports get the headers, the
   timeouts and the check before sending.
+
+A context that can never end (``background()``, values only) takes a fast path: its headers
+and nothing else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import errno
@@ -33,12 +38,11 @@ import httpx
 from httpcore._backends.sync import SyncBackend as _SyncBackend
 from httpcore._backends.sync import SyncStream as _SyncStream
 
-from .. import _timer
+from .. import _async, _timer
 from .._ambient import current
-from .._async import scope
 from .._context import _NEVER, _OURS, Context, _check_foreign
 from .._done import CallbackHandle
-from .._errors import ContextError, DeadlineExceeded
+from .._errors import DeadlineExceeded
 from .._propagation import outgoing_values
 from ._headers import format_baggage, format_grpc_timeout
 
@@ -89,13 +93,29 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     return capped
 
 
-class _ContextErrors:
-    """Raise a transport failure as the context's error when the context caused it.
+def _raise_as_context_error(e: BaseException, ctx: Context, capped: bool) -> None:
+    """Raise the transport failure *e* as the context's error if the context caused it.
 
-    httpx's ``map_httpcore_exceptions()`` for contexts: inside ``with _ContextErrors(...)``, an
-    ``httpx.HTTPError`` (or our own ``_Aborted`` signal) raised after the context ended becomes
+    An ``httpx.HTTPError`` (or our own ``_Aborted`` signal) after the context ended becomes
     ``ctx.err()``; a timeout that the context's deadline imposed (*capped*) becomes
-    ``DeadlineExceeded``. Anything else passes unchanged. One object serves many ``with`` blocks.
+    ``DeadlineExceeded``. Returns for anything else: the caller lets *e* pass unchanged.
+    """
+    if not isinstance(e, (httpx.HTTPError, _Aborted)):
+        return
+    err: BaseException | None = ctx.err()
+    if err is None and capped and isinstance(e, httpx.TimeoutException):
+        err = DeadlineExceeded()
+    if err is None:
+        if isinstance(e, _Aborted):  # pragma: no cover - only raised once ctx has ended
+            raise httpx.NetworkError(str(e)) from e
+        return
+    raise err from e
+
+
+class _ContextErrors:
+    """httpx's ``map_httpcore_exceptions()`` for contexts: inside ``with _ContextErrors(ctx,
+    capped):``, a transport failure the context caused is raised as the context's error (see
+    ``_raise_as_context_error``). One object serves many ``with`` blocks.
     """
 
     __slots__ = ("_capped", "_ctx")
@@ -110,16 +130,8 @@ class _ContextErrors:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if e is None or not isinstance(e, (httpx.HTTPError, _Aborted)):
-            return
-        err: BaseException | None = self._ctx.err()
-        if err is None and self._capped and isinstance(e, httpx.TimeoutException):
-            err = DeadlineExceeded()
-        if err is None:
-            if isinstance(e, _Aborted):  # pragma: no cover - only raised once ctx has ended
-                raise httpx.NetworkError(str(e)) from e
-            return
-        raise err from e
+        if e is not None:
+            _raise_as_context_error(e, self._ctx, self._capped)
 
 
 class _Aborted(Exception):
@@ -139,7 +151,9 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     Wraps *inner* (default: ``httpx.AsyncHTTPTransport()``). A cancel raises ``Canceled``, a
     passed deadline ``DeadlineExceeded``, promptly and with the pool left healthy, whether the
-    request is connecting, sending, waiting for headers or streaming its body.
+    request is connecting, sending, waiting for headers or streaming its body. A response that
+    arrived is always handed over, even if the context ends in the same instant; reading its body
+    then raises.
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -157,52 +171,117 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         capped = _prepare(request, ctx)
         if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
             return await self._inner.handle_async_request(request)
-        errors = _ContextErrors(ctx, capped)
-        response: httpx.Response | None = None
+        watch = _Watch(ctx, capped)
         try:
-            with errors:
-                async with scope(ctx):
-                    response = await self._inner.handle_async_request(request)
-        except ContextError:
-            if response is None:
-                raise
-            # ctx ended after the response arrived: hand it over all the same (dropping it would
-            # keep its connection checked out of the pool forever); its body reads raise.
-        assert response is not None  # set, or the block raised
-        response.stream = _AsyncBoundedStream(response.stream, ctx, errors)
+            with watch:
+                response = await self._inner.handle_async_request(request)
+        except BaseException:
+            watch.close()
+            raise
+        response.stream = _AsyncBoundedStream(response.stream, watch)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class _AsyncBoundedStream(httpx.AsyncByteStream):
-    """A response body whose every read is bounded by the context."""
+class _Watch:
+    """One async request's watch on its context: each step (``with watch:`` around an await)
+    runs in a cancel scope that the context's end cancels, from any thread; a transport
+    failure the context caused is raised as its error, as ``_ContextErrors`` does.
 
-    def __init__(self, inner: Any, ctx: Context, errors: _ContextErrors) -> None:
-        self._inner = inner
+    One registration on the context for the request's lifetime (until ``close()``), not one
+    per step; the end reaches the request's event loop through its mailbox and cancels the
+    step in flight there, if any (``_cs``, read and written in the loop's thread only). A step
+    that begins after the end raises at once. A framework's own cancellation passes untouched.
+    """
+
+    __slots__ = ("_capped", "_cs", "_ctx", "_handle", "_loop", "_new_scope", "_put")
+
+    def __init__(self, ctx: Context, capped: bool) -> None:
         self._ctx = ctx
-        self._errors = errors
+        self._capped = capped
+        self._cs: Any = None
+        self._bind(_running_loop())
+        self._handle = ctx.done().add_callback(self._fire)
+
+    def _bind(self, loop: Any) -> None:
+        """Serve *loop* (an asyncio loop or a trio token): a body may be read in another."""
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            self._put = _async._mailbox(loop, loop.call_soon_threadsafe).put
+            self._new_scope: Any = (_async._asyncio_parts or _async._load_asyncio_parts())[0]
+        else:
+            self._put = _async._mailbox(loop, loop.run_sync_soon).put
+            self._new_scope = _async._trio().CancelScope
+        self._loop = loop
+
+    def _fire(self) -> None:  # in the thread that ends ctx
+        self._put(self._cancel)
+
+    def _cancel(self) -> None:  # in the loop's thread
+        cs = self._cs
+        if cs is not None:
+            cs.cancel()
+
+    def __enter__(self) -> None:
+        err = self._ctx.err()
+        if err is not None:
+            raise err
+        loop = _running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        cs = self._new_scope()
+        cs.__enter__()
+        self._cs = cs
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        cs, self._cs = self._cs, None
+        swallowed = cs.__exit__(et, e, tb)  # trio's says True for a clean exit too
+        if e is None:
+            return
+        if swallowed:
+            # Our cancellation interrupted the step (nothing else cancels this scope): raise
+            # the context's error in its place. A framework's cancellation is never swallowed.
+            raise self._ctx.err() or _Aborted("the request's context ended") from None
+        _raise_as_context_error(e, self._ctx, self._capped)
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+def _running_loop() -> Any:
+    """The running asyncio loop, or the running trio run's token."""
+    name = None if _async._sniffio_thread is None else _async._sniffio_thread.name
+    if name == "trio":
+        return _async._trio().lowlevel.current_trio_token()
+    loop = _async._get_running_loop()
+    if loop is None:
+        raise RuntimeError("gocontext.http.AsyncTransport needs a running asyncio or trio loop")
+    return loop
+
+
+class _AsyncBoundedStream(httpx.AsyncByteStream):
+    """A response body whose every read is bounded by the request's context."""
+
+    def __init__(self, inner: Any, watch: _Watch) -> None:
+        self._inner = inner
+        self._watch = watch
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         it = self._inner.__aiter__()
-        ctx, errors = self._ctx, self._errors
+        watch = self._watch
         while True:
-            chunk: bytes | None = None
-            try:
-                with errors:
-                    async with scope(ctx):
-                        chunk = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            except ContextError:
-                if chunk is None:
-                    raise
-                # a chunk that arrived as ctx ended is delivered; the next read raises
-            assert chunk is not None  # set, or the block raised
+            with watch:
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    return
             yield chunk
 
     async def aclose(self) -> None:
+        self._watch.close()
         await self._inner.aclose()
 
 
