@@ -79,7 +79,7 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
         left = deadline - _timer.now()
         if left <= 0:
             raise DeadlineExceeded()
-        request.headers["grpc-timeout"] = format_grpc_timeout(left)
+        _set_header(request.headers, b"grpc-timeout", format_grpc_timeout(left))
         timeouts = dict(request.extensions.get("timeout") or {})
         for k in ("connect", "read", "write", "pool"):
             own = timeouts.get(k)
@@ -89,8 +89,41 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
         request.extensions = {**request.extensions, "timeout": timeouts}
     values = outgoing_values(ctx)
     if values:
-        request.headers["baggage"] = format_baggage(values, request.headers.get("baggage"))
+        headers = request.headers
+        existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
+        _set_header(headers, b"baggage", format_baggage(values, existing))
     return capped
+
+
+# httpx keeps a request's headers as (raw name, lowercase name, value) byte triples in
+# Headers._list; its public get and set re-detect the encoding of every header on each call
+# (about 1 µs each). Where that list is as described, our two headers go straight into it.
+_FAST_HEADERS = getattr(httpx.Headers({"a": "b"}), "_list", None) == [(b"a", b"a", b"b")]
+
+
+def _pop_header(headers: httpx.Headers, name: bytes) -> str | None:
+    """Remove every *name* header (lowercase bytes); their values joined by commas, or None."""
+    items: list[tuple[bytes, bytes, bytes]] = headers._list
+    found = None
+    for item in items:
+        if item[1] == name:
+            found = [v for _, k, v in items if k == name]
+            items[:] = [item for item in items if item[1] != name]
+            break
+    return None if found is None else b",".join(found).decode("latin-1")
+
+
+def _set_header(headers: httpx.Headers, name: bytes, value: str) -> None:
+    """Set the *name* header (lowercase bytes) to *value*, replacing any already there."""
+    if not _FAST_HEADERS:
+        if value:
+            headers[name.decode()] = value
+        elif name.decode() in headers:
+            del headers[name.decode()]
+        return
+    _pop_header(headers, name)
+    if value:
+        headers._list.append((name, name, value.encode("latin-1")))
 
 
 def _raise_as_context_error(e: BaseException, ctx: Context, capped: bool) -> None:

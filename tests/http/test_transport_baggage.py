@@ -87,3 +87,31 @@ def test_a_request_with_a_lone_surrogate_value_is_sent_without_it() -> None:
     assert got[good.name] == "fine"
     assert bad.name not in got
     assert huge.name not in got
+
+
+def test_baggage_and_grpc_timeout_already_on_the_request_are_merged_and_replaced() -> None:
+    seen: list[httpx.Request] = []
+
+    class Spy(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200)
+
+    key = gocontext.PropagatedKey(f"rid-{uuid.uuid4().hex}")
+    ctx = gocontext.with_value(gocontext.background(), key, "ours")
+    ctx, cancel = gocontext.with_timeout(ctx, 30)
+    headers = [
+        ("baggage", f"user=ada,{key.name}=theirs"),
+        ("Baggage", "tenant=t%C3%A9"),
+        ("Grpc-Timeout", "99999999H"),
+        ("x-other", "kept"),
+    ]
+    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+        client.get("http://127.0.0.1:9/", headers=headers, extensions={"gocontext": ctx})
+    cancel()
+    sent = seen[0].headers
+    assert sent.get_list("baggage") == [sent["baggage"]]  # one header, merged
+    assert parse_baggage(sent["baggage"]) == {"user": "ada", "tenant": "té", key.name: "ours"}
+    assert len(sent.get_list("grpc-timeout")) == 1
+    assert sent["grpc-timeout"] != "99999999H"
+    assert sent["x-other"] == "kept"
