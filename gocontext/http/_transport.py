@@ -30,7 +30,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -229,7 +229,7 @@ class _Watch:
     that begins after the end raises at once. A framework's own cancellation passes untouched.
     """
 
-    __slots__ = ("_capped", "_cs", "_ctx", "_handle", "_loop", "_new_scope", "_put")
+    __slots__ = ("_capped", "_cs", "_ctx", "_handle", "_loop", "_new_scope", "_put", "_where")
 
     def __init__(self, ctx: Context, capped: bool) -> None:
         self._ctx = ctx
@@ -243,9 +243,12 @@ class _Watch:
         if isinstance(loop, asyncio.AbstractEventLoop):
             self._put = _async._mailbox(loop, loop.call_soon_threadsafe).put
             self._new_scope: Any = (_async._asyncio_parts or _async._load_asyncio_parts())[0]
+            self._where: Callable[[], object] = _async._get_running_loop
         else:
+            trio = _async._trio()
             self._put = _async._mailbox(loop, loop.run_sync_soon).put
-            self._new_scope = _async._trio().CancelScope
+            self._new_scope = trio.CancelScope
+            self._where = trio.lowlevel.current_trio_token
         self._loop = loop
 
     def _fire(self) -> None:  # in the thread that ends ctx
@@ -260,9 +263,12 @@ class _Watch:
         err = self._ctx.err()
         if err is not None:
             raise err
-        loop = _running_loop()
-        if loop is not self._loop:
-            self._bind(loop)
+        try:
+            here = self._where()
+        except RuntimeError:  # not in a trio run any more
+            here = None
+        if here is not self._loop:
+            self._bind(_running_loop())
         cs = self._new_scope()
         cs.__enter__()
         self._cs = cs
@@ -373,16 +379,21 @@ _IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGA
 
 
 class _AbortableStream(httpcore.NetworkStream):
-    __slots__ = ("_inner", "_sock")
+    """A connection's stream that registers its socket with the aborter of the request using
+    it, before each read, write or TLS start (once per request: ``_aborter`` is the last)."""
+
+    __slots__ = ("_aborter", "_inner", "_sock")
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
         self._sock: socket.socket | None = inner.get_extra_info("socket")
+        self._aborter: _Aborter | None = None
 
     def _enter(self) -> None:
         aborter = _current.get()
-        if aborter is not None and self._sock is not None:
-            aborter.attach(self._sock)
+        if aborter is not None and aborter is not self._aborter and self._sock is not None:
+            aborter.attach(self._sock)  # raises if the request's context has already ended
+            self._aborter = aborter
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._enter()
