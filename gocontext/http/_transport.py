@@ -340,7 +340,9 @@ class _Aborter:
     __slots__ = ("aborted", "finished", "lock", "sockets")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: a finalizer run by the garbage collector while this thread holds the lock
+        # may end the context, and so call abort() here.
+        self.lock = threading.RLock()
         self.aborted = False
         self.finished = False
         self.sockets: set[socket.socket] = set()
@@ -348,9 +350,10 @@ class _Aborter:
     def attach(self, sock: socket.socket) -> None:
         """Register *sock*; raise ``_Aborted`` if the request's context has already ended."""
         with self.lock:
-            if self.aborted:
-                raise _Aborted("the request's context ended")
-            self.sockets.add(sock)
+            if not self.aborted:
+                self.sockets.add(sock)
+        if self.aborted:  # read after the add: an abort run inside it is seen too
+            raise _Aborted("the request's context ended")
 
     def abort(self) -> None:
         with self.lock:
