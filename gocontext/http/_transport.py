@@ -53,11 +53,17 @@ __all__ = ["AsyncTransport", "Transport"]
 
 _HAS_POLL = hasattr(select, "poll")  # not on Windows: connects there go through httpcore
 
-EXTENSION = "gocontext"
+_EXTENSION = "gocontext"  # the request extension that carries a context
+
+
+# httpx keeps a request's headers as (raw name, lowercase name, value) byte triples in
+# Headers._list; its public get and set re-detect the encoding of every header on each call
+# (about 1 µs each). Where that list is as described, our two headers go straight into it.
+_FAST_HEADERS = getattr(httpx.Headers({"a": "b"}), "_list", None) == [(b"a", b"a", b"b")]
 
 
 def _request_context(request: httpx.Request) -> Context:
-    ctx = request.extensions.get(EXTENSION)
+    ctx = request.extensions.get(_EXTENSION)
     if ctx is None:
         return current()
     if type(ctx) not in _OURS:  # (the protocol check is slow: only for foreign contexts)
@@ -93,12 +99,6 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
         existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
         _set_header(headers, b"baggage", format_baggage(values, existing))
     return capped
-
-
-# httpx keeps a request's headers as (raw name, lowercase name, value) byte triples in
-# Headers._list; its public get and set re-detect the encoding of every header on each call
-# (about 1 µs each). Where that list is as described, our two headers go straight into it.
-_FAST_HEADERS = getattr(httpx.Headers({"a": "b"}), "_list", None) == [(b"a", b"a", b"b")]
 
 
 def _pop_header(headers: httpx.Headers, name: bytes) -> str | None:
@@ -511,9 +511,10 @@ class _AbortableBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         aborter = _current.get()
         if aborter is not None and type(self._inner) is _SyncBackend and _HAS_POLL:
-            return _AbortableStream(
-                _SyncStream(_connect(aborter, host, port, timeout, local_address, socket_options))
-            )
+            sock = _connect(aborter, host, port, timeout, local_address, socket_options)
+            connected = _AbortableStream(_SyncStream(sock))
+            connected._aborter = aborter  # the socket is registered already
+            return connected
         stream = _AbortableStream(
             self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         )
