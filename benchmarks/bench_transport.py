@@ -27,12 +27,13 @@ TARGETS = {"background": 10.0, "deadline+baggage": 25.0}  # µs a request may ga
 
 class _Canned(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"hello")
+        # A body to stream, as a network transport gives: read chunk by chunk, then its end.
+        return httpx.Response(200, stream=httpx.ByteStream(b"hello"))
 
 
 class _AsyncCanned(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"hello")
+        return httpx.Response(200, stream=httpx.ByteStream(b"hello"))
 
 
 def _contexts() -> dict[str, gocontext.Context]:

@@ -30,7 +30,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -302,22 +302,26 @@ def _running_loop() -> Any:
 
 
 class _AsyncBoundedStream(httpx.AsyncByteStream):
-    """A response body whose every read is bounded by the request's context."""
+    """A response body whose every read is bounded by the request's context.
+
+    Its own iterator, not an async generator: trio registers every async generator with its
+    run as it starts, a cost per response for nothing here.
+    """
+
+    __slots__ = ("_inner", "_it", "_watch")
 
     def __init__(self, inner: Any, watch: _Watch) -> None:
         self._inner = inner
         self._watch = watch
+        self._it: Any = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        it = self._inner.__aiter__()
-        watch = self._watch
-        while True:
-            with watch:
-                try:
-                    chunk = await it.__anext__()
-                except StopAsyncIteration:
-                    return
-            yield chunk
+    def __aiter__(self) -> _AsyncBoundedStream:
+        self._it = self._inner.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        with self._watch:
+            return await self._it.__anext__()  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         self._watch.close()
