@@ -17,7 +17,7 @@ import pytest
 import gocontext
 import gocontext.http
 
-from ..conftest import NEVER
+from ..conftest import NEVER, OtherContext
 from ._slownet import PEER, SlowNet
 from .conftest import BOARD, RID, Server
 from .test_transport_connect import slownet  # noqa: F401 - the fixture
@@ -209,3 +209,37 @@ def test_sync_cancel_while_connecting_leaves_the_pool_idle(
 
     run_in_namespace(net, main, "asyncio")
     assert outcomes == ["Canceled"] * BATCH
+
+
+async def test_async_a_foreign_context_cancelled_from_another_thread(server: Server) -> None:
+    ctx, cancel, rid = request_ctx()
+    foreign = OtherContext(ctx)
+
+    def cancel_once_entered() -> None:
+        assert BOARD.event(BOARD.entered, rid).wait(NEVER)
+        cancel()
+
+    t = threading.Thread(target=cancel_once_entered)
+    t.start()
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+        with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+            await client.get(f"{server.url}/wait", extensions={"gocontext": foreign})
+        t.join(NEVER)
+        assert (await client.get(f"{server.url}/info")).status_code == 200
+
+
+def test_sync_a_foreign_context_cancelled_from_another_thread(server: Server) -> None:
+    ctx, cancel, rid = request_ctx()
+    foreign = OtherContext(ctx)
+
+    def cancel_once_entered() -> None:
+        assert BOARD.event(BOARD.entered, rid).wait(NEVER)
+        cancel()
+
+    t = threading.Thread(target=cancel_once_entered)
+    t.start()
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        with pytest.raises(gocontext.Canceled):
+            client.get(f"{server.url}/wait", extensions={"gocontext": foreign})
+        t.join(NEVER)
+        assert client.get(f"{server.url}/info").status_code == 200
