@@ -203,19 +203,56 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         ctx = _request_context(request)
         capped = _prepare(request, ctx)
         if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
-            return await self._inner.handle_async_request(request)
+            try:
+                return await self._inner.handle_async_request(request)
+            except BaseException:
+                await _release_stranded(self._inner)
+                raise
         watch = _Watch(ctx, capped)
         try:
             with watch:
                 response = await self._inner.handle_async_request(request)
         except BaseException:
             watch.close()
+            await _release_stranded(self._inner)
             raise
         response.stream = _AsyncBoundedStream(response.stream, watch)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+async def _release_stranded(inner: httpx.AsyncBaseTransport) -> None:
+    """Take out of httpcore's pool the connections that cancelled requests left stranded.
+
+    httpcore (1.0) makes a new connection for a queued request and hands it over; a request
+    cancelled before it starts connecting (at the checkpoint of an event already set) leaves the
+    pool, but its connection stays: never connected, it is neither idle nor closed nor
+    available, and holds its slot for good, so a pool of such connections answers nothing (plain
+    httpx under ``move_on_after`` does the same). Run after a request fails: a connection still
+    connecting that no live request owns is removed, and queued requests get the free slots.
+    Nothing is awaited unless something was stranded. A pool laid out otherwise is left alone.
+    """
+    pool = getattr(inner, "_pool", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool):
+        return
+    try:
+        with pool._optional_thread_lock:
+            owned = [r.connection for r in pool._requests if r.connection is not None]
+            stranded = [
+                c
+                for c in pool._connections
+                if c.info() == "CONNECTING" and not any(c is o for o in owned)
+            ]
+            if not stranded:
+                return
+            for c in stranded:
+                pool._connections.remove(c)
+            closing = pool._assign_requests_to_connections()
+    except AttributeError:  # pragma: no cover - an httpcore whose pool is laid out otherwise
+        return
+    await pool._close_connections([*stranded, *closing])  # shielded by httpcore
 
 
 class _Watch:

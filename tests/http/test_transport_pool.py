@@ -93,3 +93,41 @@ async def test_requests_cancelled_from_another_task_leave_the_pool_idle(server: 
             r = await client.get(f"{server.url}/info")
         assert r.status_code == 200
         assert_idle(pool_of(transport))
+
+
+async def test_concurrent_requests_cancelled_while_queued_do_not_strand_connections(
+    server: Server,
+) -> None:
+    """Requests queued for a small pool, cancelled 0 to 10 ms in: a request cancelled just
+    after the pool made it a new connection, before it began connecting, must not leave that
+    connection in the pool for ever (httpcore keeps it, neither idle nor closed nor usable, and
+    a pool whose every slot is such a connection answers nothing)."""
+    limits = httpx.Limits(max_connections=4)
+    transport = gocontext.http.AsyncTransport(httpx.AsyncHTTPTransport(limits=limits))
+    rng = random.Random(5)
+    outcomes: dict[str, int] = {}
+    async with httpx.AsyncClient(transport=transport, timeout=None) as client:
+
+        async def one() -> None:
+            ctx, cancel = gocontext.with_cancel(gocontext.background())
+            t = threading.Timer(rng.uniform(0, 0.01), cancel)
+            t.start()
+            try:
+                await client.get(f"{server.url}/info", extensions={"gocontext": ctx})
+                outcome = "200"
+            except gocontext.Canceled:
+                outcome = "Canceled"
+            finally:
+                t.join(NEVER)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+        with anyio.fail_after(NEVER * 6):
+            for _ in range(10):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(40):
+                        tg.start_soon(one)
+        assert sum(outcomes.values()) == 400
+        assert_idle(pool_of(transport))
+        with anyio.fail_after(NEVER):
+            r = await client.get(f"{server.url}/info")
+        assert r.status_code == 200
