@@ -68,7 +68,7 @@ def _request_context(request: httpx.Request) -> Context:
         return current()
     if type(ctx) not in _OURS:  # (the protocol check is slow: only for foreign contexts)
         _check_foreign(ctx, "an httpx request", 'extensions["gocontext"]')
-    return ctx  # type: ignore[no-any-return]
+    return ctx  # type: ignore[no-any-return]  # extensions are typed Any
 
 
 def _prepare(request: httpx.Request, ctx: Context) -> bool:
@@ -358,7 +358,7 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
 
     async def __anext__(self) -> bytes:
         with self._watch:
-            return await self._it.__anext__()  # type: ignore[no-any-return]
+            return await self._it.__anext__()  # type: ignore[no-any-return]  # httpx's: Any
 
     async def aclose(self) -> None:
         self._watch.close()
@@ -378,15 +378,21 @@ class _Aborter:
     the connection may already serve another request.
     """
 
-    __slots__ = ("aborted", "finished", "lock", "sockets")
+    __slots__ = ("aborted", "extensions", "finished", "lock", "pool", "sockets")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, pool: httpcore.ConnectionPool | None = None, extensions: object = None
+    ) -> None:
         # Reentrant: a finalizer run by the garbage collector while this thread holds the lock
         # may end the context, and so call abort() here.
         self.lock = threading.RLock()
         self.aborted = False
         self.finished = False
         self.sockets: set[socket.socket] = set()
+        # The pool the request may queue in, and the extensions dict that identifies its
+        # requests there (httpx hands the same dict to httpcore).
+        self.pool = pool
+        self.extensions = extensions
 
     def attach(self, sock: socket.socket) -> None:
         """Register *sock*; raise ``_Aborted`` if the request's context has already ended."""
@@ -405,11 +411,50 @@ class _Aborter:
         for sock in sockets:
             with contextlib.suppress(OSError):  # already closed, or never connected
                 sock.shutdown(socket.SHUT_RDWR)
+        if self.pool is not None:
+            _dequeue(self.pool, self.extensions)
 
     def finish(self) -> None:
         with self.lock:
             self.finished = True
             self.sockets.clear()
+
+
+class _AbortedConnection:
+    """What a request waiting in httpcore's queue is handed when its context ends: a
+    connection that fails at once, so the waiting thread wakes and the pool drops the request
+    as it drops any that fails. It is in no pool's list of connections."""
+
+    def handle_request(self, request: object) -> None:
+        raise _Aborted("the request's context ended while it waited for a connection")
+
+
+_ABORTED_CONNECTION = _AbortedConnection()
+
+
+def _dequeue(pool: httpcore.ConnectionPool, extensions: object) -> None:
+    """Wake the request of ours (by its *extensions*) that waits in *pool*'s queue, if any.
+
+    httpcore's blocking pool waits for a free connection on an event with the pool timeout
+    alone; a cancel would otherwise wait for a connection to free up, or forever. Takes the
+    pool's lock (a short wait: httpcore holds it for bookkeeping only), and gives up rather than
+    wait long for it. A request that has not reached the queue yet is not found: it learns of
+    the end when it first uses a connection.
+    """
+    try:
+        lock = pool._optional_thread_lock._lock
+        requests = pool._requests
+    except AttributeError:  # pragma: no cover - an httpcore whose pool is laid out otherwise
+        return
+    if not lock.acquire(timeout=1.0):  # pragma: no cover - the pool's lock is held for long
+        return
+    try:
+        for r in requests:
+            if r.request.extensions is extensions and r.connection is None:
+                # a stand-in that only ever fails, not a full connection
+                r.assign_to_connection(_ABORTED_CONNECTION)  # type: ignore[arg-type]
+    finally:
+        lock.release()
 
 
 _current: contextvars.ContextVar[_Aborter | None] = contextvars.ContextVar(
@@ -605,18 +650,19 @@ class Transport(httpx.BaseTransport):
     def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
         self._inner = inner if inner is not None else httpx.HTTPTransport()
         pool = getattr(self._inner, "_pool", None)
+        self._pool = pool if isinstance(pool, httpcore.ConnectionPool) else None
         backend = getattr(pool, "_network_backend", None)
         if isinstance(backend, httpcore.NetworkBackend) and not isinstance(
             backend, _AbortableBackend
         ):
-            pool._network_backend = _AbortableBackend(backend)  # type: ignore[union-attr]
+            pool._network_backend = _AbortableBackend(backend)  # type: ignore[union-attr]  # has a backend
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
         capped = _prepare(request, ctx)
         if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
             return self._inner.handle_request(request)
-        aborter = _Aborter()
+        aborter = _Aborter(self._pool, request.extensions)
         handle = ctx.done().add_callback(aborter.abort)
         errors = _ContextErrors(ctx, capped)
         token = _current.set(aborter)

@@ -243,3 +243,58 @@ def test_sync_a_foreign_context_cancelled_from_another_thread(server: Server) ->
             client.get(f"{server.url}/wait", extensions={"gocontext": foreign})
         t.join(NEVER)
         assert client.get(f"{server.url}/info").status_code == 200
+
+
+@pytest.mark.parametrize("timeout", [None, NEVER * 3], ids=["no-timeout", "timeout"])
+def test_sync_cancel_of_a_request_queued_for_a_full_pool(
+    server: Server, timeout: float | None
+) -> None:
+    """A request waiting for a free connection (all taken by requests that run on) is
+    cancelled from another thread: it raises Canceled at once, not when a connection frees up
+    or the pool's timeout passes (with no timeout: never)."""
+    transport = gocontext.http.Transport(
+        httpx.HTTPTransport(limits=httpx.Limits(max_connections=1))
+    )
+    with httpx.Client(transport=transport, timeout=timeout) as client:
+        holder_ctx, release_holder, holder_rid = request_ctx()
+
+        def hold() -> None:
+            with pytest.raises(gocontext.Canceled):
+                sync_stage(client, f"{server.url}/wait", holder_ctx)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert BOARD.event(BOARD.entered, holder_rid).wait(NEVER)  # the one connection is taken
+        pool = transport._inner._pool  # type: ignore[attr-defined]
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        queued = threading.Event()
+
+        def cancel_once_queued() -> None:
+            while not any(r.connection is None for r in list(pool._requests)):
+                if queued.wait(0.005):  # (polls the pool: httpcore has no queue event)
+                    return
+            cancel()
+
+        canceller = threading.Thread(target=cancel_once_queued)
+        canceller.start()
+        out: list[BaseException] = []
+
+        def queued_request() -> None:
+            try:
+                client.get(f"{server.url}/info", extensions={"gocontext": ctx})
+            except BaseException as e:
+                out.append(e)
+
+        waiter = threading.Thread(target=queued_request)
+        waiter.start()
+        waiter.join(NEVER)
+        finished = not waiter.is_alive()
+        queued.set()
+        release_holder()  # frees the connection: a request still queued now ends too
+        waiter.join(NEVER)
+        canceller.join(NEVER)
+        holder.join(NEVER)
+        assert finished, "the cancelled request stayed queued until a connection freed up"
+        assert len(out) == 1 and isinstance(out[0], gocontext.Canceled), out
+        assert_pool_idle(pool)
+        assert client.get(f"{server.url}/info").status_code == 200
