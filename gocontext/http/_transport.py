@@ -6,13 +6,16 @@ and caps every httpx timeout; ``PropagatedKey`` values go out in ``baggage``. Wh
 
 - ``AsyncTransport`` registers on the context once per request and runs each step (headers,
   then every body chunk) in a cancel scope that the context's end cancels, from any thread,
-  so the step is interrupted at once and httpcore drops the connection.
+  so the step is interrupted at once and httpcore drops the connection. A connection that a
+  cancelled request leaves stranded in httpcore's pool is taken out of it.
 - ``Transport`` (blocking) registers on the context for the request's lifetime; a cancel or a
-  deadline shuts down the sockets the request is using, which wakes the blocked thread with an
-  error that is raised as ``Canceled`` / ``DeadlineExceeded``. The connection is discarded, so
-  the pool stays healthy. This needs the pool's network backend, so it works with the default
-  inner transport or any ``httpx.HTTPTransport``; other inner transports get the headers, the
-  timeouts and the check before sending.
+  deadline shuts down the sockets the request is using (a connecting socket included: new
+  connections are made here, one handshake each), which wakes the blocked thread with an
+  error that is raised as ``Canceled`` / ``DeadlineExceeded``; a request waiting for a free
+  connection is woken too. The connection is discarded, so the pool stays healthy. This needs
+  the pool's network backend, so it works with the default inner transport or any
+  ``httpx.HTTPTransport``; other inner transports get the headers, the timeouts and the check
+  before sending.
 
 A context that can never end (``background()``, values only) takes a fast path: its headers
 and nothing else.
