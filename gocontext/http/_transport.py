@@ -23,6 +23,7 @@ and nothing else.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import contextvars
@@ -31,7 +32,6 @@ import math
 import os
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -388,7 +388,7 @@ class _Aborter:
     ) -> None:
         # Reentrant: a finalizer run by the garbage collector while this thread holds the lock
         # may end the context, and so call abort() here.
-        self.lock = threading.RLock()
+        self.lock = _thread.RLock()  # the C lock itself: threading.RLock is a factory call
         self.aborted = False
         self.finished = False
         self.sockets: set[socket.socket] = set()
