@@ -706,10 +706,12 @@ class _SyncBoundedStream(httpx.SyncByteStream):
         while True:
             token = _current.set(aborter)  # around each read: the reader may switch
             try:
-                with errors:
-                    chunk = next(it)
+                chunk = next(it)
             except StopIteration:
                 return
+            except BaseException as e:  # what `with errors:` does, without two calls a chunk
+                _raise_as_context_error(e, ctx, errors._capped)
+                raise
             finally:
                 _current.reset(token)
             err = ctx.err()  # the chunk may have been buffered before an abort
