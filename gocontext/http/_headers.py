@@ -153,15 +153,41 @@ def parse_baggage(header: str | bytes) -> dict[str, str]:
 def format_baggage(values: dict[str, str], existing: str | None = None) -> str:
     """A ``baggage`` header carrying *values*, merged into *existing* (ours win on a clash).
 
+    Bounded as W3C Baggage says: at most ``MAX_BAGGAGE_BYTES`` bytes and
+    ``MAX_BAGGAGE_ENTRIES`` members. A member that does not fit whole is dropped, never cut;
+    *values* claim the room first, then *existing* members in order. A value that cannot be
+    encoded (a lone surrogate) is dropped, and so is an existing member under one of our keys.
+
     Example:
         >>> format_baggage({"request-id": "r 17"}, "user=ada,request-id=old")
         'user=ada,request-id=r%2017'
+        >>> format_baggage({"big": "x" * 9000, "bad": "\\ud800", "ok": "é"})
+        'ok=%C3%A9'
     """
-    members: list[str] = []
-    if existing:
-        for member in existing.split(","):
-            key = member.split(";", 1)[0].partition("=")[0].strip()
-            if member.strip() and key not in values:
-                members.append(member.strip())
-    members.extend(f"{k}={quote(v, safe=_SAFE)}" for k, v in values.items())
-    return ",".join(members)
+    ours: list[str] = []
+    room = MAX_BAGGAGE_BYTES + 1  # every member costs its length and a comma; the last has none
+    for k, v in values.items():
+        if len(ours) == MAX_BAGGAGE_ENTRIES:
+            break
+        try:
+            member = f"{k}={quote(v, safe=_SAFE)}"  # ASCII: keys are tokens, values escaped
+        except UnicodeEncodeError:
+            continue
+        if len(member) < room:
+            ours.append(member)
+            room -= len(member) + 1
+    if not existing:
+        return ",".join(ours)
+    theirs: list[str] = []
+    slots = MAX_BAGGAGE_ENTRIES - len(ours)
+    for raw in existing.split(","):
+        member = raw.strip()
+        if not member or len(theirs) == slots:
+            continue
+        if member.split(";", 1)[0].partition("=")[0].strip() in values:
+            continue
+        cost = len(member) if member.isascii() else len(member.encode("utf-8", "replace"))
+        if cost < room:
+            theirs.append(member)
+            room -= cost + 1
+    return ",".join(theirs + ours)

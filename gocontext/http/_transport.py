@@ -4,49 +4,74 @@ A request's context is ``request.extensions["gocontext"]`` when given, else the 
 Before sending: a done context sends nothing; the time left becomes a ``Grpc-Timeout`` header
 and caps every httpx timeout; ``PropagatedKey`` values go out in ``baggage``. While in flight:
 
-- ``AsyncTransport`` runs each step (headers, then every body chunk) in ``gocontext.scope``,
-  so a cancel from any thread interrupts it at once and httpcore drops the connection.
+- ``AsyncTransport`` registers on the context once per request and runs each step (headers,
+  then every body chunk) in a cancel scope that the context's end cancels, from any thread,
+  so the step is interrupted at once and httpcore drops the connection. A connection that a
+  cancelled request leaves stranded in httpcore's pool is taken out of it.
 - ``Transport`` (blocking) registers on the context for the request's lifetime; a cancel or a
-  deadline shuts down the sockets the request is using, which wakes the blocked thread with an
-  error that is raised as ``Canceled`` / ``DeadlineExceeded``. The connection is discarded, so
-  the pool stays healthy. This needs the pool's network backend, so it works with the default
-  inner transport or any ``httpx.HTTPTransport``; other inner transports get the headers, the
-  timeouts and the check before sending.
+  deadline shuts down the sockets the request is using (a connecting socket included: new
+  connections are made here, one handshake each), which wakes the blocked thread with an
+  error that is raised as ``Canceled`` / ``DeadlineExceeded``; a request waiting for a free
+  connection is woken too. The connection is discarded, so the pool stays healthy. This needs
+  the pool's network backend, so it works with the default inner transport or any
+  ``httpx.HTTPTransport``; other inner transports get the headers, the timeouts and the check
+  before sending.
+
+A context that can never end (``background()``, values only) takes a fast path: its headers
+and nothing else.
 """
 
 from __future__ import annotations
 
+import _thread
+import asyncio
 import contextlib
 import contextvars
+import errno
 import math
+import os
+import select
 import socket
-import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncBackend as _SyncBackend
+from httpcore._backends.sync import SyncStream as _SyncStream
 
-from .. import _timer
+from .. import _async, _timer
 from .._ambient import current
-from .._async import scope
-from .._context import _OURS, Context, _check_foreign
-from .._errors import ContextError, DeadlineExceeded
+from .._context import _NEVER, _OURS, Context, _check_foreign
+from .._done import CallbackHandle
+from .._errors import DeadlineExceeded
 from .._propagation import outgoing_values
 from ._headers import format_baggage, format_grpc_timeout
 
+if TYPE_CHECKING:
+    from types import TracebackType
+
 __all__ = ["AsyncTransport", "Transport"]
 
-EXTENSION = "gocontext"
+_HAS_POLL = hasattr(select, "poll")  # not on Windows: connects there go through httpcore
+
+_EXTENSION = "gocontext"  # the request extension that carries a context
+
+
+# httpx keeps a request's headers as (raw name, lowercase name, value) byte triples in
+# Headers._list; its public get and set re-detect the encoding of every header on each call
+# (about 1 µs each). Where that list is as described, our two headers go straight into it.
+_FAST_HEADERS = getattr(httpx.Headers({"a": "b"}), "_list", None) == [(b"a", b"a", b"b")]
 
 
 def _request_context(request: httpx.Request) -> Context:
-    ctx = request.extensions.get(EXTENSION)
+    ctx = request.extensions.get(_EXTENSION)
     if ctx is None:
         return current()
     if type(ctx) not in _OURS:  # (the protocol check is slow: only for foreign contexts)
         _check_foreign(ctx, "an httpx request", 'extensions["gocontext"]')
-    return ctx  # type: ignore[no-any-return]
+    return ctx  # type: ignore[no-any-return]  # extensions are typed Any
 
 
 def _prepare(request: httpx.Request, ctx: Context) -> bool:
@@ -57,34 +82,100 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     err = ctx.err()
     if err is not None:
         raise err
-    binding = False
+    capped = False
     deadline = ctx.deadline()
     if deadline is not None and deadline != math.inf:
         left = deadline - _timer.now()
         if left <= 0:
             raise DeadlineExceeded()
-        request.headers["grpc-timeout"] = format_grpc_timeout(left)
+        _set_header(request.headers, b"grpc-timeout", format_grpc_timeout(left))
         timeouts = dict(request.extensions.get("timeout") or {})
         for k in ("connect", "read", "write", "pool"):
             own = timeouts.get(k)
             if own is None or own > left:
                 timeouts[k] = left
-                binding = True
+                capped = True
         request.extensions = {**request.extensions, "timeout": timeouts}
     values = outgoing_values(ctx)
     if values:
-        request.headers["baggage"] = format_baggage(values, request.headers.get("baggage"))
-    return binding
+        headers = request.headers
+        existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
+        _set_header(headers, b"baggage", format_baggage(values, existing))
+    return capped
 
 
-def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
-    """The error to raise for a transport failure: the context's, if it caused it."""
-    err = ctx.err()
-    if err is not None:
-        return err
-    if binding and isinstance(e, httpx.TimeoutException):
-        return DeadlineExceeded()
-    return e
+def _pop_header(headers: httpx.Headers, name: bytes) -> str | None:
+    """Remove every *name* header (lowercase bytes); their values joined by commas, or None."""
+    items: list[tuple[bytes, bytes, bytes]] = headers._list
+    found = None
+    for item in items:
+        if item[1] == name:
+            found = [v for _, k, v in items if k == name]
+            items[:] = [item for item in items if item[1] != name]
+            break
+    return None if found is None else b",".join(found).decode("latin-1")
+
+
+def _set_header(headers: httpx.Headers, name: bytes, value: str) -> None:
+    """Set the *name* header (lowercase bytes) to *value*, replacing any already there."""
+    if not _FAST_HEADERS:
+        if value:
+            headers[name.decode()] = value
+        elif name.decode() in headers:
+            del headers[name.decode()]
+        return
+    _pop_header(headers, name)
+    if value:
+        headers._list.append((name, name, value.encode("latin-1")))
+
+
+def _raise_as_context_error(e: BaseException, ctx: Context, capped: bool) -> None:
+    """Raise the transport failure *e* as the context's error if the context caused it.
+
+    An ``httpx.HTTPError`` (or our own ``_Aborted`` signal) after the context ended becomes
+    ``ctx.err()``; a timeout that the context's deadline imposed (*capped*) becomes
+    ``DeadlineExceeded``. Returns for anything else: the caller lets *e* pass unchanged.
+    """
+    if not isinstance(e, (httpx.HTTPError, _Aborted)):
+        return
+    err: BaseException | None = ctx.err()
+    if err is None and capped and isinstance(e, httpx.TimeoutException):
+        err = DeadlineExceeded()
+    if err is None:
+        if isinstance(e, _Aborted):  # pragma: no cover - only raised once ctx has ended
+            raise httpx.NetworkError(str(e)) from e
+        return
+    raise err from e
+
+
+class _ContextErrors:
+    """httpx's ``map_httpcore_exceptions()`` for contexts: inside ``with _ContextErrors(ctx,
+    capped):``, a transport failure the context caused is raised as the context's error (see
+    ``_raise_as_context_error``). One object serves many ``with`` blocks.
+    """
+
+    __slots__ = ("_capped", "_ctx")
+
+    def __init__(self, ctx: Context, capped: bool) -> None:
+        self._ctx = ctx
+        self._capped = capped
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if e is not None:
+            _raise_as_context_error(e, self._ctx, self._capped)
+
+
+class _Aborted(Exception):
+    """Raised inside httpcore by a blocking request whose context ended: never escapes to users.
+
+    Not an httpcore error on purpose, so httpx passes it through unmapped and
+    ``_ContextErrors`` turns it into the context's error.
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +187,9 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     Wraps *inner* (default: ``httpx.AsyncHTTPTransport()``). A cancel raises ``Canceled``, a
     passed deadline ``DeadlineExceeded``, promptly and with the pool left healthy, whether the
-    request is connecting, sending, waiting for headers or streaming its body.
+    request is connecting, sending, waiting for headers or streaming its body. A response that
+    arrived is always handed over, even if the context ends in the same instant; reading its body
+    then raises.
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -111,50 +204,167 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
-        binding = _prepare(request, ctx)
-        try:
-            async with scope(ctx):
-                response = await self._inner.handle_async_request(request)
-        except ContextError:
-            raise
-        except httpx.HTTPError as e:
-            err = _translate(e, ctx, binding)
-            if err is e:
+        capped = _prepare(request, ctx)
+        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            try:
+                return await self._inner.handle_async_request(request)
+            except BaseException:
+                await _release_stranded(self._inner)
                 raise
-            raise err from e
-        response.stream = _AsyncBoundedStream(response.stream, ctx, binding)
+        watch = _Watch(ctx, capped)
+        try:
+            with watch:
+                response = await self._inner.handle_async_request(request)
+        except BaseException:
+            watch.close()
+            await _release_stranded(self._inner)
+            raise
+        response.stream = _AsyncBoundedStream(response.stream, watch)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class _AsyncBoundedStream(httpx.AsyncByteStream):
-    """A response body whose every read is bounded by the context."""
+async def _release_stranded(inner: httpx.AsyncBaseTransport) -> None:
+    """Take out of httpcore's pool the connections that cancelled requests left stranded.
 
-    def __init__(self, inner: Any, ctx: Context, binding: bool) -> None:
-        self._inner = inner
-        self._ctx = ctx
-        self._binding = binding
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        it = self._inner.__aiter__()
-        while True:
-            try:
-                async with scope(self._ctx):
-                    chunk = await it.__anext__()
-            except StopAsyncIteration:
+    httpcore (1.0) makes a new connection for a queued request and hands it over; a request
+    cancelled before it starts connecting (at the checkpoint of an event already set) leaves the
+    pool, but its connection stays: never connected, it is neither idle nor closed nor
+    available, and holds its slot for good, so a pool of such connections answers nothing (plain
+    httpx under ``move_on_after`` does the same). Run after a request fails: a connection still
+    connecting that no live request owns is removed, and queued requests get the free slots.
+    Nothing is awaited unless something was stranded. A pool laid out otherwise is left alone.
+    """
+    pool = getattr(inner, "_pool", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool):
+        return
+    try:
+        with pool._optional_thread_lock:
+            owned = [r.connection for r in pool._requests if r.connection is not None]
+            stranded = [
+                c
+                for c in pool._connections
+                if c.info() == "CONNECTING" and not any(c is o for o in owned)
+            ]
+            if not stranded:
                 return
-            except ContextError:
-                raise
-            except httpx.HTTPError as e:
-                err = _translate(e, self._ctx, self._binding)
-                if err is e:
-                    raise
-                raise err from e
-            yield chunk
+            for c in stranded:
+                pool._connections.remove(c)
+            closing = pool._assign_requests_to_connections()
+    except AttributeError:  # pragma: no cover - an httpcore whose pool is laid out otherwise
+        return
+    await pool._close_connections([*stranded, *closing])  # shielded by httpcore
+
+
+class _Watch:
+    """One async request's watch on its context: each step (``with watch:`` around an await)
+    runs in a cancel scope that the context's end cancels, from any thread; a transport
+    failure the context caused is raised as its error, as ``_ContextErrors`` does.
+
+    One registration on the context for the request's lifetime (until ``close()``), not one
+    per step; the end reaches the request's event loop through its mailbox and cancels the
+    step in flight there, if any (``_cs``, read and written in the loop's thread only). A step
+    that begins after the end raises at once. A framework's own cancellation passes untouched.
+    """
+
+    __slots__ = ("_capped", "_cs", "_ctx", "_handle", "_loop", "_new_scope", "_put", "_where")
+
+    def __init__(self, ctx: Context, capped: bool) -> None:
+        self._ctx = ctx
+        self._capped = capped
+        self._cs: Any = None
+        self._bind(_running_loop())
+        self._handle = ctx.done().add_callback(self._fire)
+
+    def _bind(self, loop: Any) -> None:
+        """Serve *loop* (an asyncio loop or a trio token): a body may be read in another."""
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            self._put = _async._mailbox(loop, loop.call_soon_threadsafe).put
+            self._new_scope: Any = (_async._asyncio_parts or _async._load_asyncio_parts())[0]
+            self._where: Callable[[], object] = _async._get_running_loop
+        else:
+            trio = _async._trio()
+            self._put = _async._mailbox(loop, loop.run_sync_soon).put
+            self._new_scope = trio.CancelScope
+            self._where = trio.lowlevel.current_trio_token
+        self._loop = loop
+
+    def _fire(self) -> None:  # in the thread that ends ctx
+        self._put(self._cancel)
+
+    def _cancel(self) -> None:  # in the loop's thread
+        cs = self._cs
+        if cs is not None:
+            cs.cancel()
+
+    def __enter__(self) -> None:
+        err = self._ctx.err()
+        if err is not None:
+            raise err
+        try:
+            here = self._where()
+        except RuntimeError:  # not in a trio run any more
+            here = None
+        if here is not self._loop:
+            self._bind(_running_loop())
+        cs = self._new_scope()
+        cs.__enter__()
+        self._cs = cs
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        cs, self._cs = self._cs, None
+        swallowed = cs.__exit__(et, e, tb)  # trio's says True for a clean exit too
+        if e is None:
+            return
+        if swallowed:
+            # Our cancellation interrupted the step (nothing else cancels this scope): raise
+            # the context's error in its place. A framework's cancellation is never swallowed.
+            raise self._ctx.err() or _Aborted("the request's context ended") from None
+        _raise_as_context_error(e, self._ctx, self._capped)
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+def _running_loop() -> Any:
+    """The running asyncio loop, or the running trio run's token."""
+    name = None if _async._sniffio_thread is None else _async._sniffio_thread.name
+    if name == "trio":
+        return _async._trio().lowlevel.current_trio_token()
+    loop = _async._get_running_loop()
+    if loop is None:
+        raise RuntimeError("gocontext.http.AsyncTransport needs a running asyncio or trio loop")
+    return loop
+
+
+class _AsyncBoundedStream(httpx.AsyncByteStream):
+    """A response body whose every read is bounded by the request's context.
+
+    Its own iterator, not an async generator: trio registers every async generator with its
+    run as it starts, a cost per response for nothing here.
+    """
+
+    __slots__ = ("_inner", "_it", "_watch")
+
+    def __init__(self, inner: Any, watch: _Watch) -> None:
+        self._inner = inner
+        self._watch = watch
+        self._it: Any = None
+
+    def __aiter__(self) -> _AsyncBoundedStream:
+        self._it = self._inner.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        with self._watch:
+            return await self._it.__anext__()  # type: ignore[no-any-return]  # httpx's: Any
 
     async def aclose(self) -> None:
+        self._watch.close()
         await self._inner.aclose()
 
 
@@ -165,57 +375,117 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
 class _Aborter:
     """The sockets one blocking request is using, and the switch that shuts them down.
 
-    ``lock`` guards ``aborted``, ``finished`` and ``streams``. Once the response is closed
-    (``finished``), aborting does nothing: the connection may already serve another request.
+    ``lock`` guards ``aborted``, ``finished`` and ``sockets``. A socket is registered before it
+    is used (before ``connect()`` for a new connection), so an abort interrupts whatever the
+    request is blocked in. Once the response is closed (``finished``), aborting does nothing:
+    the connection may already serve another request.
     """
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    __slots__ = ("aborted", "extensions", "finished", "lock", "pool", "sockets")
+
+    def __init__(
+        self, pool: httpcore.ConnectionPool | None = None, extensions: object = None
+    ) -> None:
+        # Reentrant: a finalizer run by the garbage collector while this thread holds the lock
+        # may end the context, and so call abort() here.
+        self.lock = _thread.RLock()  # the C lock itself: threading.RLock is a factory call
         self.aborted = False
         self.finished = False
-        self.streams: set[_AbortableStream] = set()
+        self.sockets: set[socket.socket] = set()
+        # The pool the request may queue in, and the extensions dict that identifies its
+        # requests there (httpx hands the same dict to httpcore).
+        self.pool = pool
+        self.extensions = extensions
 
-    def attach(self, stream: _AbortableStream) -> None:
+    def attach(self, sock: socket.socket) -> None:
+        """Register *sock*; raise ``_Aborted`` if the request's context has already ended."""
         with self.lock:
-            if self.aborted:
-                raise httpcore.ReadError("the request's context ended")
-            self.streams.add(stream)
+            if not self.aborted:
+                self.sockets.add(sock)
+        if self.aborted:  # read after the add: an abort run inside it is seen too
+            raise _Aborted("the request's context ended")
 
     def abort(self) -> None:
         with self.lock:
             if self.finished or self.aborted:
                 return
             self.aborted = True
-            streams = list(self.streams)
-        for s in streams:
-            s.shutdown()
+            sockets = list(self.sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # already closed, or never connected
+                sock.shutdown(socket.SHUT_RDWR)
+        if self.pool is not None:
+            _dequeue(self.pool, self.extensions)
 
     def finish(self) -> None:
         with self.lock:
             self.finished = True
-            self.streams.clear()
+            self.sockets.clear()
+
+
+class _AbortedConnection:
+    """What a request waiting in httpcore's queue is handed when its context ends: a
+    connection that fails at once, so the waiting thread wakes and the pool drops the request
+    as it drops any that fails. It is in no pool's list of connections."""
+
+    def handle_request(self, request: object) -> None:
+        raise _Aborted("the request's context ended while it waited for a connection")
+
+
+_ABORTED_CONNECTION = _AbortedConnection()
+
+
+def _dequeue(pool: httpcore.ConnectionPool, extensions: object) -> None:
+    """Wake the request of ours (by its *extensions*) that waits in *pool*'s queue, if any.
+
+    httpcore's blocking pool waits for a free connection on an event with the pool timeout
+    alone; a cancel would otherwise wait for a connection to free up, or forever. Takes the
+    pool's lock (a short wait: httpcore holds it for bookkeeping only), and gives up rather than
+    wait long for it. A request that has not reached the queue yet is not found: it learns of
+    the end when it first uses a connection.
+    """
+    try:
+        lock = pool._optional_thread_lock._lock
+        requests = pool._requests
+    except AttributeError:  # pragma: no cover - an httpcore whose pool is laid out otherwise
+        return
+    if not lock.acquire(timeout=1.0):  # pragma: no cover - the pool's lock is held for long
+        return
+    try:
+        for r in requests:
+            if r.request.extensions is extensions and r.connection is None:
+                # a stand-in that only ever fails, not a full connection
+                r.assign_to_connection(_ABORTED_CONNECTION)  # type: ignore[arg-type]
+    finally:
+        lock.release()
 
 
 _current: contextvars.ContextVar[_Aborter | None] = contextvars.ContextVar(
     "gocontext.http.aborter", default=None
 )
-_CONNECT_SLICE = 0.1  # a blocked connect is retried in slices this long, checking for a cancel
+# How long a connect waits between looks at the abort flag, on systems where shutting down a
+# connecting socket does not wake poll() (Linux wakes it at once). The handshake goes on across
+# slices: the socket is the same one.
+_CONNECT_SLICE = 0.1
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN}
 
 
 class _AbortableStream(httpcore.NetworkStream):
+    """A connection's stream that registers its socket with the aborter of the request using
+    it, before each read, write or TLS start (once per request: ``_aborter`` is the last)."""
+
+    __slots__ = ("_aborter", "_inner", "_sock")
+
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
+        self._sock: socket.socket | None = inner.get_extra_info("socket")
+        self._aborter: _Aborter | None = None
 
     def _enter(self) -> None:
         aborter = _current.get()
-        if aborter is not None:
-            aborter.attach(self)
-
-    def shutdown(self) -> None:
-        sock = self._inner.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        if aborter is not None and aborter is not self._aborter and self._sock is not None:
+            aborter.attach(self._sock)  # raises if the request's context has already ended
+            self._aborter = aborter
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._enter()
@@ -241,7 +511,82 @@ class _AbortableStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+def _connect(
+    aborter: _Aborter,
+    host: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[Any] | None,
+) -> socket.socket:
+    """``socket.create_connection`` as httpcore's SyncBackend uses it, abortable by *aborter*.
+
+    One handshake per address, however long it takes: each socket is registered with the
+    aborter before ``connect()``, which runs non-blocking and is waited on in poll() slices.
+    Name resolution is not abortable (nor bounded by *timeout*, as in httpcore).
+    """
+    end = None if timeout is None else time.monotonic() + timeout
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except OSError as e:
+        raise httpcore.ConnectError(str(e)) from e
+    error: Exception = httpcore.ConnectError(f"getaddrinfo returned nothing for {host!r}")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            aborter.attach(sock)
+            if local_address is not None:
+                sock.bind((local_address, 0))
+            _wait_connected(sock, address, end, aborter)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except _Aborted:
+            sock.close()
+            raise
+        except OSError as e:
+            sock.close()
+            if aborter.aborted:
+                raise _Aborted("the request's context ended") from e
+            error = httpcore.ConnectError(str(e))
+            error.__cause__ = e
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+    raise error
+
+
+def _wait_connected(
+    sock: socket.socket, address: Any, end: float | None, aborter: _Aborter
+) -> None:
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code in _IN_PROGRESS:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while True:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise httpcore.ConnectTimeout("timed out")
+            wait = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
+            ready = poller.poll(math.ceil(wait * 1000))
+            if aborter.aborted:
+                raise _Aborted("the request's context ended")
+            if ready:
+                break
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
 class _AbortableBackend(httpcore.NetworkBackend):
+    """The pool's network backend, wrapped: every stream registers its socket with the
+    request's aborter. New connections of httpcore's own ``SyncBackend`` are made here, so a
+    connect is abortable too; another backend connects as it likes, and an abort that comes
+    while it does takes effect when it returns."""
+
     def __init__(self, inner: httpcore.NetworkBackend) -> None:
         self._inner = inner
 
@@ -254,35 +599,32 @@ class _AbortableBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         aborter = _current.get()
-        if aborter is None:
-            return _AbortableStream(
-                self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-            )
-        # A blocked connect cannot be shut down from another thread: try in slices.
-        end = None if timeout is None else _timer.now() + timeout
-        while True:
-            if aborter.aborted:
-                raise httpcore.ConnectError("the request's context ended")
-            left = None if end is None else end - _timer.now()
-            if left is not None and left <= 0:
-                raise httpcore.ConnectTimeout("connect timed out")
-            slice_ = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
+        if aborter is not None and type(self._inner) is _SyncBackend and _HAS_POLL:
+            sock = _connect(aborter, host, port, timeout, local_address, socket_options)
+            connected = _AbortableStream(_SyncStream(sock))
+            connected._aborter = aborter  # the socket is registered already
+            return connected
+        stream = _AbortableStream(
+            self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+        if aborter is not None:
             try:
-                stream = self._inner.connect_tcp(host, port, slice_, local_address, socket_options)
-            except httpcore.ConnectTimeout:
-                continue
-            wrapped = _AbortableStream(stream)
-            try:
-                aborter.attach(wrapped)
-            except httpcore.ReadError:
+                stream._enter()
+            except _Aborted:
                 stream.close()
-                raise httpcore.ConnectError("the request's context ended") from None
-            return wrapped
+                raise
+        return stream
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        return _AbortableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        stream = _AbortableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        try:
+            stream._enter()
+        except _Aborted:
+            stream.close()
+            raise
+        return stream
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -292,8 +634,8 @@ class Transport(httpx.BaseTransport):
     """An httpx transport (blocking) that makes each request honour its context.
 
     Wraps *inner* (default: ``httpx.HTTPTransport()``). A cancel from any thread aborts the
-    request in flight and raises ``Canceled``; a passed deadline raises ``DeadlineExceeded``;
-    the connection pool stays healthy.
+    request in flight, connecting included, and raises ``Canceled``; a passed deadline raises
+    ``DeadlineExceeded``; the connection pool stays healthy.
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -311,32 +653,32 @@ class Transport(httpx.BaseTransport):
     def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
         self._inner = inner if inner is not None else httpx.HTTPTransport()
         pool = getattr(self._inner, "_pool", None)
+        self._pool = pool if isinstance(pool, httpcore.ConnectionPool) else None
         backend = getattr(pool, "_network_backend", None)
         if isinstance(backend, httpcore.NetworkBackend) and not isinstance(
             backend, _AbortableBackend
         ):
-            pool._network_backend = _AbortableBackend(backend)  # type: ignore[union-attr]
+            pool._network_backend = _AbortableBackend(backend)  # type: ignore[union-attr]  # has a backend
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
-        binding = _prepare(request, ctx)
-        aborter = _Aborter()
+        capped = _prepare(request, ctx)
+        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            return self._inner.handle_request(request)
+        aborter = _Aborter(self._pool, request.extensions)
         handle = ctx.done().add_callback(aborter.abort)
+        errors = _ContextErrors(ctx, capped)
         token = _current.set(aborter)
         try:
-            response = self._inner.handle_request(request)
-        except BaseException as e:
+            with errors:
+                response = self._inner.handle_request(request)
+        except BaseException:
             aborter.finish()
             handle.cancel()
-            if not isinstance(e, Exception) or isinstance(e, ContextError):
-                raise
-            err = _translate(e, ctx, binding)
-            if err is e:
-                raise
-            raise err from e
+            raise
         finally:
             _current.reset(token)
-        response.stream = _SyncBoundedStream(response.stream, ctx, binding, aborter, handle)
+        response.stream = _SyncBoundedStream(response.stream, ctx, errors, aborter, handle)
         return response
 
     def close(self) -> None:
@@ -345,32 +687,36 @@ class Transport(httpx.BaseTransport):
 
 class _SyncBoundedStream(httpx.SyncByteStream):
     def __init__(
-        self, inner: Any, ctx: Context, binding: bool, aborter: _Aborter, handle: Any
+        self,
+        inner: Any,
+        ctx: Context,
+        errors: _ContextErrors,
+        aborter: _Aborter,
+        handle: CallbackHandle,
     ) -> None:
         self._inner = inner
         self._ctx = ctx
-        self._binding = binding
+        self._errors = errors
         self._aborter = aborter
         self._handle = handle
 
     def __iter__(self) -> Iterator[bytes]:
         it = iter(self._inner)
+        ctx, errors, aborter = self._ctx, self._errors, self._aborter
         while True:
-            token = _current.set(self._aborter)  # around each read: the reader may switch
+            token = _current.set(aborter)  # around each read: the reader may switch
             try:
                 chunk = next(it)
             except StopIteration:
                 return
-            except httpx.HTTPError as e:
-                err = _translate(e, self._ctx, self._binding)
-                if err is e:
-                    raise
-                raise err from e
+            except BaseException as e:  # what `with errors:` does, without two calls a chunk
+                _raise_as_context_error(e, ctx, errors._capped)
+                raise
             finally:
                 _current.reset(token)
-            done = self._ctx.err()
-            if done is not None:
-                raise done
+            err = ctx.err()  # the chunk may have been buffered before an abort
+            if err is not None:
+                raise err
             yield chunk
 
     def close(self) -> None:

@@ -187,14 +187,14 @@ def test_a_connect_that_hangs_is_aborted_by_cancel() -> None:
     """A listener that never accepts and whose backlog is full: connect() blocks."""
     import socket
 
-    listener = socket.socket()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
     port = listener.getsockname()[1]
     fillers = []
     try:
         for _ in range(8):  # fill the accept queue so further connects stall
-            s = socket.socket()
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             s.setblocking(False)
             s.connect_ex(("127.0.0.1", port))
             fillers.append(s)

@@ -1,0 +1,117 @@
+"""Outgoing baggage: bounded as W3C Baggage says (8,192 bytes, 180 members, a member that does
+not fit whole is dropped, never cut), and a value that cannot be encoded is dropped, never an
+error at send time."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+import gocontext
+import gocontext.http
+from gocontext.http._headers import (
+    MAX_BAGGAGE_BYTES,
+    MAX_BAGGAGE_ENTRIES,
+    format_baggage,
+    parse_baggage,
+)
+
+
+def size(header: str) -> int:
+    return len(header.encode("utf-8"))
+
+
+def test_a_huge_value_is_dropped_whole_and_the_rest_goes_out() -> None:
+    out = format_baggage({"small": "s", "huge": "x" * 100_000, "tail": "t"})
+    assert size(out) <= MAX_BAGGAGE_BYTES
+    assert parse_baggage(out) == {"small": "s", "tail": "t"}
+
+
+def test_members_that_no_longer_fit_are_dropped_whole() -> None:
+    values = {f"k{i}": "v" * 1000 for i in range(20)}  # about 20 KB
+    out = format_baggage(values)
+    assert size(out) <= MAX_BAGGAGE_BYTES
+    got = parse_baggage(out)
+    assert 0 < len(got) < 20
+    assert all(v == "v" * 1000 for v in got.values())  # none cut
+
+
+def test_no_more_than_the_member_limit_goes_out() -> None:
+    values = {f"k{i}": "v" for i in range(MAX_BAGGAGE_ENTRIES + 50)}
+    out = format_baggage(values, "theirs=1")
+    assert len(out.split(",")) == MAX_BAGGAGE_ENTRIES
+    assert size(out) <= MAX_BAGGAGE_BYTES
+
+
+def test_our_values_win_the_space_over_existing_members() -> None:
+    existing = ",".join(f"e{i}={'y' * 100}" for i in range(100))  # about 10 KB already there
+    out = format_baggage({"request-id": "r-17"}, existing)
+    assert size(out) <= MAX_BAGGAGE_BYTES
+    got = parse_baggage(out)
+    assert got["request-id"] == "r-17"
+    assert all(v == "y" * 100 for k, v in got.items() if k != "request-id")
+
+
+def test_a_value_that_cannot_be_encoded_is_dropped() -> None:
+    out = format_baggage({"bad": "a\ud800b", "good": "été"})
+    assert parse_baggage(out) == {"good": "été"}
+    assert out.isascii()
+
+
+def test_the_exact_bound_is_allowed() -> None:
+    value = "x" * (MAX_BAGGAGE_BYTES - len("k="))
+    assert parse_baggage(format_baggage({"k": value})) == {"k": value}
+    assert format_baggage({"k": value + "x"}) == ""
+
+
+def test_a_request_with_a_lone_surrogate_value_is_sent_without_it() -> None:
+    seen: list[httpx.Request] = []
+
+    class Spy(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200)
+
+    bad = gocontext.PropagatedKey(f"bad-{uuid.uuid4().hex}")
+    good = gocontext.PropagatedKey(f"good-{uuid.uuid4().hex}")
+    ctx = gocontext.with_value(gocontext.background(), bad, "a\udc80b")
+    ctx = gocontext.with_value(ctx, good, "fine")
+    huge = gocontext.PropagatedKey(f"huge-{uuid.uuid4().hex}")
+    ctx = gocontext.with_value(ctx, huge, "h" * 100_000)
+    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+        assert client.get("http://127.0.0.1:9/", extensions={"gocontext": ctx}).status_code == 200
+    header = seen[0].headers["baggage"]
+    assert size(header) <= MAX_BAGGAGE_BYTES
+    got = parse_baggage(header)
+    assert got[good.name] == "fine"
+    assert bad.name not in got
+    assert huge.name not in got
+
+
+def test_baggage_and_grpc_timeout_already_on_the_request_are_merged_and_replaced() -> None:
+    seen: list[httpx.Request] = []
+
+    class Spy(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200)
+
+    key = gocontext.PropagatedKey(f"rid-{uuid.uuid4().hex}")
+    ctx = gocontext.with_value(gocontext.background(), key, "ours")
+    ctx, cancel = gocontext.with_timeout(ctx, 30)
+    headers = [
+        ("baggage", f"user=ada,{key.name}=theirs"),
+        ("Baggage", "tenant=t%C3%A9"),
+        ("Grpc-Timeout", "99999999H"),
+        ("x-other", "kept"),
+    ]
+    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+        client.get("http://127.0.0.1:9/", headers=headers, extensions={"gocontext": ctx})
+    cancel()
+    sent = seen[0].headers
+    assert sent.get_list("baggage") == [sent["baggage"]]  # one header, merged
+    assert parse_baggage(sent["baggage"]) == {"user": "ada", "tenant": "té", key.name: "ours"}
+    assert len(sent.get_list("grpc-timeout")) == 1
+    assert sent["grpc-timeout"] != "99999999H"
+    assert sent["x-other"] == "kept"
