@@ -1,16 +1,18 @@
 """Contexts across Ray under faults: garbage collection mid-call, queued tasks, a dead channel,
-a killed worker, Ray shut down under a live deadline."""
+a killed worker, get()'s fallback, Ray shut down under a live deadline, and log noise."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import pickle
 import signal as signals
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ import gocontext
 
 ray = pytest.importorskip("ray")
 import gocontext.ray  # noqa: E402
-from gocontext.ray import _channel  # noqa: E402
+from gocontext.ray import _channel, _get  # noqa: E402
 
 from ..conftest import NEVER  # noqa: E402
 
@@ -227,6 +229,68 @@ def test_a_killed_workers_watch_is_forgotten(notes: Any) -> None:
     assert _wait_size(baseline, NEVER * 3) == baseline
 
 
+# --- 5. get() gives the cooperative signal first ----------------------------------------
+
+
+@ray.remote(num_cpus=0)
+def cooperative_child(ctx: gocontext.Context, notes: Any) -> None:
+    try:
+        ray.get(notes.add.remote("running"))
+        ctx.done().wait(START)
+        ray.get(notes.add.remote(f"cleaning up after {type(ctx.err()).__name__}"))
+        ray.get(notes.passed.remote())  # a cleanup that takes as long as the test says
+        ray.get(notes.add.remote("clean"))
+    except KeyboardInterrupt:
+        ray.get(notes.add.remote(f"interrupted with ctx.err() = {ctx.err()!r}"))
+
+
+@ray.remote(num_cpus=0)
+def parent_of_children(ctx: gocontext.Context, notes: Any, n: int) -> None:
+    gocontext.ray.get(ctx, [cooperative_child.remote(ctx, notes) for _ in range(n)])
+
+
+def test_get_lets_nested_tasks_end_cooperatively_before_any_interrupt(notes: Any) -> None:
+    n = 3
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ref = parent_of_children.remote(ctx, notes, n)
+    _notes(notes, n, START)  # every child runs
+    threading.Timer(0.05, cancel).start()
+    with pytest.raises(gocontext.Canceled):
+        gocontext.ray.get(ctx, ref, grace=NEVER * 3)
+    _notes(notes, 2 * n)  # every child saw its context end
+    ray.get(notes.open.remote())  # only now may the cleanups finish
+    got = _notes(notes, 3 * n)
+    assert sorted(got[n:]) == ["clean"] * n + ["cleaning up after Canceled"] * n
+
+
+@ray.remote(num_cpus=0)
+def ignores_its_context(notes: Any) -> str:
+    ray.get(notes.add.remote("running"))
+    try:
+        ray.get(notes.passed.remote())  # never opened: only Ray's own cancel stops this
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "finished"
+
+
+def test_get_falls_back_to_rays_cancel_after_the_grace(notes: Any) -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ref = ignores_its_context.remote(notes)
+    _notes(notes, 1, START)
+    cancel()
+    with pytest.raises(gocontext.Canceled):
+        gocontext.ray.get(ctx, ref, grace=0.05)
+    assert _get.wait_idle(NEVER)
+    assert ray.get(ref, timeout=START) == "interrupted"
+
+
+@pytest.mark.parametrize("grace", [-1, float("nan"), True, "5"])
+def test_get_rejects_a_bad_grace(grace: Any) -> None:
+    ctx = gocontext.background()
+    with pytest.raises((TypeError, ValueError), match="get"):
+        gocontext.ray.get(ctx, [], grace=grace)
+
+
 # --- 6. nothing of ours starts Ray again after ray.shutdown() ----------------------------
 
 
@@ -265,3 +329,52 @@ def test_a_deadline_after_ray_shutdown_starts_nothing_and_ray_init_works_again()
     assert "ray started again: False" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "after init: True" in out.stdout, out.stdout + out.stderr[-3000:]
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+# --- 7. no "Unhandled error" for the tasks get() gave up on -------------------------------
+
+
+@ray.remote(num_cpus=0)
+def raise_its_err(ctx: gocontext.Context, notes: Any) -> None:
+    ray.get(notes.add.remote("running"))
+    while True:
+        try:
+            ctx.done().wait(START)
+            break
+        except KeyboardInterrupt:  # a task whose cleanup Ray's cancel must not cut short
+            continue
+    ray.get(notes.add.remote("raising"))
+    err = ctx.err()
+    assert err is not None
+    raise err
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_get_collects_the_tasks_it_gave_up_on_so_nothing_logs_unhandled(notes: Any) -> None:
+    records = _Records()
+    logger = logging.getLogger("ray._private.worker")
+    logger.addHandler(records)
+    try:
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        refs = [raise_its_err.remote(ctx, notes) for _ in range(3)]
+        _notes(notes, 3, START)
+        cancel()
+        with pytest.raises(gocontext.Canceled):
+            gocontext.ray.get(ctx, refs)
+        _notes(notes, 6, START)  # every task raised
+        del refs
+        gc.collect()
+        assert _get.wait_idle(NEVER)  # get() has collected every task it gave up on
+        gc.collect()
+        unhandled = [m for m in records.messages if "Unhandled error" in m and "raise_its_err" in m]
+        assert unhandled == []
+    finally:
+        logger.removeHandler(records)
