@@ -412,7 +412,7 @@ class _Ended:
 
 
 class _Watcher:
-    def __init__(self, link: Link, ray_session: str | None) -> None:
+    def __init__(self, link: Link, ray_session: str) -> None:
         self.channel = link.channel
         self.channel_id = link.channel_id
         self.session = ray_session
@@ -530,6 +530,9 @@ class _Watcher:
 def watch(link: Link, node: Context) -> None:
     """End *node* when the context behind *link* ends (or its channel dies)."""
     now = session()
+    if now is None:  # unpickled with Ray down: its sender is out of reach, and Ray stays down
+        cancel_with_cause(node, ChannelGone("Ray is not running in this process"))
+        return
     with _lock:
         watcher = _watchers.get(link.channel_id)
         stale = watcher

@@ -130,7 +130,7 @@ class _Collector:
         held: list[_Abandoned] = []
         ray_session = session()
         while True:
-            current = session() == ray_session
+            current = ray_session is not None and session() == ray_session
             with self.lock:
                 held += self.incoming
                 self.incoming = []
