@@ -382,21 +382,25 @@ def link_for(ctx: Context) -> Link:
         if token is not None:
             return Link(s.channel, s.channel_id, token)
         token = s.tokens[ctx] = uuid.uuid4().hex
-    ctx.done().add_callback(_Ended(weakref.ref(ctx), s, token))
+    ctx.done().add_callback(_Ended(weakref.ref(ctx), weakref.ref(s), token))
     return Link(s.channel, s.channel_id, token)
 
 
 class _Ended:
-    """The done callback of a sent context: tell its channel how it ended."""
+    """The done callback of a sent context: tell its channel how it ended.
+
+    It holds its sender weakly: a context that outlives its Ray connection must not be what
+    releases that connection's channel handle under the next one.
+    """
 
     __slots__ = ("ctx", "sender", "token")
 
-    def __init__(self, ctx: weakref.ref[Context], sender: _Sender, token: str) -> None:
+    def __init__(self, ctx: weakref.ref[Context], sender: weakref.ref[_Sender], token: str) -> None:
         self.ctx, self.sender, self.token = ctx, sender, token
 
     def __call__(self) -> None:
-        ctx = self.ctx()
-        if ctx is None or not self.sender.live(session()):
+        ctx, sender = self.ctx(), self.sender()
+        if ctx is None or sender is None or not sender.live(session()):
             return  # Ray shut down, or the channel died: nothing to tell, no one to start
         err = ctx.err()
         c = cause(ctx)
@@ -404,7 +408,7 @@ class _Ended:
         text = None if plain else repr(c)[:_CAUSE_MAX]
         ending = Ending(isinstance(err, DeadlineExceeded), text)
         with contextlib.suppress(Exception):  # Ray shutting down under us
-            self.sender.channel.end.remote(self.token, ending)
+            sender.channel.end.remote(self.token, ending)
 
 
 # --------------------------------------------------------------------------------------------

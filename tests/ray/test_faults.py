@@ -310,6 +310,8 @@ def test_a_deadline_after_ray_shutdown_starts_nothing_and_ray_init_works_again()
         start()
         ctx, cancel = gocontext.with_timeout(gocontext.background(), 3)
         ray.get(arrived.remote(ctx))  # sent: its deadline will fire with Ray shut down
+        kept, cancel_kept = gocontext.with_cancel(gocontext.background())
+        ray.get(arrived.remote(kept))  # sent: it outlives this Ray connection
         ray.shutdown()
         after = threading.Event()
         ctx.done().add_callback(after.set)  # runs after ours, on the timer thread
@@ -319,6 +321,10 @@ def test_a_deadline_after_ray_shutdown_starts_nothing_and_ray_init_works_again()
         ctx, cancel = gocontext.with_cancel(gocontext.background())
         assert ray.get(arrived.remote(ctx))
         print("after init:", ray.get(arrived.remote(ctx)))
+        cancel_kept()  # ends, and is released, under the new connection
+        del kept, cancel_kept
+        import gc; gc.collect()
+        print("still running:", ray.get(arrived.remote(ctx)))
         cancel()
         ray.shutdown()
         """
@@ -328,6 +334,7 @@ def test_a_deadline_after_ray_shutdown_starts_nothing_and_ray_init_works_again()
     )
     assert "ray started again: False" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "after init: True" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "still running: True" in out.stdout, out.stdout + out.stderr[-3000:]
     assert out.returncode == 0, out.stderr[-3000:]
 
 
