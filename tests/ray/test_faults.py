@@ -164,7 +164,7 @@ def test_tasks_queued_behind_a_cancelled_dropped_context_see_it_end(notes: Any) 
     cancel()
     del ctx, cancel  # the sender lets its context go while the tasks still wait for a CPU
     gc.collect()
-    _settled_size()  # the channel has taken in the end and the release
+    _settled_size()  # the channel has taken in the end
     ray.get(notes.open.remote())
     ray.get(holders, timeout=START)
     assert ray.get(queued, timeout=START) == ["True Canceled"] * 4
@@ -246,7 +246,8 @@ def cooperative_child(ctx: gocontext.Context, notes: Any) -> None:
 
 @ray.remote(num_cpus=0)
 def parent_of_children(ctx: gocontext.Context, notes: Any, n: int) -> None:
-    gocontext.ray.get(ctx, [cooperative_child.remote(ctx, notes) for _ in range(n)])
+    children = [cooperative_child.remote(ctx, notes) for _ in range(n)]
+    gocontext.ray.get(ctx, children, grace=START)  # the test decides when cleanups end
 
 
 def test_get_lets_nested_tasks_end_cooperatively_before_any_interrupt(notes: Any) -> None:
@@ -280,7 +281,7 @@ def test_get_falls_back_to_rays_cancel_after_the_grace(notes: Any) -> None:
     cancel()
     with pytest.raises(gocontext.Canceled):
         gocontext.ray.get(ctx, ref, grace=0.05)
-    assert _get.wait_idle(NEVER)
+    assert _get.wait_idle(START)
     assert ray.get(ref, timeout=START) == "interrupted"
 
 
@@ -379,7 +380,7 @@ def test_get_collects_the_tasks_it_gave_up_on_so_nothing_logs_unhandled(notes: A
         _notes(notes, 6, START)  # every task raised
         del refs
         gc.collect()
-        assert _get.wait_idle(NEVER)  # get() has collected every task it gave up on
+        assert _get.wait_idle(START)  # get() has collected every task it gave up on
         gc.collect()
         unhandled = [m for m in records.messages if "Unhandled error" in m and "raise_its_err" in m]
         assert unhandled == []
