@@ -1,246 +1,547 @@
 """The cancellation channel: a Ray actor per process that passes contexts on.
 
 Each process that sends a context to Ray (a driver, or a worker passing one further) owns one
-``Channel`` actor, created on first use and not detached, so it dies with its owner. A context
-sent through it gets a token; when the context ends, the owner tells the channel, which wakes
-every worker watching that token. Each worker process runs one watcher thread for all the
-contexts it received from one channel, long-polling ``Channel.wait`` with the set of tokens it
-watches; a channel that has died (its owner is gone) ends every context it carried.
+``Channel`` actor per Ray connection, created on first use and not detached, so it dies with its
+owner; if it dies first, the next context sent gets a new one. A context sent through it gets a
+token; when the context ends, the owner tells the channel, which wakes every worker watching
+that token. Each worker process runs one watcher thread per channel it received contexts from,
+long-polling ``Channel.wait`` with the full list of tokens it watches; a channel that has died
+(its owner is gone) ends every context it carried, with a ``ChannelGone`` cause.
 
-State is per token and is dropped once the token has ended and no worker watches it, or once
-its sender has let it go, so the channel's memory returns to its baseline.
+Three rules keep this safe under faults:
+
+- No Ray call is ever made under one of our locks, and no finalizer takes one: a finalizer only
+  puts a token on a ``SimpleQueue`` (safe from any point a garbage collection can run), and the
+  watcher thread does the rest.
+- A watch is a lease: every poll carries the full list, and a watcher not heard from for
+  ``_LEASE`` seconds (its worker was killed) is forgotten, so the channel returns to its
+  baseline. A watcher that comes back re-sends its list; nothing is lost.
+- An ended token stays known as ended for ``_RETAIN`` seconds after it ended (the most recent
+  ``_RETAIN_MAX`` of them), whatever the sender does with its context meanwhile: a task queued
+  behind a context that was cancelled and dropped still sees it end when it starts. (A task can
+  receive a token for as long as a pickled copy of the context exists, which no process can
+  know; the bound is the promise, and the remote copy's deadline still applies past it.)
+
+Nothing of ours touches Ray once Ray is shut down in this process: every Ray call first checks
+that the Ray connection it belongs to is still the current one, and ``ray.shutdown()`` (and the
+interpreter's exit) first stops our threads, which wait on Ray in short slices, and drops our
+Ray objects. Ray has no shutdown hook of its own, so ``install`` wraps ``ray.shutdown``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import contextlib
+import functools
 import logging
+import queue
 import threading
+import time
 import uuid
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import ray
+import ray.runtime_context
 
-from .._context import Context, cancel_with_cause
+from .._context import Context, cancel_with_cause, cause
+from .._errors import Canceled, DeadlineExceeded
 
-__all__ = ["Channel", "ChannelGone", "sender_channel", "watch"]
+__all__ = [
+    "Channel",
+    "ChannelGone",
+    "Ending",
+    "Link",
+    "RemoteCause",
+    "install",
+    "keep",
+    "link_for",
+    "sender_channel",
+    "session",
+    "spawn",
+    "watch",
+]
 
 _log = logging.getLogger("gocontext")
 
-POLL = 1.0  # seconds a wait lasts at most; a new token or an end cuts it short
+_POLL = 1.0  # seconds a wait lasts at most; an end cuts it short
+_LEASE = 5.0  # seconds after its last poll a silent watcher (a killed worker) is forgotten
+_RETAIN = 600.0  # seconds an ended token stays known as ended
+_RETAIN_MAX = 100_000  # ended tokens kept at most (the oldest go first)
+_IDLE_POLLS = 3  # empty polls a watcher thread makes before it exits
+_CAUSE_MAX = 1000  # characters of a cause's text that travel
+_SLICE = 0.1  # seconds a thread of ours waits on Ray before it checks Ray is still up
+_JOIN = 5.0  # seconds ray.shutdown() waits for each thread of ours to leave Ray
 
 
 class ChannelGone(ConnectionError):
-    """The cause recorded on a remote context whose sender's process went away."""
+    """The cause recorded on a remote context whose sender's process went away.
+
+    Example:
+        >>> import gocontext.ray
+        >>> isinstance(gocontext.ray.ChannelGone("sender gone"), ConnectionError)
+        True
+    """
 
     __module__ = "gocontext.ray"
+
+
+class RemoteCause(Exception):
+    """A remote context's cause, as its sender described it (causes travel as text).
+
+    Example:
+        >>> import gocontext.ray
+        >>> gocontext.ray.RemoteCause("ConnectionResetError('client left')")
+        RemoteCause("ConnectionResetError('client left')")
+    """
+
+    __module__ = "gocontext.ray"
+
+
+class Ending(NamedTuple):
+    """How a sent context ended: as ``DeadlineExceeded`` or ``Canceled``, and its cause."""
+
+    deadline_exceeded: bool
+    cause: str | None
+
+
+class Link(NamedTuple):
+    """What ties a sent context to its sender: the channel, the channel's id, the token."""
+
+    channel: Any
+    channel_id: str
+    token: str
+
+
+def session() -> str | None:
+    """This process's current Ray connection (a new ``ray.init`` gets a new one), or ``None``.
+
+    Never starts Ray: ``ray.get_runtime_context`` at the top level would.
+    """
+    if not _stopping and ray.is_initialized():
+        try:
+            return str(ray.runtime_context.get_runtime_context().get_worker_id())
+        except Exception:  # Ray shutting down under us
+            pass
+    if _kept:
+        _let_go()
+    return None
+
+
+# Ray objects of ours that may outlive their Ray connection (a channel handle is held by every
+# context it carries). Ray aborts the process when a handle from an earlier connection is
+# released under a later one, so these are let go only while Ray is down (releasing is then a
+# no-op for Ray), never dropped when a new connection replaces them.
+_kept: list[object] = []
+
+_lock = threading.Lock()  # guards _kept, _sender, _watchers, _threads; never held across Ray
+_sender: _Sender | None = None  # this process's channel (see _current_sender)
+_watchers: dict[str, _Watcher] = {}  # by channel id
+_threads: set[threading.Thread] = set()  # ours, that call Ray
+_stopping = False  # ray.shutdown() is under way: nothing of ours calls Ray
+
+
+def spawn(target: Callable[[], None], name: str) -> None:
+    """Start a daemon thread of ours that calls Ray; ``ray.shutdown()`` waits for it."""
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            with _lock:
+                _threads.discard(thread)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    with _lock:
+        _threads.add(thread)
+    thread.start()
+
+
+def _stop() -> None:
+    """Before Ray shuts down: stop our threads and drop our Ray objects, Ray still up."""
+    global _stopping
+    _stopping = True
+    with _lock:
+        threads = [t for t in _threads if t is not threading.current_thread()]
+    for t in threads:
+        t.join(_JOIN)
+    _let_go()
+
+
+def install() -> None:
+    """Have ``ray.shutdown()`` and the interpreter's exit stop us first (once per process)."""
+    original = ray.shutdown
+    if getattr(original, "_gocontext", False):
+        return
+
+    @functools.wraps(original)
+    def shutdown(*args: Any, **kwargs: Any) -> None:
+        global _stopping
+        _stop()
+        try:
+            original(*args, **kwargs)
+        finally:
+            _stopping = False
+
+    shutdown._gocontext = True  # type: ignore[attr-defined]
+    ray.shutdown = shutdown
+    atexit.register(_stop)  # runs before Ray's own exit handler, registered earlier
+
+
+def keep(obj: object) -> None:
+    """Hold *obj* (Ray handles or refs) until Ray is next seen down in this process."""
+    with _lock:
+        _kept.append(obj)
+
+
+def _let_go() -> None:
+    """Ray is down: drop every Ray object of ours (a later ``ray.init`` starts afresh)."""
+    global _sender
+    with _lock:
+        gone = [*_kept, _sender, *_watchers.values()]
+        _kept.clear()
+        _sender = None
+        _watchers.clear()
+    del gone  # outside the lock: releasing runs Ray's finalizers
+
+
+# --------------------------------------------------------------------------------------------
+# The actor.
+
+
+class _Watching:
+    """The channel's view of one watcher: its tokens (by the version that added them), what
+    ended among them and is not yet reported, and when it was last heard from."""
+
+    __slots__ = ("event", "pending", "polls", "seen", "tokens")
+
+    def __init__(self, now: float) -> None:
+        self.tokens: dict[str, int] = {}
+        self.pending: dict[str, Ending] = {}
+        self.event = asyncio.Event()
+        self.seen = now
+        self.polls = 0  # waits in progress: a watcher in a wait is alive
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]  # ray's stubs
 class Channel:
-    """The actor: which tokens ended (with their error kind and cause), who waits on them."""
+    """The actor: which tokens ended and how, and who watches them."""
 
-    def __init__(self) -> None:
-        self.ended: dict[str, tuple[str, str | None]] = {}
-        self.live: set[str] = set()
-        self.released: set[str] = set()  # the sender let these go: forget them once unwatched
-        self.watchers: dict[str, set[str]] = {}  # watcher id -> tokens it watches
-        self.wakeups: dict[str, asyncio.Event] = {}
+    def __init__(
+        self, lease: float = _LEASE, retain: float = _RETAIN, retain_max: int = _RETAIN_MAX
+    ) -> None:
+        self.lease, self.retain, self.retain_max = lease, retain, retain_max
+        self.ended: collections.OrderedDict[str, tuple[float, Ending]] = collections.OrderedDict()
+        self.watchers: dict[str, _Watching] = {}
 
-    async def register(self, token: str) -> None:
-        self.live.add(token)
+    async def end(self, token: str, ending: Ending) -> None:
+        now = time.monotonic()
+        self.ended[token] = (now, ending)
+        self.ended.move_to_end(token)
+        self._trim(now)
+        for w in self.watchers.values():
+            if token in w.tokens:
+                w.pending[token] = ending
+                w.event.set()
 
-    async def end(self, token: str, kind: str, cause: str | None) -> None:
-        self.live.discard(token)
-        self.ended[token] = (kind, cause)
-        for watcher, tokens in self.watchers.items():
-            if token in tokens:
-                self.wakeups.setdefault(watcher, asyncio.Event()).set()
-        self._forget_unwatched(token)
+    async def watch(self, watcher: str, token: str, version: int) -> None:
+        """A hint that *watcher* now watches *token* (its next wait carries it anyway)."""
+        w = self._watching(watcher)
+        w.tokens[token] = max(version, w.tokens.get(token, 0))
+        self._note_if_ended(w, token)
 
-    async def release(self, token: str) -> None:
-        """The sender let its context go: nothing more will come for this token."""
-        self.live.discard(token)
-        self.released.add(token)
-        self._forget_unwatched(token)
-
-    async def watch(self, watcher: str, token: str) -> None:
-        self.watchers.setdefault(watcher, set()).add(token)
-        if token in self.ended:
-            self.wakeups.setdefault(watcher, asyncio.Event()).set()
-
-    async def unwatch(self, watcher: str, token: str) -> None:
-        tokens = self.watchers.get(watcher)
-        if tokens is not None:
-            tokens.discard(token)
-            if not tokens:
-                del self.watchers[watcher]
-                self.wakeups.pop(watcher, None)
-        self._forget_unwatched(token)
-
-    async def wait(self, watcher: str, timeout: float) -> dict[str, tuple[str, str | None]]:
-        """The watched tokens that ended (they stop being watched), waiting up to *timeout*."""
-        event = self.wakeups.setdefault(watcher, asyncio.Event())
-        if not self._ended_for(watcher):
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
-        event.clear()
-        out = self._ended_for(watcher)
-        tokens = self.watchers.get(watcher, set())
+    async def wait(
+        self, watcher: str, tokens: list[str], version: int, timeout: float
+    ) -> dict[str, Ending]:
+        """The tokens among *tokens* that ended (they stop being watched), waiting up to
+        *timeout*. *tokens* is the watcher's whole list as of its *version*; a hint newer than
+        that list is kept."""
+        w = self._watching(watcher)
+        newer = {t: v for t, v in w.tokens.items() if v > version}
+        w.tokens = dict.fromkeys(tokens, version) | newer
+        w.pending = {t: e for t, e in w.pending.items() if t in w.tokens}
+        for token in tokens:
+            self._note_if_ended(w, token)
+        if not w.pending:
+            w.polls += 1
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(w.event.wait(), timeout)
+            finally:
+                w.polls -= 1
+        w.event.clear()
+        out, w.pending = w.pending, {}
         for token in out:
-            tokens.discard(token)
-        if not tokens:
-            self.watchers.pop(watcher, None)
-        for token in out:
-            self._forget_unwatched(token)
+            w.tokens.pop(token, None)
+        w.seen = time.monotonic()
+        if not w.tokens and not w.polls and self.watchers.get(watcher) is w:
+            del self.watchers[watcher]
+        self._expire(w.seen)
         return out
 
+    async def closed(self) -> None:
+        """Never returns: its sender learns through it that the channel died."""
+        await asyncio.Event().wait()
+
     async def size(self) -> int:
-        """How many tokens and watchers the channel holds (for tests of clean-up)."""
-        return len(self.ended) + len(self.live) + len(self.released) + len(self.watchers)
+        """How many watchers and watched tokens the channel holds (for tests of clean-up)."""
+        self._expire(time.monotonic())
+        return sum(
+            1 + len(w.tokens) + len(w.pending)
+            for w in self.watchers.values()
+            if w.tokens or w.pending
+        )
 
-    def _ended_for(self, watcher: str) -> dict[str, tuple[str, str | None]]:
-        return {t: self.ended[t] for t in self.watchers.get(watcher, ()) if t in self.ended}
+    async def retained(self) -> int:
+        """How many ended tokens the channel remembers for late watchers (bounded)."""
+        self._trim(time.monotonic())
+        return len(self.ended)
 
-    def _forget_unwatched(self, token: str) -> None:
-        # An ended token is kept until its sender lets it go: a worker may still be about to
-        # watch it (the task was queued), and must then learn at once that it ended.
-        if token not in self.released:
-            return
-        if any(token in tokens for tokens in self.watchers.values()):
-            return
-        self.ended.pop(token, None)
-        self.released.discard(token)
+    def _watching(self, watcher: str) -> _Watching:
+        w = self.watchers.get(watcher)
+        if w is None:
+            w = self.watchers[watcher] = _Watching(time.monotonic())
+        return w
+
+    def _note_if_ended(self, w: _Watching, token: str) -> None:
+        ended = self.ended.get(token)
+        if ended is not None:
+            w.pending[token] = ended[1]
+            w.event.set()
+
+    def _expire(self, now: float) -> None:
+        for watcher, w in list(self.watchers.items()):
+            if not w.polls and now - w.seen > self.lease:
+                del self.watchers[watcher]
+
+    def _trim(self, now: float) -> None:
+        while self.ended:
+            at, _ = next(iter(self.ended.values()))
+            if len(self.ended) <= self.retain_max and now - at <= self.retain:
+                return
+            self.ended.popitem(last=False)
 
 
 # --------------------------------------------------------------------------------------------
-# The sending side: one channel per process, a token per context sent.
+# The sending side: one channel per process and Ray connection, a token per context sent.
 
-_lock = threading.Lock()
-_channel: Any = None
-_tokens: weakref.WeakKeyDictionary[Context, str] = weakref.WeakKeyDictionary()
+
+class _Sender:
+    def __init__(self, ray_session: str) -> None:
+        self.session = ray_session
+        self.channel_id = uuid.uuid4().hex
+        self.channel: Any = Channel.remote()  # type: ignore[attr-defined]
+        self.dead = False
+        self.lock = threading.Lock()  # guards tokens; never held across a Ray call
+        self.tokens: weakref.WeakKeyDictionary[Context, str] = weakref.WeakKeyDictionary()
+        # Pending until the actor dies; Ray then completes it, on a thread of its own.
+        self.probe = self.channel.closed.remote()
+        self.probe.future().add_done_callback(self._died)
+
+    def _died(self, _: object) -> None:
+        self.dead = True  # the next context sent gets a new channel
+
+    def live(self, ray_session: str | None) -> bool:
+        return not self.dead and ray_session == self.session
+
+
+def _current_sender() -> _Sender:
+    global _sender
+    now = session()
+    if now is None:
+        raise RuntimeError("gocontext.ray: Ray is not running in this process")
+    with _lock:
+        s = _sender
+    if s is not None and s.live(now):
+        return s
+    new = _Sender(now)  # a Ray call: outside the lock
+    keep(new)
+    with _lock:
+        s = _sender
+        if s is None or not s.live(now):
+            _sender = s = new
+    if s is not new:  # another thread made one first
+        with contextlib.suppress(Exception):
+            ray.kill(new.channel)
+    return s
 
 
 def sender_channel() -> Any:
     """This process's channel actor, created on first use (it dies with this process)."""
-    global _channel
-    with _lock:
-        if _channel is None:
-            _channel = Channel.remote()  # type: ignore[attr-defined]
-        return _channel
+    return _current_sender().channel
 
 
-def token_for(ctx: Context) -> tuple[Any, str]:
-    """The channel and token that carry *ctx*'s end; registered once per context."""
-    channel = sender_channel()
-    with _lock:
-        token = _tokens.get(ctx)
+def link_for(ctx: Context) -> Link:
+    """The channel and token that carry *ctx*'s end; one token per context."""
+    s = _current_sender()
+    with s.lock:
+        token = s.tokens.get(ctx)
         if token is not None:
-            return channel, token
-        token = uuid.uuid4().hex
-        _tokens[ctx] = token
-    channel.register.remote(token)
+            return Link(s.channel, s.channel_id, token)
+        token = s.tokens[ctx] = uuid.uuid4().hex
+    ctx.done().add_callback(_Ended(weakref.ref(ctx), weakref.ref(s), token))
+    return Link(s.channel, s.channel_id, token)
 
-    def ended() -> None:
-        e = ctx.err()
-        kind = type(e).__name__ if e is not None else "Canceled"
-        from .._context import cause
 
+class _Ended:
+    """The done callback of a sent context: tell its channel how it ended.
+
+    It holds its sender weakly: a context that outlives its Ray connection must not be what
+    releases that connection's channel handle under the next one.
+    """
+
+    __slots__ = ("ctx", "sender", "token")
+
+    def __init__(self, ctx: weakref.ref[Context], sender: weakref.ref[_Sender], token: str) -> None:
+        self.ctx, self.sender, self.token = ctx, sender, token
+
+    def __call__(self) -> None:
+        ctx, sender = self.ctx(), self.sender()
+        if ctx is None or sender is None or not sender.live(session()):
+            return  # Ray shut down, or the channel died: nothing to tell, no one to start
+        err = ctx.err()
         c = cause(ctx)
-        channel.end.remote(token, kind, None if c is None or c is e else repr(c))
-
-    ctx.done().add_callback(ended)
-    # Once the sender's context is gone (it is held while live by its watched ancestors), the
-    # channel may forget the token when no worker watches it any more.
-    weakref.finalize(ctx, _release, channel, token)
-    return channel, token
-
-
-def _release(channel: Any, token: str) -> None:
-    if ray.is_initialized():  # never start Ray again at exit
-        with contextlib.suppress(Exception):  # the process may be shutting down
-            channel.release.remote(token)
+        plain = c is None or (type(c) is type(err) and str(c) == str(err))  # no cause given
+        text = None if plain else repr(c)[:_CAUSE_MAX]
+        ending = Ending(isinstance(err, DeadlineExceeded), text)
+        with contextlib.suppress(Exception):  # Ray shutting down under us
+            sender.channel.end.remote(self.token, ending)
 
 
 # --------------------------------------------------------------------------------------------
-# The receiving side: one watcher thread per (process, channel).
+# The receiving side: one watcher thread per (process, channel), running while it has work.
 
 
 class _Watcher:
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
+    def __init__(self, link: Link, ray_session: str) -> None:
+        self.channel = link.channel
+        self.channel_id = link.channel_id
+        self.session = ray_session
         self.id = uuid.uuid4().hex
+        # Guards contexts, version, running and gone; never held across a Ray call, never
+        # taken by a finalizer (finalizers only put on `dropped`).
         self.lock = threading.Lock()
-        self.contexts: dict[str, weakref.WeakSet[Any]] = {}
-        self.thread = threading.Thread(target=self._run, name="gocontext-ray-watcher", daemon=True)
-        self.thread.start()
+        self.contexts: dict[str, weakref.WeakSet[Context]] = {}
+        self.version = 0  # counts the tokens added: orders the hints against the polls
+        self.running = False
+        self.gone: BaseException | None = None  # set once the channel is unreachable
+        self.dropped: queue.SimpleQueue[str] = queue.SimpleQueue()
 
-    # watch() and unwatch() are submitted under the lock: Ray runs one caller's actor calls in
-    # submission order, so a token dropped and received again is never left unwatched.
-
-    def add(self, token: str, node: Context) -> None:
+    def receive(self, token: str, node: Context) -> None:
         with self.lock:
-            nodes = self.contexts.get(token)
-            if nodes is None:
-                nodes = self.contexts[token] = weakref.WeakSet()
-            if not nodes:  # one watch per token and process, however many tasks received it
-                self.channel.watch.remote(self.id, token)
-            nodes.add(node)
-        weakref.finalize(node, self._drop, token)
-
-    def _drop(self, token: str) -> None:
-        with self.lock:
-            nodes = self.contexts.get(token)
-            if nodes is None or len(nodes) > 0:
-                return
-            del self.contexts[token]
-            if ray.is_initialized():  # never start Ray again at exit
-                with contextlib.suppress(Exception):  # the process may be shutting down
-                    self.channel.unwatch.remote(self.id, token)
+            gone = self.gone
+            version = start = None
+            if gone is None:
+                nodes = self.contexts.get(token)
+                if nodes is None:
+                    self.version += 1
+                    version = self.version
+                    nodes = self.contexts[token] = weakref.WeakSet()
+                nodes.add(node)
+                start = not self.running
+                self.running = True
+        if gone is not None:
+            cancel_with_cause(node, gone)
+            return
+        weakref.finalize(node, self.dropped.put, token)
+        if start:
+            spawn(self._run, "gocontext-ray-watcher")
+        if version is not None and session() == self.session:  # cuts a poll short if ended
+            with contextlib.suppress(Exception):
+                self.channel.watch.remote(self.id, token, version)
 
     def _run(self) -> None:
-        from .._errors import Canceled, DeadlineExceeded
-
+        idle = 0
         while True:
+            self._forget_dropped()
+            with self.lock:
+                tokens, version = list(self.contexts), self.version
+                idle = 0 if tokens else idle + 1
+                stop = idle > _IDLE_POLLS
+                if stop:
+                    self.running = False  # a context received from now on starts a thread
+            if stop:
+                self._retire()
+                return
+            if session() != self.session:
+                self._end_all(ChannelGone("Ray was shut down in this process"))
+                return
             try:
-                ended = ray.get(self.channel.wait.remote(self.id, POLL))
+                ended = self._wait(tokens, version)
             except ray.exceptions.RayActorError:
                 self._end_all(ChannelGone("the process that sent this context went away"))
                 return
             except BaseException:  # Ray shutting down in this process (it raises SystemExit)
+                if session() == self.session:
+                    _log.exception("gocontext.ray: waiting on a channel failed; retrying")
+                    time.sleep(_POLL)
+                    continue
+                self._end_all(ChannelGone("Ray was shut down in this process"))
                 return
-            for token, (kind, cause_text) in ended.items():
+            if ended is None:  # Ray is shutting down in this process
+                self._end_all(ChannelGone("Ray was shut down in this process"))
+                return
+            for token, ending in ended.items():
                 with self.lock:
                     nodes = list(self.contexts.pop(token, ()))
-                cause = None if cause_text is None else RemoteCause(cause_text)
-                err = DeadlineExceeded if kind == "DeadlineExceeded" else Canceled
+                c = None if ending.cause is None else RemoteCause(ending.cause)
+                kind = DeadlineExceeded if ending.deadline_exceeded else Canceled
                 for node in nodes:
-                    cancel_with_cause(node, cause, err)
+                    cancel_with_cause(node, c, kind)
 
-    def _end_all(self, cause: BaseException) -> None:
+    def _wait(self, tokens: list[str], version: int) -> dict[str, Ending] | None:
+        """One long poll, waited on in slices; ``None`` once Ray is shutting down."""
+        ref = self.channel.wait.remote(self.id, tokens, version, _POLL)
+        while not ray.wait([ref], timeout=_SLICE)[0]:
+            if session() != self.session:
+                return None
+        ended: dict[str, Ending] = ray.get(ref)
+        return ended
+
+    def _forget_dropped(self) -> None:
+        while True:
+            try:
+                token = self.dropped.get_nowait()
+            except queue.Empty:
+                return
+            with self.lock:
+                nodes = self.contexts.get(token)
+                if nodes is not None and not nodes:
+                    del self.contexts[token]
+
+    def _end_all(self, gone: BaseException) -> None:
         with self.lock:
+            self.gone = gone
             nodes = [n for ns in self.contexts.values() for n in ns]
             self.contexts.clear()
+            self.running = False
+        self._retire()
         for node in nodes:
-            cancel_with_cause(node, cause)
+            cancel_with_cause(node, gone)
+
+    def _retire(self) -> None:
+        """Unlist this watcher; a context received later from its channel gets a new one."""
+        with _lock:
+            if _watchers.get(self.channel_id) is self:
+                del _watchers[self.channel_id]
+        if session() != self.session:  # a new Ray connection: never release the old handle
+            keep(self.channel)
 
 
-class RemoteCause(Exception):
-    """A remote context's cause, as its sender described it (causes travel as text)."""
-
-    __module__ = "gocontext.ray"
-
-
-_watchers: dict[Any, _Watcher] = {}
-
-
-def watch(channel: Any, token: str, node: Context) -> None:
-    """End *node* when the context behind *token* ends (or its channel dies)."""
-    key = channel._actor_id.hex()
+def watch(link: Link, node: Context) -> None:
+    """End *node* when the context behind *link* ends (or its channel dies)."""
+    now = session()
+    if now is None:  # unpickled with Ray down: its sender is out of reach, and Ray stays down
+        cancel_with_cause(node, ChannelGone("Ray is not running in this process"))
+        return
     with _lock:
-        watcher = _watchers.get(key)
-        if watcher is None or not watcher.thread.is_alive():
-            watcher = _watchers[key] = _Watcher(channel)
-    watcher.add(token, node)
+        watcher = _watchers.get(link.channel_id)
+        stale = watcher
+        if watcher is None or watcher.session != now:
+            watcher = _watchers[link.channel_id] = _Watcher(link, now)
+    if stale is not None and stale is not watcher:
+        keep(stale.channel)  # from an earlier Ray connection: never released under this one
+    watcher.receive(link.token, node)

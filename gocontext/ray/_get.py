@@ -1,7 +1,16 @@
-"""``get()`` and ``get_async()``: ``ray.get`` bounded by a context."""
+"""``get()`` and ``get_async()``: ``ray.get`` bounded by a context.
+
+When the context ends, ``get()`` raises at once and hands the tasks it gave up on to one
+collector thread (started on demand, gone when idle). The tasks' own contexts tell them to stop
+first; ``ray.cancel`` comes only for those still running after the grace period, and every
+task's result is retrieved, so Ray does not report an expected ``Canceled`` or
+``DeadlineExceeded`` as an unhandled error.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -11,63 +20,160 @@ import ray
 
 from .._context import _OURS, Context, _check_foreign
 from .._threads import to_thread
+from ._channel import keep, session, spawn
 
-__all__ = ["get", "get_async"]
+__all__ = ["get", "get_async", "wait_idle"]
 
 T = TypeVar("T")
 _SLICE = 0.01  # seconds between checks of the context while waiting on Ray
+_GRACE = 10.0  # default seconds a task gets to stop by its context before ray.cancel
+_COLLECT_SLICE = 0.1  # seconds the collector waits on Ray before it checks Ray is still up
 
 
-@overload
-def get(ctx: Context, refs: ray.ObjectRef[Any], *, timeout: float | None = None) -> Any: ...
 @overload
 def get(
-    ctx: Context, refs: Sequence[ray.ObjectRef[Any]], *, timeout: float | None = None
+    ctx: Context, refs: ray.ObjectRef[Any], *, timeout: float | None = None, grace: float = ...
+) -> Any: ...
+@overload
+def get(
+    ctx: Context,
+    refs: Sequence[ray.ObjectRef[Any]],
+    *,
+    timeout: float | None = None,
+    grace: float = ...,
 ) -> list[Any]: ...
-def get(ctx: Context, refs: Any, *, timeout: float | None = None) -> Any:
-    """``ray.get(refs)`` bounded by *ctx*: on a cancel or deadline, the tasks behind *refs* are
-    cancelled (recursively) and ``Canceled`` / ``DeadlineExceeded`` is raised at once.
+def get(ctx: Context, refs: Any, *, timeout: float | None = None, grace: float = _GRACE) -> Any:
+    """``ray.get(refs)`` bounded by *ctx*: on a cancel or deadline, ``Canceled`` /
+    ``DeadlineExceeded`` is raised at once.
+
+    The tasks behind *refs* are expected to stop by themselves, through the contexts they
+    received (the cooperative signal, which reaches them first). Any still running *grace*
+    seconds later (default 10; ``math.inf`` never) are cancelled with
+    ``ray.cancel(recursive=True)``: the fallback for tasks that ignore their context. Either way
+    their results are collected in the background, so an expected error is not logged by Ray
+    as unhandled.
 
     *timeout* behaves as ``ray.get``'s (``ray.exceptions.GetTimeoutError``). A task's own
     error is raised as ``ray.get`` raises it.
 
     Example:
         >>> import gocontext, gocontext.ray
-        >>> # gocontext.ray.get(ctx, [task.remote(ctx) for _ in range(3)])
+        >>> # gocontext.ray.get(ctx, [task.remote(ctx) for _ in range(3)], grace=5.0)
     """
     if type(ctx) not in _OURS:
         _check_foreign(ctx, "get", "ctx")
+    if type(grace) not in (int, float) or math.isnan(grace) or grace < 0:
+        raise ValueError(
+            f"gocontext.ray.get() needs grace= as seconds >= 0 (a real number), got {grace!r}"
+        )
     single = isinstance(refs, ray.ObjectRef)
     pending = [refs] if single else list(refs)
     if not all(isinstance(r, ray.ObjectRef) for r in pending):
         raise TypeError(f"get() needs a Ray ObjectRef or a list of them, got {refs!r}")
-    woken = threading.Event()
-    handle = ctx.done().add_callback(woken.set)
-    try:
-        end = None if timeout is None else time.monotonic() + timeout
-        waiting = list(pending)
-        while waiting:
-            err = ctx.err()
-            if err is not None:
-                for r in pending:
-                    ray.cancel(r, recursive=True)
-                raise err
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                raise ray.exceptions.GetTimeoutError(f"get() timed out after {timeout}s")
-            step = _SLICE if left is None else min(_SLICE, left)
-            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=step, fetch_local=True)
-        return ray.get(refs)
-    finally:
-        handle.cancel()
+    end = None if timeout is None else time.monotonic() + timeout
+    waiting = list(pending)
+    while waiting:
+        err = ctx.err()
+        if err is not None:
+            _collector.take(waiting, grace)
+            raise err
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            raise ray.exceptions.GetTimeoutError(f"get() timed out after {timeout}s")
+        step = _SLICE if left is None else min(_SLICE, left)
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=step, fetch_local=True)
+    return ray.get(refs)
 
 
-async def get_async(ctx: Context, refs: Any, *, timeout: float | None = None) -> Any:
+async def get_async(
+    ctx: Context, refs: Any, *, timeout: float | None = None, grace: float = _GRACE
+) -> Any:
     """``get()`` for async code (asyncio and trio): a framework cancellation of the awaiting
-    task cancels the Ray tasks too, and no thread is left behind.
+    task ends the Ray tasks the same way, and no thread is left behind.
 
     Example:
         >>> import gocontext, gocontext.ray
         >>> # await gocontext.ray.get_async(ctx, ref)
     """
-    return await to_thread(ctx, lambda child: get(child, refs, timeout=timeout))
+    return await to_thread(ctx, lambda child: get(child, refs, timeout=timeout, grace=grace))
+
+
+class _Abandoned:
+    """Tasks ``get()`` gave up on: collected as they finish, cancelled at ``cancel_at``."""
+
+    __slots__ = ("cancel_at", "drop_at", "refs")
+
+    def __init__(self, refs: list[ray.ObjectRef[Any]], grace: float, now: float) -> None:
+        self.refs = refs
+        self.cancel_at = now + grace
+        self.drop_at = math.inf  # once cancelled: when to stop waiting for them
+
+
+class _Collector:
+    """One thread, started on demand and gone when it has nothing left, for every ``get()``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # guards incoming and running; never held across Ray
+        self.idle = threading.Condition(self.lock)
+        self.incoming: list[_Abandoned] = []
+        self.running = False
+
+    def take(self, refs: list[ray.ObjectRef[Any]], grace: float) -> None:
+        with self.lock:
+            self.incoming.append(_Abandoned(refs, grace, time.monotonic()))
+            start = not self.running
+            self.running = True
+        if start:
+            spawn(self._run, "gocontext-ray-collector")
+
+    def _run(self) -> None:
+        held: list[_Abandoned] = []
+        ray_session = session()
+        while True:
+            current = ray_session is not None and session() == ray_session
+            with self.lock:
+                held += self.incoming
+                self.incoming = []
+                if not held or not current:  # done, or Ray shut down: let go
+                    self.running = False
+                    self.idle.notify_all()
+                    break
+            now = time.monotonic()
+            for batch in held:
+                if now >= batch.cancel_at:
+                    batch.cancel_at = math.inf
+                    batch.drop_at = now + max(_GRACE, 1.0)
+                    for ref in batch.refs:
+                        with contextlib.suppress(Exception):
+                            ray.cancel(ref, recursive=True)
+            held = [b for b in held if b.refs and now < b.drop_at]
+            refs = [r for b in held for r in b.refs]
+            if not refs:
+                continue
+            wake = min(min(b.cancel_at, b.drop_at) for b in held)
+            step = max(0.0, min(_COLLECT_SLICE, wake - now))
+            try:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=step, fetch_local=False)
+            except Exception:  # Ray shutting down under us
+                continue
+            done = set(ready)
+            for ref in ready:
+                with contextlib.suppress(Exception):  # the task's expected error: retrieved
+                    ray.get(ref)
+            for batch in held:
+                batch.refs = [r for r in batch.refs if r not in done]
+
+        if held and session() is not None:  # a new Ray connection: never release old refs
+            keep([r for b in held for r in b.refs])
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.lock:
+            return self.idle.wait_for(lambda: not self.running, timeout)
+
+
+_collector = _Collector()
+
+
+def wait_idle(timeout: float) -> bool:
+    """Whether every task ``get()`` gave up on was collected within *timeout* (for tests)."""
+    return _collector.wait_idle(timeout)

@@ -1,26 +1,28 @@
-"""How a context travels as a Ray argument: time left, propagated values, a channel token.
+"""How a context travels as a Ray argument: time left, propagated values, a channel link.
 
-A context pickles to a call of ``rebuild`` (importing this module, and so installing this
-reducer, in the worker that unpickles it). What travels is the time remaining (with the
-sender's boot id and monotonic deadline: a worker on the same host uses the same clock, so
-time spent queued counts; another host counts from arrival), the ``PropagatedKey`` values, and
-the channel and token that carry its end. Ordinary values never travel.
+A context pickles to a call of ``rebuild`` with one ``Wire`` (importing this module, and so
+installing this reducer, in the worker that unpickles it). What travels is the time remaining
+(with the sender's boot id and monotonic deadline: a worker on the same host uses the same
+clock, so time spent queued counts; another host counts from arrival), the ``PropagatedKey``
+values, and either how the context ended (it had ended before it was sent) or the channel link
+that will carry its end. Ordinary values never travel.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 
 from .. import _propagation
 from .._context import Context, background, with_cancel_cause, with_deadline
 from .._errors import DeadlineExceeded
-from ._channel import token_for, watch
+from ._channel import Ending, Link, link_for, watch
+from ._channel import install as _install_shutdown
 
-__all__ = ["install", "rebuild"]
+__all__ = ["Wire", "install", "rebuild"]
 
 
 def _boot_id() -> str:
@@ -31,55 +33,67 @@ def _boot_id() -> str:
         return ""
 
 
-BOOT_ID = _boot_id()
+_BOOT_ID = _boot_id()
 
 
-def reduce(ctx: Context) -> tuple[Any, tuple[Any, ...]]:
+class Deadline(NamedTuple):
+    """The time left when sent, and the sender's monotonic deadline on its boot's clock."""
+
+    remaining: float
+    boot_id: str
+    at: float
+
+
+class Wire(NamedTuple):
+    """A context as it travels: its propagated values, then how it ended (it had ended before
+    it was sent) or the link that will carry its end, and its deadline."""
+
+    values: dict[str, str]
+    ended: Ending | None
+    link: Link | None
+    deadline: Deadline | None
+
+
+def reduce(ctx: Context) -> tuple[Any, tuple[Wire]]:
     if not ray.is_initialized():  # pickled for something else: never start Ray for it
         raise TypeError(
             "a gocontext context cannot be pickled by itself: its cancellation lives in this "
             "process. It travels as an argument to Ray tasks (once Ray is initialized) and "
             "across HTTP with gocontext.http"
         )
-    err = ctx.err()
-    deadline = ctx.deadline()
     values = _propagation.outgoing_values(ctx)
+    err = ctx.err()
     if err is not None:
-        return rebuild, (None, None, None, None, values, type(err) is DeadlineExceeded)
-    channel, token = (None, None) if ctx.done() is _never_done() else token_for(ctx)
-    remaining = None if deadline is None or deadline == math.inf else deadline - time.monotonic()
-    return rebuild, (channel, token, remaining, (BOOT_ID, deadline), values, False)
+        return rebuild, (Wire(values, Ending(isinstance(err, DeadlineExceeded), None), None, None),)
+    link = None if ctx.done() is background().done() else link_for(ctx)
+    at = ctx.deadline()
+    deadline = (
+        None if at is None or at == math.inf else Deadline(at - time.monotonic(), _BOOT_ID, at)
+    )
+    return rebuild, (Wire(values, None, link, deadline),)
 
 
-def _never_done() -> Any:
-    return background().done()
-
-
-def rebuild(
-    channel: Any,
-    token: str | None,
-    remaining: float | None,
-    clock: tuple[str, float | None] | None,
-    values: dict[str, str],
-    expired: bool,
-) -> Context:
+def rebuild(wire: Wire) -> Context:
     """The receiving side of a context: a live copy that ends when the original does."""
-    parent = _propagation.attach_values(background(), values)
-    ctx, cancel = with_cancel_cause(parent)
-    if token is None and remaining is None and clock is None:  # the original had ended
-        if expired:
-            return with_deadline(ctx, 0.0)[0]
+    parent = _propagation.attach_values(background(), wire.values)
+    if wire.ended is not None:  # the original had ended before it was sent
+        if wire.ended.deadline_exceeded:
+            return with_deadline(parent, 0.0)[0]
+        ctx, cancel = with_cancel_cause(parent)
         cancel(None)
         return ctx
-    if token is not None:
-        watch(channel, token, ctx)
-    if remaining is not None and clock is not None:
-        boot, deadline = clock
-        if boot and boot == BOOT_ID and deadline is not None:  # one host, one monotonic clock
-            return with_deadline(ctx, deadline)[0]
-        return with_deadline(ctx, time.monotonic() + remaining)[0]
-    return ctx
+    ctx, _ = with_cancel_cause(parent)
+    if wire.link is not None:
+        watch(wire.link, ctx)
+    d = wire.deadline
+    if d is None:
+        return ctx
+    if d.boot_id and d.boot_id == _BOOT_ID:  # one host, one monotonic clock
+        return with_deadline(ctx, d.at)[0]
+    return with_deadline(ctx, time.monotonic() + d.remaining)[0]
 
 
 def install() -> None:
+    """Carry contexts in Ray arguments, and stop our threads before Ray shuts down."""
     _propagation.install_reducer(reduce)
+    _install_shutdown()
