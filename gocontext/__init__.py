@@ -37,6 +37,8 @@ from ._errors import Canceled as Canceled
 from ._errors import Cancelled as Cancelled
 from ._errors import ContextError as ContextError
 from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._group import Group as Group
+from ._group import TaskGroup as TaskGroup
 from ._propagation import PropagatedKey as PropagatedKey
 from ._threads import to_thread as to_thread
 
@@ -47,8 +49,10 @@ __all__ = [
     "ContextError",
     "DeadlineExceeded",
     "Done",
+    "Group",
     "Key",
     "PropagatedKey",
+    "TaskGroup",
     "after_func",
     "background",
     "cause",
