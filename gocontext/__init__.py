@@ -37,6 +37,7 @@ from ._errors import Canceled as Canceled
 from ._errors import Cancelled as Cancelled
 from ._errors import ContextError as ContextError
 from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._executor import ContextExecutor as ContextExecutor
 from ._group import Group as Group
 from ._group import TaskGroup as TaskGroup
 from ._propagation import PropagatedKey as PropagatedKey
@@ -47,6 +48,7 @@ __all__ = [
     "Cancelled",
     "Context",
     "ContextError",
+    "ContextExecutor",
     "DeadlineExceeded",
     "Done",
     "Group",
