@@ -39,6 +39,11 @@ __all__ = ["Group", "TaskGroup"]
 
 Ts = TypeVarTuple("Ts")
 _names = itertools.count(1)
+_SIGNAL_CHECK = 0.1  # seconds between checks for a Ctrl-C while the main thread waits
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _check_limit(limit: object, fname: str) -> int | None:
@@ -230,13 +235,14 @@ class Group:
                         raise err
                     if self._running < limit:
                         break
-                    self._cond.wait()
+                    self._cond.wait(_SIGNAL_CHECK if _in_main_thread() else None)
             self._running += 1
             if len(self._threads) > 64 and len(self._threads) > 2 * self._running:
                 self._threads = {t: None for t in self._threads if t.is_alive()}
+            ticket = [False]  # True once the thread or a failed start() has claimed it
             t = threading.Thread(
                 target=self._run,
-                args=(context, fn, args),
+                args=(ticket, context, fn, args),
                 name=f"gocontext.Group-{next(_names)}",
                 daemon=True,
             )
@@ -244,16 +250,29 @@ class Group:
         try:
             t.start()
         except BaseException:
+            # A Ctrl-C can land in start() after the thread exists (start() waits for it to
+            # run): whoever claims the ticket first decides whether fn runs, so the count of
+            # running functions stays exact either way.
             with self._cond:
-                self._threads.pop(t, None)
-                self._running -= 1
-                self._cond.notify_all()
+                if not ticket[0]:
+                    ticket[0] = True
+                    self._threads.pop(t, None)
+                    self._running -= 1
+                    self._cond.notify_all()
             raise
         return True
 
     def _run(
-        self, context: contextvars.Context, fn: Callable[..., object], args: tuple[Any, ...]
+        self,
+        ticket: list[bool],
+        context: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
     ) -> None:
+        with self._lock:
+            if ticket[0]:
+                return  # go() raised while starting us: fn is not to run
+            ticket[0] = True
         try:
             context.run(fn, self._ctx, *args)
         except BaseException as e:  # KeyboardInterrupt and SystemExit too: raised on exit
@@ -290,7 +309,15 @@ class Group:
             idle = self._running == 0
         if idle:
             self._mark_idle()
-        self._idle.done().wait()
+        done = self._idle.done()
+        if _in_main_thread():
+            # A signal that lands between the last check for pending handlers and the blocking
+            # wait is handled in C but its Python handler only runs once the wait ends (a race
+            # in CPython's lock acquire): wake now and then, so a Ctrl-C is never slept through.
+            while not done.wait(_SIGNAL_CHECK):
+                pass
+        else:
+            done.wait()
         with self._lock:
             self._state = "closed"
             threads, self._threads = self._threads, {}
@@ -528,10 +555,15 @@ class TaskGroup:
         finished, mark_finished = with_cancel(_BACKGROUND)
         raised: list[BaseException] = []
         ctx, context = self._ctx, contextvars.copy_context()
+        ticket = [False]  # True once the thread or a failed start() has claimed it
+        ticket_lock = threading.Lock()
 
         def run() -> None:
+            with ticket_lock:
+                claimed, ticket[0] = ticket[0], True
             try:
-                context.run(fn, ctx, *args)
+                if not claimed:
+                    context.run(fn, ctx, *args)
             except BaseException as e:  # KeyboardInterrupt and SystemExit too: raised on exit
                 raised.append(e)
             finally:
@@ -541,8 +573,20 @@ class TaskGroup:
             t = threading.Thread(
                 target=run, name=f"gocontext.TaskGroup-{next(_names)}", daemon=True
             )
-            t.start()
             self._threads.append(t)
+            try:
+                t.start()
+            except BaseException as e:  # a Ctrl-C under trio, after the thread may exist
+                with ticket_lock:
+                    claimed, ticket[0] = ticket[0], True
+                if claimed:  # it runs fn: wait for it as for any other
+                    self._stop(e)
+                    with anyio.CancelScope(shield=True):
+                        await wait_done(finished.done())
+                else:
+                    self._threads.remove(t)
+                self._fail(e)  # raised by __aexit__, on its own
+                return
             try:
                 await wait_done(finished.done())
             except BaseException as e:  # the task is cancelled: tell the thread, wait for it

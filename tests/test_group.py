@@ -285,10 +285,14 @@ CHILD = textwrap.dedent(
     STUCK = {stuck}
     never = threading.Event()
 
+    def say(line):  # one write per line: lines from threads never interleave
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
     def fn(ctx, n):
-        print(f"started {{n}}", flush=True)
+        say(f"started {{n}}")
         ctx.done().wait()
-        print(f"stopped {{n}}: {{gocontext.cause(ctx)!r}}", flush=True)
+        say(f"stopped {{n}}: {{gocontext.cause(ctx)!r}}")
         if STUCK and n == 0:
             never.wait()  # ignores the cancel: only a second Ctrl-C gets out
 
@@ -298,6 +302,23 @@ CHILD = textwrap.dedent(
     print("not reached", flush=True)
     """
 )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for the child; return the rest of its output (communicate() would skip what
+    readline() already buffered)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.wait(NEVER * 3)
+    return proc.stdout.read(), proc.stderr.read()
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the child if it still runs (a failed test), and close its pipes."""
+    proc.kill()
+    proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
 
 
 def run_child(stuck: bool) -> subprocess.Popen[str]:
@@ -315,7 +336,7 @@ def read_lines(proc: subprocess.Popen[str], prefix: str, count: int) -> list[str
     lines = []
     while len(lines) < count:
         line = proc.stdout.readline()
-        assert line, f"the child ended early: {proc.communicate(timeout=NEVER)}"
+        assert line, f"the child ended early: {finish(proc)}"
         if line.startswith(prefix):
             lines.append(line.strip())
     return lines
@@ -327,9 +348,9 @@ def test_ctrl_c_while_waiting_stops_every_function_and_exits_with_the_interrupt(
         read_lines(proc, "started", 3)
         proc.send_signal(signal.SIGINT)
         stopped = read_lines(proc, "stopped", 3)
-        out, err = proc.communicate(timeout=NEVER * 3)
+        out, err = finish(proc)
     finally:
-        proc.kill()
+        reap(proc)
     assert all(line.endswith("KeyboardInterrupt()") for line in stopped), stopped
     assert "not reached" not in out
     assert "KeyboardInterrupt" in err
@@ -343,9 +364,9 @@ def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
         proc.send_signal(signal.SIGINT)
         read_lines(proc, "stopped", 3)  # every function saw the cancel; one is stuck
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=NEVER * 3)
+        out, err = finish(proc)
     finally:
-        proc.kill()
+        reap(proc)
     assert "not reached" not in out
     assert err.count("KeyboardInterrupt") >= 2, err  # the second, raised during the first
     assert proc.returncode == -signal.SIGINT
