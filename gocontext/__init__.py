@@ -41,6 +41,8 @@ from ._executor import ContextExecutor as ContextExecutor
 from ._group import Group as Group
 from ._group import TaskGroup as TaskGroup
 from ._propagation import PropagatedKey as PropagatedKey
+from ._signal import SignalReceived as SignalReceived
+from ._signal import signal_context as signal_context
 from ._threads import to_thread as to_thread
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "Group",
     "Key",
     "PropagatedKey",
+    "SignalReceived",
     "TaskGroup",
     "after_func",
     "background",
@@ -61,6 +64,7 @@ __all__ = [
     "current",
     "merge",
     "scope",
+    "signal_context",
     "sleep",
     "to_thread",
     "todo",
