@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import inspect
 import itertools
 import sys
 import threading
@@ -217,6 +218,11 @@ class Group:
         name = "go" if block else "try_go"
         if not callable(fn):
             raise TypeError(f"Group.{name}() needs a callable, got {fn!r}")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"Group.{name}() runs functions in threads, got async function {fn!r}: "
+                "use gocontext.TaskGroup"
+            )
         context = contextvars.copy_context()
         with self._cond:
             state = self._state
@@ -401,7 +407,7 @@ class TaskGroup:
     """
 
     # Read and written in the event loop's thread only (go() and the tasks run there): _state
-    # ("new", "open", "closed"), _tg (the anyio task group, set on entry), _active (functions
+    # ("new", "open", "closed"), _tg and _loop_thread (set on entry), _active (functions
     # started and not finished), _pending (functions waiting for a slot, in order), _stopping
     # (False until the group is cancelled, then fixed), _errors, _first, _threads (worker
     # threads, joined on exit). _limit, _ctx and _cancel are fixed at construction.
@@ -412,6 +418,7 @@ class TaskGroup:
         "_errors",
         "_first",
         "_limit",
+        "_loop_thread",
         "_pending",
         "_state",
         "_stopping",
@@ -470,6 +477,7 @@ class TaskGroup:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._loop_thread = threading.get_ident()
         self._state = "open"
         return self
 
@@ -513,8 +521,17 @@ class TaskGroup:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"TaskGroup.{name}() needs a callable, got {fn!r}")
+        if not is_async and inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"TaskGroup.go_thread() runs functions in threads, got async function {fn!r}: "
+                "use TaskGroup.go()"
+            )
         if self._state != "open":
             raise RuntimeError(f"TaskGroup.{name}() called outside the group's async with block")
+        if threading.get_ident() != self._loop_thread:
+            raise RuntimeError(
+                f"TaskGroup.{name}() must be called from the thread of the group's event loop"
+            )
         if self._stopping:
             return  # the group is cancelled: nothing new starts
         item = (is_async, fn, args, contextvars.copy_context())
@@ -540,7 +557,13 @@ class TaskGroup:
 
     async def _run_task(self, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]) -> None:
         try:
-            await fn(self._ctx, *args)
+            awaitable = fn(self._ctx, *args)
+            if not inspect.isawaitable(awaitable):
+                raise TypeError(  # noqa: TRY301 - a failure of this function like any other
+                    f"TaskGroup.go() needs an async function, got {fn!r}, which returned "
+                    f"{awaitable!r}: use TaskGroup.go_thread() for blocking functions"
+                )
+            await awaitable
         except BaseException as e:
             if _cancellation_only(e):
                 self._stop(_framework_cause(e))

@@ -269,6 +269,8 @@ def test_bad_input_is_refused_at_the_call() -> None:
     with g:
         with pytest.raises(TypeError, match=r"Group.go\(\) needs a callable, got 42"):
             g.go(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"runs functions in threads, got async function"):
+            g.go(gocontext.sleep, 1)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="entered once"):
         g.__enter__()
     with pytest.raises(RuntimeError, match=r"Group.try_go\(\) called outside"):

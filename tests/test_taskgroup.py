@@ -333,5 +333,42 @@ async def test_bad_input_is_refused_at_the_call() -> None:
     async with g:
         with pytest.raises(TypeError, match=r"TaskGroup.go_thread\(\) needs a callable, got 1"):
             g.go_thread(1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"got async function .* use TaskGroup.go\(\)"):
+            g.go_thread(gocontext.sleep, 1)  # type: ignore[arg-type]
+        raised: list[BaseException] = []
+
+        def from_a_thread() -> None:
+            try:
+                g.go(gocontext.sleep, 1)
+            except BaseException as e:
+                raised.append(e)
+
+        await anyio.to_thread.run_sync(from_a_thread)
+        assert isinstance(raised[0], RuntimeError)
+        assert "must be called from the thread of the group's event loop" in str(raised[0])
     with pytest.raises(RuntimeError, match="entered once"):
         await g.__aenter__()
+
+
+async def test_a_blocking_function_given_to_go_is_a_failure_that_says_so() -> None:
+    with pytest.raises(TypeError, match=r"needs an async function.*use TaskGroup.go_thread"):
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.go(lambda ctx: 42)  # type: ignore[arg-type, return-value]
+
+
+async def test_entered_in_an_already_cancelled_scope_the_threads_are_told_and_waited_for() -> None:
+    saw: list[BaseException | None] = []
+
+    def thread(ctx: gocontext.Context) -> None:
+        ctx.done().wait(NEVER)
+        saw.append(gocontext.cause(ctx))
+
+    with anyio.CancelScope() as outer:
+        outer.cancel()
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.go_thread(thread)
+            await anyio.sleep(NEVER)
+    assert outer.cancelled_caught
+    assert len(saw) <= 1  # the thread may never have been started: then nothing to wait for
+    assert all(isinstance(c, FrameworkCancelled) for c in saw)
+    assert isinstance(gocontext.cause(g.ctx), FrameworkCancelled)
