@@ -377,7 +377,8 @@ class TaskGroup:
     still waiting for a slot are dropped, and so are later ``go`` calls. Leaving the block waits
     for every task and thread, then raises that first exception itself: never an exception
     group of our making. ``g.errors`` lists every exception raised, in the order raised. If all
-    returned, nothing is raised, even if *parent* ended. If the body raises, ``g.ctx`` is
+    returned, nothing is raised, even if *parent* ended: its end reaches the functions through
+    ``g.ctx`` only (as in Go), the tasks are not cancelled for it. If the body raises, ``g.ctx`` is
     cancelled with that exception as cause, everything is cancelled and waited for, and the
     body's exception propagates. A framework cancellation of the enclosing task (an outer
     cancel scope, ``task.cancel()``) cancels ``g.ctx`` with a ``FrameworkCancelled`` cause and

@@ -372,3 +372,22 @@ async def test_entered_in_an_already_cancelled_scope_the_threads_are_told_and_wa
     assert len(saw) <= 1  # the thread may never have been started: then nothing to wait for
     assert all(isinstance(c, FrameworkCancelled) for c in saw)
     assert isinstance(gocontext.cause(g.ctx), FrameworkCancelled)
+
+
+async def test_a_failure_while_the_body_awaits_interrupts_it_and_is_raised_itself() -> None:
+    boom = ValueError("while the body waited")
+    body_saw: list[BaseException | None] = []
+
+    async def failing(ctx: gocontext.Context) -> None:
+        await anyio.wait_all_tasks_blocked()
+        raise boom
+
+    with pytest.raises(ValueError) as raised:
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.go(failing)
+            try:
+                await anyio.sleep(NEVER)  # the group's cancellation interrupts the body too
+            finally:
+                body_saw.append(gocontext.cause(g.ctx))
+    assert raised.value is boom
+    assert body_saw == [boom]
