@@ -244,7 +244,8 @@ class Group:
                     self._cond.wait(_SIGNAL_CHECK if _in_main_thread() else None)
             self._running += 1
             if len(self._threads) > 64 and len(self._threads) > 2 * self._running:
-                self._threads = {t: None for t in self._threads if t.is_alive()}
+                # Forget threads that have ended (not ones another go() is still starting).
+                self._threads = {t: None for t in self._threads if t.ident is None or t.is_alive()}
             ticket = [False]  # True once the thread or a failed start() has claimed it
             t = threading.Thread(
                 target=self._run,

@@ -249,7 +249,9 @@ def test_go_waiting_for_a_slot_raises_the_parents_error_when_the_parent_ends() -
 def test_no_thread_outlives_the_block() -> None:
     before = set(threading.enumerate())
     with pytest.raises(ZeroDivisionError):
-        with gocontext.Group(gocontext.background()) as g:
+        with gocontext.Group(gocontext.background(), limit=30) as g:
+            for _ in range(150):  # enough finished threads to be forgotten along the way
+                g.go(lambda _c: None)
             for _ in range(20):
                 g.go(wait_for_cancel)
             g.go(lambda _c: 1 / 0)
