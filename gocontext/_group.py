@@ -383,8 +383,9 @@ class TaskGroup:
     cancelled with that exception as cause, everything is cancelled and waited for, and the
     body's exception propagates. A framework cancellation of the enclosing task (an outer
     cancel scope, ``task.cancel()``) cancels ``g.ctx`` with a ``FrameworkCancelled`` cause and
-    propagates untouched. A thread is never abandoned: on cancellation the group waits for it
-    to return (it should watch ``g.ctx``). A group is entered once.
+    propagates untouched, unless a function failed too: then, as in anyio's and trio's task
+    groups, the error wins and is raised. A thread is never abandoned: on cancellation the
+    group waits for it to return (it should watch ``g.ctx``). A group is entered once.
 
     Example:
         >>> import anyio, gocontext
@@ -559,6 +560,8 @@ class TaskGroup:
 
     async def _run_task(self, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]) -> None:
         try:
+            if self._stopping:  # cancelled between go() and this task's first step
+                return
             awaitable = fn(self._ctx, *args)
             if not inspect.isawaitable(awaitable):
                 raise TypeError(  # noqa: TRY301 - a failure of this function like any other
@@ -595,6 +598,8 @@ class TaskGroup:
                 mark_finished()
 
         try:
+            if self._stopping:  # cancelled between go_thread() and this task's first step
+                return
             t = threading.Thread(
                 target=run, name=f"gocontext.TaskGroup-{next(_names)}", daemon=True
             )
@@ -615,12 +620,17 @@ class TaskGroup:
             try:
                 await wait_done(finished.done())
             except BaseException as e:  # the task is cancelled: tell the thread, wait for it
-                self._stop(_framework_cause(e))
+                cancelled = _cancellation_only(e)
+                self._stop(_framework_cause(e) if cancelled else e)
                 with anyio.CancelScope(shield=True):
                     await wait_done(finished.done())
+                if not cancelled:  # a Ctrl-C under trio, say: a failure, raised on exit
+                    self._fail(e)
                 if raised:
                     self._fail(raised[0])
-                raise
+                if cancelled:
+                    raise
+                return
             if raised:
                 self._fail(raised[0])
         finally:
@@ -659,9 +669,12 @@ class TaskGroup:
             try:
                 swallowed = await self._tg.__aexit__(et, e, tb)
             except BaseException as raised:
-                if _cancellation_only(raised):
-                    self._stop(_framework_cause(raised))
-                raise
+                if not _cancellation_only(raised):
+                    raise
+                self._stop(_framework_cause(raised))
+                if self._first is None:
+                    raise
+                swallowed = False  # a function failed too: its error wins, as in anyio and trio
             first = self._first
             if first is not None:
                 raise first

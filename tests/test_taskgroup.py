@@ -391,3 +391,24 @@ async def test_a_failure_while_the_body_awaits_interrupts_it_and_is_raised_itsel
                 body_saw.append(gocontext.cause(g.ctx))
     assert raised.value is boom
     assert body_saw == [boom]
+
+
+async def test_a_failure_is_not_lost_to_an_outer_cancellation_at_the_same_time() -> None:
+    """As in anyio and trio task groups: an error wins over a cancellation."""
+    boom = ValueError("failed while the outer scope was cancelled")
+    raising = threading.Event()
+
+    def failing(ctx: gocontext.Context) -> None:
+        try:
+            raise boom
+        finally:
+            raising.set()
+
+    with pytest.raises(ValueError) as raised:
+        with anyio.CancelScope() as outer:
+            async with gocontext.TaskGroup(gocontext.background()) as g:
+                g.go_thread(failing)
+                await anyio.to_thread.run_sync(raising.wait, NEVER)
+                outer.cancel()
+                await anyio.sleep(NEVER)
+    assert raised.value is boom
