@@ -129,9 +129,10 @@ class _Notifier:
     """The handler for one ``signal_context()`` and the handlers it replaced.
 
     ``_spent`` is False until the first signal or ``stop()``, then True for good; ``_previous``
-    maps each signal to the handler it replaced, until ``_restore()`` puts them back. Both are
-    touched by the handler in the main thread and by ``stop()`` in any thread: a handler that
-    finds ``_spent`` set only forwards, so the race costs at most a forwarded signal.
+    maps each signal to the handler it replaced (filled as they are installed, then fixed).
+    Both are touched by the handler in the main thread and by ``stop()`` in any thread: a
+    handler that finds ``_spent`` set only forwards, so the race costs at most a forwarded
+    signal.
     """
 
     __slots__ = ("_cancel", "_ctx", "_previous", "_spent")
@@ -172,9 +173,12 @@ class _Notifier:
             self._restore()
 
     def _restore(self) -> None:
-        """Put back the previous handlers that ours still stands in for (main thread only)."""
-        previous, self._previous = self._previous, {}
-        for s, h in previous.items():
+        """Put back the previous handlers that ours still stands in for (main thread only).
+
+        Idempotent, and ``_previous`` is kept: a second signal whose handler runs in the middle
+        of the first one's still finds where to forward it.
+        """
+        for s, h in list(self._previous.items()):
             if signal.getsignal(s) == self._handle:  # someone else's handler stays
                 signal.signal(s, signal.SIG_DFL if h is None else h)
 

@@ -158,6 +158,36 @@ async def test_a_signal_reaches_a_task_waiting_in_a_running_loop(previous: list[
     assert previous == []
 
 
+REENTRANT = textwrap.dedent(
+    """
+    import signal, gocontext
+
+    seen = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    ctx, stop = gocontext.signal_context(signals=[signal.SIGUSR1])
+    ours = signal.getsignal(signal.SIGUSR1)
+    ours(int(signal.SIGUSR1), None)  # the first signal: ours
+    ours(int(signal.SIGUSR1), None)  # a second one whose handler ran before the first's returned
+    ctx.done().wait(10)
+    print("forwarded", seen, repr(gocontext.cause(ctx)), flush=True)
+    """
+)
+
+
+def test_a_second_signal_handled_inside_the_first_still_reaches_the_previous_handler() -> None:
+    """In a subprocess: forwarding to the default action would end the process."""
+    out = subprocess.run(
+        [sys.executable, "-c", REENTRANT],
+        capture_output=True,
+        text=True,
+        timeout=NEVER * 3,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    assert out.stdout.strip() == "forwarded [10] SignalReceived(SIGUSR1)"
+
+
 # --------------------------------------------------------------------------------------------
 # SIGINT and SIGTERM, sent to subprocesses
 
