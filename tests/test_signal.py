@@ -295,3 +295,21 @@ def test_a_signal_stops_a_service_inside_a_running_loop(backend: str, signum: in
         reap(proc)
     assert "clean exit" in out, (proc.returncode, err)
     assert proc.returncode == 0, err
+
+
+def test_a_done_callback_raising_a_base_exception_does_not_stop_later_signals(
+    previous: list[int],
+) -> None:
+    first, stop_first = gocontext.signal_context(signals=[signal.SIGUSR1])
+
+    def hostile() -> None:
+        raise SystemExit("from a done callback")
+
+    first.done().add_callback(hostile)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    second, stop_second = gocontext.signal_context(signals=[signal.SIGUSR2])
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert second.done().wait(NEVER), "the relay thread died with the first callback"
+    assert isinstance(gocontext.cause(first), gocontext.SignalReceived)  # relayed in order
+    stop_first()
+    stop_second()
