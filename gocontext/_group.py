@@ -644,9 +644,11 @@ class TaskGroup:
 
     def _halt(self, cause: BaseException) -> None:
         """Cancel g.ctx first (so the tasks' finally blocks see it), then the tasks."""
-        self._cancel(cause)
-        self._stop(None)
-        self._tg.cancel_scope.cancel()
+        try:
+            self._cancel(cause)  # runs done callbacks, which may raise a BaseException
+        finally:
+            self._stop(None)
+            self._tg.cancel_scope.cancel()
 
     def _stop(self, cause: BaseException | None) -> None:
         if cause is not None:
