@@ -19,6 +19,7 @@ import gocontext
 from .conftest import NEVER
 
 REQUEST = contextvars.ContextVar[str]("REQUEST")
+STRESS = os.environ.get("GOCONTEXT_STRESS") == "1"  # heavier storms, for soak runs
 
 
 def wait_for_cancel(ctx: gocontext.Context) -> None:
@@ -154,7 +155,7 @@ def test_functions_see_the_callers_context_variables_and_ambient_context() -> No
 
 
 def test_the_limit_holds_under_a_storm() -> None:
-    limit, n = 3, 200
+    limit, n = 3, 5000 if STRESS else 200
     lock = threading.Lock()
     running = peak = done = 0
 
@@ -374,3 +375,27 @@ def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
     assert "not reached" not in out
     assert err.count("KeyboardInterrupt") >= 2, err  # the second, raised during the first
     assert proc.returncode == -signal.SIGINT
+
+
+def test_a_failure_racing_the_start_of_its_siblings_always_stops_them_all() -> None:
+    for round_ in range(500 if STRESS else 20):
+        boom = ValueError(f"round {round_}")
+        causes: list[BaseException | None] = []
+        lock = threading.Lock()
+
+        def sibling(ctx: gocontext.Context) -> None:
+            try:
+                wait_for_cancel(ctx)
+            finally:
+                with lock:
+                    causes.append(gocontext.cause(ctx))
+
+        def failing(ctx: gocontext.Context, boom: BaseException = boom) -> None:
+            raise boom
+
+        with pytest.raises(ValueError) as raised:
+            with gocontext.Group(gocontext.background(), limit=4) as g:
+                for i in range(8):
+                    g.go(failing if i == round_ % 4 else sibling)  # within the limit
+        assert raised.value is boom
+        assert all(c is boom for c in causes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import sys
 import threading
 
@@ -18,6 +19,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 REQUEST = contextvars.ContextVar[str]("REQUEST")
+STRESS = os.environ.get("GOCONTEXT_STRESS") == "1"  # heavier storms, for soak runs
 
 
 def wait_in_thread(ctx: gocontext.Context) -> None:
@@ -177,7 +179,7 @@ async def test_an_outer_cancel_while_the_exit_waits_also_reaches_the_threads() -
 
 
 async def test_the_limit_is_shared_by_tasks_and_threads_and_holds_under_a_storm() -> None:
-    limit, n = 3, 60
+    limit, n = 3, 3000 if STRESS else 60
     lock = threading.Lock()
     running = peak = done = 0
 
@@ -412,3 +414,36 @@ async def test_a_failure_is_not_lost_to_an_outer_cancellation_at_the_same_time()
                 outer.cancel()
                 await anyio.sleep(NEVER)
     assert raised.value is boom
+
+
+async def test_a_failure_racing_the_start_of_its_siblings_always_stops_them_all() -> None:
+    for round_ in range(300 if STRESS else 20):
+        boom = ValueError(f"round {round_}")
+        causes: list[BaseException | None] = []
+
+        async def task(ctx: gocontext.Context) -> None:
+            try:
+                await gocontext.sleep(ctx, NEVER)
+            finally:
+                causes.append(gocontext.cause(ctx))
+
+        def thread(ctx: gocontext.Context) -> None:
+            try:
+                wait_in_thread(ctx)
+            finally:
+                causes.append(gocontext.cause(ctx))
+
+        async def failing(ctx: gocontext.Context, boom: BaseException = boom) -> None:
+            raise boom
+
+        with pytest.raises(ValueError) as raised:
+            async with gocontext.TaskGroup(gocontext.background(), limit=4) as g:
+                for i in range(8):
+                    if i == round_ % 4:  # within the limit: the others wait for it
+                        g.go(failing)
+                    elif i % 2:
+                        g.go_thread(thread)
+                    else:
+                        g.go(task)
+        assert raised.value is boom
+        assert all(c is boom for c in causes)
