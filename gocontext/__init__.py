@@ -37,7 +37,12 @@ from ._errors import Canceled as Canceled
 from ._errors import Cancelled as Cancelled
 from ._errors import ContextError as ContextError
 from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._executor import ContextExecutor as ContextExecutor
+from ._group import Group as Group
+from ._group import TaskGroup as TaskGroup
 from ._propagation import PropagatedKey as PropagatedKey
+from ._signal import SignalReceived as SignalReceived
+from ._signal import signal_context as signal_context
 from ._threads import to_thread as to_thread
 
 __all__ = [
@@ -45,16 +50,21 @@ __all__ = [
     "Cancelled",
     "Context",
     "ContextError",
+    "ContextExecutor",
     "DeadlineExceeded",
     "Done",
+    "Group",
     "Key",
     "PropagatedKey",
+    "SignalReceived",
+    "TaskGroup",
     "after_func",
     "background",
     "cause",
     "current",
     "merge",
     "scope",
+    "signal_context",
     "sleep",
     "to_thread",
     "todo",

@@ -49,6 +49,21 @@ EXPECTED: dict[str, list[str]] = {
         "driver: get() raised Canceled('context canceled')",
         "ray fanout done",
     ],
+    "errgroup.py": [
+        "1. threads: 6 shards, 3 at a time; shard 3 fails",
+        "group raised LookupError('shard 3 is missing'); g.ctx's cause is it: True",
+        "2. tasks and a thread in one group; backend B fails",
+        "group raised ConnectionError('backend B refused')",
+        "3. Ray: 3 tasks; shard 1 fails",
+        "group raised RayTaskError(ValueError): ValueError: ray shard 1 has bad data",
+        "errgroup done",
+    ],
+    "shutdown.py": [
+        "service up (pid",
+        "SignalReceived(SIGTERM): stop accepting, drain",
+        "drained: every request in flight finished",
+        "shutdown done",
+    ],
 }
 
 # Lines that must appear, in any order (they come from threads and tasks racing each other).
@@ -59,6 +74,12 @@ ANYWHERE: dict[str, list[str]] = {
         "task A stopped: DeadlineExceeded('context deadline exceeded')",
         "task B stopped: DeadlineExceeded('context deadline exceeded')",
     ],
+    "errgroup.py": [
+        "thread shard 3 stopped after 5 chunks",
+        "task A stopped; cause: ConnectionError('backend B refused')",
+        "thread resize stopped after",
+    ],
+    "shutdown.py": ["request 1 done"],
 }
 
 

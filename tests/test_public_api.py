@@ -19,6 +19,10 @@ CONTRACT = {
     "current", "use",
     # section 4: crossing a process boundary
     "PropagatedKey",
+    # section 5: structured concurrency
+    "Group", "TaskGroup",
+    # section 6: programs
+    "signal_context", "SignalReceived", "ContextExecutor",
 }  # fmt: skip
 
 

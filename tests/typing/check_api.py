@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Hashable
+from concurrent.futures import Future
 from datetime import timedelta
 from typing import TypeVar, overload
 
@@ -71,3 +73,39 @@ def foreign(parent: gocontext.Context) -> gocontext.Context:
 
 async def awaiting(ctx: gocontext.Context) -> None:
     await ctx.done()
+
+
+def groups(parent: gocontext.Context) -> None:
+    def work(ctx: gocontext.Context, n: int, name: str) -> int:
+        return n
+
+    with gocontext.Group(parent, limit=4) as g:
+        assert_type(g.ctx, gocontext.Context)
+        g.go(work, 1, "a")
+        assert_type(g.try_go(work, 2, "b"), bool)
+    assert_type(g.errors, list[BaseException])
+
+
+async def task_groups(parent: gocontext.Context) -> None:
+    async def fetch(ctx: gocontext.Context, url: str) -> bytes:
+        return url.encode()
+
+    def crunch(ctx: gocontext.Context, n: int) -> int:
+        return n
+
+    async with gocontext.TaskGroup(parent, limit=2) as g:
+        g.go(fetch, "http://example.invalid")
+        g.go_thread(crunch, 3)
+        assert_type(g.ctx, gocontext.Context)
+
+
+def programs() -> None:
+    with gocontext.signal_context() as (ctx, stop):
+        assert_type(ctx, gocontext.Context)
+        stop()
+    cause = gocontext.cause(ctx)
+    if isinstance(cause, gocontext.SignalReceived):
+        assert_type(cause.signum, signal.Signals)
+    with gocontext.ContextExecutor(max_workers=2) as pool:
+        assert_type(pool.submit(pow, 2, 3), Future[int])
+        assert_type(pool.submit_ctx(ctx, lambda c, n: n * 2, 21), Future[int])

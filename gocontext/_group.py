@@ -1,0 +1,703 @@
+"""Go's errgroup: ``Group`` for threads and ``TaskGroup`` for asyncio and trio tasks (and threads).
+
+Both give every function the group's context, ``g.ctx``, a ``with_cancel_cause`` child of the
+parent. The first function to raise cancels ``g.ctx`` with its exception as the cause, so the
+siblings (and everything they handed ``g.ctx`` to) stop; leaving the block waits for every
+function and raises that first exception itself, never a group of exceptions. Functions that all
+return raise nothing, even if the parent ended meanwhile (Go's ``Wait`` returns nil).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import inspect
+import itertools
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+from typing_extensions import TypeVarTuple, Unpack
+
+from ._async import _framework_cause, _is_cancellation, wait_done
+from ._context import (
+    _BACKGROUND,
+    _OURS,
+    Context,
+    _check_foreign,
+    with_cancel,
+    with_cancel_cause,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["Group", "TaskGroup"]
+
+Ts = TypeVarTuple("Ts")
+_names = itertools.count(1)
+_SIGNAL_CHECK = 0.1  # seconds between checks for a Ctrl-C while the main thread waits
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _check_limit(limit: object, fname: str) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"{fname}() needs limit=None or a positive int, got {limit!r}")
+    if limit < 1:
+        raise ValueError(f"{fname}() needs limit=None or a positive int, got {limit!r}")
+    return limit
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+
+
+@final
+class Group:
+    """Run functions in worker threads under one context; the first failure stops the rest.
+
+    ``with gocontext.Group(parent) as g:`` then ``g.go(fn, *args)`` runs ``fn(g.ctx, *args)`` in
+    a new worker thread, with the context variables of the thread that called ``go()`` (so
+    ``gocontext.current()`` there is the caller's). ``g.ctx`` is a child of *parent*: it ends when
+    *parent* does, when a function raises (the exception is its cause), when the block's body
+    raises (likewise), and on exit.
+
+    Leaving the block waits for every function, then raises the first exception a function
+    raised (the object itself, not a group); ``g.errors`` lists every exception raised, in the
+    order raised. A ``KeyboardInterrupt`` or ``SystemExit`` from a function counts as a failure
+    and is re-raised on exit. If the body raises, ``g.ctx`` is cancelled with that exception as
+    cause, the functions are waited for, and the body's exception propagates.
+
+    With *limit*, at most *limit* functions run at once: ``go()`` blocks until a slot is free,
+    and ``try_go()`` returns False instead. If ``g.ctx`` is done when ``go()`` finds no free
+    slot, or ends while it waits for one, ``go()`` raises ``g.ctx.err()`` without starting the
+    function, so a loop that feeds the group stops feeding it; leaving the block then raises
+    the first failure, if a function failed, in place of that error.
+
+    A Ctrl-C (``KeyboardInterrupt``) while the block waits on exit cancels ``g.ctx`` with it as
+    cause, waits for the functions and re-raises it; a second Ctrl-C stops the waiting at once
+    (the worker threads are daemon threads, so a stuck one cannot keep the process alive).
+    Thread-safe: ``go()`` may be called from the functions themselves. A group is entered once.
+
+    Example:
+        >>> import gocontext
+        >>> def fetch(ctx, n):
+        ...     if n == 3:
+        ...         raise LookupError(f"shard {n} is missing")
+        ...     ctx.done().wait(5)  # stands for work that stops when ctx ends
+        ...     ctx.check()
+        >>> try:
+        ...     with gocontext.Group(gocontext.background()) as g:
+        ...         for n in range(4):
+        ...             g.go(fetch, n)
+        ... except LookupError as e:
+        ...     print(e, "| cause:", gocontext.cause(g.ctx) is e)
+        shard 3 is missing | cause: True
+        >>> sorted(type(e).__name__ for e in g.errors)
+        ['Canceled', 'Canceled', 'Canceled', 'LookupError']
+    """
+
+    # Guarded by _lock (through _cond): _state ("new", "open", "closing" once the exit waits:
+    # then only the functions may call go(), "closed" once all have returned), _running
+    # (functions started and not yet returned), _errors, _first (None until the first failure,
+    # then fixed), _threads (worker threads not yet joined; an insertion-ordered dict used as a
+    # set), _refusal (the last error go() raised instead of starting a function). _idle ends
+    # once _running is 0 while closing. _limit, _ctx and _cancel are fixed at construction.
+    __slots__ = (
+        "_cancel",
+        "_cond",
+        "_ctx",
+        "_errors",
+        "_first",
+        "_idle",
+        "_limit",
+        "_lock",
+        "_mark_idle",
+        "_refusal",
+        "_running",
+        "_state",
+        "_threads",
+        "_wake",
+    )
+    __module__ = "gocontext"
+
+    def __init__(self, parent: Context, *, limit: int | None = None) -> None:
+        if type(parent) not in _OURS:
+            _check_foreign(parent, "Group")
+        self._limit = _check_limit(limit, "Group")
+        self._ctx, self._cancel = with_cancel_cause(parent)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._state = "new"
+        self._running = 0
+        self._errors: list[BaseException] = []
+        self._first: BaseException | None = None
+        self._threads: dict[threading.Thread, None] = {}
+        self._refusal: BaseException | None = None
+        self._wake: Any = None  # the done callback that wakes go() waiting for a slot
+        self._idle, self._mark_idle = with_cancel(_BACKGROUND)  # ended once all have returned
+
+    @property
+    def ctx(self) -> Context:
+        """The group's context, passed to every function as its first argument.
+
+        Example:
+            >>> import gocontext
+            >>> with gocontext.Group(gocontext.background()) as g:
+            ...     print(g.ctx.err())
+            None
+            >>> g.ctx.err()  # cancelled on exit
+            Canceled('context canceled')
+        """
+        return self._ctx
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Every exception the functions raised so far, in the order raised (a copy).
+
+        Example:
+            >>> import gocontext
+            >>> with gocontext.Group(gocontext.background()) as g:
+            ...     g.go(lambda ctx: None)
+            >>> g.errors
+            []
+        """
+        with self._lock:
+            return list(self._errors)
+
+    def __enter__(self) -> Self:
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError("a gocontext.Group is entered once: make a new Group")
+            self._state = "open"
+        if self._limit is not None:
+            self._wake = self._ctx.done().add_callback(self._notify)
+        return self
+
+    def go(self, fn: Callable[[Context, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> None:
+        """Run ``fn(g.ctx, *args)`` in a new worker thread; with a limit, wait for a free slot.
+
+        Raises ``g.ctx.err()`` instead of starting *fn* if ``g.ctx`` ends while waiting for a
+        slot, and RuntimeError outside the ``with`` block.
+
+        Example:
+            >>> import gocontext
+            >>> squares = {}
+            >>> with gocontext.Group(gocontext.background(), limit=2) as g:
+            ...     for n in range(5):
+            ...         g.go(lambda ctx, n: squares.update({n: n * n}), n)
+            >>> sorted(squares.values())
+            [0, 1, 4, 9, 16]
+        """
+        self._start(fn, args, block=True)
+
+    def try_go(self, fn: Callable[[Context, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> bool:
+        """Start ``fn(g.ctx, *args)`` like ``go()`` if a slot is free and return True; else
+        return False at once without starting it.
+
+        Example:
+            >>> import gocontext, threading
+            >>> release = threading.Event()
+            >>> with gocontext.Group(gocontext.background(), limit=1) as g:
+            ...     g.try_go(lambda ctx: release.wait(5)), g.try_go(lambda ctx: None)
+            ...     release.set()
+            (True, False)
+        """
+        return self._start(fn, args, block=False)
+
+    def _start(self, fn: Callable[..., object], args: tuple[Any, ...], block: bool) -> bool:
+        name = "go" if block else "try_go"
+        if not callable(fn):
+            raise TypeError(f"Group.{name}() needs a callable, got {fn!r}")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"Group.{name}() runs functions in threads, got async function {fn!r}: "
+                "use gocontext.TaskGroup"
+            )
+        context = contextvars.copy_context()
+        with self._cond:
+            state = self._state
+            if state != "open" and (state != "closing" or self._running == 0):
+                raise RuntimeError(f"Group.{name}() called outside the group's with block")
+            limit = self._limit
+            if limit is not None and self._running >= limit:
+                if not block:
+                    return False
+                # Once g.ctx is done, a go() that had to wait starts nothing: a function that
+                # fails ends g.ctx before it frees its slot, so this never races with it.
+                while True:
+                    err = self._ctx.err()
+                    if err is not None:
+                        self._refusal = err
+                        raise err
+                    if self._running < limit:
+                        break
+                    self._cond.wait(_SIGNAL_CHECK if _in_main_thread() else None)
+            self._running += 1
+            if len(self._threads) > 64 and len(self._threads) > 2 * self._running:
+                # Forget threads that have ended (not ones another go() is still starting).
+                self._threads = {t: None for t in self._threads if t.ident is None or t.is_alive()}
+            ticket = [False]  # True once the thread or a failed start() has claimed it
+            t = threading.Thread(
+                target=self._run,
+                args=(ticket, context, fn, args),
+                name=f"gocontext.Group-{next(_names)}",
+                daemon=True,
+            )
+            self._threads[t] = None
+        try:
+            t.start()
+        except BaseException:
+            # A Ctrl-C can land in start() after the thread exists (start() waits for it to
+            # run): whoever claims the ticket first decides whether fn runs, so the count of
+            # running functions stays exact either way.
+            with self._cond:
+                if not ticket[0]:
+                    ticket[0] = True
+                    self._threads.pop(t, None)
+                    self._running -= 1
+                    self._cond.notify_all()
+            raise
+        return True
+
+    def _run(
+        self,
+        ticket: list[bool],
+        context: contextvars.Context,
+        fn: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> None:
+        with self._lock:
+            if ticket[0]:
+                return  # go() raised while starting us: fn is not to run
+            ticket[0] = True
+        try:
+            context.run(fn, self._ctx, *args)
+        except BaseException as e:  # KeyboardInterrupt and SystemExit too: raised on exit
+            with self._lock:
+                self._errors.append(e)
+                first = self._first is None
+                if first:
+                    self._first = e
+            if first:
+                self._cancel(e)  # outside our lock: done callbacks may take it
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+                idle = self._running == 0 and self._state == "closing"
+            if idle:
+                self._mark_idle()
+
+    def _notify(self) -> None:
+        # g.ctx ended: wake go() calls waiting for a slot, so they raise its error.
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wait(self) -> None:
+        """Wait for every function, including ones the functions start meanwhile.
+
+        Waits on a Done, which a Ctrl-C interrupts cleanly (``Thread.join()`` on Python 3.11
+        marks a thread stopped when a Ctrl-C interrupts it); joins the threads once they are
+        through, so none outlives the block.
+        """
+        with self._lock:
+            if self._state == "open":
+                self._state = "closing"
+            idle = self._running == 0
+        if idle:
+            self._mark_idle()
+        done = self._idle.done()
+        if _in_main_thread():
+            # A signal that lands between the last check for pending handlers and the blocking
+            # wait is handled in C but its Python handler only runs once the wait ends (a race
+            # in CPython's lock acquire): wake now and then, so a Ctrl-C is never slept through.
+            while not done.wait(_SIGNAL_CHECK):
+                pass
+        else:
+            done.wait()
+        with self._lock:
+            self._state = "closed"
+            threads, self._threads = self._threads, {}
+        for t in threads:
+            t.join()  # each is past its function: this only lets it end
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if e is not None:
+                self._cancel(e)
+                self._wait()  # a Ctrl-C here (a second one, or the first) goes straight out
+                if e is self._refusal and self._first is not None:
+                    raise self._first  # go() refused because a function failed: say which
+                return
+            try:
+                self._wait()
+            except KeyboardInterrupt as interrupt:
+                self._cancel(interrupt)
+                self._wait()  # a second Ctrl-C leaves at once
+                raise
+            first = self._first
+            if first is not None:
+                raise first
+        finally:
+            self._cancel(None)
+            if self._wake is not None:
+                self._wake.cancel()
+                self._wake = None
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks (asyncio and trio, through anyio) and threads in one group
+
+
+@final
+class TaskGroup:
+    """Run tasks and threads under one context; the first failure cancels the rest.
+
+    ``async with gocontext.TaskGroup(parent) as g:`` under asyncio or trio, then
+    ``g.go(async_fn, *args)`` runs ``async_fn(g.ctx, *args)`` as a task and
+    ``g.go_thread(fn, *args)`` runs ``fn(g.ctx, *args)`` in a new worker thread, both with the
+    caller's context variables. ``go`` and ``go_thread`` are plain calls that never block (like
+    anyio's ``start_soon``), made from the group's event loop thread; with *limit*, at most
+    *limit* functions (tasks and threads together) run at once, and the others wait their turn
+    in the order given.
+
+    The first exception from a function cancels ``g.ctx`` (with that exception as cause) and
+    then the tasks, so a sibling's ``finally`` block already sees ``g.ctx`` done; functions
+    still waiting for a slot are dropped, and so are later ``go`` calls. Leaving the block waits
+    for every task and thread, then raises that first exception itself: never an exception
+    group of our making. ``g.errors`` lists every exception raised, in the order raised. If all
+    returned, nothing is raised, even if *parent* ended: its end reaches the functions through
+    ``g.ctx`` only (as in Go), the tasks are not cancelled for it. If the body raises, ``g.ctx`` is
+    cancelled with that exception as cause, everything is cancelled and waited for, and the
+    body's exception propagates. A framework cancellation of the enclosing task (an outer
+    cancel scope, ``task.cancel()``) cancels ``g.ctx`` with a ``FrameworkCancelled`` cause and
+    propagates untouched, unless a function failed too: then, as in anyio's and trio's task
+    groups, the error wins and is raised. A thread is never abandoned: on cancellation the
+    group waits for it to return (it should watch ``g.ctx``). A group is entered once.
+
+    Example:
+        >>> import anyio, gocontext
+        >>> async def fetch(ctx, n):
+        ...     if n == 2:
+        ...         raise LookupError(f"shard {n} is missing")
+        ...     await gocontext.sleep(ctx, 10)
+        >>> def crunch(ctx):
+        ...     ctx.done().wait(10)
+        >>> async def main():
+        ...     try:
+        ...         async with gocontext.TaskGroup(gocontext.background()) as g:
+        ...             g.go_thread(crunch)
+        ...             for n in range(3):
+        ...                 g.go(fetch, n)
+        ...     except LookupError as e:
+        ...         return f"{e} | cause: {gocontext.cause(g.ctx) is e}"
+        >>> anyio.run(main)
+        'shard 2 is missing | cause: True'
+        >>> anyio.run(main, backend="trio")
+        'shard 2 is missing | cause: True'
+    """
+
+    # Read and written in the event loop's thread only (go() and the tasks run there): _state
+    # ("new", "open", "closed"), _tg and _loop_thread (set on entry), _active (functions
+    # started and not finished), _pending (functions waiting for a slot, in order), _stopping
+    # (False until the group is cancelled, then fixed), _errors, _first, _threads (worker
+    # threads, joined on exit). _limit, _ctx and _cancel are fixed at construction.
+    __slots__ = (
+        "_active",
+        "_cancel",
+        "_ctx",
+        "_errors",
+        "_first",
+        "_limit",
+        "_loop_thread",
+        "_pending",
+        "_state",
+        "_stopping",
+        "_tg",
+        "_threads",
+    )
+    __module__ = "gocontext"
+
+    def __init__(self, parent: Context, *, limit: int | None = None) -> None:
+        if type(parent) not in _OURS:
+            _check_foreign(parent, "TaskGroup")
+        self._limit = _check_limit(limit, "TaskGroup")
+        self._ctx, self._cancel = with_cancel_cause(parent)
+        self._state = "new"
+        self._tg: Any = None
+        self._active = 0
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._stopping = False
+        self._errors: list[BaseException] = []
+        self._first: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def ctx(self) -> Context:
+        """The group's context, passed to every function as its first argument.
+
+        Example:
+            >>> import anyio, gocontext
+            >>> async def main():
+            ...     async with gocontext.TaskGroup(gocontext.background()) as g:
+            ...         assert g.ctx.err() is None
+            ...     return g.ctx.err()  # cancelled on exit
+            >>> anyio.run(main)
+            Canceled('context canceled')
+        """
+        return self._ctx
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Every exception the functions raised so far, in the order raised (a copy).
+
+        Example:
+            >>> import anyio, gocontext
+            >>> async def main():
+            ...     async with gocontext.TaskGroup(gocontext.background()) as g:
+            ...         g.go_thread(lambda ctx: None)
+            ...     return g.errors
+            >>> anyio.run(main)
+            []
+        """
+        return list(self._errors)
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError("a gocontext.TaskGroup is entered once: make a new TaskGroup")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._loop_thread = threading.get_ident()
+        self._state = "open"
+        return self
+
+    def go(
+        self, fn: Callable[[Context, Unpack[Ts]], Awaitable[object]], /, *args: Unpack[Ts]
+    ) -> None:
+        """Run ``await fn(g.ctx, *args)`` as a task of the group; never blocks.
+
+        Example:
+            >>> import anyio, gocontext
+            >>> async def double(ctx, n, out):
+            ...     out.append(2 * n)
+            >>> async def main():
+            ...     out = []
+            ...     async with gocontext.TaskGroup(gocontext.background(), limit=2) as g:
+            ...         for n in range(4):
+            ...             g.go(double, n, out)
+            ...     return sorted(out)
+            >>> anyio.run(main)
+            [0, 2, 4, 6]
+        """
+        self._submit(True, fn, args, "go")
+
+    def go_thread(self, fn: Callable[[Context, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> None:
+        """Run ``fn(g.ctx, *args)`` in a new worker thread of the group; never blocks.
+
+        Example:
+            >>> import anyio, gocontext
+            >>> async def main():
+            ...     out = []
+            ...     async with gocontext.TaskGroup(gocontext.background()) as g:
+            ...         g.go_thread(lambda ctx: out.append(ctx.err()))
+            ...     return out
+            >>> anyio.run(main, backend="trio")
+            [None]
+        """
+        self._submit(False, fn, args, "go_thread")
+
+    def _submit(
+        self, is_async: bool, fn: Callable[..., object], args: tuple[Any, ...], name: str
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"TaskGroup.{name}() needs a callable, got {fn!r}")
+        if not is_async and inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"TaskGroup.go_thread() runs functions in threads, got async function {fn!r}: "
+                "use TaskGroup.go()"
+            )
+        if self._state != "open":
+            raise RuntimeError(f"TaskGroup.{name}() called outside the group's async with block")
+        if threading.get_ident() != self._loop_thread:
+            raise RuntimeError(
+                f"TaskGroup.{name}() must be called from the thread of the group's event loop"
+            )
+        if self._stopping:
+            return  # the group is cancelled: nothing new starts
+        item = (is_async, fn, args, contextvars.copy_context())
+        if self._limit is None or self._active < self._limit:
+            self._launch(item)
+        else:
+            self._pending.append(item)
+
+    def _launch(self, item: _Item) -> None:
+        is_async, fn, args, context = item
+        self._active += 1
+        runner = self._run_task if is_async else self._run_thread
+        try:  # the task is made inside the caller's context, so it runs in a copy of it
+            context.run(self._tg.start_soon, runner, fn, args)
+        except BaseException:
+            self._active -= 1
+            raise
+
+    def _release(self) -> None:
+        self._active -= 1
+        if self._pending and not self._stopping:
+            self._launch(self._pending.popleft())
+
+    async def _run_task(self, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]) -> None:
+        try:
+            if self._stopping:  # cancelled between go() and this task's first step
+                return
+            awaitable = fn(self._ctx, *args)
+            if not inspect.isawaitable(awaitable):
+                raise TypeError(  # noqa: TRY301 - a failure of this function like any other
+                    f"TaskGroup.go() needs an async function, got {fn!r}, which returned "
+                    f"{awaitable!r}: use TaskGroup.go_thread() for blocking functions"
+                )
+            await awaitable
+        except BaseException as e:
+            if _cancellation_only(e):
+                self._stop(_framework_cause(e))
+                raise
+            self._fail(e)  # kept out of the anyio group: raised by __aexit__, on its own
+        finally:
+            self._release()
+
+    async def _run_thread(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        # Our own thread, not anyio's pool: a pool item cancelled before a worker takes it
+        # never runs, and a thread we must wait for has to be known to start.
+        finished, mark_finished = with_cancel(_BACKGROUND)
+        raised: list[BaseException] = []
+        ctx, context = self._ctx, contextvars.copy_context()
+        ticket = [False]  # True once the thread or a failed start() has claimed it
+        ticket_lock = threading.Lock()
+
+        def run() -> None:
+            with ticket_lock:
+                claimed, ticket[0] = ticket[0], True
+            try:
+                if not claimed:
+                    context.run(fn, ctx, *args)
+            except BaseException as e:  # KeyboardInterrupt and SystemExit too: raised on exit
+                raised.append(e)
+            finally:
+                mark_finished()
+
+        try:
+            if self._stopping:  # cancelled between go_thread() and this task's first step
+                return
+            t = threading.Thread(
+                target=run, name=f"gocontext.TaskGroup-{next(_names)}", daemon=True
+            )
+            self._threads.append(t)
+            try:
+                t.start()
+            except BaseException as e:  # a Ctrl-C under trio, after the thread may exist
+                with ticket_lock:
+                    claimed, ticket[0] = ticket[0], True
+                if claimed:  # it runs fn: wait for it as for any other
+                    self._stop(e)
+                    with anyio.CancelScope(shield=True):
+                        await wait_done(finished.done())
+                else:
+                    self._threads.remove(t)
+                self._fail(e)  # raised by __aexit__, on its own
+                return
+            try:
+                await wait_done(finished.done())
+            except BaseException as e:  # the task is cancelled: tell the thread, wait for it
+                cancelled = _cancellation_only(e)
+                self._stop(_framework_cause(e) if cancelled else e)
+                with anyio.CancelScope(shield=True):
+                    await wait_done(finished.done())
+                if not cancelled:  # a Ctrl-C under trio, say: a failure, raised on exit
+                    self._fail(e)
+                if raised:
+                    self._fail(raised[0])
+                if cancelled:
+                    raise
+                return
+            if raised:
+                self._fail(raised[0])
+        finally:
+            self._release()
+
+    def _fail(self, e: BaseException) -> None:
+        self._errors.append(e)
+        if self._first is None:
+            self._first = e
+            self._halt(e)
+
+    def _halt(self, cause: BaseException) -> None:
+        """Cancel g.ctx first (so the tasks' finally blocks see it), then the tasks."""
+        try:
+            self._cancel(cause)  # runs done callbacks, which may raise a BaseException
+        finally:
+            self._stop(None)
+            self._tg.cancel_scope.cancel()
+
+    def _stop(self, cause: BaseException | None) -> None:
+        if cause is not None:
+            self._cancel(cause)
+        self._stopping = True
+        self._pending.clear()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            if e is not None and not _cancellation_only(e):
+                # The body failed: stop everything, wait, and let its exception go on (kept
+                # out of the anyio group, which would wrap it).
+                self._halt(e)
+                await self._tg.__aexit__(None, None, None)
+                return False
+            if e is not None:
+                self._stop(_framework_cause(e))
+            try:
+                swallowed = await self._tg.__aexit__(et, e, tb)
+            except BaseException as raised:
+                if not _cancellation_only(raised):
+                    raise
+                self._stop(_framework_cause(raised))
+                if self._first is None:
+                    raise
+                swallowed = False  # a function failed too: its error wins, as in anyio and trio
+            first = self._first
+            if first is not None:
+                raise first
+            return bool(swallowed)
+        finally:
+            self._state = "closed"
+            self._cancel(None)
+            for t in self._threads:
+                t.join()  # each has marked itself finished: this only lets it end
+            self._threads.clear()
+
+
+_Item = tuple[bool, Callable[..., Any], tuple[Any, ...], contextvars.Context]
+
+
+def _cancellation_only(e: BaseException) -> bool:
+    """True for a framework's cancellation, or an exception group made only of them."""
+    if _is_cancellation(e):
+        return True
+    return isinstance(e, BaseExceptionGroup) and e.split(_is_cancellation)[1] is None
+
+
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import BaseExceptionGroup

@@ -1,0 +1,401 @@
+"""Group: functions in worker threads under one context; the first failure stops the rest."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import gocontext
+
+from .conftest import NEVER
+
+REQUEST = contextvars.ContextVar[str]("REQUEST")
+STRESS = os.environ.get("GOCONTEXT_STRESS") == "1"  # heavier storms, for soak runs
+
+
+def wait_for_cancel(ctx: gocontext.Context) -> None:
+    assert ctx.done().wait(NEVER), "the group's context never ended"
+    ctx.check()
+
+
+def test_the_first_failure_cancels_the_siblings_and_is_raised_itself(
+    make_parent: Callable[[], tuple[gocontext.Context, object]],
+) -> None:
+    parent, _ = make_parent()
+    started = threading.Barrier(4)
+    seen: list[BaseException | None] = []
+    boom = LookupError("shard 3 is missing")
+
+    def sibling(ctx: gocontext.Context) -> None:
+        started.wait(NEVER)
+        try:
+            wait_for_cancel(ctx)
+        finally:
+            seen.append(gocontext.cause(ctx))
+
+    def failing(ctx: gocontext.Context) -> None:
+        started.wait(NEVER)
+        raise boom
+
+    with pytest.raises(LookupError) as raised:
+        with gocontext.Group(parent) as g:
+            for _ in range(3):
+                g.go(sibling)
+            g.go(failing)
+    assert raised.value is boom
+    assert gocontext.cause(g.ctx) is boom
+    assert seen == [boom, boom, boom]
+    assert g.errors[0] is boom
+    assert [type(e) for e in g.errors[1:]] == [gocontext.Canceled] * 3
+    assert all(e.__cause__ is boom for e in g.errors[1:])
+    assert parent.err() is None
+
+
+def test_functions_that_all_return_raise_nothing_even_if_the_parent_ended() -> None:
+    parent, cancel = gocontext.with_cancel(gocontext.background())
+    in_fn = threading.Event()
+
+    def fn(ctx: gocontext.Context) -> str:
+        in_fn.set()
+        ctx.done().wait(NEVER)
+        return "stopped quietly"
+
+    with gocontext.Group(parent) as g:
+        g.go(fn)
+        assert in_fn.wait(NEVER)
+        cancel()
+    assert g.errors == []
+    assert isinstance(g.ctx.err(), gocontext.Canceled)
+
+
+def test_leaving_waits_for_every_function_including_ones_they_start() -> None:
+    finished: list[int] = []
+    together = threading.Barrier(3)
+
+    def leaf(ctx: gocontext.Context, n: int) -> None:
+        together.wait(NEVER)
+        finished.append(n)
+
+    def spawner(ctx: gocontext.Context, g: gocontext.Group) -> None:
+        g.go(leaf, 1)
+        g.go(leaf, 2)
+        together.wait(NEVER)
+        finished.append(0)
+
+    with gocontext.Group(gocontext.background()) as g:
+        g.go(spawner, g)
+    assert sorted(finished) == [0, 1, 2]
+    assert isinstance(g.ctx.err(), gocontext.Canceled)  # cancelled on exit
+    assert type(gocontext.cause(g.ctx)) is gocontext.Canceled  # no cause recorded
+
+
+def test_the_bodys_exception_cancels_the_group_waits_and_propagates() -> None:
+    in_fn = threading.Event()
+    seen: list[BaseException | None] = []
+    boom = RuntimeError("the body failed")
+
+    def fn(ctx: gocontext.Context) -> None:
+        in_fn.set()
+        try:
+            wait_for_cancel(ctx)
+        finally:
+            seen.append(gocontext.cause(ctx))
+
+    with pytest.raises(RuntimeError) as raised:
+        with gocontext.Group(gocontext.background()) as g:
+            g.go(fn)
+            assert in_fn.wait(NEVER)
+            raise boom
+    assert raised.value is boom
+    assert seen == [boom]  # the function had finished before the exception left the block
+    assert [type(e) for e in g.errors] == [gocontext.Canceled]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_a_base_exception_from_a_function_is_a_failure_raised_on_exit(
+    exc: type[BaseException],
+) -> None:
+    in_sibling = threading.Event()
+
+    def sibling(ctx: gocontext.Context) -> None:
+        in_sibling.set()
+        wait_for_cancel(ctx)
+
+    def fn(ctx: gocontext.Context) -> None:
+        assert in_sibling.wait(NEVER)
+        raise exc("from a worker")
+
+    with pytest.raises(exc, match="from a worker"):
+        with gocontext.Group(gocontext.background()) as g:
+            g.go(sibling)
+            g.go(fn)
+    assert isinstance(gocontext.cause(g.ctx), exc)
+
+
+def test_functions_see_the_callers_context_variables_and_ambient_context() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    token = REQUEST.set("req-1")
+    seen: list[object] = []
+    try:
+        with gocontext.use(ctx), gocontext.Group(gocontext.background()) as g:
+            g.go(lambda _c: seen.append((gocontext.current(), REQUEST.get())))
+    finally:
+        REQUEST.reset(token)
+        cancel()
+    assert seen == [(ctx, "req-1")]
+
+
+def test_the_limit_holds_under_a_storm() -> None:
+    limit, n = 3, 5000 if STRESS else 200
+    lock = threading.Lock()
+    running = peak = done = 0
+
+    def fn(ctx: gocontext.Context, g: gocontext.Group, depth: int) -> None:
+        nonlocal running, peak, done
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            if depth == 0 and done % 10 == 0:
+                g.try_go(fn, g, 1)  # functions feed the group too, never past the limit
+        finally:
+            with lock:
+                running -= 1
+                done += 1
+
+    with gocontext.Group(gocontext.background(), limit=limit) as g:
+        for _ in range(n):
+            g.go(fn, g, 0)
+    assert g.errors == []
+    assert 1 <= peak <= limit
+    assert done >= n
+
+
+def test_try_go_returns_false_while_every_slot_is_taken() -> None:
+    release = threading.Event()
+    with gocontext.Group(gocontext.background(), limit=2) as g:
+        assert g.try_go(lambda _c: release.wait(NEVER))
+        assert g.try_go(lambda _c: release.wait(NEVER))
+        assert not g.try_go(lambda _c: None)
+        release.set()
+    assert g.errors == []
+
+
+def wait_until_waiting(g: gocontext.Group) -> None:
+    """Return once a go() call is parked on the group's condition (a handshake, not a hope)."""
+    cond = g._cond  # type: ignore[attr-defined]
+    deadline = time.monotonic() + NEVER
+    while not cond._waiters:
+        assert time.monotonic() < deadline, "go() never waited for a slot"
+        time.sleep(0.001)
+
+
+def test_go_waiting_for_a_slot_starts_nothing_once_a_function_fails() -> None:
+    trigger = threading.Event()
+    ran: list[str] = []
+    boom = ValueError("the only slot's holder failed")
+
+    def holder(ctx: gocontext.Context) -> None:
+        assert trigger.wait(NEVER)
+        raise boom
+
+    def helper(g: gocontext.Group) -> None:
+        wait_until_waiting(g)
+        trigger.set()
+
+    with pytest.raises(ValueError) as raised:
+        with gocontext.Group(gocontext.background(), limit=1) as g:
+            g.go(holder)
+            t = threading.Thread(target=helper, args=(g,))
+            t.start()
+            g.go(lambda _c: ran.append("late"))  # raises Canceled: the exit says why instead
+    t.join(NEVER)
+    assert raised.value is boom
+    assert isinstance(raised.value.__context__, gocontext.Canceled)
+    assert ran == []
+
+
+def test_go_waiting_for_a_slot_raises_the_parents_error_when_the_parent_ends() -> None:
+    parent, cancel = gocontext.with_timeout(gocontext.background(), NEVER * 10)
+    release = threading.Event()
+
+    def holder(ctx: gocontext.Context) -> None:
+        ctx.done().wait(NEVER)
+        release.wait(NEVER)
+
+    def helper(g: gocontext.Group) -> None:
+        wait_until_waiting(g)
+        cancel()
+        release.set()
+
+    with pytest.raises(gocontext.Canceled):
+        with gocontext.Group(parent, limit=1) as g:
+            g.go(holder)
+            t = threading.Thread(target=helper, args=(g,))
+            t.start()
+            g.go(lambda _c: None)
+    t.join(NEVER)
+    assert g.errors == []
+
+
+def test_no_thread_outlives_the_block() -> None:
+    before = set(threading.enumerate())
+    with pytest.raises(ZeroDivisionError):
+        with gocontext.Group(gocontext.background(), limit=30) as g:
+            for _ in range(150):  # enough finished threads to be forgotten along the way
+                g.go(lambda _c: None)
+            for _ in range(20):
+                g.go(wait_for_cancel)
+            g.go(lambda _c: 1 / 0)
+    assert [t for t in threading.enumerate() if t not in before] == []
+
+
+def test_bad_input_is_refused_at_the_call() -> None:
+    with pytest.raises(TypeError, match=r"Group\(\) needs a Context as parent, got None"):
+        gocontext.Group(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Group\(\) needs limit=None or a positive int, got 0"):
+        gocontext.Group(gocontext.background(), limit=0)
+    with pytest.raises(TypeError, match=r"positive int, got True"):
+        gocontext.Group(gocontext.background(), limit=True)
+    g = gocontext.Group(gocontext.background())
+    with pytest.raises(RuntimeError, match=r"Group.go\(\) called outside"):
+        g.go(lambda _c: None)
+    with g:
+        with pytest.raises(TypeError, match=r"Group.go\(\) needs a callable, got 42"):
+            g.go(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"runs functions in threads, got async function"):
+            g.go(gocontext.sleep, 1)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="entered once"):
+        g.__enter__()
+    with pytest.raises(RuntimeError, match=r"Group.try_go\(\) called outside"):
+        g.try_go(lambda _c: None)
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C: a real SIGINT sent to a subprocess
+
+CHILD = textwrap.dedent(
+    """
+    import sys, threading, gocontext
+
+    STUCK = {stuck}
+    never = threading.Event()
+
+    def say(line):  # one write per line: lines from threads never interleave
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+    def fn(ctx, n):
+        say(f"started {{n}}")
+        ctx.done().wait()
+        say(f"stopped {{n}}: {{gocontext.cause(ctx)!r}}")
+        if STUCK and n == 0:
+            never.wait()  # ignores the cancel: only a second Ctrl-C gets out
+
+    with gocontext.Group(gocontext.background()) as g:
+        for n in range(3):
+            g.go(fn, n)
+    print("not reached", flush=True)
+    """
+)
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for the child; return the rest of its output (communicate() would skip what
+    readline() already buffered)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.wait(NEVER * 3)
+    return proc.stdout.read(), proc.stderr.read()
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the child if it still runs (a failed test), and close its pipes."""
+    proc.kill()
+    proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
+
+
+def run_child(stuck: bool) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(stuck=stuck)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def read_lines(proc: subprocess.Popen[str], prefix: str, count: int) -> list[str]:
+    assert proc.stdout is not None
+    lines = []
+    while len(lines) < count:
+        line = proc.stdout.readline()
+        assert line, f"the child ended early: {finish(proc)}"
+        if line.startswith(prefix):
+            lines.append(line.strip())
+    return lines
+
+
+def test_ctrl_c_while_waiting_stops_every_function_and_exits_with_the_interrupt() -> None:
+    proc = run_child(stuck=False)
+    try:
+        read_lines(proc, "started", 3)
+        proc.send_signal(signal.SIGINT)
+        stopped = read_lines(proc, "stopped", 3)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert all(line.endswith("KeyboardInterrupt()") for line in stopped), stopped
+    assert "not reached" not in out
+    assert "KeyboardInterrupt" in err
+    assert proc.returncode == -signal.SIGINT
+
+
+def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
+    proc = run_child(stuck=True)
+    try:
+        read_lines(proc, "started", 3)
+        proc.send_signal(signal.SIGINT)
+        read_lines(proc, "stopped", 3)  # every function saw the cancel; one is stuck
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert "not reached" not in out
+    assert err.count("KeyboardInterrupt") >= 2, err  # the second, raised during the first
+    assert proc.returncode == -signal.SIGINT
+
+
+def test_a_failure_racing_the_start_of_its_siblings_always_stops_them_all() -> None:
+    for round_ in range(500 if STRESS else 20):
+        boom = ValueError(f"round {round_}")
+        causes: list[BaseException | None] = []
+        lock = threading.Lock()
+
+        def sibling(ctx: gocontext.Context) -> None:
+            try:
+                wait_for_cancel(ctx)
+            finally:
+                with lock:
+                    causes.append(gocontext.cause(ctx))
+
+        def failing(ctx: gocontext.Context, boom: BaseException = boom) -> None:
+            raise boom
+
+        with pytest.raises(ValueError) as raised:
+            with gocontext.Group(gocontext.background(), limit=4) as g:
+                for i in range(8):
+                    g.go(failing if i == round_ % 4 else sibling)  # within the limit
+        assert raised.value is boom
+        assert all(c is boom for c in causes)

@@ -1,0 +1,315 @@
+"""signal_context(): a context that a signal cancels, and handlers that act as before after.
+
+In this process only SIGUSR1 and SIGUSR2 are sent; SIGINT and SIGTERM go to subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import anyio
+import pytest
+
+import gocontext
+from gocontext import _context
+
+from .conftest import NEVER
+
+
+@pytest.fixture
+def previous() -> Iterator[list[int]]:
+    """A handler of the test's own on SIGUSR1 and SIGUSR2, recording what reaches it."""
+    seen: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        seen.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        yield seen
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def handler_of(s: int) -> object:
+    return signal.getsignal(s)
+
+
+def test_a_signal_cancels_with_its_cause_and_puts_the_previous_handlers_back(
+    previous: list[int],
+) -> None:
+    before = handler_of(signal.SIGUSR1)
+    ctx, stop = gocontext.signal_context(signals=(signal.SIGUSR1, signal.SIGUSR2))
+    assert handler_of(signal.SIGUSR1) != before
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert ctx.done().wait(NEVER)
+    cause = gocontext.cause(ctx)
+    assert isinstance(cause, gocontext.SignalReceived)
+    assert cause.signum == signal.SIGUSR2
+    assert isinstance(ctx.err(), gocontext.Canceled) and ctx.err().__cause__ is cause
+    assert handler_of(signal.SIGUSR1) == before and handler_of(signal.SIGUSR2) == before
+    assert previous == []  # the first signal was ours
+    os.kill(os.getpid(), signal.SIGUSR1)  # the next one goes where it went before
+    assert previous == [signal.SIGUSR1]
+    stop()
+
+
+def test_stop_cancels_and_puts_the_previous_handlers_back(previous: list[int]) -> None:
+    before = handler_of(signal.SIGUSR1)
+    with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, stop):
+        assert ctx.err() is None
+    assert isinstance(ctx.err(), gocontext.Canceled)
+    assert gocontext.cause(ctx).__class__ is gocontext.Canceled
+    assert handler_of(signal.SIGUSR1) == before
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert previous == [signal.SIGUSR1]
+
+
+def test_a_signal_after_the_parent_ended_goes_to_the_previous_handler(
+    previous: list[int],
+) -> None:
+    before = handler_of(signal.SIGUSR1)
+    parent, cancel = gocontext.with_cancel(gocontext.background())
+    ctx, stop = gocontext.signal_context(parent, [signal.SIGUSR1])
+    cancel()
+    assert isinstance(ctx.err(), gocontext.Canceled)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert previous == [signal.SIGUSR1]  # passed on, not swallowed
+    assert handler_of(signal.SIGUSR1) == before  # and from now on, as before
+    assert gocontext.cause(ctx).__class__ is gocontext.Canceled
+    stop()
+
+
+def test_stop_from_another_thread_restores_at_the_next_signal(previous: list[int]) -> None:
+    before = handler_of(signal.SIGUSR1)
+    ctx, stop = gocontext.signal_context(signals=[signal.SIGUSR1])
+    t = threading.Thread(target=stop)
+    t.start()
+    t.join(NEVER)
+    assert isinstance(ctx.err(), gocontext.Canceled)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert previous == [signal.SIGUSR1]
+    assert handler_of(signal.SIGUSR1) == before
+
+
+def test_a_signal_while_the_main_thread_holds_the_tree_lock_does_not_deadlock(
+    previous: list[int],
+) -> None:
+    """The handler runs between two bytecodes, perhaps under our lock: it must take none."""
+    ctx, stop = gocontext.signal_context(signals=[signal.SIGUSR1])
+    with _context._lock:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(1000):  # bytecodes, so the handler runs while the lock is held
+            pass
+    assert ctx.done().wait(NEVER)
+    assert isinstance(gocontext.cause(ctx), gocontext.SignalReceived)
+    stop()
+
+
+def test_called_from_another_thread_it_raises_naming_the_call() -> None:
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            gocontext.signal_context()
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=call, name="not-main")
+    t.start()
+    t.join(NEVER)
+    assert isinstance(raised[0], RuntimeError)
+    assert "signal_context() must be called from the main thread" in str(raised[0])
+    assert "'not-main'" in str(raised[0])
+
+
+def test_bad_input_is_refused_at_the_call() -> None:
+    before = handler_of(signal.SIGUSR1)
+    with pytest.raises(TypeError, match=r"needs a Context as parent, got int: 3"):
+        gocontext.signal_context(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one signal"):
+        gocontext.signal_context(signals=[])
+    with pytest.raises(ValueError, match="unknown signal: 9999"):
+        gocontext.signal_context(signals=[9999])
+    with pytest.raises(TypeError, match="iterable of signals, got 'SIGINT'"):
+        gocontext.signal_context(signals="SIGINT")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot catch SIGKILL"):
+        gocontext.signal_context(signals=[signal.SIGUSR1, signal.SIGKILL])
+    assert handler_of(signal.SIGUSR1) == before  # nothing left installed
+
+
+async def test_a_signal_reaches_a_task_waiting_in_a_running_loop(previous: list[int]) -> None:
+    """Inside asyncio.run() and trio.run() (trio has its own wakeup fd)."""
+    with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, stop):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, os.kill, os.getpid(), signal.SIGUSR1)
+            with pytest.raises(gocontext.Canceled):
+                async with gocontext.scope(ctx):
+                    await anyio.sleep(NEVER)
+    assert isinstance(gocontext.cause(ctx), gocontext.SignalReceived)
+    assert previous == []
+
+
+REENTRANT = textwrap.dedent(
+    """
+    import signal, gocontext
+
+    seen = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    ctx, stop = gocontext.signal_context(signals=[signal.SIGUSR1])
+    ours = signal.getsignal(signal.SIGUSR1)
+    ours(int(signal.SIGUSR1), None)  # the first signal: ours
+    ours(int(signal.SIGUSR1), None)  # a second one whose handler ran before the first's returned
+    ctx.done().wait(10)
+    print("forwarded", seen, repr(gocontext.cause(ctx)), flush=True)
+    """
+)
+
+
+def test_a_second_signal_handled_inside_the_first_still_reaches_the_previous_handler() -> None:
+    """In a subprocess: forwarding to the default action would end the process."""
+    out = subprocess.run(
+        [sys.executable, "-c", REENTRANT],
+        capture_output=True,
+        text=True,
+        timeout=NEVER * 3,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    assert out.stdout.strip() == "forwarded [10] SignalReceived(SIGUSR1)"
+
+
+# --------------------------------------------------------------------------------------------
+# SIGINT and SIGTERM, sent to subprocesses
+
+STUCK = textwrap.dedent(
+    """
+    import signal, sys, threading, gocontext
+
+    with gocontext.signal_context() as (ctx, stop):
+        print("ready", flush=True)
+        ctx.done().wait()
+        print(f"first: {{gocontext.cause(ctx)!r}}", flush=True)
+        {stuck}
+    print("not reached", flush=True)
+    """
+)
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for the child; return the rest of its output (communicate() would skip what
+    readline() already buffered)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.wait(NEVER * 3)
+    return proc.stdout.read(), proc.stderr.read()
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the child if it still runs (a failed test), and close its pipes."""
+    proc.kill()
+    proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
+
+
+def spawn(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def expect_line(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == text, (line, finish(proc))
+
+
+@pytest.mark.parametrize(
+    ("signum", "stuck", "exit_code"),
+    [
+        # a program stuck in a wait: the second Ctrl-C is a KeyboardInterrupt, as usual
+        (signal.SIGINT, "threading.Event().wait()", -signal.SIGINT),
+        # a program stuck in a loop: the second SIGTERM ends it by the default action
+        (signal.SIGTERM, "while True: pass", -signal.SIGTERM),
+    ],
+)
+def test_the_second_signal_stops_a_stuck_program_the_usual_way(
+    signum: int, stuck: str, exit_code: int
+) -> None:
+    proc = spawn(STUCK.format(stuck=stuck))
+    try:
+        expect_line(proc, "ready")
+        proc.send_signal(signum)
+        expect_line(proc, f"first: SignalReceived({signal.Signals(signum).name})")
+        proc.send_signal(signum)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert "not reached" not in out
+    assert proc.returncode == exit_code, err
+
+
+ASYNC_SERVICE = textwrap.dedent(
+    """
+    import sys, anyio, gocontext
+
+    async def main():
+        with gocontext.signal_context() as (ctx, stop):
+            print("ready", flush=True)
+            try:
+                async with gocontext.scope(ctx):
+                    await anyio.sleep(60)
+            except gocontext.Canceled:
+                print(f"draining after {{gocontext.cause(ctx)!r}}", flush=True)
+
+    anyio.run(main, backend="{backend}")
+    print("clean exit", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_service_inside_a_running_loop(backend: str, signum: int) -> None:
+    proc = spawn(ASYNC_SERVICE.format(backend=backend))
+    try:
+        expect_line(proc, "ready")
+        proc.send_signal(signum)
+        expect_line(proc, f"draining after SignalReceived({signal.Signals(signum).name})")
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert "clean exit" in out, (proc.returncode, err)
+    assert proc.returncode == 0, err
+
+
+def test_a_done_callback_raising_a_base_exception_does_not_stop_later_signals(
+    previous: list[int],
+) -> None:
+    first, stop_first = gocontext.signal_context(signals=[signal.SIGUSR1])
+
+    def hostile() -> None:
+        raise SystemExit("from a done callback")
+
+    first.done().add_callback(hostile)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    second, stop_second = gocontext.signal_context(signals=[signal.SIGUSR2])
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert second.done().wait(NEVER), "the relay thread died with the first callback"
+    assert isinstance(gocontext.cause(first), gocontext.SignalReceived)  # relayed in order
+    stop_first()
+    stop_second()
