@@ -21,6 +21,7 @@ taken while holding it (the timer's lock is taken outside it), so there is no lo
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -37,6 +38,7 @@ from typing import (
     NamedTuple,
     Protocol,
     TypeVar,
+    cast,
     final,
     overload,
     runtime_checkable,
@@ -44,7 +46,7 @@ from typing import (
 
 from . import _timer, _worker
 from ._done import CallbackHandle, Done
-from ._errors import Canceled, ContextError, DeadlineExceeded
+from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -255,7 +257,10 @@ def with_cancel(parent: Context) -> CancelPair:
     t = type(parent)
     if t in _OURS:  # the hot path, inlined
         ctx._parent = parent
-        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        # (t is one of ours: its _node and _up are class attributes or slots of ours)
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        ctx._up = up
+        ctx._deadline = None if up is None else up._deadline
         ctx._vals = parent._vals  # type: ignore[attr-defined]
         ctx._state = None
         ctx._done = None
@@ -345,12 +350,8 @@ def with_timeout_cause(
         TimeoutError('too slow')
     """
     _check_cause(cause, "with_timeout_cause")
-    return _with_deadline(
-        parent,
-        _timer.now() + _check_timeout(timeout, "with_timeout_cause"),
-        cause,
-        "with_timeout_cause",
-    )
+    timeout = _check_timeout(timeout, "with_timeout_cause")
+    return _with_deadline(parent, _timer.now() + timeout, cause, "with_timeout_cause", timeout <= 0)
 
 
 def with_value(parent: Context, key: Hashable, value: object) -> Context:
@@ -366,33 +367,38 @@ def with_value(parent: Context, key: Hashable, value: object) -> Context:
         >>> ctx.value(REQUEST), ctx.value("other")
         (42, None)
     """
-    ours = type(parent) in _OURS
-    if not ours:
+    t = type(parent)
+    ours = t in _OURS
+    if not ours and t is not _ForeignValueContext:
         _check_foreign(parent, "with_value")
     if key is None:
         raise TypeError("with_value() needs a key that is not None, got None")
     try:
         hash(key)
-    except TypeError:
-        raise TypeError(
-            f"with_value() needs a hashable key, got unhashable {type(key).__name__}: {key!r}"
-        ) from None
+    except Exception as e:
+        raise TypeError(f"with_value() needs a hashable key, got unhashable {describe(key)}") from (
+            None if type(e) is TypeError else e
+        )
     check = getattr(key, "_check_value", None)
     if check is not None:
         check(value)
+    if not ours:
+        # A parent that is not ours: nothing registered on it (a forgotten child costs it
+        # nothing); cancellation, deadline and errors are asked of it when asked of the child.
+        f = _object_new(_ForeignValueContext)
+        f._parent = parent
+        f._key = key
+        f._base = parent._base if type(parent) is _ForeignValueContext else parent
+        f._vals = {key: value}
+        return cast(Context, f)
     ctx = _object_new(_ValueContext)
     ctx._parent = parent
     ctx._key = key
-    if ours:
-        ctx._up = parent if type(parent)._node else parent._up  # type: ignore[attr-defined, assignment]
-        pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]
-        if len(pv) < _MAX_COPY:
-            ctx._vals = {**pv, key: value}
-        else:  # stop copying: lookups that miss here continue in the parent
-            ctx._vals = {_NEXT: parent, key: value}
-    else:  # a node of ours mirrors the foreign parent's cancellation
-        ctx._up = up = _object_new(_CancelContext)
-        _init_node(up, parent, "with_value")
+    ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (ours)
+    pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]
+    if len(pv) < _MAX_COPY:
+        ctx._vals = {**pv, key: value}
+    else:  # stop copying: lookups that miss here continue in the parent
         ctx._vals = {_NEXT: parent, key: value}
     return ctx
 
@@ -448,9 +454,9 @@ def merge(*parents: Context) -> CancelPair:
     ctx._state = None
     ctx._done = None
     ctx._vals = {_NEXT: _MergeValues(parents)}
-    deadlines = [d for d in (p.deadline() for p in parents) if d is not None]
+    deadlines = [d for d in (_deadline_of(p, "merge") for p in parents) if d is not None]
     ctx._deadline = min(deadlines) if deadlines else None
-    _link(ctx, parents)
+    _link(ctx, parents, "merge")
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
@@ -511,28 +517,38 @@ def cause(ctx: Context) -> BaseException | None:
 def _check_foreign(parent: object, fname: str, name: str = "parent") -> None:
     if parent is None:
         raise TypeError(f"{fname}() needs a Context as {name}, got None")
-    if not isinstance(parent, Context):
-        raise TypeError(
-            f"{fname}() needs a Context as {name}, got {type(parent).__name__}: {parent!r}"
-        )
+    if type(parent) is _ForeignValueContext:
+        return
+    try:
+        ok = isinstance(parent, Context)
+    except Exception:  # a hostile __getattr__ or __class__
+        ok = False
+    if not ok:
+        raise TypeError(f"{fname}() needs a Context as {name}, got {describe(parent)}")
 
 
 def _check_deadline(deadline: float, fname: str) -> float:
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-        raise TypeError(f"{fname}() needs a time.monotonic() float as deadline, got {deadline!r}")
-    if math.isnan(deadline):
-        raise ValueError(f"{fname}() got a NaN deadline")
-    return float(deadline)
+    return check_real(deadline, fname, "deadline", "a time.monotonic() float")
 
 
 def _check_timeout(timeout: float | timedelta, fname: str) -> float:
     if isinstance(timeout, timedelta):
         return timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{fname}() needs seconds or a timedelta as timeout, got {timeout!r}")
-    if math.isnan(timeout):
-        raise ValueError(f"{fname}() got a NaN timeout")
-    return float(timeout)
+    return check_real(timeout, fname, "timeout", "seconds or a timedelta")
+
+
+def _deadline_of(parent: Context, fname: str) -> float | None:
+    """*parent*'s deadline, checked if *parent* is not ours (a float or None, else raise)."""
+    d = parent.deadline()
+    if d is None or type(parent) in _OURS:
+        return d
+    try:
+        return check_real(d, "deadline", "result", "a float or None")
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{fname}() needs a Context as parent: {type(parent).__name__}.deadline() "
+            f"returned {describe(d)}"
+        ) from e
 
 
 def _check_cause(cause: object, fname: str) -> None:
@@ -569,7 +585,6 @@ class _Base:
         def deadline(self) -> float | None: ...
         def done(self) -> Done: ...
         def _label(self) -> str: ...
-        def _parent_repr(self) -> str: ...
 
     @overload
     def value(self, key: Key[T], /) -> T | None: ...
@@ -581,8 +596,7 @@ class _Base:
         if v is _MISSING:
             if key is _CANCEL_KEY:
                 return self if self._node else self._up
-            n = self._vals.get(_NEXT)
-            return None if n is None else n.value(key)  # type: ignore[attr-defined]
+            return _value_after(self._vals, key)
         return v
 
     def remaining(self) -> float | None:
@@ -614,10 +628,7 @@ class _Base:
             raise e
 
     def __repr__(self) -> str:
-        return f"<gocontext {self._chain()} done={self.err() is not None}>"
-
-    def _chain(self) -> str:
-        return f"{self._parent_repr()}.{self._label()}"
+        return f"<gocontext {_chain_of(self)} done={self.err() is not None}>"
 
     def __reduce__(self) -> Any:
         from ._propagation import reduce_context
@@ -673,9 +684,6 @@ class _Root(_Base):
     def err(self) -> ContextError | None:
         return None
 
-    def _chain(self) -> str:
-        return self._name
-
 
 _BACKGROUND = _Root("background")
 _TODO = _Root("todo")
@@ -698,9 +706,6 @@ class _WithoutCancel(_Base):
     def _label(self) -> str:
         return "without_cancel"
 
-    def _parent_repr(self) -> str:
-        return _chain_of(self._parent)
-
 
 @final
 class _ValueContext(_Base):
@@ -709,7 +714,8 @@ class _ValueContext(_Base):
     _key: Hashable
 
     def deadline(self) -> float | None:
-        return self._parent.deadline()
+        up = self._up
+        return None if up is None else up.deadline()
 
     def done(self) -> Done:
         up = self._up
@@ -725,10 +731,45 @@ class _ValueContext(_Base):
         return None
 
     def _label(self) -> str:
-        return f"with_value(key={self._key!r})"
+        return f"with_value(key={describe_key(self._key)})"
 
-    def _parent_repr(self) -> str:
-        return _chain_of(self._parent)
+
+@final
+class _ForeignValueContext(_Base):
+    """``with_value`` over a parent that is not ours: a plain wrapper that registers nothing.
+
+    ``_base`` is the nearest ancestor that is not such a wrapper (a user-written context);
+    cancellation, deadline and errors are its own. Not in ``_OURS``: a derivation treats it as
+    a foreign parent (and so links to ``_base``'s done signal only when it must).
+    """
+
+    __slots__ = ("__weakref__", "_base", "_key", "_parent", "_vals")
+    _parent: Context
+    _base: Context
+    _key: Hashable
+
+    def deadline(self) -> float | None:
+        return self._base.deadline()
+
+    def done(self) -> Done:
+        return self._base.done()
+
+    def err(self) -> ContextError | None:
+        return self._base.err()
+
+    @overload
+    def value(self, key: Key[T], /) -> T | None: ...
+    @overload
+    def value(self, key: Hashable, /) -> object: ...
+    def value(self, key: Hashable, /) -> object:
+        """The value stored under *key* by the nearest ``with_value`` ancestor, else None."""
+        v = self._vals.get(key, _MISSING)
+        if v is _MISSING:
+            return _value_after({_NEXT: self._parent}, key)
+        return v
+
+    def _label(self) -> str:
+        return f"with_value(key={describe_key(self._key)})"
 
 
 class _CancelContext(_Base):
@@ -742,16 +783,22 @@ class _CancelContext(_Base):
       ``_NodeDone`` that also holds the watchers and links (see there). Fixed once set.
     """
 
-    __slots__ = ("__weakref__", "_done", "_parent", "_state", "_up", "_vals")
+    __slots__ = ("__weakref__", "_deadline", "_done", "_parent", "_state", "_up", "_vals")
     _node = True
     _has_entry = False  # True for nodes with a timer entry in ``_entry``
-    _has_deadline = False  # True for nodes whose deadline() is their own
     _parent: Any
     _state: _State | None
     _done: _NodeDone | None
+    # The deadline, fixed at creation and copied down from ``_up`` (so no lookup walks the
+    # chain): a float, None, or for a node under a parent that is not ours, that parent (its
+    # deadline is asked when asked).
+    _deadline: Any
 
     def deadline(self) -> float | None:
-        return self._parent.deadline()  # type: ignore[no-any-return]
+        d = self._deadline
+        if d is None or type(d) is float:
+            return d
+        return d.deadline()  # type: ignore[no-any-return]
 
     def done(self) -> Done:
         d = self._done
@@ -802,9 +849,6 @@ class _CancelContext(_Base):
     def _label(self) -> str:
         return "with_cancel"
 
-    def _parent_repr(self) -> str:
-        return _chain_of(self._parent)
-
 
 @final
 class _CancelCauseContext(_CancelContext):
@@ -825,15 +869,11 @@ class _DeadlineContext(_CancelContext):
     """A node with a deadline; ``_entry`` is its timer entry until the node ends (under
     ``_lock``), then None."""
 
-    __slots__ = ("_cause", "_deadline", "_entry")
+    __slots__ = ("_cause", "_entry")
     _has_entry = True
-    _has_deadline = True
     _deadline: float
     _cause: BaseException | None
     _entry: _timer.TimerEntry | None
-
-    def deadline(self) -> float | None:
-        return self._deadline
 
     def _cancel(self) -> None:
         if self._state is not None:
@@ -856,7 +896,7 @@ class _DeadlineContext(_CancelContext):
         finally:
             _lock.release()
         if entry is not None:
-            _timer.cancel_entry(entry)
+            _timer.timer.cancel(entry)
         elif self._state is None:
             _end(self, _CANCELED)
 
@@ -870,16 +910,9 @@ class _DeadlineContext(_CancelContext):
 
 @final
 class _MergeContext(_CancelContext):
-    __slots__ = ("_deadline",)
-    _has_deadline = True
+    __slots__ = ()
     _parent: tuple[Context, ...]
     _deadline: float | None
-
-    def deadline(self) -> float | None:
-        return self._deadline
-
-    def _chain(self) -> str:
-        return "merge(" + ", ".join(_chain_of(p) for p in self._parent) + ")"
 
 
 @final
@@ -903,12 +936,68 @@ _OURS: Final = frozenset(
     {_Root, _WithoutCancel, _ValueContext, _CancelContext, _CancelCauseContext,
      _DeadlineContext, _MergeContext}
 )  # fmt: skip
+_LINKED: Final = frozenset(_OURS - {_Root, _MergeContext} | {_ForeignValueContext})
+
+
+def describe_key(key: object) -> str:
+    """A key as ``repr`` shows it: its repr (or a placeholder if that raises), never long."""
+    try:
+        text = repr(key)
+    except Exception:
+        return f"<{type(key).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _chain_of(ctx: Context) -> str:
-    if type(ctx) in _OURS:
-        return ctx._chain()  # type: ignore[attr-defined, no-any-return]
-    return f"{type(ctx).__name__}"
+    """How *ctx* was derived, root first (``background.with_cancel.with_value(key=k)``).
+
+    A loop with an explicit stack, not recursion: chains may be any depth.
+    """
+    out: list[str] = []
+    stack: list[object] = [ctx]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is str:
+            out.append(item)  # type: ignore[arg-type]
+        elif t in _LINKED:
+            stack.append("." + item._label())  # type: ignore[attr-defined]
+            stack.append(item._parent)  # type: ignore[attr-defined]
+        elif t is _Root:
+            out.append(item._name)  # type: ignore[attr-defined]
+        elif t is _MergeContext:
+            stack.append(")")
+            for i, p in enumerate(reversed(item._parent)):  # type: ignore[attr-defined]
+                if i:
+                    stack.append(", ")
+                stack.append(p)
+            stack.append("merge(")
+        else:
+            out.append(t.__name__)
+    return "".join(out)
+
+
+def _value_after(vals: dict[object, object], key: Hashable) -> object:
+    """Continue a value lookup that missed in *vals*: through ``_NEXT`` links, in a loop."""
+    n = vals.get(_NEXT)
+    while n is not None:
+        t = type(n)
+        if t is _ForeignValueContext:
+            v = n._vals.get(key, _MISSING)  # type: ignore[attr-defined]
+            if v is not _MISSING:
+                return v
+            n = n._parent  # type: ignore[attr-defined]
+        elif t in _OURS:
+            if key is _CANCEL_KEY:  # answered by n itself, at once
+                return n.value(key)  # type: ignore[attr-defined]
+            vals = n._vals  # type: ignore[attr-defined]
+            v = vals.get(key, _MISSING)
+            if v is not _MISSING:
+                return v
+            n = vals.get(_NEXT)
+        else:  # a user-written context, or a merge's parents
+            return n.value(key)  # type: ignore[attr-defined]
+    return None
 
 
 def _error(s: _State) -> ContextError:
@@ -939,13 +1028,17 @@ def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
     ctx._done = None
     t = type(parent)
     if t in _OURS:
-        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        # (t is one of ours: its _node and _up are class attributes or slots of ours)
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        ctx._up = up
+        ctx._deadline = None if up is None else up._deadline
         ctx._vals = parent._vals  # type: ignore[attr-defined]
     else:
         _check_foreign(parent, fname)
         ctx._up = None
+        ctx._deadline = parent  # asked when asked: deadline() of a node under a foreign parent
         ctx._vals = {_NEXT: parent}
-        _link(ctx, (parent,))
+        _link(ctx, (parent,), fname)
 
 
 def _with_deadline(
@@ -958,20 +1051,17 @@ def _with_deadline(
     t = type(parent)
     ours = t in _OURS
     if ours:
+        # parent.deadline(), quicker: every node carries its deadline (O(1) at any depth).
         up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
-        # parent.deadline(), quicker: the nearest deadline up the chain (a chain of plain
-        # cancel nodes of ours ends at a root, at without_cancel, or at a foreign parent).
-        n = up
-        while n is not None and not n._has_deadline and type(n._parent) in _OURS:
-            n = n._up
-        cur = None if n is None else n.deadline()
+        cur = None if up is None else up._deadline
+        if cur is not None and type(cur) is not float:  # under a parent that is not ours
+            cur = _deadline_of(cur, how)
     else:
         _check_foreign(parent, how)
-        cur = parent.deadline()
+        cur = _deadline_of(parent, how)
     if cur is not None and cur <= deadline:  # the parent ends first anyway (Go does the same)
         return with_cancel(parent)
     ctx = _object_new(_DeadlineContext)
-    ctx._deadline = deadline
     ctx._cause = cause
     ctx._entry = None
     if ours:  # the hot path, inlined
@@ -980,35 +1070,56 @@ def _with_deadline(
         ctx._vals = parent._vals  # type: ignore[attr-defined]
         ctx._state = None
         ctx._done = None
-        if up is not None and (
-            up._state is not None or (up._up is not None and _state_of(up._up) is not None)
-        ):
+        ctx._deadline = deadline
+        # Born ended if the nearest node is. (An unwatched node further up may have ended
+        # too: looking would cost a walk to the root per call, so the child then holds a timer
+        # entry like any live child until it is cancelled or expires, adopting that end.)
+        if up is not None and up._state is not None:
             return _new_tuple(CancelPair, (ctx, ctx._cancel))  # born ended: no timer needed
     else:
         _init_node(ctx, parent, how)
+        ctx._deadline = deadline
         if ctx._state is not None:
             return _new_tuple(CancelPair, (ctx, ctx._cancel))
     if expired or (expired is None and deadline <= _timer.now()):
         _end(ctx, (DeadlineExceeded, cause))
     elif deadline != _INF:  # an infinite deadline never fires: no timer
-        entry = ctx._entry = [deadline, 0, ctx]
-        _timer.schedule(entry)
+        ctx._entry = _timer.timer.schedule(deadline, ctx)
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
-def _link(ctx: _CancelContext, parents: tuple[Context, ...]) -> None:
-    """Register *ctx* on each parent's done signal (strongly), ending it with the first."""
-    handles = []
-    for p in parents:
-        handles.append(p.done().add_callback(functools.partial(_parent_done, ctx, p)))
-        if ctx._state is not None:
-            break
-    with _lock:
-        if ctx._state is None:
-            _ext_locked(ctx)._links = tuple(handles)
-            return
-    for h in handles:  # it ended while being linked: release what it registered
-        h.cancel()
+def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None:
+    """Register *ctx* on each parent's done signal (strongly), ending it with the first.
+
+    If a parent fails (its ``done()`` raises, or is not a ``Done``), what was registered on the
+    others is released before the error goes out: a failed call leaves nothing behind.
+    """
+    handles: list[CallbackHandle] = []
+    try:
+        for p in parents:
+            done = p.done()
+            add = getattr(done, "add_callback", None)
+            if add is None:
+                raise TypeError(
+                    f"{fname}() needs a Context as parent: {type(p).__name__}.done() returned "
+                    f"{describe(done)}, not a Done"
+                )
+            h = add(functools.partial(_parent_done, ctx, p))
+            if not callable(getattr(h, "cancel", None)):
+                raise TypeError(
+                    f"{fname}() needs a Context as parent: {type(p).__name__}.done()"
+                    f".add_callback() returned {describe(h)}, not a handle with cancel()"
+                )
+            handles.append(h)
+            if ctx._state is not None:
+                break
+        with _lock:
+            if ctx._state is None:
+                _ext_locked(ctx)._links = tuple(handles)
+                handles = []
+    finally:
+        # It ended while being linked, or linking failed: release what it registered.
+        _raise_first(_call_all([h.cancel for h in handles], "releasing a registration"))
 
 
 def _parent_done(ctx: _CancelContext, parent: Context) -> None:
@@ -1025,8 +1136,15 @@ def _parent_done(ctx: _CancelContext, parent: Context) -> None:
 
 
 def _end(node: _CancelContext, state: _State) -> None:
-    """End *node* with *state* unless it (or an ancestor) already ended: the first wins."""
-    entry = fire = release = None
+    """End *node* with *state* unless it (or an ancestor) already ended: the first wins.
+
+    In order: the end is committed and handed down under ``_lock``, and the threads blocked in
+    ``wait()`` are woken there too (a C loop: no signal handler can run between two of them);
+    then the timer entries and links are released and the callbacks run, every one of them
+    whatever any raises. A KeyboardInterrupt or SystemExit (raised by a callback, or by a
+    signal arriving meanwhile) goes out of here only once all that is done.
+    """
+    entry = ended = None
     _lock.acquire()
     try:
         if node._state is None:
@@ -1044,37 +1162,54 @@ def _end(node: _CancelContext, state: _State) -> None:
             if node._done is not None:  # registrations to hand over and release
                 if up is None and node._up is not None:
                     _unwatch_locked(node._up, node)
-                fire, release = _propagate_locked(node, state)
+                ended = _propagate_locked(node, state)
+                _wake_all(map(_release_lock, ended.waiters))
     finally:
         _lock.release()
     if entry is not None:
-        _timer.cancel_entry(entry)
-    if release:
-        _release(release)
-    if fire:
-        _run_callbacks(fire)
+        _timer.timer.cancel(entry)
+    if ended is not None:
+        _finish(ended)
 
 
-def _propagate_locked(
-    node: _CancelContext, state: _State
-) -> tuple[list[Callable[[], object]], list[Any]]:
-    """Hand the end of *node* (already set) to every watched descendant; return the callbacks
-    to run and the timer entries and links to release."""
-    fire: list[Callable[[], object]] = []
-    release: list[Any] = []
+def _finish(ended: _Ended) -> None:
+    """Release what ended nodes held, then run their callbacks (outside ``_lock``)."""
+    cancel_entry = _timer.timer.cancel
+    for e in ended.entries:
+        cancel_entry(e)
+    calls: list[Callable[[], object]] = [h.cancel for links in ended.links for h in links]
+    calls.extend(ended.callbacks)
+    _raise_first(_call_all(calls, "a done callback"))
+
+
+class _Ended(NamedTuple):
+    """What ending nodes gives back, to act on outside ``_lock``."""
+
+    callbacks: list[Callable[[], object]]
+    waiters: list[Any]  # locks of threads blocked in wait(), released under _lock
+    entries: list[_timer.TimerEntry]
+    links: list[tuple[CallbackHandle, ...]]
+
+
+def _propagate_locked(node: _CancelContext, state: _State) -> _Ended:
+    """Hand the end of *node* (already set) to every watched descendant; return what to
+    release, wake and run."""
+    ended = _Ended([], [], [], [])
+    fire = ended.callbacks
+    waiters = ended.waiters
     stack = [node]
     while stack:
         n = stack.pop()
         if n._has_entry:
             entry = n._entry  # type: ignore[attr-defined]
             if entry is not None:
-                release.append(entry)
+                ended.entries.append(entry)
                 n._entry = None  # type: ignore[attr-defined]
         d = n._done
         if d is None:
             continue
         if d._links is not None:
-            release.append(d._links)
+            ended.links.append(d._links)
             d._links = None
         w = d._watchers
         if not w:
@@ -1085,9 +1220,17 @@ def _propagate_locked(
                 if k._state is None:  # type: ignore[attr-defined]
                     k._state = state  # type: ignore[attr-defined]
                     stack.append(k)  # type: ignore[arg-type]
+            elif type(v) is _LockType:
+                waiters.append(v)
             else:
                 fire.append(v)  # type: ignore[arg-type]
-    return fire, release
+    return ended
+
+
+_LockType: Final = type(threading.Lock())
+_release_lock: Final = _LockType.release
+_WAKE_SINK: Final[collections.deque[object]] = collections.deque(maxlen=0)
+_wake_all: Final = _WAKE_SINK.extend  # consumes an iterator in C: no signal check between items
 
 
 def _ext_locked(node: _CancelContext) -> _NodeDone:
@@ -1151,22 +1294,41 @@ def _unwatch_locked(node: _CancelContext, key: object) -> bool:
     return True
 
 
-def _release(items: Iterable[Any]) -> None:
-    """Release what ended nodes held: timer entries (lists) and handle tuples."""
-    for item in items:
-        if type(item) is list:
-            _timer.cancel_entry(item)
-        else:
-            for h in item:
-                h.cancel()
+def _call_all(fns: Iterable[Callable[[], object]], what: str) -> BaseException | None:
+    """Call every fn whatever any of them raises; return the first BaseException to re-raise.
+
+    An Exception is logged. A KeyboardInterrupt or SystemExit (from a fn, or from a signal
+    handler running between two of them) does not stop the rest: the first is returned, for
+    the caller to raise once its work is complete; any later one is logged.
+    """
+    interrupt: BaseException | None = None
+    it = iter(fns)
+    while True:
+        try:
+            for fn in it:
+                try:
+                    fn()
+                except Exception:
+                    _log.exception("gocontext: %s raised", what)
+        except BaseException as e:
+            if interrupt is None:
+                interrupt = e
+            else:
+                _log.error("gocontext: %s raised", what, exc_info=e)
+            continue  # with the next fn: the iterator remembers where it was
+        return interrupt
+
+
+def _raise_first(interrupt: BaseException | None) -> None:
+    if interrupt is not None:
+        try:
+            raise interrupt
+        finally:
+            interrupt = None  # no reference cycle through this frame
 
 
 def _run_callbacks(fns: Iterable[Callable[[], object]]) -> None:
-    for fn in fns:
-        try:
-            fn()
-        except Exception:
-            _log.exception("gocontext: a done callback raised")
+    _raise_first(_call_all(fns, "a done callback"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1220,7 +1382,7 @@ class _NodeDone(Done):
 
     def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
         if not callable(fn):
-            raise TypeError(f"add_callback() needs a callable, got {fn!r}")
+            raise TypeError(f"add_callback() needs a callable, got {describe(fn)}")
         node = self._node
         handle = _Handle(node)
         with _lock:
@@ -1230,8 +1392,19 @@ class _NodeDone(Done):
         _run_callbacks((fn,))
         return _SPENT
 
+    def _add_waiter(self, lock: Any) -> CallbackHandle:
+        # Registered as the lock itself: _end releases it under _lock, before any callback.
+        node = self._node
+        handle = _Handle(node)
+        with _lock:
+            s = _watch_locked(node, handle, lock)
+        if s is None:
+            return handle
+        lock.release()
+        return _SPENT
+
     def __repr__(self) -> str:
-        return f"<gocontext.Done of {self._node._chain()} is_set={self.is_set()}>"
+        return f"<gocontext.Done of {_chain_of(self._node)} is_set={self.is_set()}>"
 
 
 def watcher_count(ctx: Context) -> int:
@@ -1244,8 +1417,14 @@ def watcher_count(ctx: Context) -> int:
 
 
 def _after_fork_in_child() -> None:
+    # The one at-fork hook of the core, so the order is fixed: first the tree lock (a parent
+    # thread may have held it at fork time), then the timer, whose new thread may end nodes
+    # (and so take the tree lock) at once, then the after_func pool, whose queued functions
+    # may do the same.
     global _lock
     _lock = threading.Lock()
+    _timer.after_fork_in_child()
+    _worker.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
@@ -1255,6 +1434,14 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
 def cancel_with_cause(
     ctx: Context, cause: BaseException | None, kind: type[ContextError] = Canceled
 ) -> None:
-    """End *ctx*, a node of ours, with *kind* and *cause* (for the integrations here)."""
+    """End *ctx*, a node of ours, with *kind* and *cause* (for the integrations here).
+
+    Example:
+        >>> import gocontext
+        >>> ctx, _ = gocontext.with_cancel(gocontext.background())
+        >>> cancel_with_cause(ctx, KeyError("k"))
+        >>> gocontext.cause(ctx)
+        KeyError('k')
+    """
     if isinstance(ctx, _CancelContext) and ctx._state is None:
         _end(ctx, _CANCELED if cause is None and kind is Canceled else (kind, cause))
