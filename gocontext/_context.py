@@ -1258,8 +1258,8 @@ def _watch_locked(node: _CancelContext, key: object, value: object) -> _State | 
     while n is not None:
         s = n._state
         if s is not None:
-            for p in path:  # the chain ended above: every node on it is done with that end
-                p._state = s
+            # The chain ended above. The nodes on the path are not marked: each learns that
+            # end when asked, and a deadline node still gives up its timer entry when cancelled.
             return s
         nd = n._done
         if nd is not None and nd._watchers:

@@ -199,3 +199,16 @@ def test_a_forked_child_process_times_out_contexts() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     cancel_long()
     assert isinstance(long_lived.err(), gocontext.Canceled)
+
+
+def test_watching_a_timer_child_of_an_ended_parent_then_cancelling_it_releases_the_entry() -> None:
+    before = _timer.timer.pending()
+    parent, cancel = gocontext.with_cancel(gocontext.background())
+    child, cancel_child = gocontext.with_timeout(parent, 3600)
+    assert _timer.timer.pending() == before + 1
+    cancel()  # nothing watches child yet: it learns of this when asked
+    ran: list[int] = []
+    child.done().add_callback(lambda: ran.append(1))
+    assert ran == [1]
+    cancel_child()
+    assert _timer.timer.pending() == before
