@@ -22,13 +22,14 @@ taken while holding it (the timer's lock is taken outside it), so there is no lo
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import timedelta
 from typing import (
     TYPE_CHECKING,
@@ -830,8 +831,8 @@ class _CancelContext(_Base):
         if self._state is not None:
             return
         # The hot path of _end(), written out: nothing registered on the node, no timer.
-        _lock.acquire()
-        try:
+        # (`with`, not acquire() then try: a Ctrl-C between those two would keep the lock.)
+        with _lock:
             if self._done is None and not self._has_entry:
                 if self._state is None:
                     up = self._up
@@ -842,8 +843,6 @@ class _CancelContext(_Base):
                         up = up._up
                     self._state = _CANCELED
                 return
-        finally:
-            _lock.release()
         _end(self, _CANCELED)
 
     def _label(self) -> str:
@@ -880,24 +879,23 @@ class _DeadlineContext(_CancelContext):
             return
         # The hot path of _end(), written out: nothing registered on the node.
         entry = None
-        _lock.acquire()
         try:
-            if self._done is None and self._state is None:
-                entry = self._entry
-                self._entry = None
-                up = self._up
-                while up is not None:
-                    if up._state is not None:  # an ancestor ended first: its end is ours
-                        self._state = up._state
-                        break
-                    up = up._up
-                else:
-                    self._state = _CANCELED
-        finally:
-            _lock.release()
-        if entry is not None:
-            _timer.timer.cancel(entry)
-        elif self._state is None:
+            with _lock:
+                if self._done is None and self._state is None:
+                    entry = self._entry
+                    self._entry = None
+                    up = self._up
+                    while up is not None:
+                        if up._state is not None:  # an ancestor ended first: its end is ours
+                            self._state = up._state
+                            break
+                        up = up._up
+                    else:
+                        self._state = _CANCELED
+        finally:  # (even if a Ctrl-C lands in between: the entry must go)
+            if entry is not None:
+                _timer.timer.cancel(entry)
+        if entry is None and self._state is None:
             _end(self, _CANCELED)
 
     def _expire(self) -> None:
@@ -1138,16 +1136,21 @@ def _parent_done(ctx: _CancelContext, parent: Context) -> None:
 def _end(node: _CancelContext, state: _State) -> None:
     """End *node* with *state* unless it (or an ancestor) already ended: the first wins.
 
-    In order: the end is committed and handed down under ``_lock``, and the threads blocked in
-    ``wait()`` are woken there too (a C loop: no signal handler can run between two of them);
-    then the timer entries and links are released and the callbacks run, every one of them
-    whatever any raises. A KeyboardInterrupt or SystemExit (raised by a callback, or by a
-    signal arriving meanwhile) goes out of here only once all that is done.
+    In order: the end is committed and handed down to the watched descendants under
+    ``_lock``, and the threads blocked in ``wait()`` are woken there too (in a C loop: no
+    signal handler runs between two of them); then the timer entries and links are released
+    and the callbacks run, every one of them whatever any raises.
+
+    A KeyboardInterrupt (a Ctrl-C landing anywhere in here) or a SystemExit from a callback
+    does not cut the end short: once the end is committed, the work resumes where it was (its
+    work list lives in ``_Ending``, and each step may be done twice), every waiter is woken and
+    every callback runs; the first interrupt goes out of here after that.
     """
-    entry = ended = None
-    _lock.acquire()
+    ending = interrupt = None
     try:
-        if node._state is None:
+        with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
+            if node._state is not None:
+                return
             up = node._up
             while up is not None:
                 s = up._state
@@ -1155,76 +1158,141 @@ def _end(node: _CancelContext, state: _State) -> None:
                     state = s
                     break
                 up = up._up
-            node._state = state
-            if node._has_entry:
-                entry = node._entry  # type: ignore[attr-defined]
-                node._entry = None  # type: ignore[attr-defined]
-            if node._done is not None:  # registrations to hand over and release
-                if up is None and node._up is not None:
-                    _unwatch_locked(node._up, node)
-                ended = _propagate_locked(node, state)
-                _wake_all(map(_release_lock, ended.waiters))
-    finally:
-        _lock.release()
-    if entry is not None:
-        _timer.timer.cancel(entry)
-    if ended is not None:
-        _finish(ended)
+            ending = _Ending(node, state, up is None and node._up is not None)
+            node._state = state  # committed: from here on, the end completes
+            _settle_locked(ending, False)
+    except BaseException as e:
+        if ending is None or node._state is None:
+            raise  # interrupted before the end was committed: nothing happened
+        interrupt = e
+    if ending is not None:
+        while True:  # (no signal check between here and the try: the loop is the guard)
+            try:
+                later = _finish(ending)
+                break
+            except BaseException as e:
+                if interrupt is None:
+                    interrupt = e
+                if isinstance(e, Exception):  # pragma: no cover - a bug: do not retry it
+                    break
+        _raise_first(interrupt if interrupt is not None else later)
 
 
-def _finish(ended: _Ended) -> None:
-    """Release what ended nodes held, then run their callbacks (outside ``_lock``)."""
-    cancel_entry = _timer.timer.cancel
-    for e in ended.entries:
-        cancel_entry(e)
-    calls: list[Callable[[], object]] = [h.cancel for links in ended.links for h in links]
-    calls.extend(ended.callbacks)
-    _raise_first(_call_all(calls, "a done callback"))
+@final
+class _Ending:
+    """The work of ending a node, kept outside the frames doing it, so it can be resumed.
+
+    ``stack``: nodes whose registrations are still to be handed down (a node leaves it, for
+    its watched children, in one slice assignment). ``callbacks`` and ``waiters``: what was
+    taken from them, by handle, so that taking twice runs nothing twice. ``calls``: what is
+    left to call once the hand-down is settled.
+    """
+
+    __slots__ = (
+        "callbacks",
+        "calls",
+        "entries",
+        "links",
+        "node",
+        "settled",
+        "stack",
+        "state",
+        "unwatch",
+        "waiters",
+    )
+
+    def __init__(self, node: _CancelContext, state: _State, unwatch: bool) -> None:
+        self.node = node
+        self.state = state
+        self.unwatch = unwatch  # the node is still registered with a live _up: undo that
+        self.stack: list[_CancelContext] = [node]
+        self.callbacks: dict[object, Callable[[], object]] = {}
+        self.waiters: dict[object, Any] = {}
+        self.entries: list[_timer.TimerEntry] = []
+        self.links: list[list[CallbackHandle]] = []
+        self.settled = False  # stack emptied and waiters woken
+        self.calls: Iterator[Callable[[], object]] | None = None
 
 
-class _Ended(NamedTuple):
-    """What ending nodes gives back, to act on outside ``_lock``."""
+def _settle_locked(ending: _Ending, again: bool) -> None:
+    """Hand the end down (resuming where a previous call stopped), then wake the waiters.
 
-    callbacks: list[Callable[[], object]]
-    waiters: list[Any]  # locks of threads blocked in wait(), released under _lock
-    entries: list[_timer.TimerEntry]
-    links: list[tuple[CallbackHandle, ...]]
-
-
-def _propagate_locked(node: _CancelContext, state: _State) -> _Ended:
-    """Hand the end of *node* (already set) to every watched descendant; return what to
-    release, wake and run."""
-    ended = _Ended([], [], [], [])
-    fire = ended.callbacks
-    waiters = ended.waiters
-    stack = [node]
+    *again*: a previous call was cut short, so a waiter may have been woken already.
+    """
+    if ending.unwatch:
+        up = ending.node._up
+        if up is not None:
+            _unwatch_locked(up, ending.node)
+        ending.unwatch = False
+    state = ending.state
+    stack = ending.stack
+    callbacks = ending.callbacks
+    waiters = ending.waiters
     while stack:
-        n = stack.pop()
+        n = stack[-1]
         if n._has_entry:
             entry = n._entry  # type: ignore[attr-defined]
             if entry is not None:
-                ended.entries.append(entry)
+                ending.entries.append(entry)  # (cancelling an entry twice is harmless)
                 n._entry = None  # type: ignore[attr-defined]
         d = n._done
         if d is None:
+            stack.pop()
             continue
         if d._links is not None:
-            ended.links.append(d._links)
+            ending.links.append(list(d._links))  # (a handle cancelled twice returns False)
             d._links = None
         w = d._watchers
         if not w:
+            stack.pop()
             continue
-        d._watchers = None
+        children: list[_CancelContext] = []
         for k, v in w.items():
             if v is _CHILD:
                 if k._state is None:  # type: ignore[attr-defined]
                     k._state = state  # type: ignore[attr-defined]
-                    stack.append(k)  # type: ignore[arg-type]
+                children.append(k)  # type: ignore[arg-type]
             elif type(v) is _LockType:
-                waiters.append(v)
+                waiters[k] = v
             else:
-                fire.append(v)  # type: ignore[arg-type]
-    return ended
+                callbacks[k] = v  # type: ignore[assignment]
+        stack[-1:] = children  # one step: n out, its children in
+        d._watchers = None
+    if again:
+        for lock in waiters.values():
+            with contextlib.suppress(RuntimeError):  # woken already: its lock, used once
+                lock.release()
+    else:
+        _wake_all(map(_release_lock, waiters.values()))
+    ending.settled = True
+
+
+def _finish(ending: _Ending) -> BaseException | None:
+    """Settle the end if that was cut short; release what the ended nodes held and run the
+    callbacks, resuming where a previous call stopped; return the first interrupt raised."""
+    if not ending.settled:
+        with _lock:
+            _settle_locked(ending, True)
+    # Our own releases, one at a time and each dropped only once done (doing one twice is
+    # harmless), so an interrupt in the middle of one leaves it to the next call.
+    entries = ending.entries
+    cancel_entry = _timer.timer.cancel
+    while entries:
+        cancel_entry(entries[-1])
+        entries.pop()
+    links = ending.links
+    while links:
+        handles = links[-1]
+        while handles:
+            try:
+                handles[-1].cancel()
+            except Exception:  # a parent that is not ours, failing to unregister
+                _log.exception("gocontext: releasing a registration raised")
+            handles.pop()
+        links.pop()
+    if ending.calls is None:
+        ending.calls = iter(list(ending.callbacks.values()))
+    return _call_all(ending.calls, "a done callback")
 
 
 _LockType: Final = type(threading.Lock())

@@ -8,6 +8,7 @@ every waiter woke, and nothing is left registered, scheduled or running. Modest 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -209,20 +210,16 @@ def storm(seed: int) -> None:
         t.join(NEVER * 6)
         assert not t.is_alive(), "a storm thread hangs"
     assert not errors, errors[0]
-    try:
+    with contextlib.suppress(Interrupt):  # re-raised after the whole cancel: expected
         cancel_root(root_cause)
-    except Interrupt:
-        pass
     for t in waiters:
         t.join(NEVER)
         assert not t.is_alive(), "a waiter was never woken"
     assert blocked == [True] * len(waiters)
     for n in nodes:  # defer cancel(): every cancel func is called once the work is over
         if n.cancel is not None:
-            try:
+            with contextlib.suppress(Interrupt):
                 n.cancel()
-            except Interrupt:
-                pass
 
     for n in nodes:
         assert n.ctx.done().wait(NEVER)
