@@ -15,7 +15,7 @@ from gocontext import _timer, _worker
 
 from .conftest import NEVER
 
-FORKS = 40
+FORKS = 10
 
 
 def fork_child(body: object) -> int:
