@@ -481,7 +481,7 @@ def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
         _check_foreign(ctx, "after_func", "ctx")
     if not callable(fn):
         raise TypeError(f"after_func() needs a callable, got {fn!r}")
-    handle = ctx.done().add_callback(functools.partial(_worker.submit, fn))
+    handle = _add_callback(ctx, functools.partial(_worker.submit, fn), "after_func", "ctx")
     return handle.cancel
 
 
@@ -1095,20 +1095,7 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
     handles: list[CallbackHandle] = []
     try:
         for p in parents:
-            done = p.done()
-            add = getattr(done, "add_callback", None)
-            if add is None:
-                raise TypeError(
-                    f"{fname}() needs a Context as parent: {type(p).__name__}.done() returned "
-                    f"{describe(done)}, not a Done"
-                )
-            h = add(functools.partial(_parent_done, ctx, p))
-            if not callable(getattr(h, "cancel", None)):
-                raise TypeError(
-                    f"{fname}() needs a Context as parent: {type(p).__name__}.done()"
-                    f".add_callback() returned {describe(h)}, not a handle with cancel()"
-                )
-            handles.append(h)
+            handles.append(_add_callback(p, functools.partial(_parent_done, ctx, p), fname))
             if ctx._state is not None:
                 break
         with _lock:
@@ -1118,6 +1105,28 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
     finally:
         # It ended while being linked, or linking failed: release what it registered.
         _raise_first(_call_all([h.cancel for h in handles], "releasing a registration"))
+
+
+def _add_callback(
+    ctx: Context, fn: Callable[[], object], fname: str, name: str = "parent"
+) -> CallbackHandle:
+    """``ctx.done().add_callback(fn)``, checking what a context that is not ours gives back."""
+    if type(ctx) in _OURS:
+        return ctx.done().add_callback(fn)
+    done = ctx.done()
+    add = getattr(done, "add_callback", None)
+    if not callable(add):
+        raise TypeError(
+            f"{fname}() needs a Context as {name}: {type(ctx).__name__}.done() returned "
+            f"{describe(done)}, not a Done"
+        )
+    handle = add(fn)
+    if not callable(getattr(handle, "cancel", None)):
+        raise TypeError(
+            f"{fname}() needs a Context as {name}: {type(ctx).__name__}.done().add_callback() "
+            f"returned {describe(handle)}, not a handle with cancel()"
+        )
+    return handle  # type: ignore[no-any-return]
 
 
 def _parent_done(ctx: _CancelContext, parent: Context) -> None:
