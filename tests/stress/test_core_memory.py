@@ -51,6 +51,12 @@ def _watched() -> None:
     cancel()
 
 
+def _unwatched_grandchild() -> None:
+    mid, cancel_mid = gocontext.with_cancel(PARENT)
+    ctx, cancel = gocontext.with_cancel(mid)
+    ctx.done().add_callback(int).cancel()  # watched, then not: the chain above unregisters
+
+
 def _merge() -> None:
     gocontext.merge(PARENT, gocontext.todo())[1]()
 
@@ -75,6 +81,7 @@ KINDS: dict[str, Callable[[], None]] = {
     "with_cancel_cause": _cancel_cause,
     "with_timeout": _timeout,
     "watched timeout under a value": _watched,
+    "watched then unwatched grandchild": _unwatched_grandchild,
     "merge": _merge,
     "forgotten child": _forgotten,
     "children of a user-written parent": _foreign,
