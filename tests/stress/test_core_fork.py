@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import gocontext
+from gocontext import _worker
 
 from ..conftest import NEVER
 from ..test_fork import child_uses_timers, exit_code, fork_child
@@ -42,12 +43,20 @@ def test_forks_under_load() -> None:
             if i % 2:
                 cancel()
 
+    # A backlog in the after_func pool at every fork: the child's pool restarts threads while
+    # the at-fork hooks run, which hands the interpreter to the child's new timer thread.
+    gate = threading.Event()
+    backlog, release_backlog = gocontext.with_cancel(gocontext.background())
+    for _ in range(_worker.MAX_THREADS + 4):
+        gocontext.after_func(backlog, lambda: gate.wait(NEVER))
+    release_backlog()
     workers = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
     for w in workers:
         w.start()
     try:
         codes = [exit_code(fork_child(child_uses_timers)) for _ in range(FORKS)]
     finally:
+        gate.set()
         stop.set()
         for w in workers:
             w.join(NEVER)
