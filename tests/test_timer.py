@@ -48,6 +48,7 @@ def test_the_thread_leaves_when_no_live_entry_is_left() -> None:
     timer = _timer.Timer(idle_exit=0.05)
     entry = timer.schedule(time.monotonic() + 3600, Target())
     assert timer.threads() == 1
+    assert timer.pending() == 1  # (this also moves the entry into the heap)
     timer.cancel(entry)
     wait_for(lambda: timer.threads() == 0)
     soon = Target()
