@@ -46,9 +46,10 @@ def test_cancelled_entries_do_not_stay_in_the_heap() -> None:
 
 def test_the_thread_leaves_when_no_live_entry_is_left() -> None:
     timer = _timer.Timer(idle_exit=0.05)
-    entry = timer.schedule(time.monotonic() + 3600, Target())
+    deadline = time.monotonic() + 3600
+    entry = timer.schedule(deadline, Target())
     assert timer.threads() == 1
-    assert timer.pending() == 1  # (this also moves the entry into the heap)
+    wait_for(lambda: timer._wake_at == deadline)  # the thread sleeps until that deadline
     timer.cancel(entry)
     wait_for(lambda: timer.threads() == 0)
     soon = Target()
