@@ -18,15 +18,15 @@ from .conftest import NEVER
 FORKS = 10
 
 
-def fork_child(body: object) -> int:
-    """Fork; the child runs ``body()`` and exits 0 if it returns True. Returns the child's pid."""
+def fork_child(body: Callable[[], int]) -> int:
+    """Fork; the child exits with what ``body()`` returns (1 if it raises). Returns its pid."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the point
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         code = 1
         try:
-            code = 0 if body() else 2  # type: ignore[operator]
+            code = body()
         finally:
             os._exit(code)
     return pid
@@ -53,19 +53,20 @@ def wait_until(condition: Callable[[], bool]) -> None:
         time.sleep(0.001)
 
 
-def child_uses_timers() -> bool:
+def child_uses_timers() -> int:
+    """In a forked child: 0 if a timer fires, a cancel crosses threads and an after_func runs;
+    else which of them did not (2, 3, 4)."""
     ctx, _ = gocontext.with_timeout(gocontext.background(), 0.01)
     parent, cancel = gocontext.with_cancel(gocontext.background())
     child, _ = gocontext.with_cancel(parent)
     ran = threading.Event()
     gocontext.after_func(child, ran.set)
     threading.Thread(target=cancel).start()
-    return (
-        ctx.done().wait(5)
-        and isinstance(ctx.err(), gocontext.DeadlineExceeded)
-        and child.done().wait(5)
-        and ran.wait(5)
-    )
+    if not (ctx.done().wait(NEVER) and isinstance(ctx.err(), gocontext.DeadlineExceeded)):
+        return 2
+    if not child.done().wait(NEVER):
+        return 3
+    return 0 if ran.wait(NEVER) else 4
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

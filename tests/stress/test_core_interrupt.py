@@ -116,15 +116,18 @@ for i in range(ROUNDS):
         for _ in range(spin):
             pass
         signal.pthread_kill(MAIN, signal.SIGINT)
-        sent.set()
+        sent.release()
 
-    sent = threading.Event()
+    # A bare lock, not an Event: threading.Event.wait() itself is not safe against a
+    # KeyboardInterrupt landing inside it (CPython's Condition), and this is where it lands.
+    sent = threading.Lock()
+    sent.acquire()
     sender = threading.Thread(target=send)
     sender.start()
     try:
         go.set()
         cancel()
-        sent.wait()
+        sent.acquire()
         for _ in range(1000):  # the handler runs at the next check in this thread
             pass
         time.sleep(0.001)
