@@ -1178,6 +1178,8 @@ def _end(node: _CancelContext, state: _State) -> None:
         while True:  # (no signal check between here and the try: the loop is the guard)
             try:
                 later = _finish(ending)
+                if later is None and interrupt is None:
+                    return
                 break
             except BaseException as e:
                 if interrupt is None:
@@ -1267,7 +1269,9 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
                 callbacks[k] = v  # type: ignore[assignment]
         stack[-1:] = children  # one step: n out, its children in
         d._watchers = None
-    if again:
+    if not waiters:
+        pass
+    elif again:
         for lock in waiters.values():
             with contextlib.suppress(RuntimeError):  # woken already: its lock, used once
                 lock.release()
@@ -1299,9 +1303,12 @@ def _finish(ending: _Ending) -> BaseException | None:
                 _log.exception("gocontext: releasing a registration raised")
             handles.pop()
         links.pop()
-    if ending.calls is None:
-        ending.calls = iter(list(ending.callbacks.values()))
-    return _call_all(ending.calls, "a done callback")
+    calls = ending.calls
+    if calls is None:
+        if not ending.callbacks:
+            return None
+        calls = ending.calls = iter(list(ending.callbacks.values()))
+    return _call_all(calls, "a done callback")
 
 
 _LockType: Final = type(threading.Lock())
