@@ -21,13 +21,15 @@ taken while holding it (the timer's lock is taken outside it), so there is no lo
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import itertools
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import timedelta
 from typing import (
     TYPE_CHECKING,
@@ -37,6 +39,7 @@ from typing import (
     NamedTuple,
     Protocol,
     TypeVar,
+    cast,
     final,
     overload,
     runtime_checkable,
@@ -44,7 +47,7 @@ from typing import (
 
 from . import _timer, _worker
 from ._done import CallbackHandle, Done
-from ._errors import Canceled, ContextError, DeadlineExceeded
+from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -255,7 +258,10 @@ def with_cancel(parent: Context) -> CancelPair:
     t = type(parent)
     if t in _OURS:  # the hot path, inlined
         ctx._parent = parent
-        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        # (t is one of ours: its _node and _up are class attributes or slots of ours)
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        ctx._up = up
+        ctx._deadline = None if up is None else up._deadline
         ctx._vals = parent._vals  # type: ignore[attr-defined]
         ctx._state = None
         ctx._done = None
@@ -345,12 +351,8 @@ def with_timeout_cause(
         TimeoutError('too slow')
     """
     _check_cause(cause, "with_timeout_cause")
-    return _with_deadline(
-        parent,
-        _timer.now() + _check_timeout(timeout, "with_timeout_cause"),
-        cause,
-        "with_timeout_cause",
-    )
+    timeout = _check_timeout(timeout, "with_timeout_cause")
+    return _with_deadline(parent, _timer.now() + timeout, cause, "with_timeout_cause", timeout <= 0)
 
 
 def with_value(parent: Context, key: Hashable, value: object) -> Context:
@@ -366,33 +368,38 @@ def with_value(parent: Context, key: Hashable, value: object) -> Context:
         >>> ctx.value(REQUEST), ctx.value("other")
         (42, None)
     """
-    ours = type(parent) in _OURS
-    if not ours:
+    t = type(parent)
+    ours = t in _OURS
+    if not ours and t is not _ForeignValueContext:
         _check_foreign(parent, "with_value")
     if key is None:
         raise TypeError("with_value() needs a key that is not None, got None")
     try:
         hash(key)
-    except TypeError:
-        raise TypeError(
-            f"with_value() needs a hashable key, got unhashable {type(key).__name__}: {key!r}"
-        ) from None
+    except Exception as e:
+        raise TypeError(f"with_value() needs a hashable key, got unhashable {describe(key)}") from (
+            None if type(e) is TypeError else e
+        )
     check = getattr(key, "_check_value", None)
     if check is not None:
         check(value)
+    if not ours:
+        # A parent that is not ours: nothing registered on it (a forgotten child costs it
+        # nothing); cancellation, deadline and errors are asked of it when asked of the child.
+        f = _object_new(_ForeignValueContext)
+        f._parent = parent
+        f._key = key
+        f._base = parent._base if type(parent) is _ForeignValueContext else parent
+        f._vals = {key: value}
+        return cast(Context, f)
     ctx = _object_new(_ValueContext)
     ctx._parent = parent
     ctx._key = key
-    if ours:
-        ctx._up = parent if type(parent)._node else parent._up  # type: ignore[attr-defined, assignment]
-        pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]
-        if len(pv) < _MAX_COPY:
-            ctx._vals = {**pv, key: value}
-        else:  # stop copying: lookups that miss here continue in the parent
-            ctx._vals = {_NEXT: parent, key: value}
-    else:  # a node of ours mirrors the foreign parent's cancellation
-        ctx._up = up = _object_new(_CancelContext)
-        _init_node(up, parent, "with_value")
+    ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (ours)
+    pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]
+    if len(pv) < _MAX_COPY:
+        ctx._vals = {**pv, key: value}
+    else:  # stop copying: lookups that miss here continue in the parent
         ctx._vals = {_NEXT: parent, key: value}
     return ctx
 
@@ -448,9 +455,9 @@ def merge(*parents: Context) -> CancelPair:
     ctx._state = None
     ctx._done = None
     ctx._vals = {_NEXT: _MergeValues(parents)}
-    deadlines = [d for d in (p.deadline() for p in parents) if d is not None]
+    deadlines = [d for d in (_deadline_of(p, "merge") for p in parents) if d is not None]
     ctx._deadline = min(deadlines) if deadlines else None
-    _link(ctx, parents)
+    _link(ctx, parents, "merge")
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
@@ -474,7 +481,7 @@ def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
         _check_foreign(ctx, "after_func", "ctx")
     if not callable(fn):
         raise TypeError(f"after_func() needs a callable, got {fn!r}")
-    handle = ctx.done().add_callback(functools.partial(_worker.submit, fn))
+    handle = _add_callback(ctx, functools.partial(_worker.submit, fn), "after_func", "ctx")
     return handle.cancel
 
 
@@ -511,28 +518,38 @@ def cause(ctx: Context) -> BaseException | None:
 def _check_foreign(parent: object, fname: str, name: str = "parent") -> None:
     if parent is None:
         raise TypeError(f"{fname}() needs a Context as {name}, got None")
-    if not isinstance(parent, Context):
-        raise TypeError(
-            f"{fname}() needs a Context as {name}, got {type(parent).__name__}: {parent!r}"
-        )
+    if type(parent) is _ForeignValueContext:
+        return
+    try:
+        ok = isinstance(parent, Context)
+    except Exception:  # a hostile __getattr__ or __class__
+        ok = False
+    if not ok:
+        raise TypeError(f"{fname}() needs a Context as {name}, got {describe(parent)}")
 
 
 def _check_deadline(deadline: float, fname: str) -> float:
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-        raise TypeError(f"{fname}() needs a time.monotonic() float as deadline, got {deadline!r}")
-    if math.isnan(deadline):
-        raise ValueError(f"{fname}() got a NaN deadline")
-    return float(deadline)
+    return check_real(deadline, fname, "deadline", "a time.monotonic() float")
 
 
 def _check_timeout(timeout: float | timedelta, fname: str) -> float:
     if isinstance(timeout, timedelta):
         return timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{fname}() needs seconds or a timedelta as timeout, got {timeout!r}")
-    if math.isnan(timeout):
-        raise ValueError(f"{fname}() got a NaN timeout")
-    return float(timeout)
+    return check_real(timeout, fname, "timeout", "seconds or a timedelta")
+
+
+def _deadline_of(parent: Context, fname: str) -> float | None:
+    """*parent*'s deadline, checked if *parent* is not ours (a float or None, else raise)."""
+    d = parent.deadline()
+    if d is None or type(parent) in _OURS:
+        return d
+    try:
+        return check_real(d, "deadline", "result", "a float or None")
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{fname}() needs a Context as parent: {type(parent).__name__}.deadline() "
+            f"returned {describe(d)}"
+        ) from e
 
 
 def _check_cause(cause: object, fname: str) -> None:
@@ -569,7 +586,6 @@ class _Base:
         def deadline(self) -> float | None: ...
         def done(self) -> Done: ...
         def _label(self) -> str: ...
-        def _parent_repr(self) -> str: ...
 
     @overload
     def value(self, key: Key[T], /) -> T | None: ...
@@ -581,8 +597,7 @@ class _Base:
         if v is _MISSING:
             if key is _CANCEL_KEY:
                 return self if self._node else self._up
-            n = self._vals.get(_NEXT)
-            return None if n is None else n.value(key)  # type: ignore[attr-defined]
+            return _value_after(self._vals, key)
         return v
 
     def remaining(self) -> float | None:
@@ -614,10 +629,7 @@ class _Base:
             raise e
 
     def __repr__(self) -> str:
-        return f"<gocontext {self._chain()} done={self.err() is not None}>"
-
-    def _chain(self) -> str:
-        return f"{self._parent_repr()}.{self._label()}"
+        return f"<gocontext {_chain_of(self)} done={self.err() is not None}>"
 
     def __reduce__(self) -> Any:
         from ._propagation import reduce_context
@@ -673,9 +685,6 @@ class _Root(_Base):
     def err(self) -> ContextError | None:
         return None
 
-    def _chain(self) -> str:
-        return self._name
-
 
 _BACKGROUND = _Root("background")
 _TODO = _Root("todo")
@@ -698,9 +707,6 @@ class _WithoutCancel(_Base):
     def _label(self) -> str:
         return "without_cancel"
 
-    def _parent_repr(self) -> str:
-        return _chain_of(self._parent)
-
 
 @final
 class _ValueContext(_Base):
@@ -709,7 +715,8 @@ class _ValueContext(_Base):
     _key: Hashable
 
     def deadline(self) -> float | None:
-        return self._parent.deadline()
+        up = self._up
+        return None if up is None else up.deadline()
 
     def done(self) -> Done:
         up = self._up
@@ -725,10 +732,45 @@ class _ValueContext(_Base):
         return None
 
     def _label(self) -> str:
-        return f"with_value(key={self._key!r})"
+        return f"with_value(key={describe_key(self._key)})"
 
-    def _parent_repr(self) -> str:
-        return _chain_of(self._parent)
+
+@final
+class _ForeignValueContext(_Base):
+    """``with_value`` over a parent that is not ours: a plain wrapper that registers nothing.
+
+    ``_base`` is the nearest ancestor that is not such a wrapper (a user-written context);
+    cancellation, deadline and errors are its own. Not in ``_OURS``: a derivation treats it as
+    a foreign parent (and so links to ``_base``'s done signal only when it must).
+    """
+
+    __slots__ = ("__weakref__", "_base", "_key", "_parent", "_vals")
+    _parent: Context
+    _base: Context
+    _key: Hashable
+
+    def deadline(self) -> float | None:
+        return self._base.deadline()
+
+    def done(self) -> Done:
+        return self._base.done()
+
+    def err(self) -> ContextError | None:
+        return self._base.err()
+
+    @overload
+    def value(self, key: Key[T], /) -> T | None: ...
+    @overload
+    def value(self, key: Hashable, /) -> object: ...
+    def value(self, key: Hashable, /) -> object:
+        """The value stored under *key* by the nearest ``with_value`` ancestor, else None."""
+        v = self._vals.get(key, _MISSING)
+        if v is _MISSING:
+            return _value_after({_NEXT: self._parent}, key)
+        return v
+
+    def _label(self) -> str:
+        return f"with_value(key={describe_key(self._key)})"
 
 
 class _CancelContext(_Base):
@@ -742,16 +784,22 @@ class _CancelContext(_Base):
       ``_NodeDone`` that also holds the watchers and links (see there). Fixed once set.
     """
 
-    __slots__ = ("__weakref__", "_done", "_parent", "_state", "_up", "_vals")
+    __slots__ = ("__weakref__", "_deadline", "_done", "_parent", "_state", "_up", "_vals")
     _node = True
     _has_entry = False  # True for nodes with a timer entry in ``_entry``
-    _has_deadline = False  # True for nodes whose deadline() is their own
     _parent: Any
     _state: _State | None
     _done: _NodeDone | None
+    # The deadline, fixed at creation and copied down from ``_up`` (so no lookup walks the
+    # chain): a float, None, or for a node under a parent that is not ours, that parent (its
+    # deadline is asked when asked).
+    _deadline: Any
 
     def deadline(self) -> float | None:
-        return self._parent.deadline()  # type: ignore[no-any-return]
+        d = self._deadline
+        if d is None or type(d) is float:
+            return d
+        return d.deadline()  # type: ignore[no-any-return]
 
     def done(self) -> Done:
         d = self._done
@@ -783,8 +831,8 @@ class _CancelContext(_Base):
         if self._state is not None:
             return
         # The hot path of _end(), written out: nothing registered on the node, no timer.
-        _lock.acquire()
-        try:
+        # (`with`, not acquire() then try: a Ctrl-C between those two would keep the lock.)
+        with _lock:
             if self._done is None and not self._has_entry:
                 if self._state is None:
                     up = self._up
@@ -795,15 +843,10 @@ class _CancelContext(_Base):
                         up = up._up
                     self._state = _CANCELED
                 return
-        finally:
-            _lock.release()
         _end(self, _CANCELED)
 
     def _label(self) -> str:
         return "with_cancel"
-
-    def _parent_repr(self) -> str:
-        return _chain_of(self._parent)
 
 
 @final
@@ -825,39 +868,34 @@ class _DeadlineContext(_CancelContext):
     """A node with a deadline; ``_entry`` is its timer entry until the node ends (under
     ``_lock``), then None."""
 
-    __slots__ = ("_cause", "_deadline", "_entry")
+    __slots__ = ("_cause", "_entry")
     _has_entry = True
-    _has_deadline = True
     _deadline: float
     _cause: BaseException | None
     _entry: _timer.TimerEntry | None
-
-    def deadline(self) -> float | None:
-        return self._deadline
 
     def _cancel(self) -> None:
         if self._state is not None:
             return
         # The hot path of _end(), written out: nothing registered on the node.
         entry = None
-        _lock.acquire()
         try:
-            if self._done is None and self._state is None:
-                entry = self._entry
-                self._entry = None
-                up = self._up
-                while up is not None:
-                    if up._state is not None:  # an ancestor ended first: its end is ours
-                        self._state = up._state
-                        break
-                    up = up._up
-                else:
-                    self._state = _CANCELED
-        finally:
-            _lock.release()
-        if entry is not None:
-            _timer.cancel_entry(entry)
-        elif self._state is None:
+            with _lock:
+                if self._done is None and self._state is None:
+                    entry = self._entry
+                    self._entry = None
+                    up = self._up
+                    while up is not None:
+                        if up._state is not None:  # an ancestor ended first: its end is ours
+                            self._state = up._state
+                            break
+                        up = up._up
+                    else:
+                        self._state = _CANCELED
+        finally:  # (even if a Ctrl-C lands in between: the entry must go)
+            if entry is not None:
+                _timer.timer.cancel(entry)
+        if entry is None and self._state is None:
             _end(self, _CANCELED)
 
     def _expire(self) -> None:
@@ -870,16 +908,9 @@ class _DeadlineContext(_CancelContext):
 
 @final
 class _MergeContext(_CancelContext):
-    __slots__ = ("_deadline",)
-    _has_deadline = True
+    __slots__ = ()
     _parent: tuple[Context, ...]
     _deadline: float | None
-
-    def deadline(self) -> float | None:
-        return self._deadline
-
-    def _chain(self) -> str:
-        return "merge(" + ", ".join(_chain_of(p) for p in self._parent) + ")"
 
 
 @final
@@ -903,12 +934,68 @@ _OURS: Final = frozenset(
     {_Root, _WithoutCancel, _ValueContext, _CancelContext, _CancelCauseContext,
      _DeadlineContext, _MergeContext}
 )  # fmt: skip
+_LINKED: Final = frozenset(_OURS - {_Root, _MergeContext} | {_ForeignValueContext})
+
+
+def describe_key(key: object) -> str:
+    """A key as ``repr`` shows it: its repr (or a placeholder if that raises), never long."""
+    try:
+        text = repr(key)
+    except Exception:
+        return f"<{type(key).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _chain_of(ctx: Context) -> str:
-    if type(ctx) in _OURS:
-        return ctx._chain()  # type: ignore[attr-defined, no-any-return]
-    return f"{type(ctx).__name__}"
+    """How *ctx* was derived, root first (``background.with_cancel.with_value(key=k)``).
+
+    A loop with an explicit stack, not recursion: chains may be any depth.
+    """
+    out: list[str] = []
+    stack: list[object] = [ctx]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is str:
+            out.append(item)  # type: ignore[arg-type]
+        elif t in _LINKED:
+            stack.append("." + item._label())  # type: ignore[attr-defined]
+            stack.append(item._parent)  # type: ignore[attr-defined]
+        elif t is _Root:
+            out.append(item._name)  # type: ignore[attr-defined]
+        elif t is _MergeContext:
+            stack.append(")")
+            for i, p in enumerate(reversed(item._parent)):  # type: ignore[attr-defined]
+                if i:
+                    stack.append(", ")
+                stack.append(p)
+            stack.append("merge(")
+        else:
+            out.append(t.__name__)
+    return "".join(out)
+
+
+def _value_after(vals: dict[object, object], key: Hashable) -> object:
+    """Continue a value lookup that missed in *vals*: through ``_NEXT`` links, in a loop."""
+    n = vals.get(_NEXT)
+    while n is not None:
+        t = type(n)
+        if t is _ForeignValueContext:
+            v = n._vals.get(key, _MISSING)  # type: ignore[attr-defined]
+            if v is not _MISSING:
+                return v
+            n = n._parent  # type: ignore[attr-defined]
+        elif t in _OURS:
+            if key is _CANCEL_KEY:  # answered by n itself, at once
+                return n.value(key)  # type: ignore[attr-defined]
+            vals = n._vals  # type: ignore[attr-defined]
+            v = vals.get(key, _MISSING)
+            if v is not _MISSING:
+                return v
+            n = vals.get(_NEXT)
+        else:  # a user-written context, or a merge's parents
+            return n.value(key)  # type: ignore[attr-defined]
+    return None
 
 
 def _error(s: _State) -> ContextError:
@@ -939,13 +1026,17 @@ def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
     ctx._done = None
     t = type(parent)
     if t in _OURS:
-        ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        # (t is one of ours: its _node and _up are class attributes or slots of ours)
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        ctx._up = up
+        ctx._deadline = None if up is None else up._deadline
         ctx._vals = parent._vals  # type: ignore[attr-defined]
     else:
         _check_foreign(parent, fname)
         ctx._up = None
+        ctx._deadline = parent  # asked when asked: deadline() of a node under a foreign parent
         ctx._vals = {_NEXT: parent}
-        _link(ctx, (parent,))
+        _link(ctx, (parent,), fname)
 
 
 def _with_deadline(
@@ -958,20 +1049,17 @@ def _with_deadline(
     t = type(parent)
     ours = t in _OURS
     if ours:
+        # parent.deadline(), quicker: every node carries its deadline (O(1) at any depth).
         up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
-        # parent.deadline(), quicker: the nearest deadline up the chain (a chain of plain
-        # cancel nodes of ours ends at a root, at without_cancel, or at a foreign parent).
-        n = up
-        while n is not None and not n._has_deadline and type(n._parent) in _OURS:
-            n = n._up
-        cur = None if n is None else n.deadline()
+        cur = None if up is None else up._deadline
+        if cur is not None and type(cur) is not float:  # under a parent that is not ours
+            cur = _deadline_of(cur, how)
     else:
         _check_foreign(parent, how)
-        cur = parent.deadline()
+        cur = _deadline_of(parent, how)
     if cur is not None and cur <= deadline:  # the parent ends first anyway (Go does the same)
         return with_cancel(parent)
     ctx = _object_new(_DeadlineContext)
-    ctx._deadline = deadline
     ctx._cause = cause
     ctx._entry = None
     if ours:  # the hot path, inlined
@@ -980,35 +1068,65 @@ def _with_deadline(
         ctx._vals = parent._vals  # type: ignore[attr-defined]
         ctx._state = None
         ctx._done = None
-        if up is not None and (
-            up._state is not None or (up._up is not None and _state_of(up._up) is not None)
-        ):
+        ctx._deadline = deadline
+        # Born ended if the nearest node is. (An unwatched node further up may have ended
+        # too: looking would cost a walk to the root per call, so the child then holds a timer
+        # entry like any live child until it is cancelled or expires, adopting that end.)
+        if up is not None and up._state is not None:
             return _new_tuple(CancelPair, (ctx, ctx._cancel))  # born ended: no timer needed
     else:
         _init_node(ctx, parent, how)
+        ctx._deadline = deadline
         if ctx._state is not None:
             return _new_tuple(CancelPair, (ctx, ctx._cancel))
     if expired or (expired is None and deadline <= _timer.now()):
         _end(ctx, (DeadlineExceeded, cause))
     elif deadline != _INF:  # an infinite deadline never fires: no timer
-        entry = ctx._entry = [deadline, 0, ctx]
-        _timer.schedule(entry)
+        ctx._entry = _timer.timer.schedule(deadline, ctx)
     return _new_tuple(CancelPair, (ctx, ctx._cancel))
 
 
-def _link(ctx: _CancelContext, parents: tuple[Context, ...]) -> None:
-    """Register *ctx* on each parent's done signal (strongly), ending it with the first."""
-    handles = []
-    for p in parents:
-        handles.append(p.done().add_callback(functools.partial(_parent_done, ctx, p)))
-        if ctx._state is not None:
-            break
-    with _lock:
-        if ctx._state is None:
-            _ext_locked(ctx)._links = tuple(handles)
-            return
-    for h in handles:  # it ended while being linked: release what it registered
-        h.cancel()
+def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None:
+    """Register *ctx* on each parent's done signal (strongly), ending it with the first.
+
+    If a parent fails (its ``done()`` raises, or is not a ``Done``), what was registered on the
+    others is released before the error goes out: a failed call leaves nothing behind.
+    """
+    handles: list[CallbackHandle] = []
+    try:
+        for p in parents:
+            handles.append(_add_callback(p, functools.partial(_parent_done, ctx, p), fname))
+            if ctx._state is not None:
+                break
+        with _lock:
+            if ctx._state is None:
+                _ext_locked(ctx)._links = tuple(handles)
+                handles = []
+    finally:
+        # It ended while being linked, or linking failed: release what it registered.
+        _raise_first(_call_all([h.cancel for h in handles], "releasing a registration"))
+
+
+def _add_callback(
+    ctx: Context, fn: Callable[[], object], fname: str, name: str = "parent"
+) -> CallbackHandle:
+    """``ctx.done().add_callback(fn)``, checking what a context that is not ours gives back."""
+    if type(ctx) in _OURS:
+        return ctx.done().add_callback(fn)
+    done = ctx.done()
+    add = getattr(done, "add_callback", None)
+    if not callable(add):
+        raise TypeError(
+            f"{fname}() needs a Context as {name}: {type(ctx).__name__}.done() returned "
+            f"{describe(done)}, not a Done"
+        )
+    handle = add(fn)
+    if not callable(getattr(handle, "cancel", None)):
+        raise TypeError(
+            f"{fname}() needs a Context as {name}: {type(ctx).__name__}.done().add_callback() "
+            f"returned {describe(handle)}, not a handle with cancel()"
+        )
+    return handle  # type: ignore[no-any-return]
 
 
 def _parent_done(ctx: _CancelContext, parent: Context) -> None:
@@ -1025,11 +1143,23 @@ def _parent_done(ctx: _CancelContext, parent: Context) -> None:
 
 
 def _end(node: _CancelContext, state: _State) -> None:
-    """End *node* with *state* unless it (or an ancestor) already ended: the first wins."""
-    entry = fire = release = None
-    _lock.acquire()
+    """End *node* with *state* unless it (or an ancestor) already ended: the first wins.
+
+    In order: the end is committed and handed down to the watched descendants under
+    ``_lock``, and the threads blocked in ``wait()`` are woken there too (in a C loop: no
+    signal handler runs between two of them); then the timer entries and links are released
+    and the callbacks run, every one of them whatever any raises.
+
+    A KeyboardInterrupt (a Ctrl-C landing anywhere in here) or a SystemExit from a callback
+    does not cut the end short: once the end is committed, the work resumes where it was (its
+    work list lives in ``_Ending``, and each step may be done twice), every waiter is woken and
+    every callback runs; the first interrupt goes out of here after that.
+    """
+    ending = interrupt = None
     try:
-        if node._state is None:
+        with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
+            if node._state is not None:
+                return
             up = node._up
             while up is not None:
                 s = up._state
@@ -1037,57 +1167,154 @@ def _end(node: _CancelContext, state: _State) -> None:
                     state = s
                     break
                 up = up._up
-            node._state = state
-            if node._has_entry:
-                entry = node._entry  # type: ignore[attr-defined]
-                node._entry = None  # type: ignore[attr-defined]
-            if node._done is not None:  # registrations to hand over and release
-                if up is None and node._up is not None:
-                    _unwatch_locked(node._up, node)
-                fire, release = _propagate_locked(node, state)
-    finally:
-        _lock.release()
-    if entry is not None:
-        _timer.cancel_entry(entry)
-    if release:
-        _release(release)
-    if fire:
-        _run_callbacks(fire)
+            ending = _Ending(node, state, up is None and node._up is not None)
+            node._state = state  # committed: from here on, the end completes
+            _settle_locked(ending, False)
+    except BaseException as e:
+        if ending is None or node._state is None:
+            raise  # interrupted before the end was committed: nothing happened
+        interrupt = e
+    if ending is not None:
+        while True:  # (no signal check between here and the try: the loop is the guard)
+            try:
+                later = _finish(ending)
+                if later is None and interrupt is None:
+                    return
+                break
+            except BaseException as e:
+                if interrupt is None:
+                    interrupt = e
+                if isinstance(e, Exception):  # pragma: no cover - a bug: do not retry it
+                    break
+        _raise_first(interrupt if interrupt is not None else later)
 
 
-def _propagate_locked(
-    node: _CancelContext, state: _State
-) -> tuple[list[Callable[[], object]], list[Any]]:
-    """Hand the end of *node* (already set) to every watched descendant; return the callbacks
-    to run and the timer entries and links to release."""
-    fire: list[Callable[[], object]] = []
-    release: list[Any] = []
-    stack = [node]
+@final
+class _Ending:
+    """The work of ending a node, kept outside the frames doing it, so it can be resumed.
+
+    ``stack``: nodes whose registrations are still to be handed down (a node leaves it, for
+    its watched children, in one slice assignment). ``callbacks`` and ``waiters``: what was
+    taken from them, by handle, so that taking twice runs nothing twice. ``calls``: what is
+    left to call once the hand-down is settled.
+    """
+
+    __slots__ = (
+        "callbacks",
+        "calls",
+        "entries",
+        "links",
+        "node",
+        "settled",
+        "stack",
+        "state",
+        "unwatch",
+        "waiters",
+    )
+
+    def __init__(self, node: _CancelContext, state: _State, unwatch: bool) -> None:
+        self.node = node
+        self.state = state
+        self.unwatch = unwatch  # the node is still registered with a live _up: undo that
+        self.stack: list[_CancelContext] = [node]
+        self.callbacks: dict[object, Callable[[], object]] = {}
+        self.waiters: dict[object, Any] = {}
+        self.entries: list[_timer.TimerEntry] = []
+        self.links: list[list[CallbackHandle]] = []
+        self.settled = False  # stack emptied and waiters woken
+        self.calls: Iterator[Callable[[], object]] | None = None
+
+
+def _settle_locked(ending: _Ending, again: bool) -> None:
+    """Hand the end down (resuming where a previous call stopped), then wake the waiters.
+
+    *again*: a previous call was cut short, so a waiter may have been woken already.
+    """
+    if ending.unwatch:
+        up = ending.node._up
+        if up is not None:
+            _unwatch_locked(up, ending.node)
+        ending.unwatch = False
+    state = ending.state
+    stack = ending.stack
+    callbacks = ending.callbacks
+    waiters = ending.waiters
     while stack:
-        n = stack.pop()
+        n = stack[-1]
         if n._has_entry:
             entry = n._entry  # type: ignore[attr-defined]
             if entry is not None:
-                release.append(entry)
+                ending.entries.append(entry)  # (cancelling an entry twice is harmless)
                 n._entry = None  # type: ignore[attr-defined]
         d = n._done
         if d is None:
+            stack.pop()
             continue
         if d._links is not None:
-            release.append(d._links)
+            ending.links.append(list(d._links))  # (a handle cancelled twice returns False)
             d._links = None
         w = d._watchers
         if not w:
+            stack.pop()
             continue
-        d._watchers = None
+        children: list[_CancelContext] = []
         for k, v in w.items():
             if v is _CHILD:
                 if k._state is None:  # type: ignore[attr-defined]
                     k._state = state  # type: ignore[attr-defined]
-                    stack.append(k)  # type: ignore[arg-type]
+                children.append(k)  # type: ignore[arg-type]
+            elif type(v) is _LockType:
+                waiters[k] = v
             else:
-                fire.append(v)  # type: ignore[arg-type]
-    return fire, release
+                callbacks[k] = v  # type: ignore[assignment]
+        stack[-1:] = children  # one step: n out, its children in
+        d._watchers = None
+    if not waiters:
+        pass
+    elif again:
+        for lock in waiters.values():
+            with contextlib.suppress(RuntimeError):  # woken already: its lock, used once
+                lock.release()
+    else:
+        _wake_all(map(_release_lock, waiters.values()))
+    ending.settled = True
+
+
+def _finish(ending: _Ending) -> BaseException | None:
+    """Settle the end if that was cut short; release what the ended nodes held and run the
+    callbacks, resuming where a previous call stopped; return the first interrupt raised."""
+    if not ending.settled:
+        with _lock:
+            _settle_locked(ending, True)
+    # Our own releases, one at a time and each dropped only once done (doing one twice is
+    # harmless), so an interrupt in the middle of one leaves it to the next call.
+    entries = ending.entries
+    cancel_entry = _timer.timer.cancel
+    while entries:
+        cancel_entry(entries[-1])
+        entries.pop()
+    links = ending.links
+    while links:
+        handles = links[-1]
+        while handles:
+            try:
+                handles[-1].cancel()
+            except Exception:  # a parent that is not ours, failing to unregister
+                _log.exception("gocontext: releasing a registration raised")
+            handles.pop()
+        links.pop()
+    calls = ending.calls
+    if calls is None:
+        if not ending.callbacks:
+            return None
+        calls = ending.calls = iter(list(ending.callbacks.values()))
+    return _call_all(calls, "a done callback")
+
+
+_LockType: Final = type(threading.Lock())
+_release_lock: Final = _LockType.release
+_WAKE_SINK: Final[collections.deque[object]] = collections.deque(maxlen=0)
+_wake_all: Final = _WAKE_SINK.extend  # consumes an iterator in C: no signal check between items
 
 
 def _ext_locked(node: _CancelContext) -> _NodeDone:
@@ -1115,8 +1342,8 @@ def _watch_locked(node: _CancelContext, key: object, value: object) -> _State | 
     while n is not None:
         s = n._state
         if s is not None:
-            for p in path:  # the chain ended above: every node on it is done with that end
-                p._state = s
+            # The chain ended above. The nodes on the path are not marked: each learns that
+            # end when asked, and a deadline node still gives up its timer entry when cancelled.
             return s
         nd = n._done
         if nd is not None and nd._watchers:
@@ -1151,22 +1378,41 @@ def _unwatch_locked(node: _CancelContext, key: object) -> bool:
     return True
 
 
-def _release(items: Iterable[Any]) -> None:
-    """Release what ended nodes held: timer entries (lists) and handle tuples."""
-    for item in items:
-        if type(item) is list:
-            _timer.cancel_entry(item)
-        else:
-            for h in item:
-                h.cancel()
+def _call_all(fns: Iterable[Callable[[], object]], what: str) -> BaseException | None:
+    """Call every fn whatever any of them raises; return the first BaseException to re-raise.
+
+    An Exception is logged. A KeyboardInterrupt or SystemExit (from a fn, or from a signal
+    handler running between two of them) does not stop the rest: the first is returned, for
+    the caller to raise once its work is complete; any later one is logged.
+    """
+    interrupt: BaseException | None = None
+    it = iter(fns)
+    while True:
+        try:
+            for fn in it:
+                try:
+                    fn()
+                except Exception:
+                    _log.exception("gocontext: %s raised", what)
+        except BaseException as e:
+            if interrupt is None:
+                interrupt = e
+            else:
+                _log.error("gocontext: %s raised", what, exc_info=e)
+            continue  # with the next fn: the iterator remembers where it was
+        return interrupt
+
+
+def _raise_first(interrupt: BaseException | None) -> None:
+    if interrupt is not None:
+        try:
+            raise interrupt
+        finally:
+            interrupt = None  # no reference cycle through this frame
 
 
 def _run_callbacks(fns: Iterable[Callable[[], object]]) -> None:
-    for fn in fns:
-        try:
-            fn()
-        except Exception:
-            _log.exception("gocontext: a done callback raised")
+    _raise_first(_call_all(fns, "a done callback"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1220,7 +1466,7 @@ class _NodeDone(Done):
 
     def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
         if not callable(fn):
-            raise TypeError(f"add_callback() needs a callable, got {fn!r}")
+            raise TypeError(f"add_callback() needs a callable, got {describe(fn)}")
         node = self._node
         handle = _Handle(node)
         with _lock:
@@ -1230,8 +1476,19 @@ class _NodeDone(Done):
         _run_callbacks((fn,))
         return _SPENT
 
+    def _add_waiter(self, lock: Any) -> CallbackHandle:
+        # Registered as the lock itself: _end releases it under _lock, before any callback.
+        node = self._node
+        handle = _Handle(node)
+        with _lock:
+            s = _watch_locked(node, handle, lock)
+        if s is None:
+            return handle
+        lock.release()
+        return _SPENT
+
     def __repr__(self) -> str:
-        return f"<gocontext.Done of {self._node._chain()} is_set={self.is_set()}>"
+        return f"<gocontext.Done of {_chain_of(self._node)} is_set={self.is_set()}>"
 
 
 def watcher_count(ctx: Context) -> int:
@@ -1244,8 +1501,14 @@ def watcher_count(ctx: Context) -> int:
 
 
 def _after_fork_in_child() -> None:
+    # The one at-fork hook of the core, so the order is fixed: first the tree lock (a parent
+    # thread may have held it at fork time), then the timer, whose new thread may end nodes
+    # (and so take the tree lock) at once, then the after_func pool, whose queued functions
+    # may do the same.
     global _lock
     _lock = threading.Lock()
+    _timer.after_fork_in_child()
+    _worker.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
@@ -1255,6 +1518,14 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
 def cancel_with_cause(
     ctx: Context, cause: BaseException | None, kind: type[ContextError] = Canceled
 ) -> None:
-    """End *ctx*, a node of ours, with *kind* and *cause* (for the integrations here)."""
+    """End *ctx*, a node of ours, with *kind* and *cause* (for the integrations here).
+
+    Example:
+        >>> import gocontext
+        >>> ctx, _ = gocontext.with_cancel(gocontext.background())
+        >>> cancel_with_cause(ctx, KeyError("k"))
+        >>> gocontext.cause(ctx)
+        KeyError('k')
+    """
     if isinstance(ctx, _CancelContext) and ctx._state is None:
         _end(ctx, _CANCELED if cause is None and kind is Canceled else (kind, cause))

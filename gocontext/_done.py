@@ -9,10 +9,11 @@ contexts may return any ``Done`` they like, including one of ours.
 from __future__ import annotations
 
 import abc
-import math
 import threading
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
+
+from ._errors import check_real
 
 __all__ = ["CallbackHandle", "Done"]
 
@@ -99,7 +100,7 @@ class Done(abc.ABC):
                 return self.is_set()
         lock = _allocate_lock()
         lock.acquire()
-        handle = self.add_callback(lock.release)  # the only release: acquired means done
+        handle = self._add_waiter(lock)  # the only release: acquired means done
         try:
             if timeout is None:
                 woke = lock.acquire()
@@ -113,6 +114,14 @@ class Done(abc.ABC):
         handle.cancel()
         return self.is_set()
 
+    def _add_waiter(self, lock: Any) -> CallbackHandle:
+        """Register *lock* (held) to be released once done: how ``wait()`` blocks a thread.
+
+        Signals of ours override this to wake waiting threads before any callback runs, so
+        a callback that raises (or an interrupt among the callbacks) cannot strand a waiter.
+        """
+        return self.add_callback(lock.release)
+
     def __await__(self) -> Generator[Any, None, None]:
         """Suspend the current asyncio or trio task until done.
 
@@ -125,8 +134,4 @@ class Done(abc.ABC):
 
 
 def _check_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"wait() needs a number of seconds or None, got {timeout!r}")
-    if math.isnan(timeout):
-        raise ValueError("wait() got a NaN timeout")
-    return float(timeout)
+    return check_real(timeout, "wait", "timeout", "a number of seconds or None")

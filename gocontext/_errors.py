@@ -1,8 +1,9 @@
-"""The errors a context reports: ContextError, Canceled and DeadlineExceeded."""
+"""The errors a context reports (ContextError, Canceled, DeadlineExceeded), and the checks that
+turn bad arguments into a TypeError or ValueError naming the call and what came in."""
 
 from __future__ import annotations
 
-__all__ = ["Canceled", "Cancelled", "ContextError", "DeadlineExceeded"]
+__all__ = ["Canceled", "Cancelled", "ContextError", "DeadlineExceeded", "check_real", "describe"]
 
 
 class ContextError(Exception):
@@ -61,3 +62,48 @@ class DeadlineExceeded(ContextError, TimeoutError):
 
 
 Cancelled = Canceled
+
+
+def describe(x: object) -> str:
+    """A short, safe ``repr`` of a bad argument for an error message (never raises).
+
+    Example:
+        >>> describe("ctx"), describe(10**400)
+        ("str: 'ctx'", 'int of 1329 bits')
+    """
+    if type(x) is int and x.bit_length() > 64:
+        return f"int of {x.bit_length()} bits"
+    try:
+        text = repr(x)
+    except Exception:
+        return f"{type(x).__name__} object with a broken repr"
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return text if x is None else f"{type(x).__name__}: {text}"
+
+
+def check_real(x: object, fname: str, what: str, expected: str) -> float:
+    """Return *x* as a float if it is a real number (not a bool, not NaN), else raise.
+
+    ``TypeError`` for what is not a number, ``ValueError`` for NaN and for ints too large for
+    a float; both name the call (*fname*) and the argument (*what*). Infinities pass.
+
+    Example:
+        >>> check_real(2, "with_timeout", "timeout", "seconds")
+        2.0
+        >>> check_real(float("nan"), "with_timeout", "timeout", "seconds")
+        Traceback (most recent call last):
+          ...
+        ValueError: with_timeout() got a NaN timeout
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"{fname}() needs {expected} as {what}, got {describe(x)}")
+    try:
+        f = float(x)
+    except OverflowError:
+        raise ValueError(f"{fname}() got a {what} too large for a float: {describe(x)}") from None
+    except Exception as e:  # a number subclass whose __float__ is broken
+        raise TypeError(f"{fname}() needs {expected} as {what}, got {describe(x)}") from e
+    if f != f:
+        raise ValueError(f"{fname}() got a NaN {what}")
+    return f

@@ -2,18 +2,19 @@
 
 Threads start on demand, at most ``MAX_THREADS`` at once, and exit after ``IDLE_EXIT`` seconds
 without work, so an idle process holds none. Nothing waits in a thread per registration: a
-function reaches the pool only once its context is done.
+function reaches the pool only once its context is done. Whatever a function raises (SystemExit
+and KeyboardInterrupt included) is logged, and the thread goes on serving: the pool's books are
+kept in ``finally`` clauses, so no exception can leave them counting a thread that is gone.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
 
-__all__ = ["submit"]
+__all__ = ["after_fork_in_child", "submit", "threads"]
 
 _log = logging.getLogger("gocontext")
 
@@ -30,7 +31,15 @@ _idle = 0
 
 
 def submit(fn: Callable[[], object]) -> None:
-    """Run ``fn()`` soon in a pool thread; an exception from it is logged, never raised."""
+    """Run ``fn()`` soon in a pool thread; whatever it raises is logged, never raised.
+
+    Example:
+        >>> import threading
+        >>> ran = threading.Event()
+        >>> submit(ran.set)
+        >>> ran.wait(5)
+        True
+    """
     global _threads
     with _lock:
         _queue.put(fn)
@@ -38,7 +47,12 @@ def submit(fn: Callable[[], object]) -> None:
         if start:
             _threads += 1
     if start:
-        threading.Thread(target=_work, name="gocontext-after-func", daemon=True).start()
+        try:
+            threading.Thread(target=_work, name="gocontext-after-func", daemon=True).start()
+        except BaseException:  # no thread after all (RuntimeError at shutdown, an interrupt)
+            with _lock:
+                _threads -= 1
+            raise
 
 
 def threads() -> int:
@@ -47,30 +61,47 @@ def threads() -> int:
 
 
 def _work() -> None:
-    global _threads, _idle
-    while True:
-        with _lock:
-            _idle += 1
-        try:
-            fn = _queue.get(timeout=IDLE_EXIT)
-        except queue.Empty:
+    global _threads
+    counted = True
+    try:
+        while _serve_one():
+            pass
+        counted = False  # _serve_one counted us out, under the lock that submit() decides in
+    finally:
+        if counted:  # pragma: no cover - only a bug in the loop itself gets here
             with _lock:
-                _idle -= 1
-                if _queue.empty():
-                    _threads -= 1
-                    return
-            continue
+                _threads -= 1
+
+
+def _serve_one() -> bool:
+    """Run one queued function; False once the thread has left the books (idle, queue empty)."""
+    global _idle, _threads
+    with _lock:
+        _idle += 1
+    try:
+        fn = _queue.get(timeout=IDLE_EXIT)
+    except queue.Empty:
         with _lock:
             _idle -= 1
-        try:
-            fn()
-        except Exception:
-            _log.exception("gocontext: after_func function raised")
-        del fn
+            if _queue.empty():
+                _threads -= 1
+                return False
+            return True
+    with _lock:
+        _idle -= 1
+    try:
+        fn()
+    except BaseException:  # SystemExit and the like too: the pool thread must survive it
+        _log.exception("gocontext: after_func function raised")
+    return True
 
 
-def _after_fork_in_child() -> None:
-    # Pool threads do not survive a fork: forget them and start afresh for queued work.
+def after_fork_in_child() -> None:
+    """Forget the parent's pool threads in a forked child; start afresh for queued work.
+
+    Called by the tree's at-fork hook, after the tree lock is renewed (queued functions may
+    use the tree as soon as they run).
+    """
     global _lock, _threads, _idle, _queue
     _lock = threading.Lock()
     pending: list[Callable[[], object]] = []
@@ -84,7 +115,3 @@ def _after_fork_in_child() -> None:
     _idle = 0
     for fn in pending:
         submit(fn)
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,7 +30,7 @@ class FakeClock:
 
     def advance(self, seconds: float) -> int:
         self.t += seconds
-        return _timer.fire_due()
+        return _timer.timer.fire_due()
 
 
 @pytest.fixture

@@ -117,27 +117,27 @@ def test_deadline_cause_is_recorded_only_when_the_deadline_ends_it(fake_clock: F
 
 
 def test_cancel_removes_the_timer_entry() -> None:
-    before = _timer.pending()
+    before = _timer.timer.pending()
     pairs = [gocontext.with_timeout(gocontext.background(), 3600) for _ in range(100)]
-    assert _timer.pending() == before + 100
+    assert _timer.timer.pending() == before + 100
     for _, cancel in pairs:
         cancel()
-    assert _timer.pending() == before
+    assert _timer.timer.pending() == before
 
 
 def test_parent_cancel_releases_watched_descendant_timers() -> None:
     parent, cancel = gocontext.with_cancel(gocontext.background())
-    before = _timer.pending()
+    before = _timer.timer.pending()
     child, _ = gocontext.with_timeout(parent, 3600)
     child.done().add_callback(lambda: None)
-    assert _timer.pending() == before + 1
+    assert _timer.timer.pending() == before + 1
     cancel()
-    assert _timer.pending() == before
+    assert _timer.timer.pending() == before
 
 
 def test_real_timer_fires_and_many_timers_share_one_thread() -> None:
     """Thousands of live deadlines add at most one thread (the shared timer)."""
-    threads_before = threading.active_count() - _timer.threads()
+    threads_before = threading.active_count() - _timer.timer.threads()
     pairs = [gocontext.with_timeout(gocontext.background(), 3600 + i) for i in range(10_000)]
     soon, _ = gocontext.with_timeout(gocontext.background(), 0.01)
     assert soon.done().wait(NEVER)
@@ -199,3 +199,16 @@ def test_a_forked_child_process_times_out_contexts() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     cancel_long()
     assert isinstance(long_lived.err(), gocontext.Canceled)
+
+
+def test_watching_a_timer_child_of_an_ended_parent_then_cancelling_it_releases_the_entry() -> None:
+    before = _timer.timer.pending()
+    parent, cancel = gocontext.with_cancel(gocontext.background())
+    child, cancel_child = gocontext.with_timeout(parent, 3600)
+    assert _timer.timer.pending() == before + 1
+    cancel()  # nothing watches child yet: it learns of this when asked
+    ran: list[int] = []
+    child.done().add_callback(lambda: ran.append(1))
+    assert ran == [1]
+    cancel_child()
+    assert _timer.timer.pending() == before

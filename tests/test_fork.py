@@ -1,0 +1,142 @@
+"""Forks taken while other threads use the tree: every child can create and fire timers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+import pytest
+
+import gocontext
+from gocontext import _timer, _worker
+
+from .conftest import NEVER
+
+FORKS = 10
+
+
+def fork_child(body: Callable[[], int]) -> int:
+    """Fork; the child exits with what ``body()`` returns (1 if it raises). Returns its pid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the point
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def exit_code(pid: int) -> int:
+    """Wait for the child with a bound: a hung child is killed and reported as -1."""
+    deadline = time.monotonic() + NEVER
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return -1
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll *condition*; the bound only turns a hang into a failure."""
+    deadline = time.monotonic() + NEVER
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+def child_uses_timers() -> int:
+    """In a forked child: 0 if a timer fires, a cancel crosses threads and an after_func runs;
+    else which of them did not (2, 3, 4)."""
+    ctx, _ = gocontext.with_timeout(gocontext.background(), 0.01)
+    parent, cancel = gocontext.with_cancel(gocontext.background())
+    child, _ = gocontext.with_cancel(parent)
+    ran = threading.Event()
+    gocontext.after_func(child, ran.set)
+    threading.Thread(target=cancel).start()
+    if not (ctx.done().wait(NEVER) and isinstance(ctx.err(), gocontext.DeadlineExceeded)):
+        return 2
+    if not child.done().wait(NEVER):
+        return 3
+    return 0 if ran.wait(NEVER) else 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forks_under_load_give_children_working_timers() -> None:
+    stop = threading.Event()
+    root, cancel_root = gocontext.with_cancel(gocontext.background())
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            ctx, cancel = gocontext.with_timeout(root, 0.001)
+            ctx.done().add_callback(lambda: None)
+            child, cancel_child = gocontext.with_cancel(ctx)
+            child.done().add_callback(lambda: None)
+            cancel_child()
+            if i % 2:  # leave half to the timer: the heap always holds entries due soon
+                cancel()
+
+    workers = [threading.Thread(target=churn) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        codes = [exit_code(fork_child(child_uses_timers)) for _ in range(FORKS)]
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(NEVER)
+        cancel_root()
+    assert codes == [0] * FORKS
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_a_thread_holds_the_tree_lock_with_deadlines_due() -> None:
+    """The worst moment: the tree lock held by a thread that does not exist in the child, and
+    a deadline due at once, so the child's timer needs the tree lock first thing."""
+    from gocontext import _context
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _context._lock:
+            held.set()
+            release.wait(NEVER)
+
+    # Work queued in the after_func pool at fork time: the child starts a pool thread for it
+    # while the at-fork hooks run, which hands the interpreter to the child's timer thread.
+    busy, busy_cancel = gocontext.with_cancel(gocontext.background())
+    gate = threading.Event()
+    for _ in range(_worker.MAX_THREADS + 4):
+        gocontext.after_func(busy, lambda: gate.wait(NEVER))
+    busy_cancel()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(NEVER)
+        # The parent's timer takes the first due entry and blocks on the held lock; the second
+        # stays in the timer, due, when the fork happens.
+        before = _timer.timer.pending()
+        first, _ = gocontext.with_timeout(gocontext.background(), 0.001)
+        wait_until(lambda: _timer.timer.pending() == before)  # taken by the timer, which is stuck
+        second, _ = gocontext.with_timeout(gocontext.background(), 0.001)
+        due = second.deadline()
+        assert due is not None
+        while time.monotonic() <= due:  # a condition on the clock, not a hope: no sleep
+            time.sleep(0.001)
+        codes = [exit_code(fork_child(child_uses_timers)) for _ in range(5)]
+    finally:
+        release.set()
+        gate.set()
+        holder.join(NEVER)
+    assert first.done().wait(NEVER) and second.done().wait(NEVER)
+    assert codes == [0] * 5

@@ -1,0 +1,66 @@
+"""The shared timer as an object: it shrinks when entries are cancelled, and its thread leaves
+when it holds no live entry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gocontext
+from gocontext import _timer
+
+from .conftest import NEVER
+
+
+class Target:
+    def __init__(self) -> None:
+        self.fired = threading.Event()
+
+    def _expire(self) -> None:
+        self.fired.set()
+
+
+def wait_for(condition: object) -> None:
+    deadline = time.monotonic() + NEVER
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.005)
+
+
+def test_cancelled_entries_do_not_stay_in_the_heap() -> None:
+    timer = _timer.Timer()
+    start = time.monotonic()
+    entries = [timer.schedule(start + 3600 + i, Target()) for i in range(100_000)]
+    keep = entries[::1000]
+    for e in entries:
+        if e not in keep:  # identity: entries are lists, but never compared by value here
+            timer.cancel(e)
+    assert timer.pending() == len(keep)
+    assert timer.size() <= 2 * len(keep) + 64, timer.size()
+    for e in keep:
+        timer.cancel(e)
+    assert timer.pending() == 0
+    assert timer.size() <= 64
+    timer.close()
+
+
+def test_the_thread_leaves_when_no_live_entry_is_left() -> None:
+    timer = _timer.Timer(idle_exit=0.05)
+    deadline = time.monotonic() + 3600
+    entry = timer.schedule(deadline, Target())
+    assert timer.threads() == 1
+    wait_for(lambda: timer._wake_at == deadline)  # the thread sleeps until that deadline
+    timer.cancel(entry)
+    wait_for(lambda: timer.threads() == 0)
+    soon = Target()
+    timer.schedule(time.monotonic() + 0.01, soon)  # and comes back for the next deadline
+    assert soon.fired.wait(NEVER)
+    wait_for(lambda: timer.threads() == 0)
+
+
+def test_a_cancelled_long_timeout_lets_the_shared_thread_go(fake_clock: object) -> None:
+    before = _timer.timer.pending()
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+    assert _timer.timer.pending() == before + 1
+    cancel()
+    assert _timer.timer.pending() == before
