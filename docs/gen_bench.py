@@ -145,7 +145,7 @@ def plot_svg(results: Results) -> bytes:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("peer / gocontext (log scale): right of 1, gocontext is faster or smaller")
     if peers:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})  # reproducible output
