@@ -1,6 +1,7 @@
 """Deadlines, values and cancellation across HTTP hops: httpx transports and ASGI middleware.
 
-Needs the ``http`` extra: ``pip install 'gocontext[http]'``.
+The transports need httpx (``pip install 'gocontext[http-client]'``); the middleware is plain
+ASGI and needs nothing more (``gocontext[http]`` installs both sides).
 
 Example:
     >>> import httpx, gocontext.http
@@ -8,17 +9,31 @@ Example:
     >>> client.close()
 """
 
-try:
-    import httpx as _httpx  # noqa: F401
-    import starlette as _starlette  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised without the extra
-    raise ImportError(
-        f"gocontext.http needs the http extra ({e.name} is missing): pip install 'gocontext[http]'"
-    ) from e
+from typing import TYPE_CHECKING
 
 from ._middleware import ClientDisconnected as ClientDisconnected
 from ._middleware import ContextMiddleware as ContextMiddleware
-from ._transport import AsyncTransport as AsyncTransport
-from ._transport import Transport as Transport
+
+if TYPE_CHECKING:
+    from ._transport import AsyncTransport as AsyncTransport
+    from ._transport import Transport as Transport
 
 __all__ = ["AsyncTransport", "ClientDisconnected", "ContextMiddleware", "Transport"]
+
+
+def __getattr__(name: str) -> object:
+    # The transports load httpx on first use, so a server that only mounts the middleware
+    # needs no HTTP client installed.
+    if name not in ("AsyncTransport", "Transport"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import _transport
+    except ImportError as e:
+        if e.name not in ("httpx", "httpcore"):
+            raise
+        raise ImportError(
+            f"gocontext.http.{name} needs the http-client extra ({e.name} is missing): "
+            "pip install 'gocontext[http-client]'"
+        ) from e
+    globals().update(AsyncTransport=_transport.AsyncTransport, Transport=_transport.Transport)
+    return getattr(_transport, name)
