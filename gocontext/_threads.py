@@ -48,12 +48,21 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {fn!r}")
     child = with_cancel(ctx)[0]
+    # Who ends the call decides it through `claim`, a one-item list popped atomically: the
+    # worker pops it to run fn; a task that is cancelled or interrupted pops it first when fn
+    # has not started, and fn then never runs (anyio may skip the call or run it later). The
+    # task waits for `finished` only when the worker won.
+    claim = [None]
     # Done once fn has returned or raised; raised holds what it raised. Both are written in the
     # worker thread before `finished` is set, and read in the task only after.
     finished, mark_finished = with_cancel(_BACKGROUND)
     raised: list[BaseException] = []
 
     def run() -> T:
+        try:
+            claim.pop()
+        except IndexError:  # the task went on without this call: fn never runs
+            return None  # type: ignore[return-value]  # dropped: nobody awaits it any more
         try:
             return fn(child, *args)
         except BaseException as e:
@@ -62,17 +71,33 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         finally:
             mark_finished()
 
+    async def settle() -> None:
+        # Returns once fn will never run or has returned. Shielded: the task is being
+        # cancelled, and a thread is never abandoned.
+        try:
+            claim.pop()
+        except IndexError:
+            if finished.err() is not None:  # fn has ended already
+                return
+            with anyio.CancelScope(shield=True):
+                await wait_done(finished.done())
+
     try:
         # A copy made here, in the task: what fn sees does not depend on the backend's habits.
         call = contextvars.copy_context().run
         return await anyio.to_thread.run_sync(call, run, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class() as e:
-        # The task is being cancelled and the thread still runs: tell it, and wait for it.
+        # The task is being cancelled, perhaps before fn started: tell fn, and wait for it.
         cancel_with_cause(child, _framework_cause(e))
-        with anyio.CancelScope(shield=True):
-            await wait_done(finished.done())
+        await settle()
         if raised and not isinstance(raised[0], ContextError):
             raise raised[0]  # noqa: B904 - raised during the cancellation, chained to it
+        raise
+    except BaseException:
+        # fn's own exception (fn has ended), or an interrupt delivered to the task while fn
+        # runs (trio's KeyboardInterrupt): fn is told, and waited for all the same.
+        cancel_with_cause(child, None)
+        await settle()
         raise
     finally:
         cancel_with_cause(child, None)
