@@ -266,7 +266,9 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         if handle is not None:
             handle.cancel()  # from here on, ctx ending cannot reach this scope
         try:
-            swallowed = self._cs.__exit__(et, e, tb)
+            # True when the cancel scope swallowed e, our cancellation. trio's also answers True
+            # for a body that completed (nothing left to raise): that is no interruption.
+            swallowed = self._cs.__exit__(et, e, tb) and e is not None
         except BaseException as raised:  # what is left of a group once ours is taken out
             cancel_with_cause(child, _framework_cause(raised))
             err = self._ctx.err()
