@@ -244,16 +244,19 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.
-        if ctx.err() is None:
-            self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
-        else:  # interrupt the body at its first checkpoint, with no round trip through the loop
-            self._handle = None
-            cs.cancel()
         try:
+            if ctx.err() is None:
+                self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
+                if type(ctx) not in _OURS:  # a user-written Done: check its handle now
+                    _check_handle(ctx.done(), self._handle)
+            else:  # interrupt the body at its first checkpoint, with no round trip via the loop
+                self._handle = None
+                cs.cancel()
             cs.__enter__()
         except BaseException:
-            if self._handle is not None:
-                self._handle.cancel()
+            handle = getattr(self, "_handle", None)
+            if handle is not None:
+                _unwatch_quietly(handle)
             cancel_with_cause(child, None)
             raise
         self._token: Token[Context] = _current.set(child)
@@ -264,7 +267,15 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     ) -> bool:
         handle, child = self._handle, self._child
         if handle is not None:
-            handle.cancel()  # from here on, ctx ending cannot reach this scope
+            try:
+                handle.cancel()  # from here on, ctx ending cannot reach this scope
+            except Exception as exc:  # a user-written Done's handle: say whose, once the
+                broken = _broken_handle(self._ctx.done(), handle, exc)  # cancel scope is left
+                self._handle = None
+                try:
+                    await self.__aexit__(et, e, tb)
+                finally:
+                    raise broken from exc  # what leaving raised, if anything, is its __context__
         try:
             # True when the cancel scope swallowed e, our cancellation. trio's also answers True
             # for a body that completed (nothing left to raise): that is no interruption.
@@ -302,6 +313,24 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     def _fire(self) -> None:
         # Runs once, in the thread that ends ctx: hand the cancel to the scope's own loop.
         self._mailbox.put(self._cs.cancel)
+
+
+def _check_handle(done: Done, handle: object) -> None:
+    """Raise the TypeError for a *handle* from ``done.add_callback()`` that has no cancel()."""
+    try:
+        ok = callable(getattr(handle, "cancel", None))
+    except Exception:
+        ok = False
+    if not ok:  # the caller unregisters what it can
+        raise _broken_handle(done, handle, AttributeError("cancel"))
+
+
+def _unwatch_quietly(handle: object) -> None:
+    """Unregister through *handle* while another error is on its way out: it stays the one."""
+    try:
+        handle.cancel()  # type: ignore[attr-defined]  # any object: a user-written Done's
+    except Exception:
+        _log.debug("gocontext: a callback handle failed to cancel", exc_info=True)
 
 
 def _child_of(ctx: Context, outer: float, loop_time: Callable[[], float], library: str) -> Context:
@@ -440,9 +469,12 @@ async def _asyncio_wait(done: Done, timeout: float | None) -> None:
     try:
         await fut
     finally:
-        handle.cancel()
         if timer is not None:
             timer.cancel()
+        try:
+            handle.cancel()
+        except Exception as exc:  # a user-written Done's handle: say whose
+            raise _broken_handle(done, handle, exc) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,13 +511,34 @@ async def _trio_wait(trio: Any, done: Done) -> None:
     handle = done.add_callback(wake)
 
     def abort(_: object) -> Any:
+        # Runs inside trio's scheduler, where an exception ends the whole run: nothing of the
+        # user's runs here. A wake-up after this finds `waiting` False and does nothing.
         nonlocal waiting
         waiting = False
-        handle.cancel()
         return trio.lowlevel.Abort.SUCCEEDED
 
-    await trio.lowlevel.wait_task_rescheduled(abort)
-    handle.cancel()
+    try:
+        await trio.lowlevel.wait_task_rescheduled(abort)
+    finally:
+        try:
+            handle.cancel()
+        except Exception as exc:  # a user-written Done's handle: say whose
+            raise _broken_handle(done, handle, exc) from exc
+
+
+def _broken_handle(done: object, handle: object, exc: Exception) -> Exception:
+    """The error for *handle*, from ``done.add_callback()``, whose ``cancel()`` raised *exc*."""
+    where = f"{type(done).__qualname__}.add_callback()"
+    try:
+        cancel = getattr(handle, "cancel", None)
+    except Exception:
+        cancel = None
+    if not callable(cancel):
+        return TypeError(
+            f"gocontext: {where} must return a handle with a cancel() method, "
+            f"got a {type(handle).__qualname__}"
+        )
+    return RuntimeError(f"gocontext: cancel() of the handle {where} returned raised {exc!r}")
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
