@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 import gocontext
+from gocontext._done import CallbackHandle
 
 from .conftest import NEVER
 
@@ -44,7 +45,7 @@ class BrokenDone(gocontext.Done):
     def is_set(self) -> bool:
         return False
 
-    def add_callback(self, fn: Callable[[], object], /) -> gocontext.CallbackHandle:
+    def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
         self.callbacks.append(fn)
         if self.spare:
             self.spare -= 1

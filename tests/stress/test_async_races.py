@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
 import pytest
@@ -91,7 +92,7 @@ def run_bounded(backend: str, main: Callable[[], Awaitable[object]]) -> None:
         raise raised[0]
 
 
-def check_threads_settle(before: set[int]) -> None:
+def check_threads_settle(before: set[int | None]) -> None:
     """Threads started by the run have ended, or are idle in a pool (trio's thread cache)."""
     end = time.monotonic() + NEVER
     while True:
@@ -134,7 +135,7 @@ def test_scopes_raced_against_cancels_from_another_thread(backend: str) -> None:
                 if who[i] in ("ctx", "both"):
                     calls.append(cancel)
                 if who[i] in ("framework", "both"):
-                    calls.append(lambda cs=cs: post(cs.cancel))
+                    calls.append(partial(post, cs.cancel))
                 canceller.jobs.put((spins[i], calls))
                 outcome = None
                 with cs:
@@ -206,7 +207,7 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
                 if who[i] in ("ctx", "both"):
                     calls.append(cancel)
                 if who[i] in ("framework", "both"):
-                    calls.append(lambda cs=cs: post(cs.cancel))
+                    calls.append(partial(post, cs.cancel))
                 canceller.jobs.put((spins[i], calls))
                 outcome = None
                 with cs:
@@ -244,5 +245,3 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
     assert outcomes.count("framework") > CALLS // 20
     assert all(_context.watcher_count(ctx) == 0 for ctx, _ in pairs)
     check_threads_settle(before)
-
-
