@@ -32,10 +32,10 @@ from . import _timer
 from ._ambient import _current
 from ._context import (
     _OURS,
+    CancelCauseFunc,
     Context,
     _check_foreign,
-    cancel_with_cause,
-    with_cancel,
+    with_cancel_cause,
     with_deadline,
 )
 from ._done import CallbackHandle, Done
@@ -201,8 +201,18 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
 
     # Fields: set by __aenter__ in the task that runs the block, read by __aexit__ in the same
     # task. _cs and _mailbox are also read by _fire in the thread that ends ctx, only while the
-    # registration held in _handle is live (it is removed first thing in __aexit__).
-    __slots__ = ("_baseline", "_child", "_cs", "_ctx", "_handle", "_mailbox", "_task", "_token")
+    # registration held in _handle is live (it is removed first thing in __aexit__). _cancel
+    # ends the child, with a cause.
+    __slots__ = (
+        "_baseline",
+        "_cancel",
+        "_cs",
+        "_ctx",
+        "_handle",
+        "_mailbox",
+        "_task",
+        "_token",
+    )
     __module__ = "gocontext"
 
     def __init__(self, ctx: Context) -> None:
@@ -227,7 +237,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 self._baseline = -1 if task is None else task.cancelling()
             else:
                 self._baseline = -1
-            child = self._child = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
+            child, self._cancel = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
             cs = self._cs = cancel_scope()
             self._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
         else:
@@ -235,7 +245,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 _library()  # raises: a library that is neither asyncio nor trio
             trio = _trio()
             self._baseline = -1
-            child = self._child = _child_of(
+            child, self._cancel = _child_of(
                 ctx, trio.current_effective_deadline(), trio.current_time, "trio"
             )
             cs = self._cs = trio.CancelScope()
@@ -257,7 +267,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             handle = getattr(self, "_handle", None)
             if handle is not None:
                 _unwatch_quietly(handle)
-            cancel_with_cause(child, None)
+            self._cancel(None)
             raise
         self._token: Token[Context] = _current.set(child)
         return child
@@ -265,7 +275,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        handle, child = self._handle, self._child
+        handle, cancel = self._handle, self._cancel
         if handle is not None:
             try:
                 handle.cancel()  # from here on, ctx ending cannot reach this scope
@@ -281,7 +291,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             # for a body that completed (nothing left to raise): that is no interruption.
             swallowed = self._cs.__exit__(et, e, tb) and e is not None
         except BaseException as raised:  # what is left of a group once ours is taken out
-            cancel_with_cause(child, _framework_cause(raised))
+            cancel(_framework_cause(raised))
             err = self._ctx.err()
             if err is not None and _only_context_errors(raised):
                 raise err  # noqa: B904 - the group stays reachable as __context__
@@ -292,17 +302,17 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             # Our cancellation interrupted the body.
             if self._baseline >= 0 and self._task.cancelling() > self._baseline:
                 assert e is not None  # a native cancel folded into ours: never swallowed
-                cancel_with_cause(child, _framework_cause(e))
+                cancel(_framework_cause(e))
                 raise e
             err = self._ctx.err()
-            cancel_with_cause(child, None)
+            cancel(None)
             if err is None:  # pragma: no cover - the cancel scope is cancelled once ctx is done
                 return True
             raise err
         if e is None:
-            cancel_with_cause(child, None)
+            cancel(None)
             return False
-        cancel_with_cause(child, _framework_cause(e))
+        cancel(_framework_cause(e))
         err = self._ctx.err()
         if err is not None and _only_context_errors(e):
             # Tasks of the body saw ctx end before our cancellation reached them, and raised
@@ -333,15 +343,20 @@ def _unwatch_quietly(handle: object) -> None:
         _log.debug("gocontext: a callback handle failed to cancel", exc_info=True)
 
 
-def _child_of(ctx: Context, outer: float, loop_time: Callable[[], float], library: str) -> Context:
-    """A cancelable child of *ctx* with the enclosing deadline *outer* (on the loop's clock)."""
+def _child_of(
+    ctx: Context, outer: float, loop_time: Callable[[], float], library: str
+) -> tuple[Context, CancelCauseFunc]:
+    """A child of *ctx* with the enclosing deadline *outer* (on the loop's clock), and the
+    function that cancels it with a cause."""
     if outer == _INF:
-        return with_cancel(ctx)[0]
+        return with_cancel_cause(ctx)
     if outer == -_INF:  # an enclosing cancel scope is already cancelled
-        child = with_cancel(ctx)[0]
-        cancel_with_cause(child, FrameworkCancelled(f"task cancelled by {library}"))
-        return child
-    return with_deadline(ctx, _timer.now() + (outer - loop_time()))[0]
+        pair = with_cancel_cause(ctx)
+        pair[1](FrameworkCancelled(f"task cancelled by {library}"))
+        return pair
+    # The deadline below the node that takes a cause: cancelling that one ends both.
+    base, cancel = with_cancel_cause(ctx)
+    return with_deadline(base, _timer.now() + (outer - loop_time()))[0], cancel
 
 
 def _framework_cause(e: BaseException | None) -> BaseException | None:

@@ -10,7 +10,7 @@ import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
 from ._async import _framework_cause, wait_done
-from ._context import _BACKGROUND, _OURS, Context, _check_foreign, cancel_with_cause, with_cancel
+from ._context import _BACKGROUND, _OURS, Context, _check_foreign, with_cancel, with_cancel_cause
 from ._errors import ContextError
 
 __all__ = ["to_thread"]
@@ -47,7 +47,7 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         _check_foreign(ctx, "to_thread", "ctx")
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {fn!r}")
-    child = with_cancel(ctx)[0]
+    child, cancel_child = with_cancel_cause(ctx)
     # Who ends the call decides it through `claim`, a one-item list popped atomically: the
     # worker pops it to run fn; a task that is cancelled or interrupted pops it first when fn
     # has not started, and fn then never runs (anyio may skip the call or run it later). The
@@ -88,7 +88,7 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         return await anyio.to_thread.run_sync(call, run, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class() as e:
         # The task is being cancelled, perhaps before fn started: tell fn, and wait for it.
-        cancel_with_cause(child, _framework_cause(e))
+        cancel_child(_framework_cause(e))
         await settle()
         if raised and not isinstance(raised[0], ContextError):
             raise raised[0]  # noqa: B904 - raised during the cancellation, chained to it
@@ -96,8 +96,8 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     except BaseException:
         # fn's own exception (fn has ended), or an interrupt delivered to the task while fn
         # runs (trio's KeyboardInterrupt): fn is told, and waited for all the same.
-        cancel_with_cause(child, None)
+        cancel_child(None)
         await settle()
         raise
     finally:
-        cancel_with_cause(child, None)
+        cancel_child(None)
