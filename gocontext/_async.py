@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from contextvars import Token
 from functools import partial
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from . import _timer
 from ._ambient import _current
@@ -78,16 +78,23 @@ class FrameworkCancelled(Exception):
     """
 
 
-def _library() -> str:
-    """``"asyncio"`` or ``"trio"``: the library running the current task (sniffio's order)."""
+def _backend() -> _AsyncioBackend | _TrioBackend:
+    """The backend of the library running the current task (sniffio's order of looking)."""
     name: str | None = None if _sniffio_thread is None else _sniffio_thread.name
     if name is None:
         if _get_running_loop() is not None:
-            return "asyncio"
+            return _ASYNCIO
         raise RuntimeError(_NO_LOOP)
-    if name == "trio" or name == "asyncio":
-        return name
+    if name == "trio":
+        return _TRIO
+    if name == "asyncio":
+        return _ASYNCIO
     raise RuntimeError(f"gocontext supports asyncio and trio, not {name}")
+
+
+def _library() -> str:
+    """``"asyncio"`` or ``"trio"``: the library running the current task."""
+    return _backend().name
 
 
 async def wait_done(done: Done) -> None:
@@ -107,17 +114,7 @@ async def wait_done(done: Done) -> None:
         >>> anyio.run(main)
         Canceled('context canceled')
     """
-    if _library() == "asyncio":
-        if done.is_set():
-            await asyncio.sleep(0)
-        else:
-            await _asyncio_wait(done, None)
-    else:
-        trio = _trio()
-        if done.is_set():
-            await trio.lowlevel.checkpoint()
-        else:
-            await _trio_wait(trio, done)
+    await _backend().wait(done)
 
 
 async def sleep(ctx: Context, seconds: float) -> None:
@@ -146,12 +143,7 @@ async def sleep(ctx: Context, seconds: float) -> None:
     err = ctx.err()
     if err is not None:
         raise err
-    if _library() == "asyncio":
-        await _asyncio_wait(ctx.done(), seconds)
-    else:
-        trio = _trio()
-        with trio.move_on_after(max(seconds, 0.0)):
-            await _trio_wait(trio, ctx.done())
+    await _backend().sleep(ctx.done(), seconds)
     err = ctx.err()
     if err is not None:
         raise err
@@ -214,6 +206,10 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         "_token",
     )
     __module__ = "gocontext"
+    _baseline: int  # asyncio: the task's cancelling() at entry; -1 when not guarded
+    _task: Any  # asyncio: the task running the block (read only when _baseline >= 0)
+    _cancel: CancelCauseFunc
+    _mailbox: _Mailbox
 
     def __init__(self, ctx: Context) -> None:
         if type(ctx) not in _OURS:
@@ -225,32 +221,8 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
-        name = None if _sniffio_thread is None else _sniffio_thread.name
-        if name is None or name == "asyncio":
-            loop = _get_running_loop()
-            if loop is None:
-                raise RuntimeError(_NO_LOOP)
-            cancel_scope, effective_deadline, guard = _asyncio_parts or _load_asyncio_parts()
-            if guard:  # this anyio can swallow a native task.cancel() folded into ours
-                task: Any = _current_task(loop)
-                self._task = task
-                self._baseline = -1 if task is None else task.cancelling()
-            else:
-                self._baseline = -1
-            child, self._cancel = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
-            cs = self._cs = cancel_scope()
-            self._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
-        else:
-            if name != "trio":
-                _library()  # raises: a library that is neither asyncio nor trio
-            trio = _trio()
-            self._baseline = -1
-            child, self._cancel = _child_of(
-                ctx, trio.current_effective_deadline(), trio.current_time, "trio"
-            )
-            cs = self._cs = trio.CancelScope()
-            token = trio.lowlevel.current_trio_token()
-            self._mailbox = _mailbox(token, token.run_sync_soon)
+        child = _backend().prepare(self, ctx)  # sets _baseline, _task, _cancel, _cs, _mailbox
+        cs: Any = self._cs
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.
@@ -443,24 +415,52 @@ def _mailbox(key: object, post: Callable[[Callable[[], object]], object]) -> _Ma
 # asyncio
 
 
-# anyio's asyncio cancel scope class, its effective deadline, and whether a native
-# task.cancel() folded into a scope's own cancellation needs our guard (anyio releases before
-# the fix of anyio#1214 swallow it; Python 3.10 has no Task.cancelling() to guard with). Set
-# once an asyncio loop has used this file: anyio's detection of the library is skipped.
-_asyncio_parts: tuple[Callable[[], Any], Callable[[], float], bool] | None = None
+@final
+class _AsyncioBackend:
+    """What the fronts need of asyncio (any loop, uvloop included): one shared instance."""
 
+    __slots__ = ("_parts",)
+    name = "asyncio"
 
-def _load_asyncio_parts() -> tuple[Callable[[], Any], Callable[[], float], bool]:
-    global _asyncio_parts
-    try:  # public in recent anyio releases
-        from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - anyio releases that keep it private
-        from anyio._core._eventloop import get_async_backend
-    backend = get_async_backend("asyncio")
-    cancel_scope = type(backend.create_cancel_scope())
-    guard = _HAS_CANCELLING and "_cancelling_at_enter" not in getattr(cancel_scope, "__slots__", ())
-    _asyncio_parts = cancel_scope, backend.current_effective_deadline, guard
-    return _asyncio_parts
+    def __init__(self) -> None:
+        # anyio's asyncio cancel scope class and its effective deadline, taken on first use:
+        # anyio's detection of the library is skipped after that.
+        self._parts: tuple[Callable[[], Any], Callable[[], float]] | None = None
+
+    async def wait(self, done: Done) -> None:
+        if done.is_set():
+            await asyncio.sleep(0)
+        else:
+            await _asyncio_wait(done, None)
+
+    async def sleep(self, done: Done, seconds: float) -> None:
+        await _asyncio_wait(done, seconds)
+
+    def prepare(self, scope: scope, ctx: Context) -> Context:
+        """Make *scope*'s child and cancel scope in the running loop; return the child."""
+        loop = _get_running_loop()
+        if loop is None:
+            raise RuntimeError(_NO_LOOP)
+        cancel_scope, effective_deadline = self._parts or self._load()
+        if _HAS_CANCELLING:  # a native task.cancel() folded into ours is never swallowed
+            task: Any = _current_task(loop)
+            scope._task = task
+            scope._baseline = -1 if task is None else task.cancelling()
+        else:  # pragma: no cover - 3.10 has no Task.cancelling() to guard with
+            scope._baseline = -1
+        child, scope._cancel = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
+        scope._cs = cancel_scope()
+        scope._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
+        return child
+
+    def _load(self) -> tuple[Callable[[], Any], Callable[[], float]]:
+        try:  # public in recent anyio releases
+            from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
+        except ImportError:  # pragma: no cover - anyio releases that keep it private
+            from anyio._core._eventloop import get_async_backend
+        backend = get_async_backend("asyncio")
+        self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
+        return self._parts
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:
@@ -505,6 +505,38 @@ def _trio() -> Any:
 
         _trio_module = trio
     return _trio_module
+
+
+@final
+class _TrioBackend:
+    """What the fronts need of trio (guest mode too): one shared instance."""
+
+    __slots__ = ()
+    name = "trio"
+
+    async def wait(self, done: Done) -> None:
+        trio = _trio()
+        if done.is_set():
+            await trio.lowlevel.checkpoint()
+        else:
+            await _trio_wait(trio, done)
+
+    async def sleep(self, done: Done, seconds: float) -> None:
+        trio = _trio()
+        with trio.move_on_after(max(seconds, 0.0)):
+            await _trio_wait(trio, done)
+
+    def prepare(self, scope: scope, ctx: Context) -> Context:
+        """Make *scope*'s child and cancel scope in the running trio run; return the child."""
+        trio = _trio()
+        scope._baseline = -1
+        child, scope._cancel = _child_of(
+            ctx, trio.current_effective_deadline(), trio.current_time, "trio"
+        )
+        scope._cs = trio.CancelScope()
+        token = trio.lowlevel.current_trio_token()
+        scope._mailbox = _mailbox(token, token.run_sync_soon)
+        return child
 
 
 async def _trio_wait(trio: Any, done: Done) -> None:
@@ -555,6 +587,9 @@ def _broken_handle(done: object, handle: object, exc: Exception) -> Exception:
         )
     return RuntimeError(f"gocontext: cancel() of the handle {where} returned raised {exc!r}")
 
+
+_ASYNCIO: Final = _AsyncioBackend()
+_TRIO: Final = _TrioBackend()
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import BaseExceptionGroup
