@@ -718,6 +718,19 @@ async def test_sleep_rejects_bad_input() -> None:
         await gocontext.sleep(None, 1)  # type: ignore[arg-type]
 
 
+async def test_sleep_with_numbers_no_float_holds_is_a_value_error_naming_the_call() -> None:
+    for huge in (10**400, -(10**400), 10**5000):  # 10**5000 has no str() either
+        with pytest.raises(ValueError, match=r"sleep\(\) got a number of seconds too large"):
+            await gocontext.sleep(gocontext.background(), huge)
+
+    class BrokenFloat(float):
+        def __float__(self) -> float:
+            raise RuntimeError("no float here")
+
+    with pytest.raises(TypeError, match=r"sleep\(\) needs a number of seconds"):
+        await gocontext.sleep(gocontext.background(), BrokenFloat(1.0))
+
+
 async def test_scope_needs_a_context_and_is_entered_once() -> None:
     with pytest.raises(TypeError, match="Context"):
         gocontext.scope("ctx")  # type: ignore[arg-type]
