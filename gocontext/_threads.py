@@ -31,7 +31,10 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     says so) and the await waits for *fn* to return before the cancellation goes on: no thread
     is ever abandoned. What *fn* returns then is dropped, as is the ``ContextError`` it raises
     in answer; any other exception from it is raised in place of the cancellation, as it would
-    be from cleanup code running in the task.
+    be from cleanup code running in the task. A task cancelled before *fn* started (already
+    cancelled, or waiting for a worker thread) goes on at once, and *fn* never runs. An
+    interrupt reaching the task (trio's ``KeyboardInterrupt``) also cancels ``child_ctx`` and
+    waits for *fn*.
 
     Example:
         >>> import anyio, gocontext
