@@ -247,7 +247,9 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
-        child = _backend().prepare(self, ctx)  # sets _baseline, _task, _cancel, _cs, _mailbox
+        name = None if _sniffio_thread is None else _sniffio_thread.name
+        backend = _TRIO if name == "trio" else _ASYNCIO if name == "asyncio" else _backend()
+        child = backend.prepare(self, ctx)  # sets _baseline, _task, _cancel, _cs, _mailbox
         cs: Any = self._cs
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
