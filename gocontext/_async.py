@@ -26,16 +26,16 @@ import threading
 from collections.abc import Callable
 from contextvars import Token
 from functools import partial
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from . import _timer
 from ._ambient import _current
 from ._context import (
     _OURS,
+    CancelCauseFunc,
     Context,
     _check_foreign,
-    cancel_with_cause,
-    with_cancel,
+    with_cancel_cause,
     with_deadline,
 )
 from ._done import CallbackHandle, Done
@@ -78,16 +78,23 @@ class FrameworkCancelled(Exception):
     """
 
 
-def _library() -> str:
-    """``"asyncio"`` or ``"trio"``: the library running the current task (sniffio's order)."""
+def _backend() -> _AsyncioBackend | _TrioBackend:
+    """The backend of the library running the current task (sniffio's order of looking)."""
     name: str | None = None if _sniffio_thread is None else _sniffio_thread.name
     if name is None:
         if _get_running_loop() is not None:
-            return "asyncio"
+            return _ASYNCIO
         raise RuntimeError(_NO_LOOP)
-    if name == "trio" or name == "asyncio":
-        return name
+    if name == "trio":
+        return _TRIO
+    if name == "asyncio":
+        return _ASYNCIO
     raise RuntimeError(f"gocontext supports asyncio and trio, not {name}")
+
+
+def _library() -> str:
+    """``"asyncio"`` or ``"trio"``: the library running the current task."""
+    return _backend().name
 
 
 async def wait_done(done: Done) -> None:
@@ -107,17 +114,7 @@ async def wait_done(done: Done) -> None:
         >>> anyio.run(main)
         Canceled('context canceled')
     """
-    if _library() == "asyncio":
-        if done.is_set():
-            await asyncio.sleep(0)
-        else:
-            await _asyncio_wait(done, None)
-    else:
-        trio = _trio()
-        if done.is_set():
-            await trio.lowlevel.checkpoint()
-        else:
-            await _trio_wait(trio, done)
+    await _backend().wait(done)
 
 
 async def sleep(ctx: Context, seconds: float) -> None:
@@ -139,22 +136,43 @@ async def sleep(ctx: Context, seconds: float) -> None:
     """
     if type(ctx) not in _OURS:
         _check_foreign(ctx, "sleep", "ctx")
+    seconds = _check_seconds(seconds)
+    err = ctx.err()
+    if err is not None:
+        raise err
+    await _backend().sleep(ctx.done(), seconds)
+    err = ctx.err()
+    if err is not None:
+        raise err
+
+
+def _check_seconds(seconds: object) -> float:
+    """*seconds* as a float: TypeError for what is no number, ValueError for NaN and for an int
+    too large for a float, both naming sleep()."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"sleep() needs a number of seconds, got {seconds!r}")
-    if math.isnan(seconds):
+        raise TypeError(f"sleep() needs a number of seconds, got {_describe(seconds)}")
+    try:
+        f = float(seconds)
+    except OverflowError:
+        raise ValueError(
+            f"sleep() got a number of seconds too large for a float: {_describe(seconds)}"
+        ) from None
+    except Exception as e:  # a number subclass whose __float__ is broken
+        raise TypeError(f"sleep() needs a number of seconds, got {_describe(seconds)}") from e
+    if f != f:
         raise ValueError("sleep() got a NaN number of seconds")
-    err = ctx.err()
-    if err is not None:
-        raise err
-    if _library() == "asyncio":
-        await _asyncio_wait(ctx.done(), seconds)
-    else:
-        trio = _trio()
-        with trio.move_on_after(max(seconds, 0.0)):
-            await _trio_wait(trio, ctx.done())
-    err = ctx.err()
-    if err is not None:
-        raise err
+    return f
+
+
+def _describe(x: object) -> str:
+    """A short description of *x* for an error message, whatever its repr does."""
+    if type(x) is int and x.bit_length() > 64:
+        return f"{'a negative' if x < 0 else 'an'} int of {x.bit_length()} bits"
+    try:
+        text = repr(x)
+    except Exception:
+        return f"a {type(x).__qualname__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @final
@@ -201,9 +219,23 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
 
     # Fields: set by __aenter__ in the task that runs the block, read by __aexit__ in the same
     # task. _cs and _mailbox are also read by _fire in the thread that ends ctx, only while the
-    # registration held in _handle is live (it is removed first thing in __aexit__).
-    __slots__ = ("_baseline", "_child", "_cs", "_ctx", "_handle", "_mailbox", "_task", "_token")
+    # registration held in _handle is live (it is removed first thing in __aexit__). _cancel
+    # ends the child, with a cause.
+    __slots__ = (
+        "_baseline",
+        "_cancel",
+        "_cs",
+        "_ctx",
+        "_handle",
+        "_mailbox",
+        "_task",
+        "_token",
+    )
     __module__ = "gocontext"
+    _baseline: int  # asyncio: the task's cancelling() at entry; -1 when not guarded
+    _task: Any  # asyncio: the task running the block (read only when _baseline >= 0)
+    _cancel: CancelCauseFunc
+    _mailbox: _Mailbox
 
     def __init__(self, ctx: Context) -> None:
         if type(ctx) not in _OURS:
@@ -216,45 +248,26 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
         name = None if _sniffio_thread is None else _sniffio_thread.name
-        if name is None or name == "asyncio":
-            loop = _get_running_loop()
-            if loop is None:
-                raise RuntimeError(_NO_LOOP)
-            cancel_scope, effective_deadline, guard = _asyncio_parts or _load_asyncio_parts()
-            if guard:  # this anyio can swallow a native task.cancel() folded into ours
-                task: Any = _current_task(loop)
-                self._task = task
-                self._baseline = -1 if task is None else task.cancelling()
-            else:
-                self._baseline = -1
-            child = self._child = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
-            cs = self._cs = cancel_scope()
-            self._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
-        else:
-            if name != "trio":
-                _library()  # raises: a library that is neither asyncio nor trio
-            trio = _trio()
-            self._baseline = -1
-            child = self._child = _child_of(
-                ctx, trio.current_effective_deadline(), trio.current_time, "trio"
-            )
-            cs = self._cs = trio.CancelScope()
-            token = trio.lowlevel.current_trio_token()
-            self._mailbox = _mailbox(token, token.run_sync_soon)
+        backend = _TRIO if name == "trio" else _ASYNCIO if name == "asyncio" else _backend()
+        child = backend.prepare(self, ctx)  # sets _baseline, _task, _cancel, _cs, _mailbox
+        cs: Any = self._cs
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.
-        if ctx.err() is None:
-            self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
-        else:  # interrupt the body at its first checkpoint, with no round trip through the loop
-            self._handle = None
-            cs.cancel()
         try:
+            if ctx.err() is None:
+                self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
+                if type(ctx) not in _OURS:  # a user-written Done: check its handle now
+                    _check_handle(ctx.done(), self._handle)
+            else:  # interrupt the body at its first checkpoint, with no round trip via the loop
+                self._handle = None
+                cs.cancel()
             cs.__enter__()
         except BaseException:
-            if self._handle is not None:
-                self._handle.cancel()
-            cancel_with_cause(child, None)
+            handle = getattr(self, "_handle", None)
+            if handle is not None:
+                _unwatch_quietly(handle)
+            self._cancel(None)
             raise
         self._token: Token[Context] = _current.set(child)
         return child
@@ -262,13 +275,23 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        handle, child = self._handle, self._child
+        handle, cancel = self._handle, self._cancel
         if handle is not None:
-            handle.cancel()  # from here on, ctx ending cannot reach this scope
+            try:
+                handle.cancel()  # from here on, ctx ending cannot reach this scope
+            except Exception as exc:  # a user-written Done's handle: say whose, once the
+                broken = _broken_handle(self._ctx.done(), handle, exc)  # cancel scope is left
+                self._handle = None
+                try:
+                    await self.__aexit__(et, e, tb)
+                finally:
+                    raise broken from exc  # what leaving raised, if anything, is its __context__
         try:
-            swallowed = self._cs.__exit__(et, e, tb)
+            # True when the cancel scope swallowed e, our cancellation. trio's also answers True
+            # for a body that completed (nothing left to raise): that is no interruption.
+            swallowed = self._cs.__exit__(et, e, tb) and e is not None
         except BaseException as raised:  # what is left of a group once ours is taken out
-            cancel_with_cause(child, _framework_cause(raised))
+            cancel(_framework_cause(raised))
             err = self._ctx.err()
             if err is not None and _only_context_errors(raised):
                 raise err  # noqa: B904 - the group stays reachable as __context__
@@ -279,17 +302,17 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             # Our cancellation interrupted the body.
             if self._baseline >= 0 and self._task.cancelling() > self._baseline:
                 assert e is not None  # a native cancel folded into ours: never swallowed
-                cancel_with_cause(child, _framework_cause(e))
+                cancel(_framework_cause(e))
                 raise e
             err = self._ctx.err()
-            cancel_with_cause(child, None)
+            cancel(None)
             if err is None:  # pragma: no cover - the cancel scope is cancelled once ctx is done
                 return True
             raise err
         if e is None:
-            cancel_with_cause(child, None)
+            cancel(None)
             return False
-        cancel_with_cause(child, _framework_cause(e))
+        cancel(_framework_cause(e))
         err = self._ctx.err()
         if err is not None and _only_context_errors(e):
             # Tasks of the body saw ctx end before our cancellation reached them, and raised
@@ -302,15 +325,38 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._mailbox.put(self._cs.cancel)
 
 
-def _child_of(ctx: Context, outer: float, loop_time: Callable[[], float], library: str) -> Context:
-    """A cancelable child of *ctx* with the enclosing deadline *outer* (on the loop's clock)."""
+def _check_handle(done: Done, handle: object) -> None:
+    """Raise the TypeError for a *handle* from ``done.add_callback()`` that has no cancel()."""
+    try:
+        ok = callable(getattr(handle, "cancel", None))
+    except Exception:
+        ok = False
+    if not ok:  # the caller unregisters what it can
+        raise _broken_handle(done, handle, AttributeError("cancel"))
+
+
+def _unwatch_quietly(handle: object) -> None:
+    """Unregister through *handle* while another error is on its way out: it stays the one."""
+    try:
+        handle.cancel()  # type: ignore[attr-defined]  # any object: a user-written Done's
+    except Exception:
+        _log.debug("gocontext: a callback handle failed to cancel", exc_info=True)
+
+
+def _child_of(
+    ctx: Context, outer: float, loop_time: Callable[[], float], library: str
+) -> tuple[Context, CancelCauseFunc]:
+    """A child of *ctx* with the enclosing deadline *outer* (on the loop's clock), and the
+    function that cancels it with a cause."""
     if outer == _INF:
-        return with_cancel(ctx)[0]
+        return with_cancel_cause(ctx)
     if outer == -_INF:  # an enclosing cancel scope is already cancelled
-        child = with_cancel(ctx)[0]
-        cancel_with_cause(child, FrameworkCancelled(f"task cancelled by {library}"))
-        return child
-    return with_deadline(ctx, _timer.now() + (outer - loop_time()))[0]
+        pair = with_cancel_cause(ctx)
+        pair[1](FrameworkCancelled(f"task cancelled by {library}"))
+        return pair
+    # The deadline below the node that takes a cause: cancelling that one ends both.
+    base, cancel = with_cancel_cause(ctx)
+    return with_deadline(base, _timer.now() + (outer - loop_time()))[0], cancel
 
 
 def _framework_cause(e: BaseException | None) -> BaseException | None:
@@ -397,24 +443,52 @@ def _mailbox(key: object, post: Callable[[Callable[[], object]], object]) -> _Ma
 # asyncio
 
 
-# anyio's asyncio cancel scope class, its effective deadline, and whether a native
-# task.cancel() folded into a scope's own cancellation needs our guard (anyio releases before
-# the fix of anyio#1214 swallow it; Python 3.10 has no Task.cancelling() to guard with). Set
-# once an asyncio loop has used this file: anyio's detection of the library is skipped.
-_asyncio_parts: tuple[Callable[[], Any], Callable[[], float], bool] | None = None
+@final
+class _AsyncioBackend:
+    """What the fronts need of asyncio (any loop, uvloop included): one shared instance."""
 
+    __slots__ = ("_parts",)
+    name = "asyncio"
 
-def _load_asyncio_parts() -> tuple[Callable[[], Any], Callable[[], float], bool]:
-    global _asyncio_parts
-    try:  # public in recent anyio releases
-        from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - anyio releases that keep it private
-        from anyio._core._eventloop import get_async_backend
-    backend = get_async_backend("asyncio")
-    cancel_scope = type(backend.create_cancel_scope())
-    guard = _HAS_CANCELLING and "_cancelling_at_enter" not in getattr(cancel_scope, "__slots__", ())
-    _asyncio_parts = cancel_scope, backend.current_effective_deadline, guard
-    return _asyncio_parts
+    def __init__(self) -> None:
+        # anyio's asyncio cancel scope class and its effective deadline, taken on first use:
+        # anyio's detection of the library is skipped after that.
+        self._parts: tuple[Callable[[], Any], Callable[[], float]] | None = None
+
+    async def wait(self, done: Done) -> None:
+        if done.is_set():
+            await asyncio.sleep(0)
+        else:
+            await _asyncio_wait(done, None)
+
+    async def sleep(self, done: Done, seconds: float) -> None:
+        await _asyncio_wait(done, seconds)
+
+    def prepare(self, scope: scope, ctx: Context) -> Context:
+        """Make *scope*'s child and cancel scope in the running loop; return the child."""
+        loop = _get_running_loop()
+        if loop is None:
+            raise RuntimeError(_NO_LOOP)
+        cancel_scope, effective_deadline = self._parts or self._load()
+        if _HAS_CANCELLING:  # a native task.cancel() folded into ours is never swallowed
+            task: Any = _current_task(loop)
+            scope._task = task
+            scope._baseline = -1 if task is None else task.cancelling()
+        else:  # pragma: no cover - 3.10 has no Task.cancelling() to guard with
+            scope._baseline = -1
+        child, scope._cancel = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
+        scope._cs = cancel_scope()
+        scope._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
+        return child
+
+    def _load(self) -> tuple[Callable[[], Any], Callable[[], float]]:
+        try:  # public in recent anyio releases
+            from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
+        except ImportError:  # pragma: no cover - anyio releases that keep it private
+            from anyio._core._eventloop import get_async_backend
+        backend = get_async_backend("asyncio")
+        self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
+        return self._parts
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:
@@ -438,9 +512,12 @@ async def _asyncio_wait(done: Done, timeout: float | None) -> None:
     try:
         await fut
     finally:
-        handle.cancel()
         if timer is not None:
             timer.cancel()
+        try:
+            handle.cancel()
+        except Exception as exc:  # a user-written Done's handle: say whose
+            raise _broken_handle(done, handle, exc) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,6 +533,38 @@ def _trio() -> Any:
 
         _trio_module = trio
     return _trio_module
+
+
+@final
+class _TrioBackend:
+    """What the fronts need of trio (guest mode too): one shared instance."""
+
+    __slots__ = ()
+    name = "trio"
+
+    async def wait(self, done: Done) -> None:
+        trio = _trio()
+        if done.is_set():
+            await trio.lowlevel.checkpoint()
+        else:
+            await _trio_wait(trio, done)
+
+    async def sleep(self, done: Done, seconds: float) -> None:
+        trio = _trio()
+        with trio.move_on_after(max(seconds, 0.0)):
+            await _trio_wait(trio, done)
+
+    def prepare(self, scope: scope, ctx: Context) -> Context:
+        """Make *scope*'s child and cancel scope in the running trio run; return the child."""
+        trio = _trio()
+        scope._baseline = -1
+        child, scope._cancel = _child_of(
+            ctx, trio.current_effective_deadline(), trio.current_time, "trio"
+        )
+        scope._cs = trio.CancelScope()
+        token = trio.lowlevel.current_trio_token()
+        scope._mailbox = _mailbox(token, token.run_sync_soon)
+        return child
 
 
 async def _trio_wait(trio: Any, done: Done) -> None:
@@ -477,14 +586,38 @@ async def _trio_wait(trio: Any, done: Done) -> None:
     handle = done.add_callback(wake)
 
     def abort(_: object) -> Any:
+        # Runs inside trio's scheduler, where an exception ends the whole run: nothing of the
+        # user's runs here. A wake-up after this finds `waiting` False and does nothing.
         nonlocal waiting
         waiting = False
-        handle.cancel()
         return trio.lowlevel.Abort.SUCCEEDED
 
-    await trio.lowlevel.wait_task_rescheduled(abort)
-    handle.cancel()
+    try:
+        await trio.lowlevel.wait_task_rescheduled(abort)
+    finally:
+        try:
+            handle.cancel()
+        except Exception as exc:  # a user-written Done's handle: say whose
+            raise _broken_handle(done, handle, exc) from exc
 
+
+def _broken_handle(done: object, handle: object, exc: Exception) -> Exception:
+    """The error for *handle*, from ``done.add_callback()``, whose ``cancel()`` raised *exc*."""
+    where = f"{type(done).__qualname__}.add_callback()"
+    try:
+        cancel = getattr(handle, "cancel", None)
+    except Exception:
+        cancel = None
+    if not callable(cancel):
+        return TypeError(
+            f"gocontext: {where} must return a handle with a cancel() method, "
+            f"got a {type(handle).__qualname__}"
+        )
+    return RuntimeError(f"gocontext: cancel() of the handle {where} returned raised {exc!r}")
+
+
+_ASYNCIO: Final = _AsyncioBackend()
+_TRIO: Final = _TrioBackend()
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import BaseExceptionGroup

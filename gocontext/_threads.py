@@ -9,8 +9,8 @@ from typing import TypeVar
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._async import _framework_cause, wait_done
-from ._context import _BACKGROUND, _OURS, Context, _check_foreign, cancel_with_cause, with_cancel
+from ._async import _describe, _framework_cause, wait_done
+from ._context import _BACKGROUND, _OURS, Context, _check_foreign, with_cancel, with_cancel_cause
 from ._errors import ContextError
 
 __all__ = ["to_thread"]
@@ -31,7 +31,10 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     says so) and the await waits for *fn* to return before the cancellation goes on: no thread
     is ever abandoned. What *fn* returns then is dropped, as is the ``ContextError`` it raises
     in answer; any other exception from it is raised in place of the cancellation, as it would
-    be from cleanup code running in the task.
+    be from cleanup code running in the task. A task cancelled before *fn* started (already
+    cancelled, or waiting for a worker thread) goes on at once, and *fn* never runs. An
+    interrupt reaching the task (trio's ``KeyboardInterrupt``) also cancels ``child_ctx`` and
+    waits for *fn*.
 
     Example:
         >>> import anyio, gocontext
@@ -46,14 +49,23 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     if type(ctx) not in _OURS:
         _check_foreign(ctx, "to_thread", "ctx")
     if not callable(fn):
-        raise TypeError(f"to_thread() needs a callable, got {fn!r}")
-    child = with_cancel(ctx)[0]
+        raise TypeError(f"to_thread() needs a callable, got {_describe(fn)}")
+    child, cancel_child = with_cancel_cause(ctx)
+    # Who ends the call decides it through `claim`, a one-item list popped atomically: the
+    # worker pops it to run fn; a task that is cancelled or interrupted pops it first when fn
+    # has not started, and fn then never runs (anyio may skip the call or run it later). The
+    # task waits for `finished` only when the worker won.
+    claim = [None]
     # Done once fn has returned or raised; raised holds what it raised. Both are written in the
     # worker thread before `finished` is set, and read in the task only after.
     finished, mark_finished = with_cancel(_BACKGROUND)
     raised: list[BaseException] = []
 
     def run() -> T:
+        try:
+            claim.pop()
+        except IndexError:  # the task went on without this call: fn never runs
+            return None  # type: ignore[return-value]  # dropped: nobody awaits it any more
         try:
             return fn(child, *args)
         except BaseException as e:
@@ -62,17 +74,33 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         finally:
             mark_finished()
 
+    async def settle() -> None:
+        # Returns once fn will never run or has returned. Shielded: the task is being
+        # cancelled, and a thread is never abandoned.
+        try:
+            claim.pop()
+        except IndexError:
+            if finished.err() is not None:  # fn has ended already
+                return
+            with anyio.CancelScope(shield=True):
+                await wait_done(finished.done())
+
     try:
         # A copy made here, in the task: what fn sees does not depend on the backend's habits.
         call = contextvars.copy_context().run
         return await anyio.to_thread.run_sync(call, run, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class() as e:
-        # The task is being cancelled and the thread still runs: tell it, and wait for it.
-        cancel_with_cause(child, _framework_cause(e))
-        with anyio.CancelScope(shield=True):
-            await wait_done(finished.done())
+        # The task is being cancelled, perhaps before fn started: tell fn, and wait for it.
+        cancel_child(_framework_cause(e))
+        await settle()
         if raised and not isinstance(raised[0], ContextError):
             raise raised[0]  # noqa: B904 - raised during the cancellation, chained to it
         raise
+    except BaseException:
+        # fn's own exception (fn has ended), or an interrupt delivered to the task while fn
+        # runs (trio's KeyboardInterrupt): fn is told, and waited for all the same.
+        cancel_child(None)
+        await settle()
+        raise
     finally:
-        cancel_with_cause(child, None)
+        cancel_child(None)

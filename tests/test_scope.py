@@ -487,6 +487,49 @@ async def test_ctx_cancelled_as_the_body_finishes() -> None:
     assert sum(outcomes.values()) == 300
 
 
+async def test_a_body_that_completes_after_ctx_ended_returns_normally() -> None:
+    """ctx ends during the body, the scope's cancel scope is cancelled, and the body then
+    completes without another checkpoint: it returns, as the docstring promises."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    completed = False
+    with anyio.fail_after(NEVER):
+        async with gocontext.scope(ctx) as child:
+            in_thread(cancel)  # the cancel is handed to this loop ...
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # ... which runs it here
+            completed = True
+    assert completed
+    assert isinstance(child.err(), gocontext.Canceled)
+    await anyio.sleep(0)  # no cancellation is left over for code after the block
+
+
+async def test_ctx_cancelled_at_random_as_the_body_completes() -> None:
+    """Whatever the moment, a body that completed returned, and one that did not raised ctx's
+    error: the two outcomes agree with what the body did."""
+    n = 300
+    rng = random.Random(5)
+    wrong: list[tuple[int, bool, str]] = []
+    for i in range(n):
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        go = threading.Event()
+        t = threading.Thread(target=lambda go=go, cancel=cancel: (go.wait(NEVER), cancel()))
+        t.start()
+        completed = False
+        try:
+            async with gocontext.scope(ctx):
+                go.set()
+                for _ in range(rng.randrange(4)):
+                    await anyio.lowlevel.cancel_shielded_checkpoint()
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                completed = True
+            outcome = "returned"
+        except gocontext.Canceled:
+            outcome = "ours"
+        t.join(NEVER)
+        if completed != (outcome == "returned"):
+            wrong.append((i, completed, outcome))
+    assert wrong == []
+
+
 async def test_ctx_cancelled_while_the_body_runs_its_cleanup() -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     cleaned: list[str] = []
@@ -673,6 +716,19 @@ async def test_sleep_rejects_bad_input() -> None:
         await gocontext.sleep(gocontext.background(), "1")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Context"):
         await gocontext.sleep(None, 1)  # type: ignore[arg-type]
+
+
+async def test_sleep_with_numbers_no_float_holds_is_a_value_error_naming_the_call() -> None:
+    for huge in (10**400, -(10**400), 10**5000):  # 10**5000 has no str() either
+        with pytest.raises(ValueError, match=r"sleep\(\) got a number of seconds too large"):
+            await gocontext.sleep(gocontext.background(), huge)
+
+    class BrokenFloat(float):
+        def __float__(self) -> float:
+            raise RuntimeError("no float here")
+
+    with pytest.raises(TypeError, match=r"sleep\(\) needs a number of seconds"):
+        await gocontext.sleep(gocontext.background(), BrokenFloat(1.0))
 
 
 async def test_scope_needs_a_context_and_is_entered_once() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextvars
 import queue
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -17,6 +18,28 @@ from gocontext._async import FrameworkCancelled
 from .conftest import NEVER
 
 REQUEST = contextvars.ContextVar[str]("REQUEST")
+
+
+def run_bounded(backend: str, main: Callable[[], Awaitable[object]]) -> None:
+    """``anyio.run(main)`` in a thread of its own, failing (not hanging) if it never returns.
+
+    A to_thread() that waits shielded for nothing can be interrupted by no cancel scope, so the
+    bound is a join with a timeout; a failure leaves that run's thread behind, parked.
+    """
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            anyio.run(main, backend=backend)
+        except BaseException as e:  # handed to the test's thread
+            raised.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(NEVER)
+    assert not t.is_alive(), "the run never returned: a to_thread() hangs"
+    if raised:
+        raise raised[0]
 
 
 async def test_returns_the_result_and_passes_a_live_child_that_ends_after() -> None:
@@ -191,3 +214,86 @@ async def test_bad_arguments_are_type_errors() -> None:
     not_callable: Callable[[gocontext.Context], None] = 42  # type: ignore[assignment]
     with pytest.raises(TypeError, match="callable"):
         await gocontext.to_thread(gocontext.background(), not_callable)
+
+
+# --------------------------------------------------------------------------------------------
+# cancelled before fn runs: the cancellation goes on at once
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_an_already_cancelled_task_goes_on_at_once(anyio_backend: str) -> None:
+    ran: list[str] = []
+
+    async def main() -> None:
+        with anyio.CancelScope() as cs:
+            cs.cancel()
+            await gocontext.to_thread(gocontext.background(), lambda _c: ran.append("ran"))
+        assert cs.cancelled_caught
+
+    run_bounded(anyio_backend, main)
+    assert ran in ([], ["ran"])  # fn may or may not have run; it is not running now
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_a_call_cancelled_while_it_waits_for_a_worker_goes_on_at_once(anyio_backend: str) -> None:
+    """Cancelled while queued behind the thread limiter: fn never runs, nothing waits for it."""
+    ran: list[str] = []
+
+    async def main() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+        release = threading.Event()
+        cs = anyio.CancelScope()
+
+        async def queued() -> None:
+            with cs:
+                await gocontext.to_thread(gocontext.background(), lambda _c: ran.append("ran"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, release.wait)  # holds the only token
+            await anyio.wait_all_tasks_blocked()
+            async with anyio.create_task_group() as waiting:
+                waiting.start_soon(queued)
+                await anyio.wait_all_tasks_blocked()
+                cs.cancel()  # the call still waits for the token: this task group must end
+            release.set()
+        assert cs.cancelled_caught
+
+    run_bounded(anyio_backend, main)
+    assert ran == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_calls_cancelled_at_random_moments_all_return(anyio_backend: str) -> None:
+    """400 calls cancelled at random: each returns, and a fn that started was waited for."""
+    n = 400
+    rng = random.Random(11)
+    delays = [rng.randrange(4) for _ in range(n)]  # checkpoints before the cancel
+    started = [False] * n
+    finished = [False] * n
+    ended_before_fn: list[int] = []
+
+    def work(child: gocontext.Context, i: int) -> None:
+        started[i] = True
+        child.done().wait(NEVER * (i % 2))  # half wait for the cancel, half return at once
+        finished[i] = True
+
+    async def one(i: int, cs: anyio.CancelScope) -> None:
+        with cs:
+            try:
+                await gocontext.to_thread(gocontext.background(), work, i)
+            finally:
+                if started[i] and not finished[i]:
+                    ended_before_fn.append(i)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                cs = anyio.CancelScope()
+                tg.start_soon(one, i, cs)
+                for _ in range(delays[i]):
+                    await anyio.lowlevel.checkpoint()
+                cs.cancel()
+
+    run_bounded(anyio_backend, main)
+    assert ended_before_fn == []
+    assert 0 < started.count(True) < n  # both kinds of moment were hit: before fn, and during
