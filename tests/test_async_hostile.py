@@ -132,9 +132,6 @@ def test_hostile_arguments_are_clear_errors(
     run(backend, body)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the core's check of a foreign context calls its repr() (fix pending)"
-)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("which", ["sleep", "scope", "to_thread"])
 def test_a_context_whose_every_dunder_raises_is_a_type_error(backend: str, which: str) -> None:

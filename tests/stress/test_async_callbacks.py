@@ -27,16 +27,11 @@ class Interrupt(BaseException):
     """A BaseException of the user's own, like KeyboardInterrupt but harmless to the run."""
 
 
-# A callback raising a BaseException stopped every later callback in the core's cancel() (the
-# waiters registered after it were never woken) until the core's fix: remove this mark with it.
-_BEFORE_CORE_FIX = pytest.mark.xfail(
-    strict=True, reason="cancel() stops at a callback raising a BaseException (core fix pending)"
-)
 RAISES = [
     pytest.param(ValueError, id="ValueError"),
-    pytest.param(Interrupt, id="Interrupt", marks=_BEFORE_CORE_FIX),
-    pytest.param(KeyboardInterrupt, id="KeyboardInterrupt", marks=_BEFORE_CORE_FIX),
-    pytest.param(SystemExit, id="SystemExit", marks=_BEFORE_CORE_FIX),
+    pytest.param(Interrupt, id="Interrupt"),
+    pytest.param(KeyboardInterrupt, id="KeyboardInterrupt"),
+    pytest.param(SystemExit, id="SystemExit"),
 ]
 
 
