@@ -481,6 +481,10 @@ class _AsyncioBackend:
         scope._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
         return child
 
+    def cancel_scope_class(self) -> Callable[[], Any]:
+        """anyio's asyncio cancel scope class, for integrations that make bare scopes."""
+        return (self._parts or self._load())[0]
+
     def _load(self) -> tuple[Callable[[], Any], Callable[[], float]]:
         try:  # public in recent anyio releases
             from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]

@@ -282,7 +282,7 @@ class _Watch:
         """Serve *loop* (an asyncio loop or a trio token): a body may be read in another."""
         if isinstance(loop, asyncio.AbstractEventLoop):
             self._put = _async._mailbox(loop, loop.call_soon_threadsafe).put
-            self._new_scope: Any = (_async._asyncio_parts or _async._load_asyncio_parts())[0]
+            self._new_scope: Any = _async._ASYNCIO.cancel_scope_class()
             self._where: Callable[[], object] = _async._get_running_loop
         else:
             trio = _async._trio()
