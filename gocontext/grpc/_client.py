@@ -251,26 +251,45 @@ def client_interceptors() -> list[Any]:
 # grpc.aio
 
 
-def _cancel_soon(call: Any) -> Callable[[], None]:
-    loop = asyncio.get_running_loop()
+class _Canceller:
+    """Cancels an aio call from whatever thread ends the context, and remembers it did: a
+    ``CancelledError`` is ours to translate only then, and only if the task itself is not
+    being cancelled (a framework cancellation always passes through untouched)."""
 
-    def cancel() -> None:  # in whatever thread ended the context
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.loop = asyncio.get_running_loop()
+        self.fired = False
+
+    def __call__(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to cancel
-            loop.call_soon_threadsafe(call.cancel)
+            self.loop.call_soon_threadsafe(self._cancel)
 
-    return cancel
+    def _cancel(self) -> None:
+        self.fired = True
+        self.call.cancel()
+
+    def owns(self, e: BaseException) -> bool:
+        if not isinstance(e, asyncio.CancelledError):
+            return True
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
+        return self.fired and not (cancelling is not None and cancelling())
 
 
 class _AioBase:
     async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
         ctx, new, binding = _prepare(details, aio=True)
         call = await continuation(new, request)
-        handle = ctx.done().add_callback(_cancel_soon(call))
+        canceller = _Canceller(call)
+        handle = ctx.done().add_callback(canceller)
         try:
             return await call
         except ContextError:
             raise
         except (grpc.RpcError, asyncio.CancelledError) as e:
+            if not canceller.owns(e):
+                raise
             err = _translate(e, ctx, binding)
             if err is e:
                 raise
@@ -308,7 +327,8 @@ class _AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # typ
 
 
 async def _aio_responses(call: Any, ctx: Context, binding: bool) -> AsyncIterator[Any]:
-    handle = ctx.done().add_callback(_cancel_soon(call))
+    canceller = _Canceller(call)
+    handle = ctx.done().add_callback(canceller)
     try:
         async for response in call:
             yield response
@@ -319,6 +339,8 @@ async def _aio_responses(call: Any, ctx: Context, binding: bool) -> AsyncIterato
     except ContextError:
         raise
     except (grpc.RpcError, asyncio.CancelledError) as e:
+        if not canceller.owns(e):
+            raise
         err = _translate(e, ctx, binding)
         if err is e:
             raise

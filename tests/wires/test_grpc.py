@@ -4,6 +4,7 @@ healthy. grpc.aio runs on asyncio only: its tests have no trio twin."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -216,5 +217,39 @@ async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer) 
         assert isinstance(
             await anyio.to_thread.run_sync(BOARD.wait_ended, name), gocontext.DeadlineExceeded
         )
+        with anyio.fail_after(NEVER):
+            assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
+
+
+async def test_aio_a_framework_cancellation_passes_through_untouched(server: GrpcServer) -> None:
+    """A task cancelled at the same moment as its context ends cancelled: no Canceled takes
+    the place of the task's own cancellation."""
+    name = rid("aio-framework")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    loop = asyncio.get_running_loop()
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+
+        async def call() -> None:
+            with gocontext.use(ctx):
+                await ch.unary_unary(method("Wait"))(b"")
+
+        task = asyncio.ensure_future(call())
+
+        def both() -> None:
+            task.cancel()
+            cancel()
+
+        def run() -> None:
+            BOARD.wait_entered(name)
+            loop.call_soon_threadsafe(both)
+
+        t = threading.Thread(target=run)
+        t.start()
+        await asyncio.wait({task})
+        await anyio.to_thread.run_sync(t.join, NEVER)
+        assert task.cancelled(), f"the task ended with {task.exception()!r}"
+        await anyio.to_thread.run_sync(BOARD.wait_ended, name)
         with anyio.fail_after(NEVER):
             assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
