@@ -28,6 +28,7 @@ import gocontext.grpc
 import gocontext.http
 
 TARGET = 0.10  # at most 10% of a loopback no-op call
+LATENCY_TARGET_MS = 50.0  # a cancel ends a call in flight within this, median
 RID = gocontext.PropagatedKey("request-id")
 
 
@@ -55,9 +56,20 @@ async def _hello(request: web.Request) -> web.Response:
     return web.Response(text="hello")
 
 
+ENTERED = threading.Event()  # a waiting handler is in (for the cancel latency)
+
+
+async def _wait(request: web.Request) -> web.Response:
+    ctx = gocontext.current()
+    ENTERED.set()
+    await ctx.done()
+    return web.Response(text="ended")
+
+
 def _aiohttp_app(wired: bool) -> web.Application:
     app = web.Application(middlewares=[gocontext.aiohttp.middleware()] if wired else [])
     app.router.add_get("/", _hello)
+    app.router.add_get("/wait", _wait)
     return app
 
 
@@ -145,10 +157,167 @@ def _grpc_handlers(aio: bool) -> Any:
         async def hello(request: bytes, context: Any) -> bytes:
             return b"hello"
 
+        async def wait(request: bytes, context: Any) -> bytes:
+            ctx = gocontext.current()
+            ENTERED.set()
+            await ctx.done()
+            return b"ended"
+
         handler = grpc.unary_unary_rpc_method_handler(hello)
+        waiter = grpc.unary_unary_rpc_method_handler(wait)
     else:
+
+        def sync_wait(request: bytes, context: Any) -> bytes:
+            ctx = gocontext.current()
+            ENTERED.set()
+            ctx.done().wait(60)
+            return b"ended"
+
         handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"hello")
-    return grpc.method_handlers_generic_handler("bench.Hello", {"Hello": handler})
+        waiter = grpc.unary_unary_rpc_method_handler(sync_wait)
+    return grpc.method_handlers_generic_handler("bench.Hello", {"Hello": handler, "Wait": waiter})
+
+
+def _cancel_latency_ms(
+    start: Callable[[gocontext.Context], Callable[[], float]], trials: int
+) -> float:
+    """Median time from cancel() to the caller holding Canceled. *start* begins a call under
+    the context and returns a function that waits for it and returns when it raised."""
+    out = []
+    for _ in range(trials):
+        ENTERED.clear()
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        finish = start(ctx)
+        assert ENTERED.wait(60), "the handler never started"
+        t0 = time.perf_counter()
+        cancel()
+        out.append((finish() - t0) * 1e3)
+    return statistics.median(out)
+
+
+def _in_thread(call: Callable[[], object]) -> Callable[[], float]:
+    raised: list[float] = []
+
+    def run() -> None:
+        try:
+            call()
+        except gocontext.Canceled:
+            raised.append(time.perf_counter())
+
+    t = threading.Thread(target=run)
+    t.start()
+
+    def finish() -> float:
+        t.join(60)
+        assert raised, "the call did not raise Canceled"
+        return raised[0]
+
+    return finish
+
+
+def latency_requests(servers: _Loop, trials: int) -> float:
+    url, runner = servers.run(_start_aiohttp(_aiohttp_app(True)))
+    session = requests.Session()
+    session.mount("http://", gocontext.http.RequestsAdapter())
+    try:
+        return _cancel_latency_ms(
+            lambda ctx: _in_thread(
+                lambda: gocontext.http.request(ctx, session, "GET", url + "wait")
+            ),
+            trials,
+        )
+    finally:
+        session.close()
+        servers.run(runner.cleanup())
+
+
+def latency_grpc_sync(trials: int) -> float:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(4), interceptors=[gocontext.grpc.server_interceptor()]
+    )
+    server.add_generic_rpc_handlers((_grpc_handlers(aio=False),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
+    )
+    wait = channel.unary_unary("/bench.Hello/Wait")
+
+    def start(ctx: gocontext.Context) -> Callable[[], float]:
+        with gocontext.use(ctx):
+            fut = wait.future(b"")
+        return _in_thread(lambda: fut.result(60))
+
+    try:
+        return _cancel_latency_ms(start, trials)
+    finally:
+        channel.close()
+        server.stop(None).wait(60)
+
+
+def latency_async(servers: _Loop, trials: int, kind: str) -> float:
+    """aiohttp or grpc.aio: the call runs in a task on this thread's loop."""
+
+    async def main() -> float:
+        if kind == "aiohttp":
+            url, runner = servers.run(_start_aiohttp(_aiohttp_app(True)))
+            session = gocontext.aiohttp.client_session()
+
+            async def call(ctx: gocontext.Context) -> None:
+                async with session.get(url + "wait", trace_request_ctx=ctx) as r:
+                    await r.read()
+
+            async def close() -> None:
+                await session.close()
+                servers.run(runner.cleanup())
+        else:
+
+            async def make() -> tuple[Any, int]:  # (on the servers' loop)
+                server = grpc.aio.server(interceptors=[gocontext.grpc.aio_server_interceptor()])
+                server.add_generic_rpc_handlers((_grpc_handlers(aio=True),))
+                port = server.add_insecure_port("127.0.0.1:0")
+                await server.start()
+                return server, port
+
+            server, port = servers.run(make())
+            channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=gocontext.grpc.aio_client_interceptors()
+            )
+            wait = channel.unary_unary("/bench.Hello/Wait")
+
+            async def call(ctx: gocontext.Context) -> None:
+                with gocontext.use(ctx):
+                    await wait(b"")
+
+            async def close() -> None:
+                await channel.close()
+                servers.run(server.stop(None))
+
+        out = []
+        try:
+            for _ in range(trials):
+                ENTERED.clear()
+                ctx, cancel = gocontext.with_cancel(gocontext.background())
+                raised: list[float] = []
+
+                async def run(ctx: gocontext.Context = ctx, raised: list[float] = raised) -> None:
+                    try:
+                        await call(ctx)
+                    except gocontext.Canceled:
+                        raised.append(time.perf_counter())
+
+                task = asyncio.ensure_future(run())
+                assert await asyncio.to_thread(ENTERED.wait, 60), "the handler never started"
+                t0 = time.perf_counter()
+                cancel()
+                await task
+                assert raised, "the call did not raise Canceled"
+                out.append((raised[0] - t0) * 1e3)
+        finally:
+            await close()
+        return statistics.median(out)
+
+    return asyncio.run(main())
 
 
 def bench_grpc_sync(n: int, rounds: int) -> tuple[float, float]:
@@ -248,6 +417,13 @@ def main(quick: bool = False) -> None:
             bench_grpc_aio(servers, n, rounds),
         ),
     ]
+    trials = 5 if quick else 20
+    latencies = [
+        ("requests", latency_requests(servers, trials)),
+        ("aiohttp", latency_async(servers, trials, "aiohttp")),
+        ("gRPC sync (.future())", latency_grpc_sync(trials)),
+        ("grpc.aio", latency_async(servers, trials, "grpc.aio")),
+    ]
     servers.stop()
     sys.stdout.write(
         f"\n### Wires: per-call overhead over loopback, client and server together  "
@@ -258,6 +434,13 @@ def main(quick: bool = False) -> None:
         overhead = wired / plain - 1
         verdict = "met" if overhead <= TARGET else "missed"
         sys.stdout.write(f"{name:<62} {plain:>10.1f} {wired:>10.1f} {overhead:>+8.1%}  {verdict}\n")
+    sys.stdout.write(
+        f"\n### Wires: cancel() in another thread to Canceled in the caller, a call in flight  "
+        f"(target: median <= {LATENCY_TARGET_MS:.0f} ms; {trials} trials)\n"
+    )
+    for name, ms in latencies:
+        verdict = "met" if ms <= LATENCY_TARGET_MS else "missed"
+        sys.stdout.write(f"{name:<62} {ms:>10.2f} ms  {verdict}\n")
 
 
 if __name__ == "__main__":
