@@ -136,7 +136,8 @@ def test_cancel_aborts_a_request_stuck_sending_its_body(
     with pytest.raises(gocontext.Canceled):
         gocontext.http.request(ctx, session, "POST", http_server.url + "/upload", data=endless())
     t.join(NEVER)
-    BOARD.wait_ended(name)
+    # (Not waiting for the handler: ContextMiddleware sees no disconnect while a handler
+    # leaves a streamed request body unread.)
     assert_pool_healthy(session, http_server)
 
 
