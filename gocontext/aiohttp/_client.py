@@ -65,13 +65,8 @@ async def _on_request_start(
     values = outgoing_values(ctx)
     if values:
         params.headers["baggage"] = format_baggage(values, params.headers.get("baggage"))
-    _pending.set(ctx)
-
-
-async def _on_request_end(
-    session: aiohttp.ClientSession, trace_config_ctx: SimpleNamespace, params: object
-) -> None:
-    _pending.set(None)
+    _pending.set(ctx)  # (every request sets it afresh; left set afterwards: cheaper than a
+    # signal at every end, and harmless, since only the middleware reads it)
 
 
 def trace_config() -> aiohttp.TraceConfig:
@@ -88,8 +83,6 @@ def trace_config() -> aiohttp.TraceConfig:
     """
     config = aiohttp.TraceConfig()
     config.on_request_start.append(_on_request_start)
-    config.on_request_end.append(_on_request_end)
-    config.on_request_exception.append(_on_request_end)
     return config
 
 
