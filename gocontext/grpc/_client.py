@@ -6,9 +6,10 @@ values go in ``baggage`` metadata. While in flight, the context's end cancels th
 tells the server), and the error raised is the context's: ``Canceled`` or
 ``DeadlineExceeded``, never a bare ``RpcError`` or ``CancelledError``.
 
-The sync API hands an interceptor no call object for a blocking unary response
-(``stub.Method(request)``, ``with_call``): such a call ends at the deadline, but a cancel
-reaches it only through ``.future()`` or a streamed response, whose call objects it cancels.
+The sync API hands an interceptor of a blocking unary response (``stub.Method(request)``,
+``with_call``) no call object, only a continuation that blocks until the call is over; the
+interceptor makes the same call as a future instead (see ``_blocking_thunk``), so a cancel
+reaches blocking calls too.
 """
 
 from __future__ import annotations
@@ -102,6 +103,39 @@ def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
 # sync
 
 
+def _on_cancel(ctx: Context, cancel: Callable[[], object]) -> Callable[[], None]:
+    """The done-callback that cancels a call: only for a cancel. At a passed deadline gRPC's
+    own deadline, the same one, ends the call, so the server learns it was the deadline."""
+
+    def on_done() -> None:
+        if not isinstance(ctx.err(), DeadlineExceeded):
+            cancel()
+
+    return on_done
+
+
+def _blocking_thunk(continuation: Callable[..., Any]) -> Any:
+    """For the continuation of a blocking unary call (``stub.Method(request)``, ``with_call``),
+    the function that gives the next layer's callable by method name; else None.
+
+    grpc hands an interceptor of a blocking call only a continuation that blocks until the
+    call is over, leaving nothing to cancel. Its closure holds the intercepted callable, whose
+    ``_thunk`` gives the next layer (the channel, or the next interceptor): calling its
+    ``.future()`` makes the same call, cancelable. Anything unexpected falls back to the
+    continuation (a cancel then reaches the call only at its deadline).
+    """
+    code = getattr(continuation, "__code__", None)
+    if code is None or not continuation.__qualname__.endswith("_with_call.<locals>.continuation"):
+        return None
+    try:
+        closure = getattr(continuation, "__closure__", None) or ()
+        cells = dict(zip(code.co_freevars, (c.cell_contents for c in closure), strict=True))
+        thunk = cells["self"]._thunk
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return thunk if callable(thunk) else None
+
+
 class _SyncInterceptor(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
@@ -110,16 +144,28 @@ class _SyncInterceptor(
 ):
     def _unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         ctx, new, binding = _prepare(details, aio=False)
-        outcome = continuation(new, request)
+        thunk = _blocking_thunk(continuation)
+        if thunk is not None:
+            # A blocking call: start it as a future instead, which a cancel can reach.
+            outcome = thunk(new.method).future(
+                request,
+                timeout=new.timeout,
+                metadata=new.metadata,
+                credentials=new.credentials,
+                wait_for_ready=new.wait_for_ready,
+                compression=new.compression,
+            )
+        else:
+            outcome = continuation(new, request)
         # A future (from .future()) is still running: the context's end cancels it.
-        handle = ctx.done().add_callback(outcome.cancel)
+        handle = ctx.done().add_callback(_on_cancel(ctx, outcome.cancel))
         outcome.add_done_callback(lambda _: handle.cancel())
         return _SyncOutcome(outcome, ctx, binding)
 
     def _stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         ctx, new, binding = _prepare(details, aio=False)
         call = continuation(new, request)
-        handle = ctx.done().add_callback(call.cancel)
+        handle = ctx.done().add_callback(_on_cancel(ctx, call.cancel))
         call.add_callback(handle.cancel)
         return _SyncStream(call, ctx, binding)
 
@@ -232,10 +278,9 @@ def client_interceptors() -> list[Any]:
 
     A call's context is ``gocontext.current()``. A done context sends nothing; the deadline
     goes out as gRPC's own (a smaller ``timeout`` of the call's own still applies) and
-    ``PropagatedKey`` values in ``baggage`` metadata; a passed deadline raises
-    ``DeadlineExceeded``. A cancel cancels the call and raises ``Canceled`` for ``.future()``
-    calls and streamed responses; a blocking unary call (``stub.Method(request)``) gives
-    interceptors no call object to cancel, so it ends at its deadline.
+    ``PropagatedKey`` values in ``baggage`` metadata; a cancel from any thread cancels the
+    call (blocking, ``.future()`` or streamed) and raises ``Canceled``, a passed deadline
+    ``DeadlineExceeded``.
 
     Example:
         >>> import grpc, gocontext.grpc
@@ -256,8 +301,9 @@ class _Canceller:
     ``CancelledError`` is ours to translate only then, and only if the task itself is not
     being cancelled (a framework cancellation always passes through untouched)."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, ctx: Context) -> None:
         self.call = call
+        self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.fired = False
 
@@ -266,6 +312,8 @@ class _Canceller:
             self.loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
+        if isinstance(self.ctx.err(), DeadlineExceeded):
+            return  # gRPC's own deadline, the same, ends the call: the server sees which
         self.fired = True
         self.call.cancel()
 
@@ -281,7 +329,7 @@ class _AioBase:
     async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
         ctx, new, binding = _prepare(details, aio=True)
         call = await continuation(new, request)
-        canceller = _Canceller(call)
+        canceller = _Canceller(call, ctx)
         handle = ctx.done().add_callback(canceller)
         try:
             return await call
@@ -327,7 +375,7 @@ class _AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # typ
 
 
 async def _aio_responses(call: Any, ctx: Context, binding: bool) -> AsyncIterator[Any]:
-    canceller = _Canceller(call)
+    canceller = _Canceller(call, ctx)
     handle = ctx.done().add_callback(canceller)
     try:
         async for response in call:

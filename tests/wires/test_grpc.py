@@ -104,6 +104,18 @@ def test_cancel_from_another_thread_cancels_a_future_call(channel: Any) -> None:
     assert_healthy(channel)
 
 
+def test_cancel_from_another_thread_cancels_a_blocking_call(channel: Any) -> None:
+    name = rid("blocking")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    t = cancel_when_entered(name, cancel)
+    with gocontext.use(ctx), pytest.raises(gocontext.Canceled):
+        channel.unary_unary(method("Wait"))(b"", timeout=5)  # (5 s: a bound if it fails)
+    t.join(NEVER)
+    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert _context.watcher_count(ctx) == 0
+    assert_healthy(channel)
+
+
 def test_cancel_from_another_thread_cancels_a_streamed_response(channel: Any) -> None:
     name = rid("stream")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
