@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import gocontext
 import gocontext.grpc
 import gocontext.http
 from gocontext import _context
+from gocontext.grpc import _server
 
 from ..conftest import NEVER
 from .conftest import BOARD, RID, SECRET, tcp_socket
@@ -128,6 +130,15 @@ def test_cancel_from_another_thread_cancels_a_streamed_response(channel: Any) ->
     t.join(NEVER)
     assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
     assert_healthy(channel)
+    assert_no_server_context_left()
+
+
+def assert_no_server_context_left() -> None:
+    """Every handler's context is unregistered (a handler does so just after it returns)."""
+    end = time.monotonic() + NEVER
+    while _server._contexts and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not _server._contexts
 
 
 def test_passed_deadline_raises_deadline_exceeded_and_ends_the_handler_with_it(
@@ -216,6 +227,7 @@ async def test_aio_cancel_from_another_thread_cancels_the_call(
         assert isinstance(cause, gocontext.http.ClientDisconnected)
         with anyio.fail_after(NEVER):
             assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
+        await anyio.to_thread.run_sync(assert_no_server_context_left)
 
 
 async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer) -> None:
