@@ -9,8 +9,8 @@ socket call. The adapter's connection pools remember which connections each requ
 (from the moment the pool hands one out until it takes it back); the context's done-callback
 shuts those sockets down, the blocked call fails, and the failure is raised as the context's
 error. urllib3 drops a connection that failed, so the pool stays healthy. A connect that is
-itself blocked (a peer that never answers a SYN) is not interrupted: its timeout, capped by
-the time left, ends it.
+itself blocked (a peer that never answers a SYN) cannot be shut down from another thread: it
+runs in slices of a tenth of a second, and an abort ends it at the next slice.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import Timeout
 
 from .. import _timer
@@ -91,6 +92,8 @@ class _Aborter:
                         sock.shutdown(socket.SHUT_RDWR)
 
 
+_CONNECT_SLICE = 0.1  # a blocked connect is retried in slices this long, checking for an abort
+
 _current: contextvars.ContextVar[tuple[_Aborter, Context] | None] = contextvars.ContextVar(
     "gocontext.http.requests_aborter", default=None
 )
@@ -102,6 +105,33 @@ class _ConnMixin:
 
     _gocontext_aborter: _Aborter | None = None
     sock: socket.socket | None
+    timeout: Any
+
+    def _new_conn(self) -> socket.socket:
+        # A blocked connect cannot be shut down from another thread: connect in slices,
+        # checking for an abort between them, within the connect timeout.
+        aborter = self._gocontext_aborter
+        if aborter is None:
+            return super()._new_conn()  # type: ignore[misc, no-any-return]
+        own = self.timeout
+        limit = own if isinstance(own, (int, float)) else None
+        end = None if limit is None else _timer.now() + limit
+        try:
+            while True:
+                if aborter.aborted:
+                    raise NewConnectionError(self, "the request's context ended")  # type: ignore[arg-type]
+                left = None if end is None else end - _timer.now()
+                if left is not None and left <= 0:
+                    raise ConnectTimeoutError(self, f"connect timed out (timeout={own})")
+                self.timeout = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
+                try:
+                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+                except ConnectTimeoutError:
+                    continue
+                sock.settimeout(limit if limit is not None else socket.getdefaulttimeout())
+                return sock
+        finally:
+            self.timeout = own
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]

@@ -4,7 +4,10 @@ healthy. Against uvicorn with ContextMiddleware on 127.0.0.1."""
 from __future__ import annotations
 
 import itertools
+import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import anyio
@@ -244,3 +247,54 @@ def test_request_rejects_bad_arguments(session: requests.Session) -> None:
             "http://127.0.0.1:9/",
             timeout=(1, 2, 3),
         )
+
+
+def wait_until_in(thread: threading.Thread, function: str) -> bool:
+    """Wait (bounded) until *thread* is inside a call of *function*, read from its stack."""
+    end = time.monotonic() + NEVER
+    while time.monotonic() < end and thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == function:
+                return True
+            frame = frame.f_back
+        time.sleep(0.001)
+    return False
+
+
+def test_cancel_aborts_a_request_blocked_connecting_to_a_peer_that_never_answers(
+    session: requests.Session,
+) -> None:
+    """A listener whose backlog is full drops SYNs: connecting to it blocks. A cancel must
+    end that blocked connect too (its own timeout here is far beyond the bounded wait)."""
+    listener = tcp_socket()
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the backlog until a connect no longer completes
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        s.setblocking(False)
+        fillers.append(s)
+        if s.connect_ex(("127.0.0.1", port)) != 0:
+            break
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            gocontext.http.request(ctx, session, "GET", f"http://127.0.0.1:{port}/", timeout=60)
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert wait_until_in(t, "create_connection"), "the request never started connecting"
+    cancel()
+    t.join(NEVER)
+    alive = t.is_alive()
+    for s in fillers:
+        s.close()
+    listener.close()
+    assert not alive, "the cancel did not end a blocked connect"
+    assert len(raised) == 1
+    assert isinstance(raised[0], gocontext.Canceled)
