@@ -361,7 +361,13 @@ class _AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: i
 
 class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await self._unary(continuation, details, request)
+        # grpc.aio needs the call itself back here (its writes go through it), so the error
+        # stays gRPC's own; the context still sends its deadline and values and cancels it.
+        ctx, new, _ = _prepare(details, aio=True)
+        call = await continuation(new, request)
+        handle = ctx.done().add_callback(_Canceller(call, ctx))
+        call.add_done_callback(lambda _: handle.cancel())
+        return call
 
 
 class _AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
@@ -405,7 +411,9 @@ def aio_client_interceptors() -> list[Any]:
     goes out as gRPC's own (a smaller ``timeout`` of the call's own still applies) and
     ``PropagatedKey`` values in ``baggage`` metadata; a cancel from any thread or task cancels
     the call and raises ``Canceled``, a passed deadline ``DeadlineExceeded``; unary and
-    streamed calls alike. (grpc.aio runs on asyncio only.)
+    streamed responses alike. A client-streaming call (stream in, one answer) is cancelled
+    too, but raises gRPC's own error: grpc.aio needs its call object back from the
+    interceptor. (grpc.aio runs on asyncio only.)
 
     Example:
         >>> import grpc.aio, gocontext.grpc

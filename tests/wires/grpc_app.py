@@ -114,6 +114,29 @@ async def aio_ok(request: bytes, servicer_context: Any) -> bytes:
     return b"ok"
 
 
+def sync_collect(requests: Iterator[bytes], servicer_context: Any) -> bytes:
+    """Stream in, one answer: how many came, and what the context carried."""
+    body = info_of(gocontext.current())
+    body["count"] = sum(1 for _ in requests)
+    return json.dumps(body).encode()
+
+
+def sync_echo(requests: Iterator[bytes], servicer_context: Any) -> Iterator[bytes]:
+    for r in requests:
+        yield r + b" " + _rid().encode()
+
+
+async def aio_collect(requests: AsyncIterator[bytes], servicer_context: Any) -> bytes:
+    body = info_of(gocontext.current())
+    body["count"] = len([r async for r in requests])
+    return json.dumps(body).encode()
+
+
+async def aio_echo(requests: AsyncIterator[bytes], servicer_context: Any) -> AsyncIterator[bytes]:
+    async for r in requests:
+        yield r + b" " + _rid().encode()
+
+
 def _handlers(aio: bool) -> Any:
     unary = grpc.unary_unary_rpc_method_handler
     stream = grpc.unary_stream_rpc_method_handler
@@ -123,6 +146,8 @@ def _handlers(aio: bool) -> Any:
             "Wait": unary(aio_wait),
             "WaitStream": stream(aio_wait_stream),
             "Ok": unary(aio_ok),
+            "Collect": grpc.stream_unary_rpc_method_handler(aio_collect),
+            "Echo": grpc.stream_stream_rpc_method_handler(aio_echo),
         }
     else:
         table = {
@@ -130,6 +155,8 @@ def _handlers(aio: bool) -> Any:
             "Wait": unary(sync_wait),
             "WaitStream": stream(sync_wait_stream),
             "Ok": unary(sync_ok),
+            "Collect": grpc.stream_unary_rpc_method_handler(sync_collect),
+            "Echo": grpc.stream_stream_rpc_method_handler(sync_echo),
         }
     return grpc.method_handlers_generic_handler(SERVICE, table)
 

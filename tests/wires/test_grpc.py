@@ -85,6 +85,32 @@ def test_deadline_and_propagated_values_reach_the_handler(channel: Any) -> None:
     assert body["same_as_context_of"] is True
 
 
+def test_client_streaming_and_bidirectional_calls_carry_the_deadline_and_values(
+    channel: Any,
+) -> None:
+    with gocontext.with_timeout(with_rid("streams"), 30) as (ctx, _), gocontext.use(ctx):
+        body = json.loads(channel.stream_unary(method("Collect"))(iter([b"a", b"b", b"c"])))
+        echoed = list(channel.stream_stream(method("Echo"))(iter([b"x", b"y"])))
+    assert body["count"] == 3
+    assert body["rid"] == "streams"
+    assert 0 < body["remaining"] <= 31
+    assert echoed == [b"x streams", b"y streams"]
+
+
+async def test_aio_client_streaming_and_bidirectional_calls_carry_the_values(
+    server: GrpcServer,
+) -> None:
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+        with gocontext.with_timeout(with_rid("aio-streams"), 30) as (ctx, _), gocontext.use(ctx):
+            body = json.loads(await ch.stream_unary(method("Collect"))(iter([b"a", b"b"])))
+            echoed = [r async for r in ch.stream_stream(method("Echo"))(iter([b"x"]))]
+    assert body["count"] == 2
+    assert body["rid"] == "aio-streams"
+    assert echoed == [b"x aio-streams"]
+
+
 def test_a_call_without_a_deadline_gives_the_handler_none(channel: Any) -> None:
     with gocontext.use(with_rid("none")):
         body = json.loads(channel.unary_unary(method("Info"))(b""))
