@@ -64,6 +64,14 @@ EXPECTED: dict[str, list[str]] = {
         "drained: every request in flight finished",
         "shutdown done",
     ],
+    "wires.py": [
+        "1. a 5s deadline crosses five wires, shrinking at every hop",
+        "  5 leaf (Starlette): request req-1,",
+        "client: leaf ok",
+        "2. the client cancels; the cancel reaches every hop",
+        "client: Canceled('context canceled')",
+        "wires done",
+    ],
 }
 
 # Lines that must appear, in any order (they come from threads and tasks racing each other).

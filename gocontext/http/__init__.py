@@ -9,31 +9,51 @@ Example:
     >>> client.close()
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from ._middleware import ClientDisconnected as ClientDisconnected
 from ._middleware import ContextMiddleware as ContextMiddleware
 
 if TYPE_CHECKING:
+    from ._requests import RequestsAdapter as RequestsAdapter
+    from ._requests import request as request
     from ._transport import AsyncTransport as AsyncTransport
     from ._transport import Transport as Transport
 
-__all__ = ["AsyncTransport", "ClientDisconnected", "ContextMiddleware", "Transport"]
+__all__ = [
+    "AsyncTransport",
+    "ClientDisconnected",
+    "ContextMiddleware",
+    "RequestsAdapter",
+    "Transport",
+    "request",
+]
+
+# Each client loads its library on first use, so a server that only mounts the middleware needs
+# no HTTP client installed, and the httpx transports need no requests: (module, extra, needs).
+_LAZY = {
+    "AsyncTransport": ("_transport", "http-client", ("httpx", "httpcore")),
+    "Transport": ("_transport", "http-client", ("httpx", "httpcore")),
+    "RequestsAdapter": ("_requests", "requests", ("requests", "urllib3")),
+    "request": ("_requests", "requests", ("requests", "urllib3")),
+}
 
 
 def __getattr__(name: str) -> object:
-    # The transports load httpx on first use, so a server that only mounts the middleware
-    # needs no HTTP client installed.
-    if name not in ("AsyncTransport", "Transport"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        from . import _transport
+        module, extra, needs = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    try:
+        loaded = importlib.import_module(f"{__name__}.{module}")
     except ImportError as e:
-        if e.name not in ("httpx", "httpcore"):
+        if e.name not in needs:
             raise
         raise ImportError(
-            f"gocontext.http.{name} needs the http-client extra ({e.name} is missing): "
-            "pip install 'gocontext[http-client]'"
+            f"gocontext.http.{name} needs the {extra} extra ({e.name} is missing): "
+            f"pip install 'gocontext[{extra}]'"
         ) from e
-    globals().update(AsyncTransport=_transport.AsyncTransport, Transport=_transport.Transport)
-    return getattr(_transport, name)
+    value = getattr(loaded, name)
+    globals()[name] = value
+    return value

@@ -18,7 +18,7 @@ from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
 from ._headers import HeaderError, parse_baggage, parse_grpc_timeout, parse_timeout_ms
 
-__all__ = ["ClientDisconnected", "ContextMiddleware"]
+__all__ = ["ClientDisconnected", "ContextMiddleware", "timeout_and_values"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,13 +67,13 @@ class ClientDisconnected(ConnectionError):
     __module__ = "gocontext.http"
 
 
-def _timeout_and_values(
+def timeout_and_values(
     headers: Iterable[tuple[bytes, bytes]],
 ) -> tuple[float | None, dict[str, str]]:
     """The smallest timeout the headers ask for (seconds, or None) and the baggage values.
 
     Example:
-        >>> _timeout_and_values([(b"grpc-timeout", b"250m"), (b"baggage", b"user=ada")])
+        >>> timeout_and_values([(b"grpc-timeout", b"250m"), (b"baggage", b"user=ada")])
         (0.25, {'user': 'ada'})
     """
     timeout: float | None = None
@@ -165,7 +165,7 @@ class ContextMiddleware:
             await self.app(scope_, receive, send)
             return
         try:
-            timeout, values = _timeout_and_values(scope_.get("headers") or ())
+            timeout, values = timeout_and_values(scope_.get("headers") or ())
         except HeaderError as e:
             await _plain(send, 400, f"bad deadline header: {e}")
             return

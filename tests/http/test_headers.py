@@ -14,7 +14,7 @@ from gocontext.http._headers import (
     parse_grpc_timeout,
     parse_timeout_ms,
 )
-from gocontext.http._middleware import _timeout_and_values as incoming_deadline
+from gocontext.http._middleware import timeout_and_values as incoming_deadline
 
 
 @pytest.mark.parametrize(

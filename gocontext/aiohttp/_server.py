@@ -1,0 +1,153 @@
+"""The aiohttp.web middleware: each request runs under a context with the caller's deadline and
+values, cancelled when the client goes away.
+
+aiohttp (by default) keeps running a handler whose client has gone, and tells no one. To see a
+disconnect at once, the middleware puts a thin protocol in front of the connection's own
+(``transport.set_protocol``, as asyncio's sendfile fallback does): it forwards everything and,
+when the connection is lost, cancels the context of the request it is serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .._ambient import use
+from .._async import scope
+from .._context import Context, background, with_cancel_cause, with_timeout
+from .._errors import ContextError, DeadlineExceeded
+from .._propagation import attach_values
+from ..http._headers import HeaderError
+from ..http._middleware import ClientDisconnected, timeout_and_values
+
+__all__ = ["middleware"]
+
+Handler = Callable[[web.Request], Any]
+
+
+class _Watch(asyncio.Protocol):
+    """Forwards every event to the connection's protocol and reports its loss first.
+
+    Only the loop's thread touches it; ``listeners`` holds the disconnect callbacks of the
+    requests being served on this connection.
+    """
+
+    def __init__(self, inner: asyncio.BaseProtocol) -> None:
+        self.inner: Any = inner
+        self.lost = False
+        self.listeners: dict[object, Callable[[], None]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        listeners, self.listeners = self.listeners, {}
+        try:
+            for fn in listeners.values():
+                fn()
+        finally:
+            self.inner.connection_lost(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _watch(request: web.Request, key: object, fn: Callable[[], None]) -> _Watch | None:
+    """Call *fn* when the request's connection is lost (at once if it is); None if it is."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        fn()
+        return None
+    proto = transport.get_protocol()
+    if not isinstance(proto, _Watch):
+        proto = _Watch(proto)
+        transport.set_protocol(proto)
+    proto.listeners[key] = fn
+    return proto
+
+
+def middleware(*, max_timeout: float | None = None) -> Any:
+    """An ``aiohttp.web`` middleware that runs each request under its own context.
+
+    The context carries the caller's deadline (``Grpc-Timeout``, ``Connect-Timeout-Ms`` or
+    ``X-Envoy-Expected-Rq-Timeout-Ms``, the smallest, capped by *max_timeout*, which also
+    applies when none is sent) and its ``PropagatedKey`` values (``baggage``); it is ambient
+    in the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled
+    with a ``gocontext.http.ClientDisconnected`` cause when the client goes away. The handler
+    runs in ``gocontext.scope``: one that ignores its context is still stopped at the
+    deadline, and the client gets a 504. A malformed deadline header gets a 400 that says
+    what was wrong. A bad *max_timeout* is a ``ValueError``.
+
+    Example:
+        >>> import aiohttp.web, gocontext.aiohttp
+        >>> app = aiohttp.web.Application(middlewares=[gocontext.aiohttp.middleware()])
+    """
+    if max_timeout is not None and (
+        isinstance(max_timeout, bool)
+        or not isinstance(max_timeout, (int, float))
+        or math.isnan(max_timeout)
+        or max_timeout <= 0
+    ):
+        raise ValueError(
+            f"gocontext.aiohttp.middleware() needs max_timeout to be a positive number of "
+            f"seconds, got {max_timeout!r}"
+        )
+
+    @web.middleware
+    async def gocontext_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            timeout, values = timeout_and_values(request.raw_headers)
+        except HeaderError as e:
+            raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
+        if max_timeout is not None:
+            timeout = max_timeout if timeout is None else min(timeout, max_timeout)
+        ctx, cancel = with_cancel_cause(attach_values(background(), values))
+        request_ctx: Context = ctx
+        cancel_deadline: Callable[[], None] = _nothing
+        if timeout is not None:
+            request_ctx, cancel_deadline = with_timeout(ctx, timeout)
+        key = object()
+        watch = _watch(request, key, lambda: cancel(ClientDisconnected("the client disconnected")))
+        try:
+            async with scope(request_ctx) as child:
+                # (aiohttp warns once about a str key, asking for a web.RequestKey; the
+                # contract's key is "gocontext", so it goes in the mapping underneath)
+                request._state["gocontext"] = child
+                with use(child):
+                    response: web.StreamResponse = await handler(request)
+        except ContextError:
+            if ctx.err() is not None:
+                # The client left: nobody reads this answer (aiohttp drops it quietly).
+                return web.Response(status=499, text="client disconnected")
+            if isinstance(request_ctx.err(), DeadlineExceeded):
+                raise web.HTTPGatewayTimeout(text="deadline exceeded") from None
+            raise
+        finally:
+            if watch is not None:
+                watch.listeners.pop(key, None)
+            cancel_deadline()
+            cancel(None)
+        return response
+
+    return gocontext_middleware
+
+
+def _nothing() -> None:
+    pass

@@ -1,0 +1,272 @@
+"""gRPC server interceptors (sync and ``grpc.aio``): each RPC's handler runs under a context.
+
+The context has the RPC's deadline (gRPC's own ``time_remaining()``; none when the client sent
+none) and the ``PropagatedKey`` values of the ``baggage`` metadata; it is ambient in the handler
+and ``context_of(servicer_context)`` finds it. It ends when the RPC ends: ``Canceled`` when the
+handler is done, ``Canceled`` with a ``ClientDisconnected`` cause when the client cancelled or
+went away first, ``DeadlineExceeded`` when the deadline passed (which wins a tie: gRPC reports
+a passed deadline as a termination too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import grpc.aio  # type: ignore[import-untyped]
+
+from .._ambient import use
+from .._context import CancelCausePair, Context, background, with_cancel_cause, with_timeout
+from .._propagation import attach_values
+from ..http._headers import parse_baggage
+
+try:  # the same cause as the HTTP wires, when the http extra is there
+    from ..http._middleware import ClientDisconnected
+except ImportError:  # pragma: no cover - without the http extra
+
+    class ClientDisconnected(ConnectionError):  # type: ignore[no-redef]
+        """The cause recorded on an RPC's context when its client cancels or goes away."""
+
+
+__all__ = ["aio_server_interceptor", "context_of", "server_interceptor"]
+
+# The context of every RPC being handled, by its servicer context; guarded by _lock.
+_contexts: dict[int, Context] = {}
+_lock = threading.Lock()
+
+
+def context_of(servicer_context: object) -> Context:
+    """The context of the RPC that *servicer_context* belongs to, while its handler runs.
+
+    Raises ``LookupError`` for a servicer context our interceptor is not handling.
+
+    Example:
+        >>> import gocontext.grpc
+        >>> gocontext.grpc.context_of(object())
+        Traceback (most recent call last):
+          ...
+        LookupError: gocontext.grpc.context_of() found no context: ...
+    """
+    with _lock:
+        ctx = _contexts.get(id(servicer_context))
+    if ctx is None:
+        raise LookupError(
+            "gocontext.grpc.context_of() found no context: is the server's interceptor "
+            f"gocontext.grpc.server_interceptor() / aio_server_interceptor()? got "
+            f"{type(servicer_context).__name__}"
+        )
+    return ctx
+
+
+class _Rpc:
+    """One RPC's context and how it ends. ``finished`` is set (once) when the handler is done;
+    the termination callback reads it to tell a finished RPC from a client that left."""
+
+    def __init__(self, servicer_context: Any) -> None:
+        self.key = id(servicer_context)
+        metadata = servicer_context.invocation_metadata() or ()
+        baggage = ",".join(str(v) for k, v in metadata if k == "baggage")
+        parent = attach_values(background(), parse_baggage(baggage) if baggage else {})
+        self.pair: CancelCausePair = with_cancel_cause(parent)
+        self.ctx: Context = self.pair[0]
+        self.cancel_deadline: Callable[[], None] = _nothing
+        left = servicer_context.time_remaining()
+        if left is not None and left < _NO_DEADLINE:
+            self.ctx, self.cancel_deadline = with_timeout(self.pair[0], left)
+        self.finished = False
+        self.servicer_context = servicer_context
+        with _lock:
+            _contexts[self.key] = self.ctx
+
+    def terminated(self) -> None:
+        """gRPC's end-of-RPC callback (any thread)."""
+        if self.finished:
+            self.end()
+            return
+        if self.deadline_passed():
+            # Our own timer ends the context with DeadlineExceeded, a moment after gRPC's:
+            # wait for it, so the handler, stopped next, sees why.
+            self.ctx.done().wait(_TIMER_SLACK)
+            return
+        self.pair[1](ClientDisconnected("the client cancelled the RPC or went away"))
+
+    def deadline_passed(self) -> bool:
+        left = self.servicer_context.time_remaining()
+        return left is not None and left <= 0
+
+    async def aio_terminated(self) -> None:
+        """As ``terminated``, on the loop: waits for our timer without blocking it."""
+        if self.deadline_passed():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_await_done(self.ctx), _TIMER_SLACK)
+            return
+        self.terminated()
+
+    def end(self) -> None:
+        self.finished = True
+        with _lock:
+            if _contexts.get(self.key) is self.ctx:
+                del _contexts[self.key]
+        self.cancel_deadline()
+        self.pair[1](None)
+
+
+# The sync server reports "no deadline" as about 2**63 seconds left; anything past ten years
+# is no deadline.
+_NO_DEADLINE = 10 * 365 * 24 * 3600.0
+_TIMER_SLACK = 0.5  # at most this long between gRPC's deadline and our timer's (never reached)
+
+
+async def _await_done(ctx: Context) -> None:
+    await ctx.done()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _wrap(handler: Any, wrap_unary: Any, wrap_stream: Any) -> Any:
+    if handler is None:
+        return None
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
+    if handler.stream_unary is not None:
+        return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
+    if handler.stream_stream is not None:
+        return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
+    return handler
+
+
+# --------------------------------------------------------------------------------------------
+# sync
+
+
+def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def run(request: Any, servicer_context: Any) -> Any:
+        rpc = _Rpc(servicer_context)
+        servicer_context.add_callback(rpc.terminated)
+        try:
+            with use(rpc.ctx):
+                return behavior(request, servicer_context)
+        finally:
+            rpc.end()
+
+    return run
+
+
+def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def run(request: Any, servicer_context: Any) -> Iterator[Any]:
+        rpc = _Rpc(servicer_context)
+        servicer_context.add_callback(rpc.terminated)
+        try:
+            with use(rpc.ctx):
+                responses = behavior(request, servicer_context)
+            while True:
+                with use(rpc.ctx):  # (each step of the handler's generator sees its context)
+                    try:
+                        response = next(responses)
+                    except StopIteration:
+                        return
+                yield response
+        finally:
+            rpc.end()
+
+    return run
+
+
+class _SyncServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return _wrap(continuation(handler_call_details), _sync_unary, _sync_stream)
+
+
+def server_interceptor() -> Any:
+    """A ``grpc.ServerInterceptor`` that runs each RPC's handler under its own context.
+
+    For ``grpc.server(..., interceptors=[...])``; unary and streaming handlers. The context
+    has the RPC's deadline and ``PropagatedKey`` values, is ambient in the handler and at
+    ``gocontext.grpc.context_of(servicer_context)``, and ends with the RPC (see the module).
+
+    Example:
+        >>> import grpc, gocontext.grpc
+        >>> interceptor = gocontext.grpc.server_interceptor()
+        >>> isinstance(interceptor, grpc.ServerInterceptor)
+        True
+    """
+    return _SyncServerInterceptor()
+
+
+# --------------------------------------------------------------------------------------------
+# grpc.aio
+
+
+async def _run_shielded(rpc: _Rpc, coro: Any) -> Any:
+    """Await *coro* in a task of its own. When gRPC cancels the RPC's task (the client left or
+    the deadline passed), the context ends first, then the handler is cancelled: its cleanup
+    sees why."""
+    with use(rpc.ctx):
+        inner = asyncio.ensure_future(coro)  # (the task copies the ambient context)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        await asyncio.shield(rpc.aio_terminated())
+        inner.cancel()
+        await asyncio.wait({inner})
+        raise
+
+
+def _aio_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    async def run(request: Any, servicer_context: Any) -> Any:
+        rpc = _Rpc(servicer_context)
+        try:
+            return await _run_shielded(rpc, behavior(request, servicer_context))
+        finally:
+            rpc.end()
+
+    return run
+
+
+def _aio_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    async def run(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
+        rpc = _Rpc(servicer_context)
+        try:
+            with use(rpc.ctx):
+                responses = behavior(request, servicer_context)
+            if not hasattr(responses, "__anext__"):  # a coroutine using context.write()
+                await _run_shielded(rpc, responses)
+                return
+            while True:
+                try:
+                    response = await _run_shielded(rpc, responses.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield response
+        finally:
+            rpc.end()
+
+    return run
+
+
+class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return _wrap(await continuation(handler_call_details), _aio_unary, _aio_stream)
+
+
+def aio_server_interceptor() -> Any:
+    """A ``grpc.aio.ServerInterceptor`` that runs each RPC's handler under its own context.
+
+    For ``grpc.aio.server(interceptors=[...])``; unary and streaming handlers (async
+    functions and async generators). Otherwise as ``server_interceptor()``.
+
+    Example:
+        >>> import grpc.aio, gocontext.grpc
+        >>> interceptor = gocontext.grpc.aio_server_interceptor()
+        >>> isinstance(interceptor, grpc.aio.ServerInterceptor)
+        True
+    """
+    return _AioServerInterceptor()

@@ -1,0 +1,368 @@
+"""A ``requests`` transport adapter that makes every request honour its context.
+
+The request's context is the one ``request(ctx, session, ...)`` was given, else the ambient
+one. Before sending: a done context sends nothing; the time left caps the connect and read
+timeouts and goes out as ``Grpc-Timeout``; ``PropagatedKey`` values go out in ``baggage``.
+
+While in flight, a cancel or a passed deadline from any thread must wake a thread blocked in a
+socket call. The adapter's connection pools remember which connections each request holds
+(from the moment the pool hands one out until it takes it back); the context's done-callback
+shuts those sockets down, the blocked call fails, and the failure is raised as the context's
+error. urllib3 drops a connection that failed, so the pool stays healthy. A connect that is
+itself blocked (a peer that never answers a SYN) cannot be shut down from another thread: it
+runs in slices of a tenth of a second, and an abort ends it at the next slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import Timeout
+
+from .. import _timer
+from .._ambient import current, use
+from .._context import _OURS, Context, _check_foreign
+from .._done import CallbackHandle
+from .._errors import ContextError, DeadlineExceeded
+from .._propagation import outgoing_values
+from ._headers import format_baggage, format_grpc_timeout
+
+__all__ = ["RequestsAdapter", "request"]
+
+
+class _Aborter:
+    """The connections one request holds, and the switch that shuts their sockets down.
+
+    ``lock`` guards every field. ``conns`` holds a connection from the pool's ``_get_conn`` to
+    its ``_put_conn``: once back in the pool the connection may serve another request, so it
+    is forgotten (under the lock) before the pool can hand it out again. The context's
+    callback is removed when the last connection goes back and ``send`` has returned.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.aborted = False
+        self.sending = True
+        self.conns: set[HTTPConnection] = set()
+        self.handle: CallbackHandle | None = None
+
+    def attach(self, conn: HTTPConnection) -> bool:
+        with self.lock:
+            if self.aborted:
+                return False
+            self.conns.add(conn)
+            return True
+
+    def detach(self, conn: HTTPConnection) -> None:
+        with self.lock:
+            self.conns.discard(conn)
+            self._maybe_release_locked()
+
+    def sent(self) -> None:
+        with self.lock:
+            self.sending = False
+            self._maybe_release_locked()
+
+    def _maybe_release_locked(self) -> None:
+        if not self.sending and not self.conns and self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def abort(self) -> None:
+        # Shut down under the lock: a connection cannot go back to the pool (and on to
+        # another request) between the check and the shutdown.
+        with self.lock:
+            self.aborted = True
+            for conn in self.conns:
+                sock = conn.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+_CONNECT_SLICE = 0.1  # a blocked connect is retried in slices this long, checking for an abort
+
+_current: contextvars.ContextVar[tuple[_Aborter, Context] | None] = contextvars.ContextVar(
+    "gocontext.http.requests_aborter", default=None
+)
+
+
+class _ConnMixin:
+    """A connection that, once connected, checks whether its request was aborted meanwhile
+    (the abort found no socket to shut down then)."""
+
+    _gocontext_aborter: _Aborter | None = None
+    sock: socket.socket | None
+    timeout: Any
+
+    def _new_conn(self) -> socket.socket:
+        # A blocked connect cannot be shut down from another thread: connect in slices,
+        # checking for an abort between them, within the connect timeout.
+        aborter = self._gocontext_aborter
+        if aborter is None:
+            return super()._new_conn()  # type: ignore[misc, no-any-return]
+        own = self.timeout
+        limit = own if isinstance(own, (int, float)) else None
+        end = None if limit is None else _timer.now() + limit
+        try:
+            while True:
+                if aborter.aborted:
+                    raise NewConnectionError(self, "the request's context ended")  # type: ignore[arg-type]
+                left = None if end is None else end - _timer.now()
+                if left is not None and left <= 0:
+                    raise ConnectTimeoutError(self, f"connect timed out (timeout={own})")
+                self.timeout = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
+                try:
+                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+                except ConnectTimeoutError:
+                    continue
+                sock.settimeout(limit if limit is not None else socket.getdefaulttimeout())
+                return sock
+        finally:
+            self.timeout = own
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        aborter = self._gocontext_aborter
+        if aborter is not None:
+            with aborter.lock:
+                if aborter.aborted and self.sock is not None:
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Conn(_ConnMixin, HTTPConnection):
+    pass
+
+
+class _HTTPSConn(_ConnMixin, HTTPSConnection):
+    pass
+
+
+class _PoolMixin:
+    """Connection pools that tell the current request's aborter which connections it holds."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        held = _current.get()
+        if held is not None:
+            aborter, ctx = held
+            if not aborter.attach(conn):
+                self._put_conn(conn)
+                err = ctx.err()
+                raise err if err is not None else DeadlineExceeded()
+            conn._gocontext_aborter = aborter
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        aborter = getattr(conn, "_gocontext_aborter", None)
+        if aborter is not None:
+            conn._gocontext_aborter = None
+            aborter.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _Pool(_PoolMixin, HTTPConnectionPool):
+    ConnectionCls = _Conn
+
+
+class _HTTPSPool(_PoolMixin, HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConn
+
+
+_POOLS = {"http": _Pool, "https": _HTTPSPool}
+
+
+def _cap(timeout: Any, left: float) -> tuple[Timeout, bool]:
+    """*timeout* (as ``requests`` takes it) with each part capped by *left*; and whether the
+    cap is what binds (so a timeout then means the deadline passed)."""
+    if isinstance(timeout, Timeout):
+        connect, read = timeout.connect_timeout, timeout.read_timeout
+    elif isinstance(timeout, tuple):
+        if len(timeout) != 2:
+            raise ValueError(
+                f"RequestsAdapter.send() needs a (connect, read) timeout tuple or a number, "
+                f"got {timeout!r}"
+            )
+        connect, read = timeout
+    else:
+        connect = read = timeout
+    binding = False
+    capped: list[float] = []
+    for own in (connect, read):
+        if not isinstance(own, (int, float)) or own > left:
+            capped.append(left)
+            binding = True
+        else:
+            capped.append(own)
+    return Timeout(connect=capped[0], read=capped[1]), binding
+
+
+class _ContextResponse(requests.Response):
+    """A response whose body reads raise the context's error when the context ended them."""
+
+    _gocontext: Context
+    _gocontext_binding: bool
+
+    def iter_content(
+        self, chunk_size: int | None = 1, decode_unicode: bool = False
+    ) -> Iterator[Any]:
+        ctx = self._gocontext
+        # (requests overloads iter_content on a Literal decode_unicode; we pass ours through)
+        it = super().iter_content(chunk_size, decode_unicode)  # type: ignore[call-overload]
+        while True:
+            try:
+                chunk = next(it)
+            except StopIteration:
+                return
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+                err = _translate(e, ctx, self._gocontext_binding)
+                if err is e:
+                    raise
+                raise err from e
+            yield chunk
+
+
+def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
+    err = ctx.err()
+    if err is not None:
+        return err
+    if binding and isinstance(e, requests.Timeout):
+        return DeadlineExceeded()
+    return e
+
+
+class RequestsAdapter(HTTPAdapter):
+    """A ``requests`` transport adapter that makes each request honour its context.
+
+    Takes ``HTTPAdapter``'s arguments. Mount it for ``http://`` and ``https://``; a request's
+    context is the one given to ``gocontext.http.request()``, else ``gocontext.current()``.
+    A done context sends nothing; the time left caps the timeouts and goes out as
+    ``Grpc-Timeout``, ``PropagatedKey`` values in ``baggage``. A cancel from any thread aborts
+    the request in flight (connecting, sending, waiting or reading the body) with ``Canceled``,
+    a passed deadline with ``DeadlineExceeded``; the pool stays healthy. Thread-safe, as
+    ``HTTPAdapter`` is.
+
+    Example:
+        >>> import requests, gocontext, gocontext.http
+        >>> session = requests.Session()
+        >>> session.mount("http://", gocontext.http.RequestsAdapter())
+        >>> ctx, cancel = gocontext.with_cancel(gocontext.background())
+        >>> cancel()
+        >>> gocontext.http.request(ctx, session, "GET", "http://127.0.0.1:9/")
+        Traceback (most recent call last):
+          ...
+        gocontext.Canceled: context canceled
+    """
+
+    __module__ = "gocontext.http"
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # (SOCKS proxies keep their own pools)
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        ctx = current()
+        err = ctx.err()
+        if err is not None:
+            raise err
+        binding = False
+        deadline = ctx.deadline()
+        if deadline is not None and deadline != math.inf:
+            left = deadline - _timer.now()
+            if left <= 0:
+                raise DeadlineExceeded()
+            request.headers["Grpc-Timeout"] = format_grpc_timeout(left)
+            timeout, binding = _cap(timeout, left)
+        values = outgoing_values(ctx)
+        if values:
+            existing = request.headers.get("baggage")
+            if isinstance(existing, bytes):
+                existing = existing.decode("latin-1")
+            request.headers["baggage"] = format_baggage(values, existing)
+        aborter = _Aborter()
+        handle = ctx.done().add_callback(aborter.abort)
+        with aborter.lock:
+            aborter.handle = handle
+        token = _current.set((aborter, ctx))
+        try:
+            response = super().send(request, stream, timeout, verify, cert, proxies)  # type: ignore[arg-type]
+        except ContextError:
+            raise
+        except Exception as e:
+            err2 = _translate(e, ctx, binding)
+            if err2 is e:
+                raise
+            raise err2 from e
+        finally:
+            _current.reset(token)
+            aborter.sent()
+        response.__class__ = _ContextResponse
+        response._gocontext = ctx  # type: ignore[attr-defined]
+        response._gocontext_binding = binding  # type: ignore[attr-defined]
+        return response
+
+
+def request(
+    ctx: Context, session: requests.Session, method: str, url: str, **kwargs: Any
+) -> requests.Response:
+    """``session.request(method, url, **kwargs)`` under *ctx*, through a ``RequestsAdapter``.
+
+    The adapter mounted for *url* must be a ``RequestsAdapter`` (else ``TypeError``: the
+    context would be silently ignored). Raises ``Canceled`` / ``DeadlineExceeded`` when *ctx*
+    ends the request, sending nothing if it already has.
+
+    Example:
+        >>> import requests, gocontext, gocontext.http
+        >>> session = requests.Session()
+        >>> session.mount("http://", gocontext.http.RequestsAdapter())
+        >>> ctx, cancel = gocontext.with_timeout(gocontext.background(), 0)
+        >>> gocontext.http.request(ctx, session, "GET", "http://127.0.0.1:9/")
+        Traceback (most recent call last):
+          ...
+        gocontext.DeadlineExceeded: context deadline exceeded
+    """
+    if type(ctx) not in _OURS:
+        _check_foreign(ctx, "gocontext.http.request", "ctx")
+    if not isinstance(session, requests.Session):
+        raise TypeError(
+            f"gocontext.http.request() needs a requests.Session, got {type(session).__name__}: "
+            f"{session!r}"
+        )
+    adapter = session.get_adapter(url)
+    if not isinstance(adapter, RequestsAdapter):
+        raise TypeError(
+            f"gocontext.http.request() needs a gocontext.http.RequestsAdapter mounted for "
+            f"{url!r}, got {type(adapter).__name__}: "
+            f'session.mount("http://", gocontext.http.RequestsAdapter())'
+        )
+    with use(ctx):
+        return session.request(method, url, **kwargs)

@@ -1,0 +1,214 @@
+"""A gRPC service behind gocontext's server interceptors, sync (a thread pool) or grpc.aio (a
+thread with its own loop), on a free port of 127.0.0.1. Generic handlers, bytes in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import grpc.aio  # type: ignore[import-untyped]
+
+import gocontext
+import gocontext.grpc
+
+from ..conftest import NEVER
+from .conftest import BOARD, RID, info_of
+
+SERVICE = "gocontext.test.Wires"
+
+
+def _rid() -> str:
+    return str(gocontext.current().value(RID))
+
+
+def _info(request: bytes, servicer_context: Any) -> bytes:
+    ctx = gocontext.current()
+    body = info_of(ctx)
+    body["same_as_context_of"] = gocontext.grpc.context_of(servicer_context) is ctx
+    return json.dumps(body).encode()
+
+
+def sync_info(request: bytes, servicer_context: Any) -> bytes:
+    return _info(request, servicer_context)
+
+
+def _sync_until_the_rpc_ends(servicer_context: Any) -> None:
+    """An answer after the context ended must not beat the client's own deadline: wait."""
+    ended = threading.Event()
+    if not servicer_context.add_callback(ended.set):
+        return
+    ended.wait(NEVER)
+
+
+async def _aio_until_the_rpc_ends(servicer_context: Any) -> None:
+    ended = asyncio.Event()
+    servicer_context.add_done_callback(lambda _: ended.set())
+    if not servicer_context.done():
+        await asyncio.wait_for(ended.wait(), NEVER)
+
+
+def sync_wait(request: bytes, servicer_context: Any) -> bytes:
+    ctx = gocontext.current()
+    rid = _rid()
+    BOARD.enter(rid)
+    try:
+        ctx.done().wait(NEVER)
+    finally:
+        BOARD.end(rid, ctx)
+    _sync_until_the_rpc_ends(servicer_context)
+    return b"ended"
+
+
+def sync_wait_stream(request: bytes, servicer_context: Any) -> Iterator[bytes]:
+    ctx = gocontext.current()
+    rid = _rid()
+    yield b"first"
+    BOARD.enter(rid)
+    try:
+        ctx.done().wait(NEVER)
+    finally:
+        BOARD.end(rid, ctx)
+    _sync_until_the_rpc_ends(servicer_context)
+    yield b"never"
+
+
+def sync_ok(request: bytes, servicer_context: Any) -> bytes:
+    return b"ok"
+
+
+async def aio_info(request: bytes, servicer_context: Any) -> bytes:
+    return _info(request, servicer_context)
+
+
+async def aio_wait(request: bytes, servicer_context: Any) -> bytes:
+    ctx = gocontext.current()
+    rid = _rid()
+    BOARD.enter(rid)
+    try:
+        await ctx.done()
+    finally:
+        BOARD.end(rid, ctx)
+    await _aio_until_the_rpc_ends(servicer_context)
+    return b"ended"
+
+
+async def aio_wait_stream(request: bytes, servicer_context: Any) -> AsyncIterator[bytes]:
+    ctx = gocontext.current()
+    rid = _rid()
+    yield b"first"
+    BOARD.enter(rid)
+    try:
+        await ctx.done()
+    finally:
+        BOARD.end(rid, ctx)
+    await _aio_until_the_rpc_ends(servicer_context)
+    yield b"never"
+
+
+async def aio_ok(request: bytes, servicer_context: Any) -> bytes:
+    return b"ok"
+
+
+def sync_collect(requests: Iterator[bytes], servicer_context: Any) -> bytes:
+    """Stream in, one answer: how many came, and what the context carried."""
+    body = info_of(gocontext.current())
+    body["count"] = sum(1 for _ in requests)
+    return json.dumps(body).encode()
+
+
+def sync_echo(requests: Iterator[bytes], servicer_context: Any) -> Iterator[bytes]:
+    for r in requests:
+        yield r + b" " + _rid().encode()
+
+
+async def aio_collect(requests: AsyncIterator[bytes], servicer_context: Any) -> bytes:
+    body = info_of(gocontext.current())
+    body["count"] = len([r async for r in requests])
+    return json.dumps(body).encode()
+
+
+async def aio_echo(requests: AsyncIterator[bytes], servicer_context: Any) -> AsyncIterator[bytes]:
+    async for r in requests:
+        yield r + b" " + _rid().encode()
+
+
+def _handlers(aio: bool) -> Any:
+    unary = grpc.unary_unary_rpc_method_handler
+    stream = grpc.unary_stream_rpc_method_handler
+    if aio:
+        table = {
+            "Info": unary(aio_info),
+            "Wait": unary(aio_wait),
+            "WaitStream": stream(aio_wait_stream),
+            "Ok": unary(aio_ok),
+            "Collect": grpc.stream_unary_rpc_method_handler(aio_collect),
+            "Echo": grpc.stream_stream_rpc_method_handler(aio_echo),
+        }
+    else:
+        table = {
+            "Info": unary(sync_info),
+            "Wait": unary(sync_wait),
+            "WaitStream": stream(sync_wait_stream),
+            "Ok": unary(sync_ok),
+            "Collect": grpc.stream_unary_rpc_method_handler(sync_collect),
+            "Echo": grpc.stream_stream_rpc_method_handler(sync_echo),
+        }
+    return grpc.method_handlers_generic_handler(SERVICE, table)
+
+
+class GrpcServer:
+    """The service, sync or grpc.aio, until the block ends."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.port = 0
+        self.target = ""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.server: Any = None
+
+    def __enter__(self) -> GrpcServer:
+        if self.kind == "sync":
+            self.server = grpc.server(
+                futures.ThreadPoolExecutor(16),
+                interceptors=[gocontext.grpc.server_interceptor()],
+            )
+            self.server.add_generic_rpc_handlers((_handlers(aio=False),))
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.server.start()
+        else:
+            loop = self.loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(target=loop.run_forever)
+            self.thread.start()
+
+            async def start() -> int:
+                self.server = grpc.aio.server(
+                    interceptors=[gocontext.grpc.aio_server_interceptor()]
+                )
+                self.server.add_generic_rpc_handlers((_handlers(aio=True),))
+                port = self.server.add_insecure_port("127.0.0.1:0")
+                await self.server.start()
+                return int(port)
+
+            self.port = asyncio.run_coroutine_threadsafe(start(), loop).result(NEVER)
+        self.target = f"127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "sync":
+            self.server.stop(None).wait(NEVER)
+            return
+        assert self.loop is not None and self.thread is not None
+        asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(NEVER)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(NEVER)
+        self.loop.close()
+
+
+def method(name: str) -> str:
+    return f"/{SERVICE}/{name}"

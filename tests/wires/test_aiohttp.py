@@ -1,0 +1,224 @@
+"""aiohttp client and server: deadline, values and cancel cross the hop, a disconnect reaches
+the handler, the pool stays healthy. aiohttp runs on asyncio only: these tests have no trio twin
+(a trio program uses gocontext.http with httpx)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import aiohttp
+import anyio
+import pytest
+
+import gocontext
+import gocontext.aiohttp
+import gocontext.http
+from gocontext import _context
+
+from ..conftest import NEVER
+from .aiohttp_app import AiohttpServer, make_app
+from .conftest import BOARD, RID, SECRET, tcp_socket
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiohttp runs on asyncio only
+
+
+def rid(name: str) -> str:
+    return f"ah-{name}-{next(_ids)}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[AiohttpServer]:
+    with AiohttpServer(make_app()) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def capped_server() -> Iterator[AiohttpServer]:
+    with AiohttpServer(make_app(max_timeout=5)) as s:
+        yield s
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    # One connection: a connection left busy would make the next request wait forever.
+    async with gocontext.aiohttp.client_session(connector=aiohttp.TCPConnector(limit=1)) as s:
+        yield s
+
+
+async def assert_pool_healthy(session: aiohttp.ClientSession, server: AiohttpServer) -> None:
+    with anyio.fail_after(NEVER):
+        async with session.get(server.url + "/ok") as r:
+            assert await r.text() == "ok"
+
+
+def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
+    def run() -> None:
+        BOARD.wait_entered(name)
+        cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def with_rid(name: str) -> gocontext.Context:
+    return gocontext.with_value(gocontext.background(), RID, name)
+
+
+async def test_deadline_and_propagated_values_reach_the_handler(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    ctx = gocontext.with_value(with_rid("r-1"), SECRET, "hunter2")
+    with gocontext.with_timeout(ctx, 30) as (ctx, _):
+        async with session.get(server.url + "/info", trace_request_ctx=ctx) as r:
+            body = await r.json()
+    assert 0 < body["remaining"] <= 30
+    assert body["grpc-timeout"] is not None
+    assert body["rid"] == "r-1"
+    assert body["secret"] is None
+    assert "hunter2" not in str(body["baggage"])
+    assert body["same_as_request"] is True
+
+
+async def test_the_ambient_context_is_used_without_trace_request_ctx(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    with gocontext.use(with_rid("ambient")):
+        async with session.get(server.url + "/info") as r:
+            body = await r.json()
+    assert body["rid"] == "ambient"
+    assert body["remaining"] is None
+
+
+async def test_a_trace_config_alone_sends_the_deadline_and_values(server: AiohttpServer) -> None:
+    config = gocontext.aiohttp.trace_config()
+    async with aiohttp.ClientSession(trace_configs=[config]) as plain:
+        with gocontext.with_timeout(with_rid("traced"), 30) as (ctx, _):
+            async with plain.get(server.url + "/info", trace_request_ctx=ctx) as r:
+                body = await r.json()
+    assert body["rid"] == "traced"
+    assert 0 < body["remaining"] <= 30
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+async def test_cancel_from_another_thread_aborts_the_request_and_the_handler_sees_a_disconnect(
+    session: aiohttp.ClientSession, server: AiohttpServer, where: str
+) -> None:
+    name = rid(where)
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    t = cancel_when_entered(name, cancel)
+    path = "/wait" if where == "headers" else "/body"
+    with pytest.raises(gocontext.Canceled):
+        async with session.get(server.url + path, trace_request_ctx=ctx) as r:
+            await r.read()
+    await asyncio.to_thread(t.join, NEVER)
+    cause = await asyncio.to_thread(BOARD.wait_ended, name)
+    assert isinstance(cause, gocontext.http.ClientDisconnected)
+    assert _context.watcher_count(ctx) == 0
+    await assert_pool_healthy(session, server)
+
+
+async def test_cancel_from_another_task_aborts_the_request(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    name = rid("task")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+
+    async def canceller() -> None:
+        await asyncio.to_thread(BOARD.wait_entered, name)
+        cancel()
+
+    task = asyncio.create_task(canceller())
+    with pytest.raises(gocontext.Canceled):
+        await session.get(server.url + "/wait", trace_request_ctx=ctx)
+    await task
+    await asyncio.to_thread(BOARD.wait_ended, name)
+    await assert_pool_healthy(session, server)
+
+
+async def test_passed_deadline_raises_deadline_exceeded(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    name = rid("deadline")
+    with gocontext.with_timeout(with_rid(name), 0.3) as (ctx, _):
+        with pytest.raises(gocontext.DeadlineExceeded):
+            await session.get(server.url + "/wait", trace_request_ctx=ctx)
+    cause = await asyncio.to_thread(BOARD.wait_ended, name)
+    assert isinstance(cause, (gocontext.DeadlineExceeded, gocontext.http.ClientDisconnected))
+    await assert_pool_healthy(session, server)
+
+
+@pytest.mark.parametrize("how", ["canceled", "expired"])
+async def test_a_done_context_sends_nothing(session: aiohttp.ClientSession, how: str) -> None:
+    listener = tcp_socket()
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    if how == "canceled":
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        cancel()
+        expected: type[Exception] = gocontext.Canceled
+    else:
+        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
+        expected = gocontext.DeadlineExceeded
+    with pytest.raises(expected):
+        await session.get(f"http://127.0.0.1:{port}/", trace_request_ctx=ctx)
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+
+
+async def test_the_callers_own_smaller_timeout_still_raises_aiohttps_timeout(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    name = rid("own-timeout")
+    ctx, cancel = gocontext.with_timeout(with_rid(name), 60)
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(
+            server.url + "/wait", trace_request_ctx=ctx, timeout=aiohttp.ClientTimeout(total=0.2)
+        )
+    cancel()
+    await asyncio.to_thread(BOARD.wait_ended, name)
+    await assert_pool_healthy(session, server)
+
+
+async def test_a_malformed_deadline_gets_400_and_the_server_keeps_serving(
+    server: AiohttpServer,
+) -> None:
+    async with aiohttp.ClientSession() as plain:
+        async with plain.get(server.url + "/info", headers={"Grpc-Timeout": "soon"}) as r:
+            assert r.status == 400
+            assert "Grpc-Timeout" in await r.text()
+        async with plain.get(server.url + "/ok") as r:
+            assert await r.text() == "ok"
+
+
+async def test_max_timeout_caps_the_callers_deadline_and_applies_without_one(
+    capped_server: AiohttpServer,
+) -> None:
+    async with aiohttp.ClientSession() as plain:
+        for headers in ({"Grpc-Timeout": "100S"}, {}):
+            async with plain.get(capped_server.url + "/info", headers=headers) as r:
+                assert 0 < (await r.json())["remaining"] <= 5
+
+
+async def test_a_handler_that_ignores_its_context_is_stopped_with_504(
+    server: AiohttpServer,
+) -> None:
+    async with aiohttp.ClientSession() as plain:
+        async with plain.get(server.url + "/ignore", headers={"Grpc-Timeout": "200m"}) as r:
+            assert r.status == 504
+
+
+def test_middleware_rejects_a_bad_max_timeout() -> None:
+    for bad in (0, -1, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="max_timeout"):
+            gocontext.aiohttp.middleware(max_timeout=bad)  # type: ignore[arg-type]

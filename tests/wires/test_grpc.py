@@ -1,0 +1,305 @@
+"""gRPC, sync and grpc.aio: the deadline and values reach the handler, a cancel cancels the RPC
+with a typed error, the handler's context ends with the RPC and says why, the channel stays
+healthy. grpc.aio runs on asyncio only: its tests have no trio twin."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import grpc  # type: ignore[import-untyped]
+import grpc.aio  # type: ignore[import-untyped]
+import pytest
+
+import gocontext
+import gocontext.grpc
+import gocontext.http
+from gocontext import _context
+from gocontext.grpc import _server
+
+from ..conftest import NEVER
+from .conftest import BOARD, RID, SECRET, tcp_socket
+from .grpc_app import GrpcServer, method
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpc.aio runs on asyncio only
+
+
+def rid(name: str) -> str:
+    return f"g-{name}-{next(_ids)}"
+
+
+def with_rid(name: str) -> gocontext.Context:
+    return gocontext.with_value(gocontext.background(), RID, name)
+
+
+@pytest.fixture(scope="module", params=["sync", "aio"])
+def server(request: pytest.FixtureRequest) -> Iterator[GrpcServer]:
+    with GrpcServer(request.param) as s:
+        yield s
+
+
+@pytest.fixture
+def channel(server: GrpcServer) -> Iterator[Any]:
+    ch = grpc.intercept_channel(
+        grpc.insecure_channel(server.target), *gocontext.grpc.client_interceptors()
+    )
+    yield ch
+    ch.close()
+
+
+def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
+    def run() -> None:
+        BOARD.wait_entered(name)
+        cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def assert_healthy(channel: Any) -> None:
+    assert channel.unary_unary(method("Ok"))(b"", timeout=NEVER) == b"ok"
+
+
+# -- sync client ------------------------------------------------------------------------------
+
+
+def test_deadline_and_propagated_values_reach_the_handler(channel: Any) -> None:
+    ctx = gocontext.with_value(with_rid("r-1"), SECRET, "hunter2")
+    with gocontext.with_timeout(ctx, 30) as (ctx, _), gocontext.use(ctx):
+        body = json.loads(channel.unary_unary(method("Info"))(b""))
+    assert 0 < body["remaining"] <= 31  # (gRPC rounds the timeout it sends up a little)
+    assert body["rid"] == "r-1"
+    assert body["secret"] is None
+    assert body["same_as_context_of"] is True
+
+
+def test_client_streaming_and_bidirectional_calls_carry_the_deadline_and_values(
+    channel: Any,
+) -> None:
+    with gocontext.with_timeout(with_rid("streams"), 30) as (ctx, _), gocontext.use(ctx):
+        body = json.loads(channel.stream_unary(method("Collect"))(iter([b"a", b"b", b"c"])))
+        echoed = list(channel.stream_stream(method("Echo"))(iter([b"x", b"y"])))
+    assert body["count"] == 3
+    assert body["rid"] == "streams"
+    assert 0 < body["remaining"] <= 31
+    assert echoed == [b"x streams", b"y streams"]
+
+
+async def test_aio_client_streaming_and_bidirectional_calls_carry_the_values(
+    server: GrpcServer,
+) -> None:
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+        with gocontext.with_timeout(with_rid("aio-streams"), 30) as (ctx, _), gocontext.use(ctx):
+            body = json.loads(await ch.stream_unary(method("Collect"))(iter([b"a", b"b"])))
+            echoed = [r async for r in ch.stream_stream(method("Echo"))(iter([b"x"]))]
+    assert body["count"] == 2
+    assert body["rid"] == "aio-streams"
+    assert echoed == [b"x aio-streams"]
+
+
+def test_a_call_without_a_deadline_gives_the_handler_none(channel: Any) -> None:
+    with gocontext.use(with_rid("none")):
+        body = json.loads(channel.unary_unary(method("Info"))(b""))
+    assert body["remaining"] is None
+    assert body["rid"] == "none"
+
+
+def test_cancel_from_another_thread_cancels_a_future_call(channel: Any) -> None:
+    name = rid("future")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    with gocontext.use(ctx):
+        fut = channel.unary_unary(method("Wait")).future(b"")
+    t = cancel_when_entered(name, cancel)
+    with pytest.raises(gocontext.Canceled):
+        fut.result(NEVER)
+    t.join(NEVER)
+    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert _context.watcher_count(ctx) == 0
+    assert_healthy(channel)
+
+
+def test_cancel_from_another_thread_cancels_a_blocking_call(channel: Any) -> None:
+    name = rid("blocking")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    t = cancel_when_entered(name, cancel)
+    with gocontext.use(ctx), pytest.raises(gocontext.Canceled):
+        channel.unary_unary(method("Wait"))(b"", timeout=5)  # (5 s: a bound if it fails)
+    t.join(NEVER)
+    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert _context.watcher_count(ctx) == 0
+    assert_healthy(channel)
+
+
+def test_cancel_from_another_thread_cancels_a_streamed_response(channel: Any) -> None:
+    name = rid("stream")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    with gocontext.use(ctx):
+        responses = channel.unary_stream(method("WaitStream"))(b"")
+    assert next(responses) == b"first"
+    t = cancel_when_entered(name, cancel)
+    with pytest.raises(gocontext.Canceled):
+        next(responses)
+    t.join(NEVER)
+    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert_healthy(channel)
+    assert_no_server_context_left()
+
+
+def assert_no_server_context_left() -> None:
+    """Every handler's context is unregistered (a handler does so just after it returns)."""
+    end = time.monotonic() + NEVER
+    while _server._contexts and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not _server._contexts
+
+
+def test_passed_deadline_raises_deadline_exceeded_and_ends_the_handler_with_it(
+    channel: Any,
+) -> None:
+    name = rid("deadline")
+    with gocontext.with_timeout(with_rid(name), 0.3) as (ctx, _), gocontext.use(ctx):
+        with pytest.raises(gocontext.DeadlineExceeded):
+            channel.unary_unary(method("Wait"))(b"")
+    assert isinstance(BOARD.wait_ended(name), gocontext.DeadlineExceeded)
+    assert_healthy(channel)
+
+
+def test_the_callers_own_smaller_timeout_still_raises_rpc_error(channel: Any) -> None:
+    name = rid("own")
+    with gocontext.with_timeout(with_rid(name), 60) as (ctx, _), gocontext.use(ctx):
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(method("Wait"))(b"", timeout=0.2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    BOARD.wait_ended(name)
+    assert_healthy(channel)
+
+
+@pytest.mark.parametrize("how", ["canceled", "expired"])
+def test_a_done_context_sends_nothing(how: str) -> None:
+    listener = tcp_socket()
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
+    )
+    if how == "canceled":
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        cancel()
+        expected: type[Exception] = gocontext.Canceled
+    else:
+        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
+        expected = gocontext.DeadlineExceeded
+    with gocontext.use(ctx), pytest.raises(expected):
+        channel.unary_unary(method("Ok"))(b"")
+    channel.close()
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+
+
+def test_context_of_an_unknown_servicer_context_is_a_lookup_error() -> None:
+    with pytest.raises(LookupError, match="server_interceptor"):
+        gocontext.grpc.context_of(object())
+
+
+# -- grpc.aio client ------------------------------------------------------------------------
+
+
+async def test_aio_deadline_and_values_reach_the_handler(server: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+        with gocontext.with_timeout(with_rid("aio-1"), 30) as (ctx, _), gocontext.use(ctx):
+            body = json.loads(await ch.unary_unary(method("Info"))(b""))
+    assert 0 < body["remaining"] <= 31
+    assert body["rid"] == "aio-1"
+
+
+@pytest.mark.parametrize("kind", ["unary", "stream"])
+async def test_aio_cancel_from_another_thread_cancels_the_call(
+    server: GrpcServer, kind: str
+) -> None:
+    name = rid(f"aio-{kind}")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+        with gocontext.use(ctx), pytest.raises(gocontext.Canceled):
+            if kind == "unary":
+                t = cancel_when_entered(name, cancel)
+                await ch.unary_unary(method("Wait"))(b"")
+            else:
+                responses = ch.unary_stream(method("WaitStream"))(b"").__aiter__()
+                assert await responses.__anext__() == b"first"
+                t = cancel_when_entered(name, cancel)
+                await responses.__anext__()
+        await anyio.to_thread.run_sync(t.join, NEVER)
+        cause = await anyio.to_thread.run_sync(BOARD.wait_ended, name)
+        assert isinstance(cause, gocontext.http.ClientDisconnected)
+        with anyio.fail_after(NEVER):
+            assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
+        await anyio.to_thread.run_sync(assert_no_server_context_left)
+
+
+async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer) -> None:
+    name = rid("aio-deadline")
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+        with gocontext.with_timeout(with_rid(name), 0.3) as (ctx, _), gocontext.use(ctx):
+            with pytest.raises(gocontext.DeadlineExceeded):
+                await ch.unary_unary(method("Wait"))(b"")
+        assert isinstance(
+            await anyio.to_thread.run_sync(BOARD.wait_ended, name), gocontext.DeadlineExceeded
+        )
+        with anyio.fail_after(NEVER):
+            assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
+
+
+async def test_aio_a_framework_cancellation_passes_through_untouched(server: GrpcServer) -> None:
+    """A task cancelled at the same moment as its context ends cancelled: no Canceled takes
+    the place of the task's own cancellation."""
+    name = rid("aio-framework")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    loop = asyncio.get_running_loop()
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
+    ) as ch:
+
+        async def call() -> None:
+            with gocontext.use(ctx):
+                await ch.unary_unary(method("Wait"))(b"")
+
+        task = asyncio.ensure_future(call())
+
+        def both() -> None:
+            task.cancel()
+            cancel()
+
+        def run() -> None:
+            BOARD.wait_entered(name)
+            loop.call_soon_threadsafe(both)
+
+        t = threading.Thread(target=run)
+        t.start()
+        await asyncio.wait({task})
+        await anyio.to_thread.run_sync(t.join, NEVER)
+        assert task.cancelled(), f"the task ended with {task.exception()!r}"
+        await anyio.to_thread.run_sync(BOARD.wait_ended, name)
+        with anyio.fail_after(NEVER):
+            assert await ch.unary_unary(method("Ok"))(b"") == b"ok"

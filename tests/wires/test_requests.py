@@ -1,0 +1,300 @@
+"""requests through RequestsAdapter: deadline, values and cancel cross the hop; the pool stays
+healthy. Against uvicorn with ContextMiddleware on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import anyio
+import pytest
+import requests
+
+import gocontext
+import gocontext.http
+from gocontext import _context
+
+from ..conftest import NEVER
+from .conftest import BOARD, RID, SECRET, Uvicorn, tcp_socket
+
+_ids = itertools.count()
+
+
+def rid(name: str) -> str:
+    return f"rq-{name}-{next(_ids)}"
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    s = requests.Session()
+    adapter = gocontext.http.RequestsAdapter(pool_maxsize=4)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    yield s
+    s.close()
+
+
+def assert_pool_healthy(session: requests.Session, server: Uvicorn) -> None:
+    """The next request succeeds and no connection is left checked out of the pool."""
+    r = gocontext.http.request(gocontext.background(), session, "GET", server.url + "/ok")
+    assert r.text == "ok"
+    adapter = session.get_adapter(server.url)
+    assert isinstance(adapter, gocontext.http.RequestsAdapter)
+    pool = adapter.poolmanager.connection_from_url(server.url)
+    assert pool.pool is not None
+    assert pool.pool.qsize() == pool.pool.maxsize, "a connection is still checked out"
+
+
+def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
+    def run() -> None:
+        BOARD.wait_entered(name)
+        cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_deadline_and_propagated_values_go_out(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    ctx = gocontext.with_value(gocontext.background(), RID, "r-1")
+    ctx = gocontext.with_value(ctx, SECRET, "hunter2")
+    with gocontext.with_timeout(ctx, 30) as (ctx, _):
+        r = gocontext.http.request(ctx, session, "GET", http_server.url + "/info")
+    body = r.json()
+    assert 0 < body["remaining"] <= 30
+    assert body["grpc-timeout"] is not None
+    assert body["rid"] == "r-1"
+    assert body["secret"] is None
+    assert "hunter2" not in str(body["baggage"])
+
+
+def test_ambient_context_is_used_by_plain_session_calls(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    ctx = gocontext.with_value(gocontext.background(), RID, "ambient")
+    with gocontext.use(ctx):
+        body = session.get(http_server.url + "/info").json()
+    assert body["rid"] == "ambient"
+    assert body["grpc-timeout"] is None
+    assert body["remaining"] is None
+
+
+def test_existing_baggage_is_kept(session: requests.Session, http_server: Uvicorn) -> None:
+    ctx = gocontext.with_value(gocontext.background(), RID, "r-2")
+    r = gocontext.http.request(
+        ctx, session, "GET", http_server.url + "/info", headers={"baggage": "other=1"}
+    )
+    assert r.json()["baggage"] == "other=1,test-rid=r-2"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cancel_from_another_thread_aborts_a_request_waiting_for_headers(
+    session: requests.Session, http_server: Uvicorn, stream: bool
+) -> None:
+    name = rid("headers")
+    ctx, cancel = gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, name))
+    t = cancel_when_entered(name, cancel)
+    with pytest.raises(gocontext.Canceled) as info:
+        gocontext.http.request(ctx, session, "GET", http_server.url + "/wait", stream=stream)
+    t.join(NEVER)
+    assert isinstance(info.value.__cause__, requests.ConnectionError)
+    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert _context.watcher_count(ctx) == 0
+    assert_pool_healthy(session, http_server)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cancel_aborts_a_request_reading_its_body(
+    session: requests.Session, http_server: Uvicorn, stream: bool
+) -> None:
+    name = rid("body")
+    ctx, cancel = gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, name))
+    t = cancel_when_entered(name, cancel)
+    with pytest.raises(gocontext.Canceled):
+        r = gocontext.http.request(ctx, session, "GET", http_server.url + "/body", stream=stream)
+        for _ in r.iter_content(1):
+            pass
+    t.join(NEVER)
+    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert_pool_healthy(session, http_server)
+
+
+def test_cancel_aborts_a_request_stuck_sending_its_body(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    name = rid("upload")
+    ctx, cancel = gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, name))
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield b"x" * 65536
+
+    t = cancel_when_entered(name, cancel)
+    with pytest.raises(gocontext.Canceled):
+        gocontext.http.request(ctx, session, "POST", http_server.url + "/upload", data=endless())
+    t.join(NEVER)
+    # (Not waiting for the handler: ContextMiddleware sees no disconnect while a handler
+    # leaves a streamed request body unread.)
+    assert_pool_healthy(session, http_server)
+
+
+def test_passed_deadline_raises_deadline_exceeded_and_ends_the_server_handler(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    name = rid("deadline")
+    ctx = gocontext.with_value(gocontext.background(), RID, name)
+    with gocontext.with_timeout(ctx, 0.3) as (ctx, _):
+        with pytest.raises(gocontext.DeadlineExceeded):
+            gocontext.http.request(ctx, session, "GET", http_server.url + "/wait")
+    # The server's copy of the deadline and the client's leaving race: either ends it.
+    assert isinstance(
+        BOARD.wait_ended(name), (gocontext.DeadlineExceeded, gocontext.http.ClientDisconnected)
+    )
+    assert_pool_healthy(session, http_server)
+
+
+def test_the_callers_own_smaller_timeout_still_raises_requests_timeout(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    name = rid("own-timeout")
+    ctx, cancel = gocontext.with_timeout(
+        gocontext.with_value(gocontext.background(), RID, name), 60
+    )
+    with pytest.raises(requests.ReadTimeout):
+        gocontext.http.request(ctx, session, "GET", http_server.url + "/wait", timeout=0.2)
+    cancel()
+    BOARD.wait_ended(name)
+    assert_pool_healthy(session, http_server)
+
+
+@pytest.mark.parametrize("how", ["canceled", "expired"])
+def test_a_done_context_sends_nothing(session: requests.Session, how: str) -> None:
+    listener = tcp_socket()
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    if how == "canceled":
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        cancel()
+        expected: type[Exception] = gocontext.Canceled
+    else:
+        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
+        expected = gocontext.DeadlineExceeded
+    with pytest.raises(expected):
+        gocontext.http.request(ctx, session, "GET", f"http://127.0.0.1:{port}/")
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody connected
+    listener.close()
+
+
+def test_cancel_between_requests_reaches_a_connection_reused_later(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    """A connection returned to the pool is no longer the cancelled request's to shut down."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    assert gocontext.http.request(ctx, session, "GET", http_server.url + "/ok").text == "ok"
+    assert _context.watcher_count(ctx) == 0  # released with the connection
+    cancel()
+    assert_pool_healthy(session, http_server)
+
+
+async def test_cancelling_the_awaiting_task_aborts_a_request_in_a_worker_thread(
+    http_server: Uvicorn, session: requests.Session
+) -> None:
+    name = rid("task")
+    ctx = gocontext.with_value(gocontext.background(), RID, name)
+    raised: list[BaseException] = []
+
+    def call(ctx: gocontext.Context) -> None:
+        try:
+            gocontext.http.request(ctx, session, "GET", http_server.url + "/wait")
+        except BaseException as e:
+            raised.append(e)
+            raise
+
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await gocontext.to_thread(ctx, call)
+
+        tg.start_soon(run)
+        await anyio.to_thread.run_sync(BOARD.wait_entered, name)
+        tg.cancel_scope.cancel()
+    assert len(raised) == 1
+    assert isinstance(raised[0], gocontext.Canceled)
+    BOARD.wait_ended(name)
+    assert_pool_healthy(session, http_server)
+
+
+def test_request_rejects_bad_arguments(session: requests.Session) -> None:
+    with pytest.raises(TypeError, match=r"request\(\) needs a Context"):
+        gocontext.http.request(None, session, "GET", "http://x/")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"needs a requests.Session, got dict"):
+        gocontext.http.request(gocontext.background(), {}, "GET", "http://x/")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RequestsAdapter mounted"):
+        gocontext.http.request(gocontext.background(), requests.Session(), "GET", "http://x/")
+    with pytest.raises(ValueError, match=r"\(connect, read\) timeout tuple"):
+        gocontext.http.request(
+            gocontext.with_timeout(gocontext.background(), 5)[0],
+            session,
+            "GET",
+            "http://127.0.0.1:9/",
+            timeout=(1, 2, 3),
+        )
+
+
+def wait_until_in(thread: threading.Thread, function: str) -> bool:
+    """Wait (bounded) until *thread* is inside a call of *function*, read from its stack."""
+    end = time.monotonic() + NEVER
+    while time.monotonic() < end and thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == function:
+                return True
+            frame = frame.f_back
+        time.sleep(0.001)
+    return False
+
+
+def test_cancel_aborts_a_request_blocked_connecting_to_a_peer_that_never_answers(
+    session: requests.Session,
+) -> None:
+    """A listener whose backlog is full drops SYNs: connecting to it blocks. A cancel must
+    end that blocked connect too (its own timeout here is far beyond the bounded wait)."""
+    listener = tcp_socket()
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the backlog until a connect no longer completes
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        s.setblocking(False)
+        fillers.append(s)
+        if s.connect_ex(("127.0.0.1", port)) != 0:
+            break
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            gocontext.http.request(ctx, session, "GET", f"http://127.0.0.1:{port}/", timeout=60)
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert wait_until_in(t, "create_connection"), "the request never started connecting"
+    cancel()
+    t.join(NEVER)
+    alive = t.is_alive()
+    for s in fillers:
+        s.close()
+    listener.close()
+    assert not alive, "the cancel did not end a blocked connect"
+    assert len(raised) == 1
+    assert isinstance(raised[0], gocontext.Canceled)
