@@ -83,7 +83,13 @@ def test_each_extra_pulls_only_what_its_side_needs(wheel: zipfile.ZipFile) -> No
     assert extra("http") == ["gocontext[http-client,http-server]"]
     (ray,) = extra("ray")
     assert ray.startswith("ray>") and "[" not in ray  # plain Ray, not ray[default]
-    assert any(r.startswith("gocontext[http,ray]") for r in extra("test"))
+    for wire, library in (("requests", "requests"), ("aiohttp", "aiohttp"), ("grpc", "grpcio")):
+        (req,) = extra(wire)
+        assert req.startswith(library + ">"), (wire, req)
+    (everything,) = [r for r in extra("test") if r.startswith("gocontext[")]
+    assert set(everything[len("gocontext[") : -1].split(",")) == {
+        "http", "ray", "requests", "aiohttp", "grpc"
+    }  # fmt: skip
 
 
 def test_the_http_middleware_imports_without_httpx_and_the_transports_name_their_extra() -> None:
