@@ -167,7 +167,8 @@ def starlette_app() -> gocontext.http.ContextMiddleware:
         Route("/upload", upload, methods=["POST"]),
         Route("/ok", ok),
     ]
-    return gocontext.http.ContextMiddleware(Starlette(routes=routes))
+    # No cap: the handler reports exactly the deadline the client sent (or None).
+    return gocontext.http.ContextMiddleware(Starlette(routes=routes), max_timeout=None)
 
 
 @pytest.fixture(scope="session")
