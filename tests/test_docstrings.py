@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-PACKAGES = ["gocontext", "gocontext.http", "gocontext.ray"]
+PACKAGES = ["gocontext", "gocontext.http", "gocontext.ray", "gocontext.aiohttp", "gocontext.grpc"]
 
 
 def _public() -> Iterator[tuple[str, object]]:
