@@ -2,7 +2,8 @@
 
 - The benchmark page's tables and plot come from the benchmark's own committed output
   (``docs/benchmarks/results.md``, written by ``benchmarks/bench.py``), through ``gen_bench``.
-- The build fails if a public name (``__all__`` of ``gocontext`` and of each integration package) has no entry in the API reference, so a new name cannot go undocumented.
+- The build fails if a public name (``__all__`` of ``gocontext`` and of each integration
+  package) has no entry in the API reference, so a new name cannot go undocumented.
 """
 
 from __future__ import annotations
