@@ -15,6 +15,7 @@ from contextlib import suppress as _suppress
 
 from ._ambient import current as current
 from ._ambient import use as use
+from ._async import FrameworkCancelled as FrameworkCancelled
 from ._async import scope as scope
 from ._async import sleep as sleep
 from ._context import Context as Context
@@ -53,6 +54,7 @@ __all__ = [
     "ContextExecutor",
     "DeadlineExceeded",
     "Done",
+    "FrameworkCancelled",
     "Group",
     "Key",
     "PropagatedKey",

@@ -14,7 +14,7 @@ CONTRACT = {
     "without_cancel", "merge", "after_func", "cause",
     "ContextError", "Canceled", "Cancelled", "DeadlineExceeded",
     # section 2: async
-    "scope", "sleep", "to_thread",
+    "scope", "sleep", "to_thread", "FrameworkCancelled",
     # section 3: the ambient context
     "current", "use",
     # section 4: crossing a process boundary
