@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import math
+import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -86,6 +87,31 @@ def trace_config() -> aiohttp.TraceConfig:
     return config
 
 
+if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
+
+    class _PassingDeadlineExceeded(DeadlineExceeded, asyncio.TimeoutError):
+        """A ``DeadlineExceeded`` that aiohttp lets through as a timeout on Python 3.10.
+
+        There ``asyncio.TimeoutError`` is not the builtin ``TimeoutError``, and aiohttp turns
+        any other ``OSError`` leaving a client middleware (ours is one) into ``ClientOSError``.
+        """
+
+    _PassingDeadlineExceeded.__name__ = _PassingDeadlineExceeded.__qualname__ = "DeadlineExceeded"
+    _PassingDeadlineExceeded.__module__ = "gocontext"
+
+    def _passing(err: ContextError) -> ContextError:
+        if type(err) is not DeadlineExceeded:
+            return err
+        passing = _PassingDeadlineExceeded(*err.args)
+        passing.__cause__ = err.__cause__
+        return passing
+
+else:
+
+    def _passing(err: ContextError) -> ContextError:
+        return err
+
+
 async def _middleware(
     req: aiohttp.ClientRequest, handler: ClientHandlerType
 ) -> aiohttp.ClientResponse:
@@ -95,13 +121,16 @@ async def _middleware(
     try:
         async with scope(ctx):
             resp = await handler(req)
-    except ContextError:
-        raise
+    except ContextError as e:
+        passing = _passing(e)
+        if passing is e:
+            raise
+        raise passing from e.__cause__
     except (aiohttp.ClientError, OSError) as e:  # (asyncio.TimeoutError is an OSError)
         err = ctx.err()
         if err is None:
             raise
-        raise err from e
+        raise _passing(err) from e
     _bound_body(resp, ctx)
     return resp
 

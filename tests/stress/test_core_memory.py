@@ -115,7 +115,8 @@ def test_create_and_cancel_cycles_hold_no_memory(kind: str) -> None:
         tracemalloc.stop()
     assert after - before < SLACK, f"{kind}: {after - before} bytes held"
     assert _context.watcher_count(PARENT) == 0
-    assert _timer.timer.pending() == timer_before
+    # Nothing of the cycles' is left; entries of earlier tests may fire meanwhile.
+    assert _timer.timer.pending() <= timer_before
     assert _timer.timer.size() <= timer_before * 2 + 128  # cancelled entries do not pile up
 
 
