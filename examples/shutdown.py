@@ -37,6 +37,9 @@ async def handle(ctx: gocontext.Context, n: int) -> None:
 async def serve() -> None:
     with gocontext.signal_context() as (stop_ctx, _):
         say(f"service up (pid {os.getpid()}); a request arrives every 0.1s")
+        if "--wait" not in sys.argv:  # the demo sends itself the signal an operator would send,
+            # once the handler is in place (before it, SIGTERM would kill the process outright)
+            threading.Timer(0.35, os.kill, (os.getpid(), signal.SIGTERM)).start()
         with anyio.CancelScope() as drain:  # bounds the drain once it starts
             async with gocontext.TaskGroup(gocontext.background()) as g:
                 n = 0
@@ -57,6 +60,4 @@ async def serve() -> None:
 
 if __name__ == "__main__":
     backend = sys.argv[1] if len(sys.argv) > 1 else "asyncio"
-    if "--wait" not in sys.argv:  # the demo sends itself the signal an operator would send
-        threading.Timer(0.35, os.kill, (os.getpid(), signal.SIGTERM)).start()
     anyio.run(serve, backend=backend)
