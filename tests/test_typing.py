@@ -4,6 +4,7 @@ still type-checks as a parent. The checkers run for real, in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -59,7 +60,7 @@ class Mine:
 
 
 def handler(parent: gocontext.Context) -> float | None:
-    with gocontext.with_timeout(parent, 5) as (ctx, cancel):
+    with gocontext.with_timeout(parent, 5) as (ctx, _):
         ctx.check()
         return ctx.remaining()
 
@@ -111,21 +112,32 @@ def test_mypy_accepts_a_user_written_four_method_context_as_a_parent(tmp_path: P
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+PYRIGHT = shutil.which("pyright", path=str(Path(sys.executable).parent)) or shutil.which("pyright")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("pyright") is None, reason="pyright is not installed")
-def test_pyright_agrees(tmp_path: Path) -> None:  # pragma: no cover - only where pyright runs
-    for source, ok in ((WRONG_VALUE, False), (RIGHT_VALUE, True), (USER_CONTEXT, True)):
-        (tmp_path / "snippet.py").write_text(textwrap.dedent(source))
-        done = subprocess.run(
-            ["pyright", str(tmp_path / "snippet.py")],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert (done.returncode == 0) is ok, done.stdout
+@pytest.mark.skipif(PYRIGHT is None, reason="pyright is not installed")
+@pytest.mark.parametrize(
+    ("source", "ok"),
+    [(WRONG_VALUE, False), (RIGHT_VALUE, True), (USER_CONTEXT, True)],
+    ids=["wrong-value", "right-value", "user-context"],
+)
+def test_pyright_agrees(tmp_path: Path, source: str, ok: bool) -> None:
+    assert PYRIGHT is not None
+    (tmp_path / "snippet.py").write_text(textwrap.dedent(source))
+    config = {"extraPaths": [str(ROOT)], "typeCheckingMode": "strict"}
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [PYRIGHT, "--pythonpath", sys.executable, "snippet.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert (done.returncode == 0) is ok, done.stdout + done.stderr
+    if not ok:
+        assert '"Literal[\'str\']" is not assignable to "int"' in done.stdout, done.stdout
 
 
 class _Mine:
@@ -185,3 +197,22 @@ def test_isinstance_sees_both_protocols() -> None:
         gocontext.todo(),
     ):
         assert isinstance(made, gocontext.RichContext), made
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PYRIGHT is None, reason="pyright is not installed")
+def test_pyright_passes_the_typed_api_check(tmp_path: Path) -> None:
+    assert PYRIGHT is not None
+    checked = sorted(str(p) for p in (ROOT / "tests" / "typing").glob("*.py"))
+    assert checked
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps({"extraPaths": [str(ROOT)]}))
+    done = subprocess.run(
+        [PYRIGHT, "--pythonpath", sys.executable, "--project", str(tmp_path), *checked],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 errors" in done.stdout, done.stdout

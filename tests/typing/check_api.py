@@ -108,9 +108,13 @@ def programs() -> None:
     cause = gocontext.cause(ctx)
     if isinstance(cause, gocontext.SignalReceived):
         assert_type(cause.signum, signal.Signals)
+
+    def double(c: gocontext.Context, n: int) -> int:
+        return n * 2
+
     with gocontext.ContextExecutor(max_workers=2) as pool:
         assert_type(pool.submit(pow, 2, 3), Future[int])
-        assert_type(pool.submit_ctx(ctx, lambda c, n: n * 2, 21), Future[int])
+        assert_type(pool.submit_ctx(ctx, double, 21), Future[int])
 
 
 class PlainContext:
