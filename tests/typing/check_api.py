@@ -11,6 +11,7 @@ from typing import Any, TypeVar, overload
 from typing_extensions import assert_type
 
 import gocontext
+import gocontext.grpc
 
 T = TypeVar("T")
 USER = gocontext.Key[str]("user")
@@ -173,3 +174,7 @@ async def rich_in_tasks(parent: gocontext.Context) -> None:
             ctx.check()
 
         g.go(job)
+
+
+def rich_from_integrations(servicer_context: object) -> None:
+    assert_type(gocontext.grpc.context_of(servicer_context).remaining(), float | None)
