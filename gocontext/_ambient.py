@@ -38,6 +38,10 @@ def current() -> RichContext:
 class use:  # noqa: N801 - used as a function: `with gocontext.use(ctx):`
     """Make *ctx* the ambient context for the ``with`` block (in this task or thread).
 
+    A user-written context is held through a view of it that adds ``check()`` and
+    ``remaining()`` (its cancellation, deadline and values are the context's own), so
+    ``current()`` always has them; ``with use(ctx) as view:`` gives that view.
+
     Example:
         >>> import gocontext
         >>> ctx, cancel = gocontext.with_cancel(gocontext.background())

@@ -87,7 +87,8 @@ _log = logging.getLogger("gocontext")
 
 class Key(Generic[T]):
     """A unique key for ``with_value``; ``Key[str]("user")`` types ``ctx.value(USER)`` as
-    ``str | None``. Keys compare by identity; the name is for ``repr`` only.
+    ``str | None``, and a type checker rejects ``with_value(ctx, USER, 42)``. Keys compare by
+    identity; the name is for ``repr`` only.
 
     Example:
         >>> import gocontext
@@ -120,6 +121,8 @@ class Context(Protocol):
 
     Contexts of this library implement it, and so can user-written classes, which then work as
     parents of every derivation. Every method is safe to call from any thread and event loop.
+    What the library hands out is typed as the richer ``RichContext`` (with ``check()`` and
+    ``remaining()``); annotate a parameter ``Context`` to accept any context.
 
     Example:
         >>> import gocontext
@@ -398,8 +401,9 @@ def with_value(parent: Context, key: Hashable, value: object) -> RichContext: ..
 def with_value(parent: Context, key: object, value: object) -> RichContext:
     """Return a child of *parent* whose ``value(key)`` is *value*; other keys go to *parent*.
 
-    *key* must be hashable and not None (else TypeError); a ``Key`` object is the best key. The
-    child shares *parent*'s cancellation and deadline. Values never appear in ``repr``.
+    *key* must be hashable and not None (else TypeError); a ``Key`` object is the best key, and
+    with a ``Key[T]`` a type checker rejects a *value* that is not a ``T``. The child shares
+    *parent*'s cancellation and deadline. Values never appear in ``repr``.
 
     Example:
         >>> import gocontext
