@@ -27,8 +27,8 @@ B_ENTERED = threading.Event()
 B_STOPPED = threading.Event()
 
 
-def left(ctx: gocontext.Context) -> str:
-    remaining = ctx.remaining()  # type: ignore[attr-defined]
+def left(ctx: gocontext.RichContext) -> str:
+    remaining = ctx.remaining()
     return "no deadline" if remaining is None else f"{remaining:.2f}s left"
 
 
@@ -46,7 +46,7 @@ async def service_b(request: Request) -> Response:
         if ctx.err() is not None:
             say(f"  B: stopped, {gocontext.cause(ctx)!r}")
             B_STOPPED.set()
-    return JSONResponse({"left_at_b": ctx.remaining()})  # type: ignore[attr-defined]
+    return JSONResponse({"left_at_b": ctx.remaining()})
 
 
 def make_service_a(b_url: str) -> Starlette:

@@ -20,6 +20,7 @@ from ._async import scope as scope
 from ._async import sleep as sleep
 from ._context import Context as Context
 from ._context import Key as Key
+from ._context import RichContext as RichContext
 from ._context import after_func as after_func
 from ._context import background as background
 from ._context import cause as cause
@@ -58,6 +59,7 @@ __all__ = [
     "Group",
     "Key",
     "PropagatedKey",
+    "RichContext",
     "SignalReceived",
     "TaskGroup",
     "after_func",

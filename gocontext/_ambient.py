@@ -9,18 +9,18 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, final
 
-from ._context import _OURS, Context, _check_foreign, background
+from ._context import _OURS, Context, RichContext, _check_foreign, as_rich, background
 
 if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = ["current", "use"]
 
-_current: ContextVar[Context] = ContextVar("gocontext.current")
+_current: ContextVar[RichContext] = ContextVar("gocontext.current")
 _BACKGROUND = background()
 
 
-def current() -> Context:
+def current() -> RichContext:
     """Return the ambient context: the one set by the nearest ``use()``, else ``background()``.
 
     Explicit passing is the primary style; this is for integration boundaries (a middleware
@@ -38,6 +38,10 @@ def current() -> Context:
 class use:  # noqa: N801 - used as a function: `with gocontext.use(ctx):`
     """Make *ctx* the ambient context for the ``with`` block (in this task or thread).
 
+    A user-written context is held through a view of it that adds ``check()`` and
+    ``remaining()`` (its cancellation, deadline and values are the context's own), so
+    ``current()`` always has them; ``with use(ctx) as view:`` gives that view.
+
     Example:
         >>> import gocontext
         >>> ctx, cancel = gocontext.with_cancel(gocontext.background())
@@ -54,10 +58,12 @@ class use:  # noqa: N801 - used as a function: `with gocontext.use(ctx):`
     def __init__(self, ctx: Context) -> None:
         if type(ctx) not in _OURS:
             _check_foreign(ctx, "use", "ctx")
-        self._ctx = ctx
-        self._token: Token[Context] | None = None
+        # A user-written context is held through a view that has check() and remaining(),
+        # so that current() always answers with a RichContext.
+        self._ctx = as_rich(ctx)
+        self._token: Token[RichContext] | None = None
 
-    def __enter__(self) -> Context:
+    def __enter__(self) -> RichContext:
         if self._token is not None:
             raise RuntimeError("gocontext.use() is not reentrant: enter a new use(ctx)")
         self._token = _current.set(self._ctx)

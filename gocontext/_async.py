@@ -34,6 +34,7 @@ from ._context import (
     _OURS,
     CancelCauseFunc,
     Context,
+    RichContext,
     _check_foreign,
     with_cancel_cause,
     with_deadline,
@@ -243,7 +244,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._ctx = ctx
         self._cs: Any = None  # the cancel scope: None until entered, then fixed
 
-    async def __aenter__(self) -> Context:
+    async def __aenter__(self) -> RichContext:
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
@@ -269,7 +270,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 _unwatch_quietly(handle)
             self._cancel(None)
             raise
-        self._token: Token[Context] = _current.set(child)
+        self._token: Token[RichContext] = _current.set(child)
         return child
 
     async def __aexit__(
@@ -345,7 +346,7 @@ def _unwatch_quietly(handle: object) -> None:
 
 def _child_of(
     ctx: Context, outer: float, loop_time: Callable[[], float], library: str
-) -> tuple[Context, CancelCauseFunc]:
+) -> tuple[RichContext, CancelCauseFunc]:
     """A child of *ctx* with the enclosing deadline *outer* (on the loop's clock), and the
     function that cancels it with a cause."""
     if outer == _INF:
@@ -464,7 +465,7 @@ class _AsyncioBackend:
     async def sleep(self, done: Done, seconds: float) -> None:
         await _asyncio_wait(done, seconds)
 
-    def prepare(self, scope: scope, ctx: Context) -> Context:
+    def prepare(self, scope: scope, ctx: Context) -> RichContext:
         """Make *scope*'s child and cancel scope in the running loop; return the child."""
         loop = _get_running_loop()
         if loop is None:
@@ -558,7 +559,7 @@ class _TrioBackend:
         with trio.move_on_after(max(seconds, 0.0)):
             await _trio_wait(trio, done)
 
-    def prepare(self, scope: scope, ctx: Context) -> Context:
+    def prepare(self, scope: scope, ctx: Context) -> RichContext:
         """Make *scope*'s child and cancel scope in the running trio run; return the child."""
         trio = _trio()
         scope._baseline = -1

@@ -34,6 +34,7 @@ from datetime import timedelta
 from typing import (
     TYPE_CHECKING,
     Any,
+    ClassVar,
     Final,
     Generic,
     NamedTuple,
@@ -61,6 +62,7 @@ __all__ = [
     "CancelPair",
     "Context",
     "Key",
+    "RichContext",
     "after_func",
     "background",
     "cause",
@@ -85,7 +87,8 @@ _log = logging.getLogger("gocontext")
 
 class Key(Generic[T]):
     """A unique key for ``with_value``; ``Key[str]("user")`` types ``ctx.value(USER)`` as
-    ``str | None``. Keys compare by identity; the name is for ``repr`` only.
+    ``str | None``, and a type checker rejects ``with_value(ctx, USER, 42)``. Keys compare by
+    identity; the name is for ``repr`` only.
 
     Example:
         >>> import gocontext
@@ -97,6 +100,11 @@ class Key(Generic[T]):
 
     __slots__ = ("__orig_class__", "name")
     __module__ = "gocontext"
+
+    if TYPE_CHECKING:
+        # Keys hash by identity at run time; to a type checker they are not Hashable, so that
+        # with_value(ctx, Key[int](...), "text") cannot fall through to the any-hashable overload.
+        __hash__: ClassVar[None]  # type: ignore[assignment]
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str):
@@ -113,6 +121,8 @@ class Context(Protocol):
 
     Contexts of this library implement it, and so can user-written classes, which then work as
     parents of every derivation. Every method is safe to call from any thread and event loop.
+    What the library hands out is typed as the richer ``RichContext`` (with ``check()`` and
+    ``remaining()``); annotate a parameter ``Context`` to accept any context.
 
     Example:
         >>> import gocontext
@@ -135,9 +145,38 @@ class Context(Protocol):
     @overload
     def value(self, key: Key[T], /) -> T | None: ...
     @overload
+    def value(self, key: Key[Any], /) -> object: ...
+    @overload
     def value(self, key: Hashable, /) -> object: ...
-    def value(self, key: Hashable, /) -> object:
+    def value(self, key: object, /) -> object:
         """The value stored under *key* by the nearest ``with_value`` ancestor, else None."""
+        ...
+
+
+@runtime_checkable
+class RichContext(Context, Protocol):
+    """A ``Context`` with the extras every context of this library has: ``remaining()`` and
+    ``check()``. Everything the library hands out (``with_*``, ``merge``, ``current()``,
+    ``scope``, groups, ``signal_context``) is typed as one; parents need only be a ``Context``.
+
+    Example:
+        >>> import gocontext
+        >>> ctx, cancel = gocontext.with_timeout(gocontext.background(), 60)
+        >>> isinstance(ctx, gocontext.RichContext), ctx.remaining() > 59
+        (True, True)
+        >>> cancel()
+        >>> ctx.check()
+        Traceback (most recent call last):
+          ...
+        gocontext.Canceled: context canceled
+    """
+
+    def remaining(self) -> float | None:
+        """Seconds until the deadline (may be <= 0), or None without one."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``err()`` if the context is done, else return None."""
         ...
 
 
@@ -167,7 +206,7 @@ class CancelPair(NamedTuple):
         Canceled('context canceled')
     """
 
-    ctx: Context
+    ctx: RichContext
     cancel: CancelFunc
 
     def __enter__(self) -> Self:
@@ -190,7 +229,7 @@ class CancelCausePair(NamedTuple):
         ValueError('bad input')
     """
 
-    ctx: Context
+    ctx: RichContext
     cancel: CancelCauseFunc
 
     def __enter__(self) -> Self:
@@ -213,7 +252,7 @@ _CANCELED: Final[_State] = (Canceled, None)
 # Roots
 
 
-def background() -> Context:
+def background() -> RichContext:
     """Return the root context: never canceled, no deadline, no values. A singleton.
 
     Example:
@@ -225,7 +264,7 @@ def background() -> Context:
     return _BACKGROUND
 
 
-def todo() -> Context:
+def todo() -> RichContext:
     """Return a root like ``background()`` that says "not decided yet" in its repr.
 
     Example:
@@ -355,11 +394,16 @@ def with_timeout_cause(
     return _with_deadline(parent, _timer.now() + timeout, cause, "with_timeout_cause", timeout <= 0)
 
 
-def with_value(parent: Context, key: Hashable, value: object) -> Context:
+@overload
+def with_value(parent: Context, key: Key[T], value: T) -> RichContext: ...
+@overload
+def with_value(parent: Context, key: Hashable, value: object) -> RichContext: ...
+def with_value(parent: Context, key: object, value: object) -> RichContext:
     """Return a child of *parent* whose ``value(key)`` is *value*; other keys go to *parent*.
 
-    *key* must be hashable and not None (else TypeError); a ``Key`` object is the best key. The
-    child shares *parent*'s cancellation and deadline. Values never appear in ``repr``.
+    *key* must be hashable and not None (else TypeError); a ``Key`` object is the best key, and
+    with a ``Key[T]`` a type checker rejects a *value* that is not a ``T``. The child shares
+    *parent*'s cancellation and deadline. Values never appear in ``repr``.
 
     Example:
         >>> import gocontext
@@ -391,7 +435,7 @@ def with_value(parent: Context, key: Hashable, value: object) -> Context:
         f._key = key
         f._base = parent._base if type(parent) is _ForeignValueContext else parent
         f._vals = {key: value}
-        return cast(Context, f)
+        return f
     ctx = _object_new(_ValueContext)
     ctx._parent = parent
     ctx._key = key
@@ -404,7 +448,7 @@ def with_value(parent: Context, key: Hashable, value: object) -> Context:
     return ctx
 
 
-def without_cancel(parent: Context) -> Context:
+def without_cancel(parent: Context) -> RichContext:
     """Return a context with *parent*'s values that is never canceled and has no deadline.
 
     For work that must outlive the request that started it (an audit write, a cache fill).
@@ -590,8 +634,10 @@ class _Base:
     @overload
     def value(self, key: Key[T], /) -> T | None: ...
     @overload
+    def value(self, key: Key[Any], /) -> object: ...
+    @overload
     def value(self, key: Hashable, /) -> object: ...
-    def value(self, key: Hashable, /) -> object:
+    def value(self, key: object, /) -> object:
         """The value stored under *key* by the nearest ``with_value`` ancestor, else None."""
         v = self._vals.get(key, _MISSING)
         if v is _MISSING:
@@ -735,6 +781,19 @@ class _ValueContext(_Base):
         return f"with_value(key={describe_key(self._key)})"
 
 
+def as_rich(ctx: Context) -> RichContext:
+    """*ctx* itself if it is one of ours, else a view of it with ``check()`` and ``remaining()``
+    (its cancellation, deadline and values are *ctx*'s; it registers nothing)."""
+    t = type(ctx)
+    if t in _OURS or t is _ForeignValueContext:
+        return cast(RichContext, ctx)
+    f = _object_new(_ForeignValueContext)
+    f._parent = f._base = ctx
+    f._key = _MISSING
+    f._vals = {}
+    return f
+
+
 @final
 class _ForeignValueContext(_Base):
     """``with_value`` over a parent that is not ours: a plain wrapper that registers nothing.
@@ -761,8 +820,10 @@ class _ForeignValueContext(_Base):
     @overload
     def value(self, key: Key[T], /) -> T | None: ...
     @overload
+    def value(self, key: Key[Any], /) -> object: ...
+    @overload
     def value(self, key: Hashable, /) -> object: ...
-    def value(self, key: Hashable, /) -> object:
+    def value(self, key: object, /) -> object:
         """The value stored under *key* by the nearest ``with_value`` ancestor, else None."""
         v = self._vals.get(key, _MISSING)
         if v is _MISSING:
@@ -770,6 +831,8 @@ class _ForeignValueContext(_Base):
         return v
 
     def _label(self) -> str:
+        if self._key is _MISSING:  # a view made by as_rich(): no derivation of its own
+            return ""
         return f"with_value(key={describe_key(self._key)})"
 
 
@@ -922,7 +985,7 @@ class _MergeValues:
     def __init__(self, parents: tuple[Context, ...]) -> None:
         self._parents = parents
 
-    def value(self, key: Hashable, /) -> object:
+    def value(self, key: object, /) -> object:
         for p in self._parents:
             v = p.value(key)
             if v is not None:
@@ -959,7 +1022,9 @@ def _chain_of(ctx: Context) -> str:
         if t is str:
             out.append(item)  # type: ignore[arg-type]
         elif t in _LINKED:
-            stack.append("." + item._label())  # type: ignore[attr-defined]
+            label = item._label()  # type: ignore[attr-defined]
+            if label:
+                stack.append("." + label)
             stack.append(item._parent)  # type: ignore[attr-defined]
         elif t is _Root:
             out.append(item._name)  # type: ignore[attr-defined]

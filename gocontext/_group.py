@@ -26,6 +26,7 @@ from ._context import (
     _BACKGROUND,
     _OURS,
     Context,
+    RichContext,
     _check_foreign,
     with_cancel,
     with_cancel_cause,
@@ -147,7 +148,7 @@ class Group:
         self._idle, self._mark_idle = with_cancel(_BACKGROUND)  # ended once all have returned
 
     @property
-    def ctx(self) -> Context:
+    def ctx(self) -> RichContext:
         """The group's context, passed to every function as its first argument.
 
         Example:
@@ -183,7 +184,7 @@ class Group:
             self._wake = self._ctx.done().add_callback(self._notify)
         return self
 
-    def go(self, fn: Callable[[Context, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> None:
+    def go(self, fn: Callable[[RichContext, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> None:
         """Run ``fn(g.ctx, *args)`` in a new worker thread; with a limit, wait for a free slot.
 
         Raises ``g.ctx.err()`` instead of starting *fn* if ``g.ctx`` ends while waiting for a
@@ -200,7 +201,7 @@ class Group:
         """
         self._start(fn, args, block=True)
 
-    def try_go(self, fn: Callable[[Context, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> bool:
+    def try_go(self, fn: Callable[[RichContext, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> bool:
         """Start ``fn(g.ctx, *args)`` like ``go()`` if a slot is free and return True; else
         return False at once without starting it.
 
@@ -445,7 +446,7 @@ class TaskGroup:
         self._threads: list[threading.Thread] = []
 
     @property
-    def ctx(self) -> Context:
+    def ctx(self) -> RichContext:
         """The group's context, passed to every function as its first argument.
 
         Example:
@@ -485,7 +486,7 @@ class TaskGroup:
         return self
 
     def go(
-        self, fn: Callable[[Context, Unpack[Ts]], Awaitable[object]], /, *args: Unpack[Ts]
+        self, fn: Callable[[RichContext, Unpack[Ts]], Awaitable[object]], /, *args: Unpack[Ts]
     ) -> None:
         """Run ``await fn(g.ctx, *args)`` as a task of the group; never blocks.
 
@@ -504,7 +505,9 @@ class TaskGroup:
         """
         self._submit(True, fn, args, "go")
 
-    def go_thread(self, fn: Callable[[Context, Unpack[Ts]], object], /, *args: Unpack[Ts]) -> None:
+    def go_thread(
+        self, fn: Callable[[RichContext, Unpack[Ts]], object], /, *args: Unpack[Ts]
+    ) -> None:
         """Run ``fn(g.ctx, *args)`` in a new worker thread of the group; never blocks.
 
         Example:

@@ -11,7 +11,7 @@ CONTRACT = {
     # section 1: the core
     "Context", "Done", "Key", "background", "todo", "with_cancel", "with_cancel_cause",
     "with_deadline", "with_deadline_cause", "with_timeout", "with_timeout_cause", "with_value",
-    "without_cancel", "merge", "after_func", "cause",
+    "without_cancel", "merge", "after_func", "cause", "RichContext",
     "ContextError", "Canceled", "Cancelled", "DeadlineExceeded",
     # section 2: async
     "scope", "sleep", "to_thread", "FrameworkCancelled",

@@ -20,7 +20,14 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 
 from .._ambient import use
-from .._context import CancelCausePair, Context, background, with_cancel_cause, with_timeout
+from .._context import (
+    CancelCausePair,
+    Context,
+    RichContext,
+    background,
+    with_cancel_cause,
+    with_timeout,
+)
 from .._propagation import attach_values
 from ..http._headers import parse_baggage
 
@@ -35,11 +42,11 @@ except ImportError:  # pragma: no cover - without the http extra
 __all__ = ["aio_server_interceptor", "context_of", "server_interceptor"]
 
 # The context of every RPC being handled, by its servicer context; guarded by _lock.
-_contexts: dict[int, Context] = {}
+_contexts: dict[int, RichContext] = {}
 _lock = threading.Lock()
 
 
-def context_of(servicer_context: object) -> Context:
+def context_of(servicer_context: object) -> RichContext:
     """The context of the RPC that *servicer_context* belongs to, while its handler runs.
 
     Raises ``LookupError`` for a servicer context our interceptor is not handling.
@@ -72,7 +79,7 @@ class _Rpc:
         baggage = ",".join(str(v) for k, v in metadata if k == "baggage")
         parent = attach_values(background(), parse_baggage(baggage) if baggage else {})
         self.pair: CancelCausePair = with_cancel_cause(parent)
-        self.ctx: Context = self.pair[0]
+        self.ctx: RichContext = self.pair[0]
         self.cancel_deadline: Callable[[], None] = _nothing
         left = servicer_context.time_remaining()
         if left is not None and left < _NO_DEADLINE:
