@@ -125,6 +125,7 @@ def _get(
     end = None if timeout is None else time.monotonic() + timeout
     waiting = list(dict.fromkeys(pending))  # ray.wait refuses a ref listed twice
     fast = fail_fast and len(waiting) > 1
+    values: dict[ray.ObjectRef[Any], Any] = {}
     while waiting:
         err = ctx.err()
         if err is not None:
@@ -140,11 +141,13 @@ def _get(
         ready, waiting = ray.wait(waiting, num_returns=1, timeout=step, fetch_local=True)
         for ref in ready:  # at most one: completion order
             try:
-                ray.get(ref)
+                values[ref] = ray.get(ref)
             except Exception as failure:
                 _end_remote_copies(sent, failure)
                 _collector.take(waiting, grace)
                 raise
+    if fast:  # each value fetched once, in the order of refs
+        return [values[r] for r in pending]
     return ray.get(refs)
 
 

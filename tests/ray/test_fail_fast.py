@@ -48,6 +48,12 @@ def quick(n: int) -> int:
     return n
 
 
+@ray.remote(num_cpus=0)
+def report(ctx: gocontext.Context) -> str:
+    err = ctx.err()
+    return "None" if err is None else type(err).__name__
+
+
 def test_the_first_failure_in_completion_order_stops_the_siblings(signal: object) -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     slow = slow_shard.remote(ctx, signal)
@@ -57,6 +63,17 @@ def test_the_first_failure_in_completion_order_stops_the_siblings(signal: object
     assert ctx.err() is None  # the caller's context is not get()'s to cancel
     # The slow shard ended only because its copy of ctx ended: nothing else can end it.
     assert ray.get(slow, timeout=NEVER) == ("Canceled", SHARD_FAILED)
+    # As Ray tasks see it, ctx is spent: one sent it now receives it ended.
+    assert ray.get(report.remote(ctx), timeout=NEVER) == "Canceled"
+    cancel()
+
+
+def test_results_come_in_list_order_when_every_task_succeeds() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    refs = [quick.remote(n) for n in range(5)]
+    assert gocontext.ray.get(ctx, refs + refs[:1]) == [0, 1, 2, 3, 4, 0]
+    assert gocontext.ray.get(ctx, refs, fail_fast=False) == [0, 1, 2, 3, 4]
+    assert ray.get(report.remote(ctx), timeout=NEVER) == "None"  # nothing failed: left alone
     cancel()
 
 
