@@ -76,7 +76,7 @@ def get(
     end at once (``Canceled``, with a ``RemoteCause`` naming the failure as cause), the
     unfinished tasks are handed to the same grace path as above, and the failure is raised as
     ``ray.get`` raises it. The caller's own *ctx* is not cancelled (``get`` does not own it),
-    but as Ray tasks see it, it is spent: a task sent *ctx* afterwards receives it ended. So
+    but as Ray tasks see it, it is spent: a task sent *ctx* afterwards sees it end. So
     give the tasks a context made for the fan-out, as ``errgroup.WithContext`` does::
 
         fan, cancel = gocontext.with_cancel(ctx)
@@ -139,7 +139,10 @@ def _get(
             _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=step, fetch_local=True)
             continue
         ready, waiting = ray.wait(waiting, num_returns=1, timeout=step, fetch_local=True)
-        for ref in ready:  # at most one: completion order
+        if ready and waiting:  # and those done by now, so a long list costs one call each time
+            more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=True)
+            ready += more
+        for ref in ready:  # the one that finished first, first
             try:
                 values[ref] = ray.get(ref)
             except Exception as failure:
