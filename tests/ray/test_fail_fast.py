@@ -170,3 +170,14 @@ async def test_get_async_stops_the_siblings_at_the_first_failure(signal: object)
     assert ctx.err() is None
     assert ray.get(slow, timeout=NEVER) == ("Canceled", SHARD_FAILED)
     cancel()
+
+
+def test_wait_raises_deadline_exceeded_when_ctx_times_out(signal: object) -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.05)
+    other, stop_other = gocontext.with_cancel(gocontext.background())
+    blocked = slow_shard.remote(other, signal)
+    with pytest.raises(gocontext.DeadlineExceeded):
+        gocontext.ray.wait(ctx, [blocked], timeout=NEVER * 3)  # ctx's deadline comes first
+    stop_other()
+    assert ray.get(blocked, timeout=NEVER)[0] == "Canceled"
+    cancel()
