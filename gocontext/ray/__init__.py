@@ -21,8 +21,9 @@ from ._channel import ChannelGone as ChannelGone
 from ._channel import RemoteCause as RemoteCause
 from ._get import get as get
 from ._get import get_async as get_async
+from ._get import wait as wait
 from ._serialize import install as _install
 
 _install()
 
-__all__ = ["ChannelGone", "RemoteCause", "get", "get_async"]
+__all__ = ["ChannelGone", "RemoteCause", "get", "get_async", "wait"]

@@ -1,10 +1,14 @@
-"""``get()`` and ``get_async()``: ``ray.get`` bounded by a context.
+"""``get()``, ``get_async()`` and ``wait()``: ``ray.get`` and ``ray.wait`` bounded by a context.
 
 When the context ends, ``get()`` raises at once and hands the tasks it gave up on to one
 collector thread (started on demand, gone when idle). The tasks' own contexts tell them to stop
 first; ``ray.cancel`` comes only for those still running after the grace period, and every
 task's result is retrieved, so Ray does not report an expected ``Canceled`` or
 ``DeadlineExceeded`` as an unhandled error.
+
+With ``fail_fast``, the first task to fail (in completion order) ends, at once, the copies of
+the context its siblings received, through the context's cancellation channel: Go's errgroup,
+where the first error cancels the group's context. The caller's own context is left alone.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import ray
 
 from .._context import _OURS, Context, _check_foreign
 from .._threads import to_thread
-from ._channel import keep, session, spawn
+from . import _channel
+from ._channel import Ending, keep, session, spawn
 
-__all__ = ["get", "get_async", "wait_idle"]
+__all__ = ["get", "get_async", "wait", "wait_idle"]
 
 T = TypeVar("T")
 _SLICE = 0.01  # seconds between checks of the context while waiting on Ray
@@ -32,7 +37,12 @@ _COLLECT_SLICE = 0.1  # seconds the collector waits on Ray before it checks Ray 
 
 @overload
 def get(
-    ctx: Context, refs: ray.ObjectRef[Any], *, timeout: float | None = None, grace: float = ...
+    ctx: Context,
+    refs: ray.ObjectRef[Any],
+    *,
+    timeout: float | None = None,
+    fail_fast: bool = True,
+    grace: float = ...,
 ) -> Any: ...
 @overload
 def get(
@@ -40,9 +50,17 @@ def get(
     refs: Sequence[ray.ObjectRef[Any]],
     *,
     timeout: float | None = None,
+    fail_fast: bool = True,
     grace: float = ...,
 ) -> list[Any]: ...
-def get(ctx: Context, refs: Any, *, timeout: float | None = None, grace: float = _GRACE) -> Any:
+def get(
+    ctx: Context,
+    refs: Any,
+    *,
+    timeout: float | None = None,
+    fail_fast: bool = True,
+    grace: float = _GRACE,
+) -> Any:
     """``ray.get(refs)`` bounded by *ctx*: on a cancel or deadline, ``Canceled`` /
     ``DeadlineExceeded`` is raised at once.
 
@@ -53,6 +71,24 @@ def get(ctx: Context, refs: Any, *, timeout: float | None = None, grace: float =
     their results are collected in the background, so an expected error is not logged by Ray
     as unhandled.
 
+    With a list of refs and *fail_fast* (the default), the first task to fail, in completion
+    order, stops the others, as Go's errgroup does: the copies of *ctx* that Ray tasks received
+    end at once (``Canceled``, with a ``RemoteCause`` naming the failure as cause), the
+    unfinished tasks are handed to the same grace path as above, and the failure is raised as
+    ``ray.get`` raises it. The caller's own *ctx* is not cancelled (``get`` does not own it),
+    but as Ray tasks see it, it is spent: a task sent *ctx* afterwards sees it end. So
+    give the tasks a context made for the fan-out, as ``errgroup.WithContext`` does::
+
+        fan, cancel = gocontext.with_cancel(ctx)
+        try:
+            totals = gocontext.ray.get(fan, [shard.remote(fan, i) for i in range(8)])
+        finally:
+            cancel()
+
+    Only tasks that received *ctx* itself are reached this way (a task that received a child
+    made by the driver keeps it until *grace* runs out). ``fail_fast=False`` waits for every
+    task and raises as ``ray.get(refs)`` does, in list order.
+
     *timeout* behaves as ``ray.get``'s (``ray.exceptions.GetTimeoutError``). A task's own
     error is raised as ``ray.get`` raises it.
 
@@ -60,18 +96,36 @@ def get(ctx: Context, refs: Any, *, timeout: float | None = None, grace: float =
         >>> import gocontext, gocontext.ray
         >>> # gocontext.ray.get(ctx, [task.remote(ctx) for _ in range(3)], grace=5.0)
     """
+    return _get(ctx, ctx, refs, timeout, fail_fast, grace)
+
+
+def _get(
+    ctx: Context, sent: Context, refs: Any, timeout: float | None, fail_fast: bool, grace: float
+) -> Any:
+    """``get()``, bounded by *ctx*; a failure ends the Ray tasks' copies of *sent*."""
     if type(ctx) not in _OURS:
         _check_foreign(ctx, "get", "ctx")
     if type(grace) not in (int, float) or math.isnan(grace) or grace < 0:
         raise ValueError(
             f"gocontext.ray.get() needs grace= as seconds >= 0 (a real number), got {grace!r}"
         )
+    if type(fail_fast) is not bool:
+        raise TypeError(f"gocontext.ray.get() needs fail_fast= as a bool, got {fail_fast!r}")
+    _check_timeout("get", timeout)
     single = isinstance(refs, ray.ObjectRef)
+    if not single and (isinstance(refs, (str, bytes)) or not isinstance(refs, Sequence)):
+        raise TypeError(
+            f"gocontext.ray.get() needs a Ray ObjectRef or a list of them, got {refs!r}"
+        )
     pending = [refs] if single else list(refs)
     if not all(isinstance(r, ray.ObjectRef) for r in pending):
-        raise TypeError(f"get() needs a Ray ObjectRef or a list of them, got {refs!r}")
+        raise TypeError(
+            f"gocontext.ray.get() needs a Ray ObjectRef or a list of them, got {refs!r}"
+        )
     end = None if timeout is None else time.monotonic() + timeout
-    waiting = list(pending)
+    waiting = list(dict.fromkeys(pending))  # ray.wait refuses a ref listed twice
+    fast = fail_fast and len(waiting) > 1
+    values: dict[ray.ObjectRef[Any], Any] = {}
     while waiting:
         err = ctx.err()
         if err is not None:
@@ -81,12 +135,106 @@ def get(ctx: Context, refs: Any, *, timeout: float | None = None, grace: float =
         if left is not None and left <= 0:
             raise ray.exceptions.GetTimeoutError(f"get() timed out after {timeout}s")
         step = _SLICE if left is None else min(_SLICE, left)
-        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=step, fetch_local=True)
+        if not fast:
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=step, fetch_local=True)
+            continue
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=step, fetch_local=True)
+        if ready and waiting:  # and those done by now, so a long list costs one call each time
+            more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=True)
+            ready += more
+        for ref in ready:  # the one that finished first, first
+            try:
+                values[ref] = ray.get(ref)
+            except Exception as failure:
+                _end_remote_copies(sent, failure)
+                _collector.take(waiting, grace)
+                raise
+    if fast:  # each value fetched once, in the order of refs
+        return [values[r] for r in pending]
     return ray.get(refs)
 
 
+def _end_remote_copies(ctx: Context, failure: BaseException) -> None:
+    """End the copies of *ctx* that Ray tasks received, as if *ctx* had been cancelled with
+    *failure* as cause; *ctx* itself is left alone. Nothing to do if *ctx* was never sent."""
+    s = _channel._sender
+    if s is None or not s.live(session()):
+        return
+    with s.lock:
+        token = s.tokens.get(ctx)
+    if token is None:
+        return
+    original = getattr(failure, "cause", None)  # a RayTaskError's own exception
+    shown = original if isinstance(original, BaseException) else failure
+    ending = Ending(False, repr(shown)[: _channel._CAUSE_MAX])
+    with contextlib.suppress(Exception):  # Ray shutting down under us
+        s.channel.end.remote(token, ending)
+
+
+def _check_timeout(name: str, timeout: object) -> None:
+    if timeout is None:
+        return
+    if type(timeout) not in (int, float) or math.isnan(timeout) or timeout < 0:  # type: ignore[arg-type, operator]
+        raise ValueError(
+            f"gocontext.ray.{name}() needs timeout= as seconds >= 0 or None, got {timeout!r}"
+        )
+
+
+def wait(
+    ctx: Context,
+    refs: Sequence[ray.ObjectRef[Any]],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+) -> tuple[list[ray.ObjectRef[Any]], list[ray.ObjectRef[Any]]]:
+    """``ray.wait(refs, num_returns=..., timeout=...)`` bounded by *ctx*: returns
+    ``(ready, not_ready)`` as ``ray.wait`` does (``ready`` holds at most *num_returns*, fewer
+    if *timeout* ran out first), and raises ``Canceled`` / ``DeadlineExceeded`` at once when
+    *ctx* ends first (also when it had already ended).
+
+    Unlike ``get()``, ``wait()`` neither cancels nor collects the tasks behind *refs*: it only
+    stops waiting for them; they stay the caller's.
+
+    Example:
+        >>> import gocontext, gocontext.ray
+        >>> # ready, not_ready = gocontext.ray.wait(ctx, refs, num_returns=2, timeout=5.0)
+    """
+    if type(ctx) not in _OURS:
+        _check_foreign(ctx, "wait", "ctx")
+    if isinstance(refs, (str, bytes, ray.ObjectRef)) or not isinstance(refs, Sequence):
+        raise TypeError(f"gocontext.ray.wait() needs a list of Ray ObjectRefs, got {refs!r}")
+    todo = list(refs)
+    if not all(isinstance(r, ray.ObjectRef) for r in todo):
+        raise TypeError(f"gocontext.ray.wait() needs a list of Ray ObjectRefs, got {refs!r}")
+    if len(set(todo)) != len(todo):
+        raise ValueError(f"gocontext.ray.wait() needs distinct ObjectRefs, got {refs!r}")
+    if type(num_returns) is not int or not 1 <= num_returns <= max(len(todo), 1):
+        raise ValueError(
+            f"gocontext.ray.wait() needs num_returns= as an int from 1 to len(refs) "
+            f"({len(todo)}), got {num_returns!r}"
+        )
+    _check_timeout("wait", timeout)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        err = ctx.err()
+        if err is not None:
+            raise err
+        if not todo:
+            return [], []
+        left = None if end is None else max(0.0, end - time.monotonic())
+        step = _SLICE if left is None else min(_SLICE, left)
+        ready, not_ready = ray.wait(todo, num_returns=num_returns, timeout=step, fetch_local=True)
+        if len(ready) >= num_returns or left == 0:
+            return ready, not_ready
+
+
 async def get_async(
-    ctx: Context, refs: Any, *, timeout: float | None = None, grace: float = _GRACE
+    ctx: Context,
+    refs: Any,
+    *,
+    timeout: float | None = None,
+    fail_fast: bool = True,
+    grace: float = _GRACE,
 ) -> Any:
     """``get()`` for async code (asyncio and trio): a framework cancellation of the awaiting
     task ends the Ray tasks the same way, and no thread is left behind.
@@ -95,7 +243,10 @@ async def get_async(
         >>> import gocontext, gocontext.ray
         >>> # await gocontext.ray.get_async(ctx, ref)
     """
-    return await to_thread(ctx, lambda child: get(child, refs, timeout=timeout, grace=grace))
+    return await to_thread(
+        ctx,
+        lambda child: _get(child, ctx, refs, timeout, fail_fast, grace),
+    )
 
 
 class _Abandoned:
