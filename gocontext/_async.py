@@ -140,7 +140,15 @@ async def sleep(ctx: Context, seconds: float) -> None:
     err = ctx.err()
     if err is not None:
         raise err
-    await _backend().sleep(ctx.done(), seconds)
+    if _timer.timer._manual and 0 < seconds < math.inf:
+        # Under gocontext.testing.fake_clock() the sleep is a deadline on the fake clock.
+        sub, cancel = with_deadline(ctx, _timer.now() + seconds)
+        try:
+            await _backend().wait(sub.done())
+        finally:
+            cancel()
+    else:
+        await _backend().sleep(ctx.done(), seconds)
     err = ctx.err()
     if err is not None:
         raise err
