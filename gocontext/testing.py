@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from . import _context, _timer
@@ -44,7 +44,7 @@ class FakeClock:
         self._t = start
         self._lock = threading.Lock()  # serialises advance(): deadlines end in order
         self._left = False
-        self._timer = _timer.Timer(clock=self.now, fake=True)
+        self._timer = _FakeTimer(clock=self.now, fake=True)
 
     def now(self) -> float:
         """The fake clock's reading, on the ``time.monotonic()`` scale.
@@ -95,6 +95,31 @@ class FakeClock:
         return f"<FakeClock now={self._t:.6f}>"
 
 
+class _FakeTimer(_timer.Timer):
+    """A fake clock's timer: once the block is left, what is still scheduled on it (by a thread
+    that picked it up just before) goes to the real timer instead, shifted to real time."""
+
+    __slots__ = ("_forward",)
+
+    def __init__(self, *, clock: Callable[[], float], fake: bool) -> None:
+        super().__init__(clock=clock, fake=fake)
+        self._forward: tuple[_timer.Timer, float] | None = None  # guarded by _lock
+
+    def schedule(self, deadline: float, target: _timer.Expirable) -> _timer.TimerEntry:
+        with self._lock:
+            forward = self._forward
+            if forward is None:
+                return super().schedule(deadline, target)  # (manual: takes no lock itself)
+        real, shift = forward
+        return real.schedule(deadline + shift, target)
+
+    def leave(self, real: _timer.Timer, shift: float) -> list[_timer.TimerEntry]:
+        """From now on forward to *real*; return what was live here (see ``drain``)."""
+        with self._lock:
+            self._forward = (real, shift)
+        return self.drain()
+
+
 @contextmanager
 def fake_clock() -> Iterator[FakeClock]:
     """Put the deadlines of contexts created inside the block on a fake clock; yield it.
@@ -137,20 +162,21 @@ def fake_clock() -> Iterator[FakeClock]:
             _active = None
             with clock._lock:
                 clock._left = True
-                fake_now = clock._t
-            _move_to_real(clock._timer.drain(), fake_now, real)
+                shift = time.monotonic() - clock._t
+            _move_to_real(clock._timer.leave(real, shift), shift, real)
 
 
-def _move_to_real(entries: list[_timer.TimerEntry], fake_now: float, real: _timer.Timer) -> None:
+def _move_to_real(entries: list[_timer.TimerEntry], shift: float, real: _timer.Timer) -> None:
     """Give the real timer the contexts still live on a fake clock that was left, each with the
-    time it had left on the fake clock, counted from now on the real one."""
-    shift = time.monotonic() - fake_now
+    time it had left on the fake clock, counted from now on the real one (*shift* converts)."""
     for entry in entries:
         target = entry[2]
         if not isinstance(target, _context._DeadlineContext):
             continue
         with _context._lock:
-            if target._state is None and target._entry is entry:
+            # (_entry is None: the creating thread has not stored the entry yet; the new one
+            # then goes unrecorded, and only expires a node that has ended, which is a no-op)
+            if target._state is None and (target._entry is entry or target._entry is None):
                 entry[2] = None  # this entry is spent; the real timer gets a new one
                 target._deadline = entry[0] + shift
                 target._entry = real.schedule(target._deadline, target)

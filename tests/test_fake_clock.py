@@ -184,3 +184,19 @@ def test_advance_refuses_what_is_no_step_forward(bad: float) -> None:
 def test_advance_refuses_what_is_no_number() -> None:
     with fake_clock() as clock, pytest.raises(TypeError, match=r"advance\(\)"):
         clock.advance("1")  # type: ignore[arg-type]
+
+
+def test_a_deadline_scheduled_on_a_fake_clock_just_as_it_is_left_still_fires() -> None:
+    # A thread that picked up the fake clock's timer just before the block ended schedules on
+    # it just after: the deadline must reach the real timer, not sit on a clock nobody moves.
+    fired = threading.Event()
+
+    class Target:
+        def _expire(self) -> None:
+            fired.set()
+
+    with fake_clock() as clock:
+        late_timer = _timer.timer
+        fake_deadline = clock.now() + 0.01
+    late_timer.schedule(fake_deadline, Target())
+    assert fired.wait(NEVER)
