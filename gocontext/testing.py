@@ -8,6 +8,7 @@ one clock function, swapped whole for the length of the block.
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -168,7 +169,12 @@ def fake_clock() -> Iterator[FakeClock]:
 
 def _move_to_real(entries: list[_timer.TimerEntry], shift: float, real: _timer.Timer) -> None:
     """Give the real timer the contexts still live on a fake clock that was left, each with the
-    time it had left on the fake clock, counted from now on the real one (*shift* converts)."""
+    time it had left on the fake clock, counted from now on the real one (*shift* converts).
+
+    Descendants without a deadline of their own hold their ancestor's deadline object itself
+    (copied down at creation); they are found by identity and moved with it.
+    """
+    moved: dict[int, tuple[float, float]] = {}  # id(old deadline) -> (old, new)
     for entry in entries:
         target = entry[2]
         if not isinstance(target, _context._DeadlineContext):
@@ -178,5 +184,14 @@ def _move_to_real(entries: list[_timer.TimerEntry], shift: float, real: _timer.T
             # then goes unrecorded, and only expires a node that has ended, which is a no-op)
             if target._state is None and (target._entry is entry or target._entry is None):
                 entry[2] = None  # this entry is spent; the real timer gets a new one
+                old = target._deadline
                 target._deadline = entry[0] + shift
+                moved[id(old)] = (old, target._deadline)
                 target._entry = real.schedule(target._deadline, target)
+    if moved:
+        for obj in gc.get_objects():
+            if isinstance(obj, _context._CancelContext):
+                d = getattr(obj, "_deadline", None)  # (None: a node still being made)
+                pair = moved.get(id(d))
+                if pair is not None and pair[0] is d:
+                    obj._deadline = pair[1]

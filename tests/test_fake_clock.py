@@ -200,3 +200,15 @@ def test_a_deadline_scheduled_on_a_fake_clock_just_as_it_is_left_still_fires() -
         fake_deadline = clock.now() + 0.01
     late_timer.schedule(fake_deadline, Target())
     assert fired.wait(NEVER)
+
+
+def test_leaving_also_moves_the_deadline_children_inherited() -> None:
+    with fake_clock() as clock:
+        parent, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+        child, _ = gocontext.with_cancel(parent)
+        grandchild = gocontext.with_value(child, "k", 1)
+        clock.advance(100)
+    assert child.deadline() == parent.deadline() == grandchild.deadline()
+    left = child.remaining()
+    assert left is not None and 3400 < left <= 3500
+    cancel()
