@@ -43,7 +43,9 @@ class FakeClock:
 
     def __init__(self, start: float) -> None:
         self._t = start
-        self._lock = threading.Lock()  # serialises advance(): deadlines end in order
+        # Serialises advance(), so deadlines end in order; re-entrant for a deadline callback
+        # that advances the clock itself.
+        self._lock = threading.RLock()
         self._left = False
         self._timer = _FakeTimer(clock=self.now, fake=True)
 

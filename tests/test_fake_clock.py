@@ -212,3 +212,17 @@ def test_leaving_also_moves_the_deadline_children_inherited() -> None:
     left = child.remaining()
     assert left is not None and 3400 < left <= 3500
     cancel()
+
+
+def test_advance_called_from_a_deadline_callback_does_not_deadlock() -> None:
+    with fake_clock() as clock:
+        bg = gocontext.background()
+        first, _ = gocontext.with_timeout(bg, 1)
+        second, _ = gocontext.with_timeout(bg, 2)
+        first.done().add_callback(lambda: clock.advance(1))
+        t = threading.Thread(target=clock.advance, args=(1,), daemon=True)
+        t.start()
+        t.join(NEVER)
+        assert not t.is_alive()
+        assert isinstance(second.err(), gocontext.DeadlineExceeded)
+        assert clock.now() == pytest.approx(first.deadline() + 1)  # type: ignore[operator]
