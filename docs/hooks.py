@@ -26,6 +26,7 @@ REFERENCE = {
     "gocontext.ray": "reference/ray/index.html",
     "gocontext.aiohttp": "reference/aiohttp/index.html",
     "gocontext.grpc": "reference/grpc/index.html",
+    "gocontext.testing": "reference/testing/index.html",
 }
 
 
@@ -35,8 +36,12 @@ def public_names(module: str) -> list[str]:
     Example:
         >>> "with_cancel" in public_names("gocontext")
         True
+        >>> public_names("gocontext.testing")
+        ['FakeClock', 'fake_clock']
     """
-    source = ROOT.joinpath(*module.split("."), "__init__.py").read_text(encoding="utf-8")
+    package = ROOT.joinpath(*module.split("."), "__init__.py")
+    path = package if package.exists() else package.parent.with_suffix(".py")  # a plain module
+    source = path.read_text(encoding="utf-8")
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets

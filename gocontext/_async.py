@@ -37,7 +37,7 @@ from ._context import (
     RichContext,
     _check_foreign,
     with_cancel_cause,
-    with_deadline,
+    with_timeout,
 )
 from ._done import CallbackHandle, Done
 from ._errors import ContextError
@@ -141,7 +141,15 @@ async def sleep(ctx: Context, seconds: float) -> None:
     err = ctx.err()
     if err is not None:
         raise err
-    await _backend().sleep(ctx.done(), seconds)
+    if _timer.timer._manual and 0 < seconds < math.inf:
+        # Under gocontext.testing.fake_clock() the sleep is a deadline on the fake clock.
+        sub, cancel = with_timeout(ctx, seconds)
+        try:
+            await _backend().wait(sub.done())
+        finally:
+            cancel()
+    else:
+        await _backend().sleep(ctx.done(), seconds)
     err = ctx.err()
     if err is not None:
         raise err
@@ -357,7 +365,7 @@ def _child_of(
         return pair
     # The deadline below the node that takes a cause: cancelling that one ends both.
     base, cancel = with_cancel_cause(ctx)
-    return with_deadline(base, _timer.now() + (outer - loop_time()))[0], cancel
+    return with_timeout(base, outer - loop_time())[0], cancel
 
 
 def _framework_cause(e: BaseException | None) -> BaseException | None:

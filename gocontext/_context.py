@@ -30,7 +30,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -326,24 +326,31 @@ def with_cancel_cause(parent: Context) -> CancelCausePair:
     return _new_tuple(CancelCausePair, (ctx, ctx._cancel))
 
 
-def with_deadline(parent: Context, deadline: float) -> CancelPair:
+def with_deadline(parent: Context, deadline: float | datetime) -> CancelPair:
     """Return ``(ctx, cancel)``: a child of *parent* that ends at *deadline* at the latest.
 
-    *deadline* is on the ``time.monotonic()`` clock. The child's deadline is the earlier of
-    *parent*'s and *deadline*; a deadline already past gives a child that is done with
-    ``DeadlineExceeded``. All deadlines share one timer thread.
+    *deadline* is a ``time.monotonic()`` float, or a timezone-aware ``datetime`` (converted to
+    the monotonic clock once, here). The child's deadline is the earlier of *parent*'s and
+    *deadline*; a deadline already past gives a child that is done with ``DeadlineExceeded``.
+    A naive ``datetime``, and a float more than 10 years away on the monotonic clock (plainly a
+    ``time.time()`` value), are ``ValueError``. All deadlines share one timer thread.
 
     Example:
         >>> import gocontext, time
+        >>> from datetime import datetime, timedelta, timezone
         >>> ctx, cancel = gocontext.with_deadline(gocontext.background(), time.monotonic() - 1)
         >>> ctx.err()
         DeadlineExceeded('context deadline exceeded')
+        >>> at = datetime.now(timezone.utc) + timedelta(minutes=5)
+        >>> ctx, cancel = gocontext.with_deadline(gocontext.background(), at)
+        >>> 299 < ctx.remaining() <= 300
+        True
     """
     return _with_deadline(parent, _check_deadline(deadline, "with_deadline"), None, "with_deadline")
 
 
 def with_deadline_cause(
-    parent: Context, deadline: float, cause: BaseException | None
+    parent: Context, deadline: float | datetime, cause: BaseException | None
 ) -> CancelPair:
     """Like ``with_deadline``; *cause* is recorded if the deadline (not ``cancel``) ends it.
 
@@ -572,8 +579,26 @@ def _check_foreign(parent: object, fname: str, name: str = "parent") -> None:
         raise TypeError(f"{fname}() needs a Context as {name}, got {describe(parent)}")
 
 
-def _check_deadline(deadline: float, fname: str) -> float:
-    return check_real(deadline, fname, "deadline", "a time.monotonic() float")
+_WALL_CLOCK_GAP = 10 * 365.25 * 86400.0  # a monotonic deadline further off is a time.time()
+
+
+def _check_deadline(deadline: float | datetime, fname: str) -> float:
+    """*deadline* on the monotonic clock: an aware datetime converted, a float checked."""
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise ValueError(
+                f"{fname}() got a naive datetime as deadline ({deadline!r}): it names no "
+                f"moment; give it a timezone, e.g. datetime.now(timezone.utc) + timedelta(...)"
+            )
+        return _timer.now() + (deadline - datetime.now(timezone.utc)).total_seconds()
+    d = check_real(deadline, fname, "deadline", "a time.monotonic() float or an aware datetime")
+    if d != _INF and d - _timer.now() > _WALL_CLOCK_GAP:
+        raise ValueError(
+            f"{fname}() got deadline={d!r}, more than 10 years away on the monotonic clock: "
+            f"that looks like a time.time() value; use time.monotonic() + seconds, "
+            f"with_timeout(), or a timezone-aware datetime"
+        )
+    return d
 
 
 def _check_timeout(timeout: float | timedelta, fname: str) -> float:

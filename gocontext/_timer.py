@@ -32,7 +32,16 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Expirable", "Timer", "TimerEntry", "after_fork_in_child", "now", "set_clock", "timer"]
+__all__ = [
+    "Expirable",
+    "Timer",
+    "TimerEntry",
+    "after_fork_in_child",
+    "install",
+    "now",
+    "set_clock",
+    "timer",
+]
 
 _log = logging.getLogger("gocontext")
 
@@ -77,6 +86,7 @@ class Timer:
     # _dead counts cleared entries still in the heap or incoming, without a lock: it only
     # decides when the heap is compacted, and compaction recounts it.
     __slots__ = (
+        "_clock",
         "_cond",
         "_dead",
         "_fake",
@@ -84,12 +94,19 @@ class Timer:
         "_idle_exit",
         "_incoming",
         "_lock",
+        "_manual",
         "_seq",
         "_thread",
         "_wake_at",
     )
 
-    def __init__(self, *, idle_exit: float = _IDLE_EXIT, fake: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        idle_exit: float = _IDLE_EXIT,
+        fake: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._incoming: list[TimerEntry] = []
@@ -100,6 +117,11 @@ class Timer:
         self._seq = itertools.count()
         self._idle_exit = idle_exit
         self._fake = fake
+        # The clock this timer reads: its own (a public fake clock's timer, or the real timer
+        # pinned to time.monotonic while a fake clock is in use), else the module's now().
+        self._clock = clock
+        # A manual timer has no thread at all: only fire_due() expires its entries.
+        self._manual = clock is not None and fake
 
     def schedule(self, deadline: float, target: Expirable) -> TimerEntry:
         """Have the timer call ``target._expire()`` once ``now() >= deadline``; return the entry.
@@ -126,7 +148,8 @@ class Timer:
         """Expire every entry that is due by ``now()``, in deadline order; return how many."""
         with self._lock:
             self._take_incoming_locked()
-            due = self._pop_due_locked(now())
+            clock = self._clock
+            due = self._pop_due_locked(now() if clock is None else clock())
         for target in due:
             _expire(target)
         return len(due)
@@ -150,6 +173,23 @@ class Timer:
         """With *fake* set the thread fires nothing by itself (a fake clock calls fire_due)."""
         with self._lock:
             self._fake = fake
+            self._cond.notify_all()
+
+    def drain(self) -> list[TimerEntry]:
+        """Take every live entry out of the timer, in deadline order, and return them; their
+        targets are no longer served here (a fake clock hands them to the real timer)."""
+        with self._lock:
+            self._take_incoming_locked()
+            live = sorted(e for e in self._heap if e[2] is not None)
+            self._heap = []
+            self._dead = 0
+            self._cond.notify_all()
+        return live
+
+    def pin_clock(self, clock: Callable[[], float] | None) -> None:
+        """Have this timer read *clock* (None: the module's ``now()``); the thread re-reads it."""
+        with self._lock:
+            self._clock = clock
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -177,6 +217,8 @@ class Timer:
         return child
 
     def _wake(self, deadline: float) -> None:
+        if self._manual:
+            return
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -258,7 +300,8 @@ class Timer:
                             self._thread = None
                             return
                     continue
-                t = now()
+                clock = self._clock
+                t = now() if clock is None else clock()
                 if heap[0][0] > t:
                     # Wake at the deadline, or after idle_exit to drop what was cancelled
                     # meanwhile (so one cancelled hour-long timeout does not hold the thread).
@@ -309,3 +352,13 @@ def after_fork_in_child() -> None:
     tree lock that the new timer's thread may take at once."""
     global timer  # replaced whole, never mutated through a global
     timer = timer.forked()
+
+
+def install(new_timer: Timer, clock: Callable[[], float] | None) -> Timer:
+    """Make *new_timer* the one new deadlines go to and *clock* (None: ``time.monotonic``) the
+    one every deadline is read on; return the timer it replaces. For ``gocontext.testing``."""
+    global timer, now  # the clock seam, switched whole (see above)
+    old = timer
+    timer = new_timer
+    now = time.monotonic if clock is None else clock
+    return old

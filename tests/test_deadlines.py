@@ -212,3 +212,108 @@ def test_watching_a_timer_child_of_an_ended_parent_then_cancelling_it_releases_t
     assert ran == [1]
     cancel_child()
     assert _timer.timer.pending() == before
+
+
+# ---- deadlines as aware datetimes, and the wall-clock float refused ----------------------------
+
+
+def test_an_aware_datetime_deadline_is_converted_once_to_the_monotonic_clock(
+    fake_clock: FakeClock,
+) -> None:
+    from datetime import datetime, timezone
+
+    for zone in (timezone.utc, timezone(timedelta(hours=-7))):
+        at = datetime.now(zone) + timedelta(seconds=30)
+        ctx, cancel = gocontext.with_deadline(gocontext.background(), at)
+        d = ctx.deadline()
+        # 30 s from the wall clock's now, give or take the time the call took
+        assert d is not None and fake_clock.t + 29 < d <= fake_clock.t + 30
+        assert ctx.err() is None
+        fake_clock.advance(31)
+        assert isinstance(ctx.err(), gocontext.DeadlineExceeded)
+        cancel()
+
+
+def test_an_aware_datetime_in_the_past_gives_an_ended_context_with_the_cause() -> None:
+    from datetime import datetime, timezone
+
+    late = TimeoutError("late")
+    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    ctx, _ = gocontext.with_deadline_cause(gocontext.background(), past, late)
+    assert isinstance(ctx.err(), gocontext.DeadlineExceeded)
+    assert gocontext.cause(ctx) is late
+
+
+@pytest.mark.parametrize("fname", ["with_deadline", "with_deadline_cause"])
+def test_a_naive_datetime_is_refused(fname: str) -> None:
+    from datetime import datetime
+
+    naive = datetime.now() + timedelta(seconds=5)
+    with pytest.raises(ValueError, match=rf"{fname}\(\).*naive datetime.*timezone"):
+        if fname == "with_deadline":
+            gocontext.with_deadline(gocontext.background(), naive)
+        else:
+            gocontext.with_deadline_cause(gocontext.background(), naive, None)
+
+
+@pytest.mark.parametrize("fname", ["with_deadline", "with_deadline_cause"])
+def test_a_wall_clock_float_is_refused_with_advice(fname: str) -> None:
+    wall = time.time() + 1
+    with pytest.raises(ValueError) as raised:
+        if fname == "with_deadline":
+            gocontext.with_deadline(gocontext.background(), wall)
+        else:
+            gocontext.with_deadline_cause(gocontext.background(), wall, None)
+    msg = str(raised.value)
+    assert f"{fname}()" in msg
+    assert repr(wall) in msg
+    assert "time.time()" in msg and "time.monotonic()" in msg and "datetime" in msg
+
+
+def test_far_but_plausible_monotonic_deadlines_and_infinity_still_pass() -> None:
+    bg = gocontext.background()
+    nine_years = time.monotonic() + 9 * 365 * 86400
+    ctx, cancel = gocontext.with_deadline(bg, nine_years)
+    assert ctx.deadline() == nine_years
+    cancel()
+    ctx, cancel = gocontext.with_deadline(bg, math.inf)
+    assert ctx.err() is None
+    cancel()
+    ctx, cancel = gocontext.with_timeout(bg, 1e12)  # a timeout is relative: no such doubt
+    assert ctx.err() is None
+    cancel()
+
+
+def test_a_date_that_is_no_datetime_is_a_type_error() -> None:
+    from datetime import date
+
+    with pytest.raises(TypeError, match=r"with_deadline\(\).*datetime"):
+        gocontext.with_deadline(gocontext.background(), date.today())  # type: ignore[arg-type]
+
+
+def test_a_far_deadline_made_by_with_timeout_still_crosses_to_a_ray_worker() -> None:
+    # with_timeout(ctx, 1e9) is legitimate; its receiving side must not take it for a
+    # time.time() passed to with_deadline.
+    pytest.importorskip("ray")
+    from gocontext import _propagation
+    from gocontext.ray import _serialize
+
+    for boot in (_serialize._BOOT_ID, "another host"):
+        at = time.monotonic() + 1e9
+        values = _propagation.outgoing_values(gocontext.background())
+        wire = _serialize.Wire(values, None, None, _serialize.Deadline(1e9, boot, at))
+        ctx = _serialize.rebuild(wire)
+        assert ctx.err() is None
+        d = ctx.deadline()
+        assert d is not None and d >= at - 1e6
+
+
+async def test_a_far_anyio_deadline_still_reaches_the_scope(anyio_backend: str) -> None:
+    # scope() turns the enclosing anyio/trio deadline into the child's; a far one is no
+    # time.time() passed to with_deadline.
+    import anyio
+
+    with anyio.fail_after(1e9):
+        async with gocontext.scope(gocontext.background()) as child:
+            left = child.remaining()
+            assert left is not None and 1e9 - 1e6 < left <= 1e9

@@ -44,14 +44,14 @@ def test_value_at_the_end_of_a_deep_value_chain() -> None:
 
 def test_value_err_deadline_and_cause_through_a_deep_mixed_chain() -> None:
     top, cancel = gocontext.with_cancel_cause(gocontext.background())
-    dl, _ = gocontext.with_deadline(top, 10**9)
+    dl, _ = gocontext.with_deadline(top, 10**8)
     ctx: gocontext.Context = gocontext.with_value(dl, "k", "v")
     for i in range(DEEP):
         if i % 3 == 0:
             ctx = gocontext.with_value(ctx, i, i)
         else:
             ctx, _ = gocontext.with_cancel(ctx)
-    assert ctx.deadline() == 10**9
+    assert ctx.deadline() == 10**8
     assert ctx.value("k") == "v"
     assert ctx.err() is None
     why = KeyError("why")
@@ -131,7 +131,7 @@ STEPS: dict[str, Callable[[gocontext.Context, int], gocontext.Context]] = {
     # each timeout later than the last: the children are plain cancel nodes under the first
     "later timeouts": lambda ctx, i: gocontext.with_timeout(ctx, 3600 + i)[0],
     # each deadline earlier than the last: every level is a deadline node with a timer entry
-    "earlier deadlines": lambda ctx, i: gocontext.with_deadline(ctx, 10**9 - i)[0],
+    "earlier deadlines": lambda ctx, i: gocontext.with_deadline(ctx, 10**8 - i)[0],
     "cancel then timeout": lambda ctx, i: (
         gocontext.with_cancel(ctx)[0] if i % 2 else gocontext.with_timeout(ctx, 3600 + i)[0]
     ),

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 
 import pytest
 
-PACKAGES = ["gocontext", "gocontext.http", "gocontext.ray", "gocontext.aiohttp", "gocontext.grpc"]
+PACKAGES = [
+    "gocontext",
+    "gocontext.http",
+    "gocontext.ray",
+    "gocontext.aiohttp",
+    "gocontext.grpc",
+    "gocontext.testing",
+]
 
 
 def _public() -> Iterator[tuple[str, object]]:

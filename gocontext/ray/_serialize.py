@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import ray
 
 from .. import _propagation
-from .._context import Context, background, with_cancel_cause, with_deadline
+from .._context import Context, _with_deadline, background, with_cancel_cause, with_deadline
 from .._errors import DeadlineExceeded
 from ._channel import Ending, Link, link_for, watch
 from ._channel import install as _install_shutdown
@@ -89,8 +89,9 @@ def rebuild(wire: Wire) -> Context:
     if d is None:
         return ctx
     if d.boot_id and d.boot_id == _BOOT_ID:  # one host, one monotonic clock
-        return with_deadline(ctx, d.at)[0]
-    return with_deadline(ctx, time.monotonic() + d.remaining)[0]
+        # (unchecked: a sender's with_timeout may lie further than with_deadline accepts)
+        return _with_deadline(ctx, d.at, None, "with_deadline")[0]
+    return _with_deadline(ctx, time.monotonic() + d.remaining, None, "with_deadline")[0]
 
 
 def install() -> None:
