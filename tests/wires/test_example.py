@@ -46,11 +46,13 @@ def test_the_wires_example_carries_one_deadline_and_one_cancel() -> None:
         at = found[0] + 1
     for expected in ANYWHERE:
         assert any(line.startswith(expected) for line in lines), out.stdout
-    # The deadline shrinks along the chain (every hop reports less time than the one before).
+    # Every hop sees the one deadline: never more than the client gave, and never growing along
+    # the chain beyond rounding (printed to 10 ms; gRPC rounds the time it sends up).
     left = [
         float(line.rsplit(", ", 1)[1].split("s left")[0])
         for line in lines
         if "request req-1, " in line
     ]
-    assert len(left) == 4 and left == sorted(left, reverse=True) and left[0] <= 5.0
+    assert len(left) == 4 and all(0 < x <= 5.0 for x in left), left
+    assert all(b <= a + 0.02 for a, b in zip(left, left[1:])), left
     assert "Traceback" not in out.stderr, out.stderr
