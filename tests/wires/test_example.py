@@ -3,6 +3,7 @@ one cancel crossing every wire."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -54,5 +55,5 @@ def test_the_wires_example_carries_one_deadline_and_one_cancel() -> None:
         if "request req-1, " in line
     ]
     assert len(left) == 4 and all(0 < x <= 5.0 for x in left), left
-    assert all(b <= a + 0.02 for a, b in zip(left, left[1:])), left
+    assert all(b <= a + 0.02 for a, b in itertools.pairwise(left)), left
     assert "Traceback" not in out.stderr, out.stderr
