@@ -1,5 +1,6 @@
-"""Ray: latency from cancel() on the driver to a remote task observing ctx.err(), and the cost
-of passing a context to a task, on a local cluster."""
+"""Ray: latency from cancel() on the driver to a remote task observing ctx.err(), the cost of
+passing a context to a task, and how soon a fan-out's first failure stops its siblings
+(``gocontext.ray.get(..., fail_fast=True)``), on a local cluster."""
 
 from __future__ import annotations
 
@@ -38,6 +39,48 @@ def _noop(ctx: object) -> None:
     return None
 
 
+@ray.remote(num_cpus=0)
+class _Gate:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def arrive(self) -> None:
+        self.n += 1
+
+    def count(self) -> int:
+        return self.n
+
+
+@ray.remote(num_cpus=0)
+def _sibling(ctx: gocontext.Context, gate: object) -> float:
+    ray.get(gate.arrive.remote())  # type: ignore[attr-defined]
+    ctx.done().wait(60)
+    return time.time()
+
+
+@ray.remote(num_cpus=0)
+def _failer(ctx: gocontext.Context, gate: object, siblings: int) -> None:
+    while ray.get(gate.count.remote()) < siblings:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    raise ValueError(repr(time.time()))
+
+
+def _fail_fast_latency(runs: int) -> list[float]:
+    """Milliseconds from the first failure to the last of three siblings seeing ctx end."""
+    lat = []
+    for _ in range(runs):
+        gate = _Gate.remote()  # type: ignore[attr-defined]
+        with gocontext.with_cancel(gocontext.background()) as (fan, _):
+            sibs = [_sibling.remote(fan, gate) for _ in range(3)]
+            try:
+                gocontext.ray.get(fan, [*sibs, _failer.remote(fan, gate, 3)])
+            except ValueError as e:
+                failed_at = float(str(e.cause).strip("'\""))  # type: ignore[attr-defined]
+            lat.append((max(ray.get(sibs)) - failed_at) * 1000)
+        ray.kill(gate)
+    return sorted(lat)
+
+
 def main(quick: bool = False) -> None:
     rounds, calls = (5, 20) if quick else (40, 300)
     started_here = not ray.is_initialized()
@@ -69,6 +112,7 @@ def main(quick: bool = False) -> None:
                 ray.get(_noop.remote(ctx))
             with_ctx.append((time.perf_counter() - t) / (calls // 5) * 1000)
         cancel()
+        fail_fast = _fail_fast_latency(10 if quick else 100)
     finally:
         if started_here:
             ray.shutdown()
@@ -83,6 +127,12 @@ def main(quick: bool = False) -> None:
     print("\n### Ray: passing a context to a task  (target: < 1 ms overhead per task)\n")
     print(
         f"task round trip without a context {p:.2f} ms, with one {w:.2f} ms: overhead {w - p:+.2f} ms"
+    )
+    print(
+        "\n### Ray: first failure to the last of 3 siblings stopped, get(fail_fast=True)  (target: median < 50 ms)\n"
+    )
+    print(
+        f"median {statistics.median(fail_fast):.1f} ms, p90 {fail_fast[int(len(fail_fast) * 0.9) - 1]:.1f} ms over {len(fail_fast)} runs"
     )
 
 
