@@ -40,7 +40,7 @@ from ._context import (
     with_timeout,
 )
 from ._done import CallbackHandle, Done
-from ._errors import ContextError
+from ._errors import ContextError, describe
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -159,29 +159,18 @@ def _check_seconds(seconds: object) -> float:
     """*seconds* as a float: TypeError for what is no number, ValueError for NaN and for an int
     too large for a float, both naming sleep()."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"sleep() needs a number of seconds, got {_describe(seconds)}")
+        raise TypeError(f"sleep() needs a number of seconds, got {describe(seconds)}")
     try:
         f = float(seconds)
     except OverflowError:
         raise ValueError(
-            f"sleep() got a number of seconds too large for a float: {_describe(seconds)}"
+            f"sleep() got a number of seconds too large for a float: {describe(seconds)}"
         ) from None
     except Exception as e:  # a number subclass whose __float__ is broken
-        raise TypeError(f"sleep() needs a number of seconds, got {_describe(seconds)}") from e
+        raise TypeError(f"sleep() needs a number of seconds, got {describe(seconds)}") from e
     if f != f:
         raise ValueError("sleep() got a NaN number of seconds")
     return f
-
-
-def _describe(x: object) -> str:
-    """A short description of *x* for an error message, whatever its repr does."""
-    if type(x) is int and x.bit_length() > 64:
-        return f"{'a negative' if x < 0 else 'an'} int of {x.bit_length()} bits"
-    try:
-        text = repr(x)
-    except Exception:
-        return f"a {type(x).__qualname__}"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @final

@@ -9,9 +9,9 @@ from typing import TypeVar
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._async import _describe, _framework_cause, wait_done
+from ._async import _framework_cause, wait_done
 from ._context import _BACKGROUND, _OURS, Context, _check_foreign, with_cancel, with_cancel_cause
-from ._errors import ContextError
+from ._errors import ContextError, describe
 
 __all__ = ["to_thread"]
 
@@ -49,7 +49,7 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     if type(ctx) not in _OURS:
         _check_foreign(ctx, "to_thread", "ctx")
     if not callable(fn):
-        raise TypeError(f"to_thread() needs a callable, got {_describe(fn)}")
+        raise TypeError(f"to_thread() needs a callable, got {describe(fn)}")
     child, cancel_child = with_cancel_cause(ctx)
     # Who ends the call decides it through `claim`, a one-item list popped atomically: the
     # worker pops it to run fn; a task that is cancelled or interrupted pops it first when fn
