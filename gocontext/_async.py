@@ -1,10 +1,7 @@
-"""Contexts and event loops: awaiting a Done, ``scope()`` and ``sleep()``, under asyncio and trio.
+"""Contexts in event loops: ``scope()`` and ``sleep()``, under asyncio and trio.
 
-One small section per event loop, picked by the running library: asyncio (any loop, uvloop
-included, several loops in several threads) and trio, whose module is imported on first use. A
-context ends in whatever thread cancels it; the loop learns of it through its thread-safe entry
-(``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``), one wake-up per batch of calls,
-never by running loop code in the canceller's thread.
+What each library offers (its cancel scopes, clock, effective deadline and thread-safe entry)
+comes from its backend in ``_loops``; this module makes the contexts.
 
 Deadlines enter a loop as time *remaining*: trio's clock is deliberately offset from
 ``time.monotonic()`` and asyncio's is the loop's own, so absolute times are never compared
@@ -19,14 +16,11 @@ cancel scope that has been left, where ``cancel()`` does nothing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import sys
-import threading
 from collections.abc import Callable
 from contextvars import Token
-from functools import partial
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 from . import _timer
 from ._ambient import _current
@@ -39,26 +33,25 @@ from ._context import (
     with_cancel_cause,
     with_timeout,
 )
-from ._done import CallbackHandle, Done
+from ._done import CallbackHandle
 from ._errors import ContextError, describe
+from ._loops import (
+    ASYNCIO,
+    HAS_CANCELLING,
+    Mailbox,
+    backend,
+    broken_handle,
+    check_handle,
+    library,
+    unwatch_quietly,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-_sniffio_thread: Any
-try:  # trio marks the thread it runs in here (guest mode too); trio itself depends on it
-    from sniffio import thread_local as _sniffio_thread
-except ImportError:  # pragma: no cover - no sniffio means no trio either
-    _sniffio_thread = None
+__all__ = ["FrameworkCancelled", "scope", "sleep"]
 
-__all__ = ["FrameworkCancelled", "scope", "sleep", "wait_done"]
-
-_get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio itself uses it
-_current_task = asyncio.current_task
 _INF = math.inf
-_NO_LOOP = "gocontext: no asyncio event loop or trio run in this thread"
-_log = logging.getLogger("gocontext")
-_HAS_CANCELLING = sys.version_info >= (3, 11)  # Task.cancelling() and uncancel()
 
 
 class FrameworkCancelled(Exception):
@@ -77,45 +70,6 @@ class FrameworkCancelled(Exception):
         >>> anyio.run(main, backend="trio")
         FrameworkCancelled('task cancelled by trio')
     """
-
-
-def _backend() -> _AsyncioBackend | _TrioBackend:
-    """The backend of the library running the current task (sniffio's order of looking)."""
-    name: str | None = None if _sniffio_thread is None else _sniffio_thread.name
-    if name is None:
-        if _get_running_loop() is not None:
-            return _ASYNCIO
-        raise RuntimeError(_NO_LOOP)
-    if name == "trio":
-        return _TRIO
-    if name == "asyncio":
-        return _ASYNCIO
-    raise RuntimeError(f"gocontext supports asyncio and trio, not {name}")
-
-
-def _library() -> str:
-    """``"asyncio"`` or ``"trio"``: the library running the current task."""
-    return _backend().name
-
-
-async def wait_done(done: Done) -> None:
-    """Suspend the current task until *done* is set (what ``await done`` runs).
-
-    The wake-up comes from whichever thread ends the context, through the loop's thread-safe
-    entry. A framework cancellation of the waiting task raises as usual and unregisters the
-    callback. Awaiting a *done* that is already set is still a checkpoint.
-
-    Example:
-        >>> import anyio, gocontext
-        >>> async def main():
-        ...     ctx, cancel = gocontext.with_cancel(gocontext.background())
-        ...     cancel()
-        ...     await gocontext._async.wait_done(ctx.done())  # what `await ctx.done()` runs
-        ...     return ctx.err()
-        >>> anyio.run(main)
-        Canceled('context canceled')
-    """
-    await _backend().wait(done)
 
 
 async def sleep(ctx: Context, seconds: float) -> None:
@@ -145,11 +99,11 @@ async def sleep(ctx: Context, seconds: float) -> None:
         # Under gocontext.testing.fake_clock() the sleep is a deadline on the fake clock.
         sub, cancel = with_timeout(ctx, seconds)
         try:
-            await _backend().wait(sub.done())
+            await backend().wait(sub.done())
         finally:
             cancel()
     else:
-        await _backend().sleep(ctx.done(), seconds)
+        await backend().sleep(ctx.done(), seconds)
     err = ctx.err()
     if err is not None:
         raise err
@@ -233,7 +187,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     _baseline: int  # asyncio: the task's cancelling() at entry; -1 when not guarded
     _task: Any  # asyncio: the task running the block (read only when _baseline >= 0)
     _cancel: CancelCauseFunc
-    _mailbox: _Mailbox
+    _mailbox: Mailbox
 
     def __init__(self, ctx: Context) -> None:
         if type(ctx) not in _OURS:
@@ -245,9 +199,17 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
-        name = None if _sniffio_thread is None else _sniffio_thread.name
-        backend = _TRIO if name == "trio" else _ASYNCIO if name == "asyncio" else _backend()
-        child = backend.prepare(self, ctx)  # sets _baseline, _task, _cancel, _cs, _mailbox
+        loops = backend()
+        here = loops.here()
+        self._baseline = -1
+        if HAS_CANCELLING and loops is ASYNCIO:  # a native task.cancel() folded into ours is
+            task: Any = loops.current_task()  # never swallowed
+            if task is not None:
+                self._task = task
+                self._baseline = task.cancelling()
+        child, self._cancel = _child_of(ctx, loops.effective_deadline(), loops.time, loops.name)
+        self._cs = loops.cancel_scope()
+        self._mailbox = loops.mailbox(here)
         cs: Any = self._cs
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
@@ -256,7 +218,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             if ctx.err() is None:
                 self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
                 if type(ctx) not in _OURS:  # a user-written Done: check its handle now
-                    _check_handle(ctx.done(), self._handle)
+                    check_handle(ctx.done(), self._handle)
             else:  # interrupt the body at its first checkpoint, with no round trip via the loop
                 self._handle = None
                 cs.cancel()
@@ -264,7 +226,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         except BaseException:
             handle = getattr(self, "_handle", None)
             if handle is not None:
-                _unwatch_quietly(handle)
+                unwatch_quietly(handle)
             self._cancel(None)
             raise
         self._token: Token[RichContext] = _current.set(child)
@@ -278,7 +240,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             try:
                 handle.cancel()  # from here on, ctx ending cannot reach this scope
             except Exception as exc:  # a user-written Done's handle: say whose, once the
-                broken = _broken_handle(self._ctx.done(), handle, exc)  # cancel scope is left
+                broken = broken_handle(self._ctx.done(), handle, exc)  # cancel scope is left
                 self._handle = None
                 try:
                     await self.__aexit__(et, e, tb)
@@ -323,24 +285,6 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._mailbox.put(self._cs.cancel)
 
 
-def _check_handle(done: Done, handle: object) -> None:
-    """Raise the TypeError for a *handle* from ``done.add_callback()`` that has no cancel()."""
-    try:
-        ok = callable(getattr(handle, "cancel", None))
-    except Exception:
-        ok = False
-    if not ok:  # the caller unregisters what it can
-        raise _broken_handle(done, handle, AttributeError("cancel"))
-
-
-def _unwatch_quietly(handle: object) -> None:
-    """Unregister through *handle* while another error is on its way out: it stays the one."""
-    try:
-        handle.cancel()  # type: ignore[attr-defined]  # any object: a user-written Done's
-    except Exception:
-        _log.debug("gocontext: a callback handle failed to cancel", exc_info=True)
-
-
 def _child_of(
     ctx: Context, outer: float, loop_time: Callable[[], float], library: str
 ) -> tuple[RichContext, CancelCauseFunc]:
@@ -365,7 +309,7 @@ def _framework_cause(e: BaseException | None) -> BaseException | None:
     if trio is not None and isinstance(e, trio.Cancelled):
         return FrameworkCancelled("task cancelled by trio")
     if isinstance(e, BaseExceptionGroup) and e.subgroup(_is_cancellation) is not None:
-        return FrameworkCancelled(f"task cancelled by {_library()}")
+        return FrameworkCancelled(f"task cancelled by {library()}")
     return None
 
 
@@ -380,246 +324,6 @@ def _is_cancellation(e: BaseException) -> bool:
         trio is not None and isinstance(e, trio.Cancelled)
     )
 
-
-# --------------------------------------------------------------------------------------------
-# Hand-offs to a loop from other threads
-
-
-@final
-class _Mailbox:
-    """Calls handed to one event loop from any thread, run there in batches.
-
-    One wake-up of the loop per batch, not one per call: ending a context that 10,000 scopes
-    watch makes 10,000 calls, and a wake-up is a system call plus a GIL hand-off each.
-    """
-
-    __slots__ = ("_key", "_lock", "_pending", "_post")
-
-    def __init__(self, key: object, post: Callable[[Callable[[], object]], object]) -> None:
-        self._key = key  # the loop or trio token it serves
-        self._post = post  # the loop's thread-safe entry
-        self._lock = threading.Lock()
-        # Guarded by _lock: calls not run yet. Non-empty exactly while a _drain is posted (or
-        # about to be, by the put() that made it non-empty); _drain takes it whole.
-        self._pending: list[Callable[[], object]] = []
-
-    def put(self, fn: Callable[[], object]) -> None:
-        """Run ``fn()`` soon in the loop; callable from any thread, never blocks for long."""
-        with self._lock:
-            pending = self._pending
-            pending.append(fn)
-            if len(pending) > 1:  # a drain is on its way and will take this one too
-                return
-        try:
-            self._post(self._drain)
-        except RuntimeError:  # a closed loop or a finished trio run: nobody is left to run it
-            with self._lock:
-                self._pending = []
-
-    def _drain(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-        for fn in batch:
-            try:
-                fn()
-            except Exception:  # pragma: no cover - our calls do not raise; one must not stop all
-                _log.exception("gocontext: a call handed to the event loop failed")
-
-
-_mailboxes = threading.local()  # .last: the mailbox of the loop this thread ran last
-
-
-def _mailbox(key: object, post: Callable[[Callable[[], object]], object]) -> _Mailbox:
-    """The mailbox of the loop (or trio run) identified by *key*, running in this thread."""
-    box: _Mailbox | None = getattr(_mailboxes, "last", None)
-    if box is None or box._key is not key:
-        box = _mailboxes.last = _Mailbox(key, post)
-    return box
-
-
-# --------------------------------------------------------------------------------------------
-# asyncio
-
-
-@final
-class _AsyncioBackend:
-    """What the fronts need of asyncio (any loop, uvloop included): one shared instance."""
-
-    __slots__ = ("_parts",)
-    name = "asyncio"
-
-    def __init__(self) -> None:
-        # anyio's asyncio cancel scope class and its effective deadline, taken on first use:
-        # anyio's detection of the library is skipped after that.
-        self._parts: tuple[Callable[[], Any], Callable[[], float]] | None = None
-
-    async def wait(self, done: Done) -> None:
-        if done.is_set():
-            await asyncio.sleep(0)
-        else:
-            await _asyncio_wait(done, None)
-
-    async def sleep(self, done: Done, seconds: float) -> None:
-        await _asyncio_wait(done, seconds)
-
-    def prepare(self, scope: scope, ctx: Context) -> RichContext:
-        """Make *scope*'s child and cancel scope in the running loop; return the child."""
-        loop = _get_running_loop()
-        if loop is None:
-            raise RuntimeError(_NO_LOOP)
-        cancel_scope, effective_deadline = self._parts or self._load()
-        if _HAS_CANCELLING:  # a native task.cancel() folded into ours is never swallowed
-            task: Any = _current_task(loop)
-            scope._task = task
-            scope._baseline = -1 if task is None else task.cancelling()
-        else:  # pragma: no cover - 3.10 has no Task.cancelling() to guard with
-            scope._baseline = -1
-        child, scope._cancel = _child_of(ctx, effective_deadline(), loop.time, "asyncio")
-        scope._cs = cancel_scope()
-        scope._mailbox = _mailbox(loop, loop.call_soon_threadsafe)
-        return child
-
-    def cancel_scope_class(self) -> Callable[[], Any]:
-        """anyio's asyncio cancel scope class, for integrations that make bare scopes."""
-        return (self._parts or self._load())[0]
-
-    def _load(self) -> tuple[Callable[[], Any], Callable[[], float]]:
-        try:  # public in recent anyio releases
-            from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]
-        except ImportError:  # pragma: no cover - anyio releases that keep it private
-            from anyio._core._eventloop import get_async_backend
-        backend = get_async_backend("asyncio")
-        self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
-        return self._parts
-
-
-def _set_result(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _asyncio_wait(done: Done, timeout: float | None) -> None:
-    """Wait until *done* is set, or *timeout* seconds have passed (None: no limit)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    put = _mailbox(loop, loop.call_soon_threadsafe).put
-
-    def wake() -> None:
-        put(partial(_set_result, fut))
-
-    handle = done.add_callback(wake)
-    timer = (
-        None if timeout is None or timeout == _INF else loop.call_later(timeout, _set_result, fut)
-    )
-    try:
-        await fut
-    finally:
-        if timer is not None:
-            timer.cancel()
-        try:
-            handle.cancel()
-        except Exception as exc:  # a user-written Done's handle: say whose
-            raise _broken_handle(done, handle, exc) from exc
-
-
-# --------------------------------------------------------------------------------------------
-# trio
-
-_trio_module: Any = None  # the trio module, once a trio run has used this file
-
-
-def _trio() -> Any:
-    global _trio_module
-    if _trio_module is None:
-        import trio
-
-        _trio_module = trio
-    return _trio_module
-
-
-@final
-class _TrioBackend:
-    """What the fronts need of trio (guest mode too): one shared instance."""
-
-    __slots__ = ()
-    name = "trio"
-
-    async def wait(self, done: Done) -> None:
-        trio = _trio()
-        if done.is_set():
-            await trio.lowlevel.checkpoint()
-        else:
-            await _trio_wait(trio, done)
-
-    async def sleep(self, done: Done, seconds: float) -> None:
-        trio = _trio()
-        with trio.move_on_after(max(seconds, 0.0)):
-            await _trio_wait(trio, done)
-
-    def prepare(self, scope: scope, ctx: Context) -> RichContext:
-        """Make *scope*'s child and cancel scope in the running trio run; return the child."""
-        trio = _trio()
-        scope._baseline = -1
-        child, scope._cancel = _child_of(
-            ctx, trio.current_effective_deadline(), trio.current_time, "trio"
-        )
-        scope._cs = trio.CancelScope()
-        token = trio.lowlevel.current_trio_token()
-        scope._mailbox = _mailbox(token, token.run_sync_soon)
-        return child
-
-
-async def _trio_wait(trio: Any, done: Done) -> None:
-    """Wait until *done* is set; a trio cancellation unregisters the callback."""
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-    put = _mailbox(token, token.run_sync_soon).put
-    waiting = True  # read and written in the trio thread only (reschedule and abort)
-
-    def reschedule() -> None:
-        nonlocal waiting
-        if waiting:
-            waiting = False
-            trio.lowlevel.reschedule(task)
-
-    def wake() -> None:
-        put(reschedule)
-
-    handle = done.add_callback(wake)
-
-    def abort(_: object) -> Any:
-        # Runs inside trio's scheduler, where an exception ends the whole run: nothing of the
-        # user's runs here. A wake-up after this finds `waiting` False and does nothing.
-        nonlocal waiting
-        waiting = False
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    try:
-        await trio.lowlevel.wait_task_rescheduled(abort)
-    finally:
-        try:
-            handle.cancel()
-        except Exception as exc:  # a user-written Done's handle: say whose
-            raise _broken_handle(done, handle, exc) from exc
-
-
-def _broken_handle(done: object, handle: object, exc: Exception) -> Exception:
-    """The error for *handle*, from ``done.add_callback()``, whose ``cancel()`` raised *exc*."""
-    where = f"{type(done).__qualname__}.add_callback()"
-    try:
-        cancel = getattr(handle, "cancel", None)
-    except Exception:
-        cancel = None
-    if not callable(cancel):
-        return TypeError(
-            f"gocontext: {where} must return a handle with a cancel() method, "
-            f"got a {type(handle).__qualname__}"
-        )
-    return RuntimeError(f"gocontext: cancel() of the handle {where} returned raised {exc!r}")
-
-
-_ASYNCIO: Final = _AsyncioBackend()
-_TRIO: Final = _TrioBackend()
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import BaseExceptionGroup

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 from ._errors import check_real
+from ._loops import wait_done
 
 __all__ = ["CallbackHandle", "Done"]
 
@@ -128,8 +129,6 @@ class Done(abc.ABC):
         A framework cancellation of the waiting task works as usual and leaves nothing
         registered.
         """
-        from ._async import wait_done
-
         return wait_done(self).__await__()
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._async import _framework_cause, _is_cancellation, wait_done
+from ._async import _framework_cause, _is_cancellation
 from ._context import (
     _BACKGROUND,
     _OURS,
@@ -31,6 +31,7 @@ from ._context import (
     with_cancel,
     with_cancel_cause,
 )
+from ._loops import wait_done
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -9,9 +9,10 @@ from typing import TypeVar
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._async import _framework_cause, wait_done
+from ._async import _framework_cause
 from ._context import _BACKGROUND, _OURS, Context, _check_foreign, with_cancel, with_cancel_cause
 from ._errors import ContextError, describe
+from ._loops import wait_done
 
 __all__ = ["to_thread"]
 

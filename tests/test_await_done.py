@@ -104,7 +104,7 @@ def test_plain_asyncio_run_without_anyio_awaits_done_and_scopes(use_uvloop: bool
 
 def test_await_outside_any_event_loop_is_a_clear_error() -> None:
     ctx, _ = gocontext.with_cancel(gocontext.background())
-    coro = gocontext._async.wait_done(ctx.done())
+    coro = gocontext._loops.wait_done(ctx.done())
     with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):
         coro.send(None)
     coro.close()

@@ -35,7 +35,7 @@ def in_thread(fn: Callable[[], object]) -> None:
 
 def post_from_thread() -> Callable[[Callable[[], object]], object]:
     """The running loop's thread-safe entry: a function that runs fn() in this loop."""
-    if gocontext._async._library() == "trio":
+    if gocontext._loops.library() == "trio":
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon
@@ -663,7 +663,7 @@ async def settle_the_loop() -> None:
     """Let the loop run what is queued, then check that nothing of ours stays queued."""
     for _ in range(3):
         await anyio.sleep(0)
-    if gocontext._async._library() == "trio":
+    if gocontext._loops.library() == "trio":
         import trio
         import trio.testing
 

@@ -24,7 +24,6 @@ and nothing else.
 from __future__ import annotations
 
 import _thread
-import asyncio
 import contextlib
 import contextvars
 import errno
@@ -41,7 +40,7 @@ import httpx
 from httpcore._backends.sync import SyncBackend as _SyncBackend
 from httpcore._backends.sync import SyncStream as _SyncStream
 
-from .. import _async, _timer
+from .. import _loops, _timer
 from .._ambient import current
 from .._context import _NEVER, _OURS, Context, _check_foreign
 from .._done import CallbackHandle
@@ -280,15 +279,10 @@ class _Watch:
 
     def _bind(self, loop: Any) -> None:
         """Serve *loop* (an asyncio loop or a trio token): a body may be read in another."""
-        if isinstance(loop, asyncio.AbstractEventLoop):
-            self._put = _async._mailbox(loop, loop.call_soon_threadsafe).put
-            self._new_scope: Any = _async._ASYNCIO.cancel_scope_class()
-            self._where: Callable[[], object] = _async._get_running_loop
-        else:
-            trio = _async._trio()
-            self._put = _async._mailbox(loop, loop.run_sync_soon).put
-            self._new_scope = trio.CancelScope
-            self._where = trio.lowlevel.current_trio_token
+        loops = _loops.backend_of(loop)
+        self._put = loops.mailbox(loop).put
+        self._new_scope: Callable[[], Any] = loops.cancel_scope
+        self._where: Callable[[], object] = loops.here_or_none
         self._loop = loop
 
     def _fire(self) -> None:  # in the thread that ends ctx
@@ -303,11 +297,7 @@ class _Watch:
         err = self._ctx.err()
         if err is not None:
             raise err
-        try:
-            here = self._where()
-        except RuntimeError:  # not in a trio run any more
-            here = None
-        if here is not self._loop:
+        if self._where() is not self._loop:
             self._bind(_running_loop())
         cs = self._new_scope()
         cs.__enter__()
@@ -332,13 +322,12 @@ class _Watch:
 
 def _running_loop() -> Any:
     """The running asyncio loop, or the running trio run's token."""
-    name = None if _async._sniffio_thread is None else _async._sniffio_thread.name
-    if name == "trio":
-        return _async._trio().lowlevel.current_trio_token()
-    loop = _async._get_running_loop()
-    if loop is None:
-        raise RuntimeError("gocontext.http.AsyncTransport needs a running asyncio or trio loop")
-    return loop
+    try:
+        return _loops.backend().here()
+    except RuntimeError:
+        raise RuntimeError(
+            "gocontext.http.AsyncTransport needs a running asyncio or trio loop"
+        ) from None
 
 
 class _AsyncBoundedStream(httpx.AsyncByteStream):

@@ -66,7 +66,7 @@ class Canceller:
 
 def post_from_thread() -> Callable[[Callable[[], object]], object]:
     """The running loop's thread-safe entry."""
-    if gocontext._async._library() == "trio":
+    if gocontext._loops.library() == "trio":
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon
