@@ -703,9 +703,13 @@ class _Base:
         return f"<gocontext {_chain_of(self)} done={self.err() is not None}>"
 
     def __reduce__(self) -> Any:
-        from ._propagation import reduce_context
-
-        return reduce_context(self)
+        # gocontext.ray registers how contexts cross into Ray tasks through copyreg, which
+        # pickle consults before this method.
+        raise TypeError(
+            f"a gocontext context ({type(self).__name__}) cannot be pickled by itself: its "
+            f"cancellation lives in this process. To pass one to Ray tasks, import gocontext.ray "
+            f"(pip install 'gocontext[ray]'); across HTTP, use gocontext.http"
+        )
 
     def __copy__(self) -> Self:
         return self

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, final
 
 from ._context import Context, Key, with_value
@@ -16,10 +16,7 @@ from ._context import Context, Key, with_value
 __all__ = [
     "PropagatedKey",
     "attach_values",
-    "install_reducer",
-    "lookup_key",
     "outgoing_values",
-    "reduce_context",
 ]
 
 # A baggage key is an RFC 7230 token.
@@ -80,11 +77,6 @@ class PropagatedKey(Key[str]):
             )
 
 
-def lookup_key(name: str) -> PropagatedKey | None:
-    """The ``PropagatedKey`` with this wire name, if this process declared one."""
-    return _keys.get(name)
-
-
 def outgoing_values(ctx: Context) -> dict[str, str]:
     """Every ``PropagatedKey`` value visible from *ctx*, by wire name."""
     out: dict[str, str] = {}
@@ -106,23 +98,3 @@ def attach_values(parent: Context, values: Mapping[str, str]) -> Context:
         if key is not None and isinstance(v, str):
             ctx = with_value(ctx, key, v)
     return ctx
-
-
-_reducer: Callable[[Context], Any] | None = None
-
-
-def install_reducer(fn: Callable[[Context], Any] | None) -> None:
-    """Install how contexts pickle (an integration that carries them does this on import)."""
-    global _reducer
-    _reducer = fn
-
-
-def reduce_context(ctx: Context) -> Any:
-    """``__reduce__`` of every context of ours: the installed reducer, else a clear error."""
-    if _reducer is None:
-        raise TypeError(
-            "a gocontext context cannot be pickled by itself: its cancellation lives in this "
-            "process. To pass one to Ray tasks, import gocontext.ray (pip install "
-            "'gocontext[ray]'); across HTTP, use gocontext.http"
-        )
-    return _reducer(ctx)

@@ -10,6 +10,7 @@ that will carry its end. Ordinary values never travel.
 
 from __future__ import annotations
 
+import copyreg
 import math
 import time
 from typing import Any, NamedTuple
@@ -17,7 +18,15 @@ from typing import Any, NamedTuple
 import ray
 
 from .. import _propagation
-from .._context import Context, _with_deadline, background, with_cancel_cause, with_deadline
+from .._context import (
+    _OURS,
+    Context,
+    _ForeignValueContext,
+    _with_deadline,
+    background,
+    with_cancel_cause,
+    with_deadline,
+)
 from .._errors import DeadlineExceeded
 from ._channel import Ending, Link, link_for, watch
 from ._channel import install as _install_shutdown
@@ -96,5 +105,6 @@ def rebuild(wire: Wire) -> Context:
 
 def install() -> None:
     """Carry contexts in Ray arguments, and stop our threads before Ray shuts down."""
-    _propagation.install_reducer(reduce)
+    for cls in (*_OURS, _ForeignValueContext):  # pickle (and cloudpickle) ask copyreg first
+        copyreg.pickle(cls, reduce)
     _install_shutdown()
