@@ -1,35 +1,21 @@
-"""The cancel tree: the Context protocol, the roots, the derivations, and the nodes behind them.
+"""Contexts: the Context protocol, keys, the roots, the derivations, and the context types.
 
 Read in this order: the protocol and keys, the roots, the public derivations, then the private
-node classes and the tree operations under ``_lock``.
+context types. A cancelable context is a node of the cancel tree (``_tree.Node``): how a
+cancel travels, the tree lock and registrations live there; this module adds values,
+deadlines, and parents that are not ours (linked to through their ``done().add_callback``).
 
-How cancellation travels. A cancelable context (a *node*) knows its nearest cancelable ancestor
-(``_up``) but its parent does not know it: a child nobody watches costs its parent nothing and
-is freed as soon as the caller drops it (Go keeps every child in its parent until one of them is
-canceled). Such a child learns of an ancestor's end when it is asked: ``err()`` walks ``_up``.
-Once something watches a node (a callback, a waiter, a watched descendant), the node registers
-itself with ``_up``, and ``_up`` with its own ``_up``, so a cancel pushes to every watched
-descendant at once and runs their callbacks. Registrations are strong: whatever waits on a
-child keeps it alive as long as it waits. A watcher that goes away unregisters, and so does the
-chain above it once nothing else watches it.
-
-Locking. One process-wide lock, ``_lock``, guards every node's ``_state`` and the watchers
-and links in its ``_NodeDone``; ``_state`` is also read without it (a reference read, and it changes
-once, from None to a fixed tuple). Callbacks never run under ``_lock``, and no other lock is
-taken while holding it (the timer's lock is taken outside it), so there is no lock order.
+Values. Each ``with_value`` copies its parent's values into one dict (up to ``_MAX_COPY``, then
+a lookup that misses continues at the parent through ``_NEXT``), so a lookup is one dict probe
+at any depth; that dict's ``get`` is the context's ``value`` itself when nothing continues.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
-import itertools
 import logging
 import math
-import os
-import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta, timezone
 from typing import (
     TYPE_CHECKING,
@@ -37,7 +23,6 @@ from typing import (
     ClassVar,
     Final,
     Generic,
-    NamedTuple,
     Protocol,
     TypeVar,
     cast,
@@ -46,9 +31,10 @@ from typing import (
     runtime_checkable,
 )
 
-from . import _timer, _worker
+from . import _timer, _tree, _worker
 from ._done import CallbackHandle, Done
 from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
+from ._tree import CANCELED, Node, cancel_timed, end, ext_locked, state_of
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -192,10 +178,11 @@ class CancelCauseFunc(Protocol):
     def __call__(self, cause: BaseException | None = None) -> None: ...
 
 
-class CancelPair(NamedTuple):
+class CancelPair(tuple[RichContext, CancelFunc]):
     """``(ctx, cancel)``: unpack it, or use it as ``with ... as (ctx, cancel):``.
 
-    Leaving the ``with`` block calls ``cancel()``, like Go's ``defer cancel()``.
+    Leaving the ``with`` block calls ``cancel()``, like Go's ``defer cancel()``. The parts
+    are also ``pair.ctx`` and ``pair.cancel``.
 
     Example:
         >>> import gocontext
@@ -206,8 +193,20 @@ class CancelPair(NamedTuple):
         Canceled('context canceled')
     """
 
-    ctx: RichContext
-    cancel: CancelFunc
+    # A tuple subclass with no __new__ of its own: made by tuple's C constructor, about
+    # 40 % cheaper than a NamedTuple's Python-level __new__ on every with_cancel.
+    __slots__ = ()
+    __module__ = "gocontext"
+
+    @property
+    def ctx(self) -> RichContext:
+        """The child context."""
+        return self[0]
+
+    @property
+    def cancel(self) -> CancelFunc:
+        """The function that cancels it."""
+        return self[1]
 
     def __enter__(self) -> Self:
         return self
@@ -217,8 +216,11 @@ class CancelPair(NamedTuple):
     ) -> None:
         self[1]()
 
+    def __repr__(self) -> str:
+        return f"CancelPair(ctx={self[0]!r}, cancel={self[1]!r})"
 
-class CancelCausePair(NamedTuple):
+
+class CancelCausePair(tuple[RichContext, CancelCauseFunc]):
     """``(ctx, cancel)`` where ``cancel(cause)`` records why; also a context manager.
 
     Example:
@@ -229,8 +231,18 @@ class CancelCausePair(NamedTuple):
         ValueError('bad input')
     """
 
-    ctx: RichContext
-    cancel: CancelCauseFunc
+    __slots__ = ()
+    __module__ = "gocontext"
+
+    @property
+    def ctx(self) -> RichContext:
+        """The child context."""
+        return self[0]
+
+    @property
+    def cancel(self) -> CancelCauseFunc:
+        """The function that cancels it, with an optional cause."""
+        return self[1]
 
     def __enter__(self) -> Self:
         return self
@@ -240,13 +252,11 @@ class CancelCausePair(NamedTuple):
     ) -> None:
         self[1]()
 
+    def __repr__(self) -> str:
+        return f"CancelCausePair(ctx={self[0]!r}, cancel={self[1]!r})"
 
-CancelPair.__module__ = CancelCausePair.__module__ = "gocontext"
-_new_tuple = tuple.__new__
 
 # A done state: (error class, custom cause or None). Set once, shared by every node it reaches.
-_State = tuple[type[ContextError], "BaseException | None"]
-_CANCELED: Final[_State] = (Canceled, None)
 
 # --------------------------------------------------------------------------------------------
 # Roots
@@ -295,18 +305,22 @@ def with_cancel(parent: Context) -> CancelPair:
     """
     ctx = _object_new(_CancelContext)
     t = type(parent)
-    if t in _OURS:  # the hot path, inlined
+    if t in _OURS:
+        # _init_node() for a parent of ours, written out: the call costs a tenth of
+        # create + cancel, the row of the benchmark that every request pays.
         ctx._parent = parent
-        # (t is one of ours: its _node and _up are class attributes or slots of ours)
-        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (t is ours)
         ctx._up = up
-        ctx._deadline = None if up is None else up._deadline
+        if up is None:
+            ctx._deadline = ctx._tag = None
+        else:
+            ctx._deadline = up._deadline
+            ctx._tag = up._tag
         ctx._vals = parent._vals  # type: ignore[attr-defined]
-        ctx._state = None
-        ctx._done = None
+        ctx._state = ctx._done = None
     else:
         _init_node(ctx, parent, "with_cancel")
-    return _new_tuple(CancelPair, (ctx, ctx._cancel))
+    return CancelPair((ctx, ctx._cancel))
 
 
 def with_cancel_cause(parent: Context) -> CancelCausePair:
@@ -323,7 +337,7 @@ def with_cancel_cause(parent: Context) -> CancelCausePair:
     """
     ctx = _object_new(_CancelCauseContext)
     _init_node(ctx, parent, "with_cancel_cause")
-    return _new_tuple(CancelCausePair, (ctx, ctx._cancel))
+    return CancelCausePair((ctx, ctx._cancel))
 
 
 def with_deadline(parent: Context, deadline: float | datetime) -> CancelPair:
@@ -446,13 +460,20 @@ def with_value(parent: Context, key: object, value: object) -> RichContext:
     ctx = _object_new(_ValueContext)
     ctx._parent = parent
     ctx._key = key
-    ctx._up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (ours)
+    ctx._up = up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # t is ours
     pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]
     if len(pv) < _MAX_COPY:
-        ctx._vals = {**pv, key: value}
+        ctx._vals = d = {**pv, key: value, _CANCEL_KEY: up}
     else:  # stop copying: lookups that miss here continue in the parent
-        ctx._vals = {_NEXT: parent, key: value}
+        ctx._vals = d = {_NEXT: parent, key: value, _CANCEL_KEY: up}
+    ctx.value = functools.partial(_lookup, d) if _NEXT in d else d.get  # type: ignore[method-assign, assignment]  # a slot here (see the class)
     return ctx
+
+
+def _lookup(vals: dict[object, object], key: object) -> object:
+    """``value(key)`` of a ``_ValueContext`` whose *vals* continue elsewhere (``_NEXT``)."""
+    v = vals.get(key, _MISSING)
+    return _value_after(vals, key) if v is _MISSING else v
 
 
 def without_cancel(parent: Context) -> RichContext:
@@ -502,14 +523,12 @@ def merge(*parents: Context) -> CancelPair:
             _check_foreign(p, "merge")
     ctx = _object_new(_MergeContext)
     ctx._parent = parents
-    ctx._up = None
-    ctx._state = None
-    ctx._done = None
+    ctx._up = ctx._tag = ctx._state = ctx._done = None
     ctx._vals = {_NEXT: _MergeValues(parents)}
     deadlines = [d for d in (_deadline_of(p, "merge") for p in parents) if d is not None]
     ctx._deadline = min(deadlines) if deadlines else None
     _link(ctx, parents, "merge")
-    return _new_tuple(CancelPair, (ctx, ctx._cancel))
+    return CancelPair((ctx, ctx._cancel))
 
 
 def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
@@ -550,11 +569,11 @@ def cause(ctx: Context) -> BaseException | None:
     """
     t = type(ctx)
     if t in _OURS:
-        s = _state_of(ctx._up if not t._node else ctx)  # type: ignore[attr-defined, arg-type]
+        s = state_of(ctx._up if not t._node else ctx)  # type: ignore[attr-defined, arg-type]
     else:
         _check_foreign(ctx, "cause", "ctx")
         node = ctx.value(_CANCEL_KEY)
-        s = _state_of(node) if isinstance(node, _CancelContext) else None
+        s = state_of(node) if isinstance(node, _CancelContext) else None
         if s is None:
             return ctx.err()
     if s is None:
@@ -633,11 +652,9 @@ _EMPTY: Final[dict[object, object]] = {}
 _MISSING: Final = object()
 _NEXT: Final = object()  # in _vals: where a lookup that misses continues
 _CANCEL_KEY: Final = object()  # value(_CANCEL_KEY) finds the nearest node of ours (Go's trick)
-_CHILD: Final = object()  # in a watchers dict: the key is a watched child node, not a handle
 _MAX_COPY = 32  # with_value copies at most this many inherited values
 _INF: Final = math.inf
 
-_lock = threading.Lock()
 _object_new = object.__new__
 
 
@@ -646,7 +663,7 @@ class _Base:
 
     __slots__ = ()
     _node: bool = False  # True for cancel tree nodes
-    _up: _CancelContext | None = None
+    _up: Node | None = None
     _vals: dict[object, object]
 
     if TYPE_CHECKING:
@@ -656,6 +673,9 @@ class _Base:
         def done(self) -> Done: ...
         def _label(self) -> str: ...
 
+    def _chain(self) -> str:
+        return _chain_of(self)
+
     @overload
     def value(self, key: Key[T], /) -> T | None: ...
     @overload
@@ -664,10 +684,10 @@ class _Base:
     def value(self, key: Hashable, /) -> object: ...
     def value(self, key: object, /) -> object:
         """The value stored under *key* by the nearest ``with_value`` ancestor, else None."""
+        if key is _CANCEL_KEY:  # (the dicts hold the entry of the context that made them)
+            return self if self._node else self._up
         v = self._vals.get(key, _MISSING)
         if v is _MISSING:
-            if key is _CANCEL_KEY:
-                return self if self._node else self._up
             return _value_after(self._vals, key)
         return v
 
@@ -785,9 +805,13 @@ class _WithoutCancel(_Base):
 
 @final
 class _ValueContext(_Base):
-    __slots__ = ("__weakref__", "_key", "_parent", "_up", "_vals")
+    """``with_value`` over a parent of ours. ``value`` is a slot: the bound ``get`` of ``_vals``
+    (which holds ``_CANCEL_KEY`` too), or ``_lookup`` over it when a miss must continue."""
+
+    __slots__ = ("__weakref__", "_key", "_parent", "_up", "_vals", "value")
     _parent: Context
     _key: Hashable
+    _up: _CancelContext | None
 
     def deadline(self) -> float | None:
         up = self._up
@@ -798,13 +822,8 @@ class _ValueContext(_Base):
         return _NEVER if up is None else up.done()
 
     def err(self) -> ContextError | None:
-        n = self._up
-        while n is not None:
-            s = n._state
-            if s is not None:
-                return _error(s)
-            n = n._up
-        return None
+        up = self._up
+        return None if up is None else up.err()
 
     def _label(self) -> str:
         return f"with_value(key={describe_key(self._key)})"
@@ -865,23 +884,12 @@ class _ForeignValueContext(_Base):
         return f"with_value(key={describe_key(self._key)})"
 
 
-class _CancelContext(_Base):
-    """A node of the cancel tree (Go's ``cancelCtx``).
+class _CancelContext(Node, _Base):
+    """A cancelable context (Go's ``cancelCtx``): a ``Node`` (its ``err()``, ``done()`` and
+    ``_cancel()`` are the node's) with a parent, values and a deadline."""
 
-    - ``_up``: the nearest ancestor node of ours, or None (a root, ``without_cancel``, or a
-      parent that is not ours: then ``_done._links`` holds our callback on that parent).
-    - ``_state``: None while live, then the ``_State`` that ended it; set once under ``_lock``,
-      read without it.
-    - ``_done``: None until something asks for ``done()`` or registers on the node; then the
-      ``_NodeDone`` that also holds the watchers and links (see there). Fixed once set.
-    """
-
-    __slots__ = ("__weakref__", "_deadline", "_done", "_parent", "_state", "_up", "_vals")
-    _node = True
-    _has_entry = False  # True for nodes with a timer entry in ``_entry``
+    __slots__ = ("_deadline", "_parent", "_vals")
     _parent: Any
-    _state: _State | None
-    _done: _NodeDone | None
     # The deadline, fixed at creation and copied down from ``_up`` (so no lookup walks the
     # chain): a float, None, or for a node under a parent that is not ours, that parent (its
     # deadline is asked when asked).
@@ -893,50 +901,6 @@ class _CancelContext(_Base):
             return d
         return d.deadline()  # type: ignore[no-any-return]
 
-    def done(self) -> Done:
-        d = self._done
-        if d is None:
-            with _lock:
-                d = _ext_locked(self)
-        return d
-
-    def err(self) -> ContextError | None:
-        # The hot path: written out for speed, as few loads as possible while live.
-        s = self._state
-        if s is None:
-            n = self._up
-            if n is None:
-                return None
-            while True:
-                s = n._state
-                if s is not None:
-                    break
-                n = n._up
-                if n is None:
-                    return None
-        e = s[0]()
-        if s[1] is not None:
-            e.__cause__ = s[1]
-        return e
-
-    def _cancel(self) -> None:
-        if self._state is not None:
-            return
-        # The hot path of _end(), written out: nothing registered on the node, no timer.
-        # (`with`, not acquire() then try: a Ctrl-C between those two would keep the lock.)
-        with _lock:
-            if self._done is None and not self._has_entry:
-                if self._state is None:
-                    up = self._up
-                    while up is not None:
-                        if up._state is not None:  # an ancestor ended first: its end is ours
-                            self._state = up._state
-                            return
-                        up = up._up
-                    self._state = _CANCELED
-                return
-        _end(self, _CANCELED)
-
     def _label(self) -> str:
         return "with_cancel"
 
@@ -947,9 +911,12 @@ class _CancelCauseContext(_CancelContext):
 
     def _cancel(self, cause: BaseException | None = None) -> None:
         if self._state is None:
-            if cause is not None and not isinstance(cause, BaseException):
+            if cause is None:
+                Node._cancel(self)
+            elif isinstance(cause, BaseException):
+                end(self, (Canceled, cause))
+            else:
                 raise TypeError(f"cancel() needs an exception or None as cause, got {cause!r}")
-            _end(self, _CANCELED if cause is None else (Canceled, cause))
 
     def _label(self) -> str:
         return "with_cancel_cause"
@@ -957,42 +924,19 @@ class _CancelCauseContext(_CancelContext):
 
 @final
 class _DeadlineContext(_CancelContext):
-    """A node with a deadline; ``_entry`` is its timer entry until the node ends (under
-    ``_lock``), then None."""
+    """A node with a deadline; ``_entry`` is its timer entry until the node ends (under the
+    tree lock), then None."""
 
     __slots__ = ("_cause", "_entry")
     _has_entry = True
     _deadline: float
     _cause: BaseException | None
     _entry: _timer.TimerEntry | None
-
-    def _cancel(self) -> None:
-        if self._state is not None:
-            return
-        # The hot path of _end(), written out: nothing registered on the node.
-        entry = None
-        try:
-            with _lock:
-                if self._done is None and self._state is None:
-                    entry = self._entry
-                    self._entry = None
-                    up = self._up
-                    while up is not None:
-                        if up._state is not None:  # an ancestor ended first: its end is ours
-                            self._state = up._state
-                            break
-                        up = up._up
-                    else:
-                        self._state = _CANCELED
-        finally:  # (even if a Ctrl-C lands in between: the entry must go)
-            if entry is not None:
-                _timer.timer.cancel(entry)
-        if entry is None and self._state is None:
-            _end(self, _CANCELED)
+    _cancel = cancel_timed  # Node._cancel, giving up the timer entry
 
     def _expire(self) -> None:
         if self._state is None:
-            _end(self, (DeadlineExceeded, self._cause))
+            end(self, (DeadlineExceeded, self._cause))
 
     def _label(self) -> str:
         return f"with_deadline({self._deadline - _timer.now():+.3f}s)"
@@ -1092,42 +1036,30 @@ def _value_after(vals: dict[object, object], key: Hashable) -> object:
     return None
 
 
-def _error(s: _State) -> ContextError:
-    e = s[0]()
-    if s[1] is not None:
-        e.__cause__ = s[1]
-    return e
-
-
-def _state_of(node: _CancelContext | None) -> _State | None:
-    """The state that ended *node* or one of its ancestors, or None while all are live."""
-    while node is not None:
-        s = node._state
-        if s is not None:
-            return s
-        node = node._up
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # Creating nodes
 
 
 def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
-    """Fill in a new node under *parent*; a parent that is not ours is linked to at once."""
+    """Fill in a new node under *parent*; a parent that is not ours is linked to at once.
+
+    The tag (see ``_tree``) is the parent node's: what is true of the parent's chain is true
+    of a new child's, until the child ends itself."""
     ctx._parent = parent
-    ctx._state = None
-    ctx._done = None
+    ctx._state = ctx._done = None
     t = type(parent)
     if t in _OURS:
-        # (t is one of ours: its _node and _up are class attributes or slots of ours)
-        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (t is ours)
         ctx._up = up
-        ctx._deadline = None if up is None else up._deadline
+        if up is None:
+            ctx._deadline = ctx._tag = None
+        else:
+            ctx._deadline = up._deadline
+            ctx._tag = up._tag
         ctx._vals = parent._vals  # type: ignore[attr-defined]
     else:
         _check_foreign(parent, fname)
-        ctx._up = None
+        ctx._up = ctx._tag = None
         ctx._deadline = parent  # asked when asked: deadline() of a node under a foreign parent
         ctx._vals = {_NEXT: parent}
         _link(ctx, (parent,), fname)
@@ -1156,28 +1088,21 @@ def _with_deadline(
     ctx = _object_new(_DeadlineContext)
     ctx._cause = cause
     ctx._entry = None
-    if ours:  # the hot path, inlined
-        ctx._parent = parent
-        ctx._up = up
-        ctx._vals = parent._vals  # type: ignore[attr-defined]
-        ctx._state = None
-        ctx._done = None
-        ctx._deadline = deadline
-        # Born ended if the nearest node is. (An unwatched node further up may have ended
-        # too: looking would cost a walk to the root per call, so the child then holds a timer
-        # entry like any live child until it is cancelled or expires, adopting that end.)
-        if up is not None and up._state is not None:
-            return _new_tuple(CancelPair, (ctx, ctx._cancel))  # born ended: no timer needed
-    else:
-        _init_node(ctx, parent, how)
-        ctx._deadline = deadline
-        if ctx._state is not None:
-            return _new_tuple(CancelPair, (ctx, ctx._cancel))
+    _init_node(ctx, parent, how)
+    ctx._deadline = deadline
+    # Born ended if the nearest node is, or is known to be (an ancestor further up that ended
+    # unknown to it: looking would cost a walk per call, so the child then holds a timer entry
+    # like any live child until it is cancelled or expires, adopting that end).
+    near = ctx._up
+    if ctx._state is not None or (
+        near is not None and (near._state is not None or type(near._tag) is tuple)
+    ):
+        return CancelPair((ctx, ctx._cancel))  # no timer needed
     if expired or (expired is None and deadline <= _timer.now()):
-        _end(ctx, (DeadlineExceeded, cause))
+        end(ctx, (DeadlineExceeded, cause))
     elif deadline != _INF:  # an infinite deadline never fires: no timer
         ctx._entry = _timer.timer.schedule(deadline, ctx)
-    return _new_tuple(CancelPair, (ctx, ctx._cancel))
+    return CancelPair((ctx, ctx._cancel))
 
 
 def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None:
@@ -1192,13 +1117,14 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
             handles.append(_add_callback(p, functools.partial(_parent_done, ctx, p), fname))
             if ctx._state is not None:
                 break
-        with _lock:
+        with _tree._lock:
+            d = ext_locked(ctx)  # (before looking at _state: see _tree._watch_locked)
             if ctx._state is None:
-                _ext_locked(ctx)._links = tuple(handles)
+                d._links = tuple(handles)
                 handles = []
     finally:
         # It ended while being linked, or linking failed: release what it registered.
-        _raise_first(_call_all([h.cancel for h in handles], "releasing a registration"))
+        _tree.raise_first(_tree.call_all([h.cancel for h in handles], "releasing a registration"))
 
 
 def _add_callback(
@@ -1225,401 +1151,14 @@ def _add_callback(
 
 def _parent_done(ctx: _CancelContext, parent: Context) -> None:
     if type(parent) in _OURS:
-        s = _state_of(parent if type(parent)._node else parent._up)  # type: ignore[attr-defined, arg-type]
+        s = state_of(parent if type(parent)._node else parent._up)  # type: ignore[attr-defined, arg-type]
     else:
         e = parent.err()
         s = None if e is None else (type(e), e.__cause__)
-    _end(ctx, s or _CANCELED)
-
-
-# --------------------------------------------------------------------------------------------
-# Tree operations
-
-
-def _end(node: _CancelContext, state: _State) -> None:
-    """End *node* with *state* unless it (or an ancestor) already ended: the first wins.
-
-    In order: the end is committed and handed down to the watched descendants under
-    ``_lock``, and the threads blocked in ``wait()`` are woken there too (in a C loop: no
-    signal handler runs between two of them); then the timer entries and links are released
-    and the callbacks run, every one of them whatever any raises.
-
-    A KeyboardInterrupt (a Ctrl-C landing anywhere in here) or a SystemExit from a callback
-    does not cut the end short: once the end is committed, the work resumes where it was (its
-    work list lives in ``_Ending``, and each step may be done twice), every waiter is woken and
-    every callback runs; the first interrupt goes out of here after that.
-    """
-    ending = interrupt = None
-    try:
-        with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
-            if node._state is not None:
-                return
-            up = node._up
-            while up is not None:
-                s = up._state
-                if s is not None:  # an ancestor ended first: that is the node's end too
-                    state = s
-                    break
-                up = up._up
-            ending = _Ending(node, state, up is None and node._up is not None)
-            node._state = state  # committed: from here on, the end completes
-            _settle_locked(ending, False)
-    except BaseException as e:
-        if ending is None or node._state is None:
-            raise  # interrupted before the end was committed: nothing happened
-        interrupt = e
-    if ending is not None:
-        while True:  # (no signal check between here and the try: the loop is the guard)
-            try:
-                later = _finish(ending)
-                if later is None and interrupt is None:
-                    return
-                break
-            except BaseException as e:
-                if interrupt is None:
-                    interrupt = e
-                if isinstance(e, Exception):  # pragma: no cover - a bug: do not retry it
-                    break
-        _raise_first(interrupt if interrupt is not None else later)
-
-
-@final
-class _Ending:
-    """The work of ending a node, kept outside the frames doing it, so it can be resumed.
-
-    ``stack``: nodes whose registrations are still to be handed down (a node leaves it, for
-    its watched children, in one slice assignment). ``callbacks`` and ``waiters``: what was
-    taken from them, by handle, so that taking twice runs nothing twice. ``calls``: what is
-    left to call once the hand-down is settled.
-    """
-
-    __slots__ = (
-        "callbacks",
-        "calls",
-        "entries",
-        "links",
-        "node",
-        "settled",
-        "stack",
-        "state",
-        "unwatch",
-        "waiters",
-    )
-
-    def __init__(self, node: _CancelContext, state: _State, unwatch: bool) -> None:
-        self.node = node
-        self.state = state
-        self.unwatch = unwatch  # the node is still registered with a live _up: undo that
-        self.stack: list[_CancelContext] = [node]
-        self.callbacks: dict[object, Callable[[], object]] = {}
-        self.waiters: dict[object, Any] = {}
-        self.entries: list[_timer.TimerEntry] = []
-        self.links: list[list[CallbackHandle]] = []
-        self.settled = False  # stack emptied and waiters woken
-        self.calls: Iterator[Callable[[], object]] | None = None
-
-
-def _settle_locked(ending: _Ending, again: bool) -> None:
-    """Hand the end down (resuming where a previous call stopped), then wake the waiters.
-
-    *again*: a previous call was cut short, so a waiter may have been woken already.
-    """
-    if ending.unwatch:
-        up = ending.node._up
-        if up is not None:
-            _unwatch_locked(up, ending.node)
-        ending.unwatch = False
-    state = ending.state
-    stack = ending.stack
-    callbacks = ending.callbacks
-    waiters = ending.waiters
-    while stack:
-        n = stack[-1]
-        if n._has_entry:
-            entry = n._entry  # type: ignore[attr-defined]
-            if entry is not None:
-                ending.entries.append(entry)  # (cancelling an entry twice is harmless)
-                n._entry = None  # type: ignore[attr-defined]
-        d = n._done
-        if d is None:
-            stack.pop()
-            continue
-        if d._links is not None:
-            ending.links.append(list(d._links))  # (a handle cancelled twice returns False)
-            d._links = None
-        w = d._watchers
-        if not w:
-            stack.pop()
-            continue
-        children: list[_CancelContext] = []
-        for k, v in w.items():
-            if v is _CHILD:
-                if k._state is None:  # type: ignore[attr-defined]
-                    k._state = state  # type: ignore[attr-defined]
-                children.append(k)  # type: ignore[arg-type]
-            elif type(v) is _LockType:
-                waiters[k] = v
-            else:
-                callbacks[k] = v  # type: ignore[assignment]
-        stack[-1:] = children  # one step: n out, its children in
-        d._watchers = None
-    if not waiters:
-        pass
-    elif again:
-        for lock in waiters.values():
-            with contextlib.suppress(RuntimeError):  # woken already: its lock, used once
-                lock.release()
-    else:
-        _wake_all(map(_release_lock, waiters.values()))
-    ending.settled = True
-
-
-def _finish(ending: _Ending) -> BaseException | None:
-    """Settle the end if that was cut short; release what the ended nodes held and run the
-    callbacks, resuming where a previous call stopped; return the first interrupt raised."""
-    if not ending.settled:
-        with _lock:
-            _settle_locked(ending, True)
-    # Our own releases, one at a time and each dropped only once done (doing one twice is
-    # harmless), so an interrupt in the middle of one leaves it to the next call.
-    entries = ending.entries
-    cancel_entry = _timer.timer.cancel
-    while entries:
-        cancel_entry(entries[-1])
-        entries.pop()
-    links = ending.links
-    while links:
-        handles = links[-1]
-        while handles:
-            try:
-                handles[-1].cancel()
-            except Exception:  # a parent that is not ours, failing to unregister
-                _log.exception("gocontext: releasing a registration raised")
-            handles.pop()
-        links.pop()
-    calls = ending.calls
-    if calls is None:
-        if not ending.callbacks:
-            return None
-        calls = ending.calls = iter(list(ending.callbacks.values()))
-    return _call_all(calls, "a done callback")
-
-
-_LockType: Final = type(threading.Lock())
-_release_lock: Final = _LockType.release
-_WAKE_SINK: Final[collections.deque[object]] = collections.deque(maxlen=0)
-_wake_all: Final = _WAKE_SINK.extend  # consumes an iterator in C: no signal check between items
-
-
-def _ext_locked(node: _CancelContext) -> _NodeDone:
-    d = node._done
-    if d is None:
-        d = node._done = _NodeDone(node)
-    return d
-
-
-def _watch_locked(node: _CancelContext, key: object, value: object) -> _State | None:
-    """Register *key* on *node*; return the end state instead if *node* is already done.
-
-    Registers *node* with its ancestors as far up as needed for a cancel to reach it.
-    """
-    s = node._state
-    if s is not None:
-        return s
-    d = _ext_locked(node)
-    if d._watchers:
-        d._watchers[key] = value
-        return None
-    # The first watcher of this node: find how far up the chain is unwatched (and live).
-    path = [node]
-    n = node._up
-    while n is not None:
-        s = n._state
-        if s is not None:
-            # The chain ended above. The nodes on the path are not marked: each learns that
-            # end when asked, and a deadline node still gives up its timer entry when cancelled.
-            return s
-        nd = n._done
-        if nd is not None and nd._watchers:
-            break
-        path.append(n)
-        n = n._up
-    d._watchers = {key: value}
-    for child, parent in itertools.pairwise(path):
-        _ext_locked(parent)._watchers = {child: _CHILD}
-    if n is not None:
-        n._done._watchers[path[-1]] = _CHILD  # type: ignore[union-attr, index]
-    return None
-
-
-def _unwatch_locked(node: _CancelContext, key: object) -> bool:
-    """Remove *key* from *node*; unregister the chain above as it runs out of watchers."""
-    d = node._done
-    w = None if d is None else d._watchers
-    if not w or key not in w:
-        return False
-    del w[key]
-    while not w:
-        up = node._up
-        if up is None:
-            break
-        d = up._done
-        w = None if d is None else d._watchers
-        if not w or node not in w:
-            break
-        del w[node]
-        node = up
-    return True
-
-
-def _call_all(fns: Iterable[Callable[[], object]], what: str) -> BaseException | None:
-    """Call every fn whatever any of them raises; return the first BaseException to re-raise.
-
-    An Exception is logged. A KeyboardInterrupt or SystemExit (from a fn, or from a signal
-    handler running between two of them) does not stop the rest: the first is returned, for
-    the caller to raise once its work is complete; any later one is logged.
-    """
-    interrupt: BaseException | None = None
-    it = iter(fns)
-    while True:
-        try:
-            for fn in it:
-                try:
-                    fn()
-                except Exception:
-                    _log.exception("gocontext: %s raised", what)
-        except BaseException as e:
-            if interrupt is None:
-                interrupt = e
-            else:
-                _log.error("gocontext: %s raised", what, exc_info=e)
-            continue  # with the next fn: the iterator remembers where it was
-        return interrupt
-
-
-def _raise_first(interrupt: BaseException | None) -> None:
-    if interrupt is not None:
-        try:
-            raise interrupt
-        finally:
-            interrupt = None  # no reference cycle through this frame
-
-
-def _run_callbacks(fns: Iterable[Callable[[], object]]) -> None:
-    _raise_first(_call_all(fns, "a done callback"))
-
-
-# --------------------------------------------------------------------------------------------
-# Done for nodes
-
-
-@final
-class _Handle:
-    __slots__ = ("_node",)
-
-    def __init__(self, node: _CancelContext) -> None:
-        self._node = node
-
-    def cancel(self) -> bool:
-        with _lock:
-            return _unwatch_locked(self._node, self)
-
-
-class _SpentHandle:
-    __slots__ = ()
-
-    def cancel(self) -> bool:
-        return False
-
-
-_SPENT = _SpentHandle()
-
-
-@final
-class _NodeDone(Done):
-    """The done signal of a node, and the node's registrations.
-
-    Fields (guarded by ``_lock``):
-    - ``_watchers``: None or a dict of what is registered on the node: callback handles (to
-      their functions) and watched child nodes (to ``_CHILD``). Non-empty only while the node
-      is live, and then the node is itself registered with its ``_up`` (if it has one).
-      Emptied for good when the node ends.
-    - ``_links``: None or a tuple of handles the node holds on parents that are not in its
-      ``_up`` chain (a merge's parents, a parent that is not ours); released when it ends.
-    """
-
-    __slots__ = ("_links", "_node", "_watchers")
-
-    def __init__(self, node: _CancelContext) -> None:
-        self._node = node
-        self._watchers: dict[object, object] | None = None
-        self._links: tuple[CallbackHandle, ...] | None = None
-
-    def is_set(self) -> bool:
-        return _state_of(self._node) is not None
-
-    def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
-        if not callable(fn):
-            raise TypeError(f"add_callback() needs a callable, got {describe(fn)}")
-        node = self._node
-        handle = _Handle(node)
-        with _lock:
-            s = _watch_locked(node, handle, fn)
-        if s is None:
-            return handle
-        _run_callbacks((fn,))
-        return _SPENT
-
-    def _add_waiter(self, lock: Any) -> CallbackHandle:
-        # Registered as the lock itself: _end releases it under _lock, before any callback.
-        node = self._node
-        handle = _Handle(node)
-        with _lock:
-            s = _watch_locked(node, handle, lock)
-        if s is None:
-            return handle
-        lock.release()
-        return _SPENT
-
-    def __repr__(self) -> str:
-        return f"<gocontext.Done of {_chain_of(self._node)} is_set={self.is_set()}>"
+    end(ctx, s or CANCELED)
 
 
 def watcher_count(ctx: Context) -> int:
     """How many callbacks and watched children are registered on *ctx* (for leak tests)."""
-    node = ctx if isinstance(ctx, _CancelContext) else getattr(ctx, "_up", None)
-    if node is None or node._done is None:
-        return 0
-    with _lock:
-        return len(node._done._watchers or ())
-
-
-def _after_fork_in_child() -> None:
-    # The one at-fork hook of the core, so the order is fixed: first the tree lock (a parent
-    # thread may have held it at fork time), then the timer, whose new thread may end nodes
-    # (and so take the tree lock) at once, then the after_func pool, whose queued functions
-    # may do the same.
-    global _lock
-    _lock = threading.Lock()
-    _timer.after_fork_in_child()
-    _worker.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def cancel_with_cause(
-    ctx: Context, cause: BaseException | None, kind: type[ContextError] = Canceled
-) -> None:
-    """End *ctx*, a node of ours, with *kind* and *cause* (for the integrations here).
-
-    Example:
-        >>> import gocontext
-        >>> ctx, _ = gocontext.with_cancel(gocontext.background())
-        >>> cancel_with_cause(ctx, KeyError("k"))
-        >>> gocontext.cause(ctx)
-        KeyError('k')
-    """
-    if isinstance(ctx, _CancelContext) and ctx._state is None:
-        _end(ctx, _CANCELED if cause is None and kind is Canceled else (kind, cause))
+    node = ctx if isinstance(ctx, Node) else getattr(ctx, "_up", None)
+    return 0 if node is None else _tree.watcher_count(node)

@@ -103,7 +103,7 @@ def signal_context(
     _start_relay()
     ctx, cancel = with_cancel_cause(parent)
     notifier = _Notifier(ctx, cancel, sigs)
-    return CancelPair(ctx, notifier.stop)
+    return CancelPair((ctx, notifier.stop))
 
 
 def _check_signals(signals: object) -> tuple[signal.Signals, ...]:

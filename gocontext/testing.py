@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import _context, _timer
+from . import _context, _timer, _tree
 
 __all__ = ["FakeClock", "fake_clock"]
 
@@ -181,7 +181,7 @@ def _move_to_real(entries: list[_timer.TimerEntry], shift: float, real: _timer.T
         target = entry[2]
         if not isinstance(target, _context._DeadlineContext):
             continue
-        with _context._lock:
+        with _tree._lock:
             # (_entry is None: the creating thread has not stored the entry yet; the new one
             # then goes unrecorded, and only expires a node that has ended, which is a no-op)
             if target._state is None and (target._entry is entry or target._entry is None):

@@ -103,12 +103,12 @@ def test_forks_under_load_give_children_working_timers() -> None:
 def test_a_fork_while_a_thread_holds_the_tree_lock_with_deadlines_due() -> None:
     """The worst moment: the tree lock held by a thread that does not exist in the child, and
     a deadline due at once, so the child's timer needs the tree lock first thing."""
-    from gocontext import _context
+    from gocontext import _tree
 
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with _context._lock:
+        with _tree._lock:
             held.set()
             release.wait(NEVER)
 

@@ -57,7 +57,9 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str,
                         out.append((target, child.lineno, top))
             elif isinstance(child, ast.Import):
                 out.extend(
-                    (alias.name, child.lineno, top) for alias in child.names if alias.name in modules
+                    (alias.name, child.lineno, top)
+                    for alias in child.names
+                    if alias.name in modules
                 )
             visit(child, inner)
 

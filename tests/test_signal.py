@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 import gocontext
-from gocontext import _context
+from gocontext import _tree
 
 from .conftest import NEVER
 
@@ -105,7 +105,7 @@ def test_a_signal_while_the_main_thread_holds_the_tree_lock_does_not_deadlock(
 ) -> None:
     """The handler runs between two bytecodes, perhaps under our lock: it must take none."""
     ctx, stop = gocontext.signal_context(signals=[signal.SIGUSR1])
-    with _context._lock:
+    with _tree._lock:
         os.kill(os.getpid(), signal.SIGUSR1)
         for _ in range(1000):  # bytecodes, so the handler runs while the lock is held
             pass

@@ -1,0 +1,650 @@
+"""The cancel tree's plumbing: node state, the tree lock, ending a node, and registrations.
+
+The context types (``_context``) are built on ``Node`` here; this module knows
+nodes, not contexts: no values, no deadlines beyond the timer entry, no parents that are not
+nodes (``_context`` links those with ``add_callback``).
+
+How cancellation travels. A node knows its nearest ancestor node (``_up``) but its parent does
+not know it: a child nobody watches costs its parent nothing and is freed as soon as the caller
+drops it (Go keeps every child in its parent until one of them is canceled). Such a child learns
+of an ancestor's end when it is asked, by walking ``_up``. Once something watches a node (a
+callback, a waiter, a watched descendant), the node registers itself with ``_up``, and ``_up``
+with its own ``_up``, so a cancel pushes to every watched descendant at once and runs their
+callbacks. Registrations are strong: whatever waits on a child keeps it alive as long as it
+waits. A watcher that goes away unregisters, and so does the chain above it once nothing else
+watches it.
+
+Asking is O(1) at any depth. Every end bumps ``_epoch``, a process-wide counter; a node's
+``_tag`` is the epoch at which a walk last found it and every ancestor live, or the state of the
+ancestor a walk found ended (ends are forever). ``err()`` answers "live" when ``_tag is _epoch``
+(nothing has ended anywhere since that walk); otherwise it walks, stopping at the first ancestor
+whose tag answers, and writes its finding on every node it passed, so a whole chain costs one
+walk. The end's state is stored before the bump, with no call in between, so a tag equal to
+the epoch never hides an end.
+
+What the GIL gives. CPython hands the interpreter to another thread (and runs signal handlers)
+only at calls, function entries and backward jumps, never between two plain loads and stores.
+Three places rely on that: the store of an end and the bump that follows it; the unlocked
+``Node._cancel`` (its look at ``_done`` and its store of ``_state``); and ``end()``'s last look
+at ``_state`` before its own store.
+
+Locking. One process-wide lock, ``_lock``, guards every node's ``_state`` and the watchers
+and links in its ``NodeDone``; ``_state`` and ``_tag`` are also read without it (reference
+reads; ``_state`` changes once, from None to a fixed tuple). Callbacks never run under
+``_lock``, and no other lock is taken while holding it (the timer's lock is taken outside it),
+so there is no lock order.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, final
+
+from . import _timer, _worker
+from ._done import CallbackHandle, Done
+from ._errors import Canceled, ContextError, DeadlineExceeded, describe
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = [
+    "CANCELED",
+    "Node",
+    "NodeDone",
+    "State",
+    "call_all",
+    "cancel_timed",
+    "end",
+    "end_with",
+    "error",
+    "ext_locked",
+    "raise_first",
+    "run_callbacks",
+    "state_of",
+    "watcher_count",
+]
+
+_log = logging.getLogger("gocontext")
+
+# A done state: (error class, custom cause or None). Set once, shared by every node it reaches.
+State = tuple[type[ContextError], "BaseException | None"]
+CANCELED: Final[State] = (Canceled, None)
+
+_lock = threading.Lock()
+_epoch = 0  # bumped under _lock by every end, right after the state is stored (see above)
+_CHILD: Final = object()  # in a watchers dict: the key is a watched child node, not a handle
+
+
+class Node:
+    """The tree part of a cancelable context (Go's ``cancelCtx`` without its values).
+
+    - ``_up``: the nearest ancestor node, or None (a root, ``without_cancel``, or a parent
+      that is not ours: then ``_done._links`` holds our callback on that parent).
+    - ``_state``: None while live, then the ``State`` that ended it; set once under ``_lock``,
+      read without it.
+    - ``_tag``: what the last walk found (see the module): an epoch, a ``State``, or None.
+    - ``_done``: None until something asks for ``done()`` or registers on the node; then the
+      ``NodeDone`` that also holds the watchers and links. Fixed once set.
+    """
+
+    __slots__ = ("__weakref__", "_done", "_state", "_tag", "_up")
+    _node = True
+    _has_entry = False  # True for a node with a timer entry in ``_entry`` (see cancel_timed)
+    _up: Node | None
+    _state: State | None
+    _tag: object
+    _done: NodeDone | None
+
+    if TYPE_CHECKING:
+
+        def _chain(self) -> str: ...  # how it was derived, for reprs (the context type's)
+
+    def err(self) -> ContextError | None:
+        # state_of() and error(), written out: this is what loops poll.
+        if self._tag is _epoch:
+            return None
+        s = self._state
+        if s is None:
+            s = _look_up(self)
+            if s is None:
+                return None
+        e = s[0]()
+        if s[1] is not None:
+            e.__cause__ = s[1]
+        return e
+
+    def done(self) -> Done:
+        d = self._done
+        if d is None:
+            with _lock:
+                d = ext_locked(self)
+        return d
+
+    def _cancel(self) -> None:
+        global _epoch
+        if self._state is not None:
+            return
+        if self._done is None:
+            # end(self, CANCELED) for a node nothing is registered on, without the lock: the
+            # common case of `with_cancel` + `cancel()`, where taking the lock would cost a
+            # quarter of the path. Whoever registers on a node makes its `_done` first, then
+            # looks at `_state` (see _watch_locked); here `_done` is looked at and `_state`
+            # stored with no call or backward jump in between, so no other thread runs in
+            # between (see the module): either this store comes first and the registration
+            # sees the end, or the registration comes first and this takes end()'s path.
+            s = CANCELED
+            n = self._up  # _ancestor_end_locked(), written out (a call costs a fifth here)
+            while n is not None and n._tag is not _epoch:
+                t = n._state or n._tag
+                if t.__class__ is tuple:
+                    s = t  # an end, the node's own or one found
+                    break
+                n = n._up
+            if self._done is None and self._state is None:
+                self._state = s
+                _epoch += 1
+                return
+        end(self, CANCELED)
+
+
+def cancel_timed(node: Node) -> None:
+    """``Node._cancel`` for a node that holds a timer entry in ``_entry`` (None once it ended,
+    under ``_lock``): the entry goes whatever happens."""
+    global _epoch
+    if node._state is not None:
+        return
+    entry = None
+    try:
+        with _lock:
+            if node._done is None and node._state is None:  # see Node._cancel
+                entry = node._entry  # type: ignore[attr-defined]  # (_has_entry)
+                node._entry = None  # type: ignore[attr-defined]
+                node._state = _ancestor_end_locked(node) or CANCELED
+                _epoch += 1
+    finally:  # (even if a Ctrl-C lands in between: the entry must go)
+        if entry is not None:
+            _timer.timer.cancel(entry)
+    if node._state is None:
+        end(node, CANCELED)
+
+
+def error(s: State) -> ContextError:
+    """The error a node ended by *s* reports."""
+    e = s[0]()
+    if s[1] is not None:
+        e.__cause__ = s[1]
+    return e
+
+
+def state_of(node: Node | None) -> State | None:
+    """The state that ended *node* or one of its ancestors, or None while all are live."""
+    if node is None or node._tag is _epoch:
+        return None
+    s = node._state
+    return s if s is not None else _look_up(node)
+
+
+def _look_up(node: Node) -> State | None:
+    """For a *node* not ended itself: the end of its nearest ended ancestor, or None; what was
+    found is written on the nodes passed (see the module)."""
+    e = _epoch  # (read before walking: an end after this makes what is written below stale)
+    t = node._tag
+    if t.__class__ is tuple:
+        return t  # a State: an ancestor's end, found before
+    s: Any = None
+    n = node._up
+    while n is not None:
+        t = n._tag
+        if t is e:
+            break
+        s = n._state
+        if s is not None:
+            break
+        if t.__class__ is tuple:
+            s = t
+            break
+        n = n._up
+    tag = e if s is None else s
+    p: Node | None = node
+    while p is not n:  # a second pass rather than a list of the nodes passed: no allocation
+        p._tag = tag  # type: ignore[union-attr]  # (n is an ancestor of node, or None)
+        p = p._up  # type: ignore[union-attr]
+    return s  # type: ignore[no-any-return]
+
+
+def _ancestor_end_locked(node: Node) -> State | None:
+    """The end of *node*'s nearest ended ancestor, or None (under ``_lock``, so nothing ends
+    meanwhile: no tag is written)."""
+    n = node._up
+    while n is not None and n._tag is not _epoch:
+        t = n._state or n._tag
+        if t.__class__ is tuple:
+            return t  # an end, the node's own or one found below
+        n = n._up
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Ending a node
+
+
+def end(node: Node, state: State) -> None:
+    """End *node* with *state* unless it (or an ancestor) already ended: the first wins.
+
+    In order: the end is committed and handed down to the watched descendants under
+    ``_lock``, and the threads blocked in ``wait()`` are woken there too (in a C loop: no
+    signal handler runs between two of them); then the timer entries and links are released
+    and the callbacks run, every one of them whatever any raises.
+
+    A KeyboardInterrupt (a Ctrl-C landing anywhere in here) or a SystemExit from a callback
+    does not cut the end short: once the end is committed, the work resumes where it was (its
+    work list lives in ``_Ending``, and each step may be done twice), every waiter is woken and
+    every callback runs; the first interrupt goes out of here after that.
+    """
+    global _epoch
+    ending = interrupt = None
+    committed = False
+    try:
+        with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
+            if node._state is not None:
+                return
+            s = _ancestor_end_locked(node)
+            ending = _Ending(node, s or state, s is None and node._up is not None)
+            if node._state is not None:  # a lock-free Node._cancel came first (see there)
+                return
+            node._state = ending.state  # committed: from here on, the end completes
+            _epoch += 1  # (no call between the check, the store and this: see the module)
+            committed = True
+            _settle_locked(ending, False)
+    except BaseException as e:
+        if not committed:
+            raise  # interrupted before the end was committed: nothing happened
+        interrupt = e
+    if ending is not None:
+        while True:  # (no signal check between here and the try: the loop is the guard)
+            try:
+                later = _finish(ending)
+                if later is None and interrupt is None:
+                    return
+                break
+            except BaseException as e:
+                if interrupt is None:
+                    interrupt = e
+                if isinstance(e, Exception):  # pragma: no cover - a bug: do not retry it
+                    break
+        raise_first(interrupt if interrupt is not None else later)
+
+
+def end_with(ctx: Context, kind: type[ContextError], cause: BaseException | None) -> None:
+    """End *ctx*, if it is a live node, with *kind* (``Canceled`` or ``DeadlineExceeded``) and
+    *cause*: for an integration that learns a context's end from elsewhere (a Ray task learns
+    of its caller's deadline this way). Contexts that are not nodes are left alone.
+
+    Example:
+        >>> import gocontext
+        >>> ctx, _ = gocontext.with_cancel(gocontext.background())
+        >>> end_with(ctx, gocontext.DeadlineExceeded, None)
+        >>> ctx.err()
+        DeadlineExceeded('context deadline exceeded')
+    """
+    if kind is not Canceled and kind is not DeadlineExceeded:
+        raise TypeError(f"end_with() needs Canceled or DeadlineExceeded, got {describe(kind)}")
+    if isinstance(ctx, Node) and ctx._state is None:
+        end(ctx, CANCELED if cause is None and kind is Canceled else (kind, cause))
+
+
+@final
+class _Ending:
+    """The work of ending a node, kept outside the frames doing it, so it can be resumed.
+
+    ``stack``: nodes whose registrations are still to be handed down (a node leaves it, for
+    its watched children, in one slice assignment). ``callbacks`` and ``waiters``: what was
+    taken from them, by handle, so that taking twice runs nothing twice. ``calls``: what is
+    left to call once the hand-down is settled. The lists are made when first needed.
+    """
+
+    __slots__ = (
+        "callbacks",
+        "calls",
+        "entries",
+        "links",
+        "node",
+        "settled",
+        "stack",
+        "state",
+        "unwatch",
+        "waiters",
+    )
+
+    def __init__(self, node: Node, state: State, unwatch: bool) -> None:
+        self.node = node
+        self.state = state
+        self.unwatch = unwatch  # the node is still registered with a live _up: undo that
+        self.stack: list[Node] = [node]
+        self.callbacks: dict[object, Callable[[], object]] | None = None
+        self.waiters: dict[object, Any] | None = None
+        self.entries: list[_timer.TimerEntry] | None = None
+        self.links: list[list[CallbackHandle]] | None = None
+        self.settled = False  # stack emptied and waiters woken
+        self.calls: Iterator[Callable[[], object]] | None = None
+
+
+def _settle_locked(ending: _Ending, again: bool) -> None:
+    """Hand the end down (resuming where a previous call stopped), then wake the waiters.
+
+    *again*: a previous call was cut short, so a waiter may have been woken already.
+    """
+    if ending.unwatch:
+        up = ending.node._up
+        if up is not None:
+            _unwatch_locked(up, ending.node)
+        ending.unwatch = False
+    state = ending.state
+    stack = ending.stack
+    while stack:
+        n = stack[-1]
+        if n._has_entry:
+            entry = n._entry  # type: ignore[attr-defined]  # (_has_entry)
+            if entry is not None:
+                if ending.entries is None:
+                    ending.entries = []
+                ending.entries.append(entry)  # (cancelling an entry twice is harmless)
+                n._entry = None  # type: ignore[attr-defined]
+        d = n._done
+        if d is None:
+            stack.pop()
+            continue
+        if d._links is not None:
+            if ending.links is None:
+                ending.links = []
+            ending.links.append(list(d._links))  # (a handle cancelled twice returns False)
+            d._links = None
+        w = d._watchers
+        if not w:
+            stack.pop()
+            continue
+        children: list[Node] = []
+        for k, v in w.items():
+            if v is _CHILD:
+                if k._state is None:  # type: ignore[attr-defined]  # keys with _CHILD are nodes
+                    k._state = state  # type: ignore[attr-defined]
+                children.append(k)  # type: ignore[arg-type]
+            elif type(v) is _LockType:
+                if ending.waiters is None:
+                    ending.waiters = {}
+                ending.waiters[k] = v
+            else:
+                if ending.callbacks is None:
+                    ending.callbacks = {}
+                ending.callbacks[k] = v  # type: ignore[assignment]  # a callback function
+        stack[-1:] = children  # one step: n out, its children in
+        d._watchers = None
+    waiters = ending.waiters
+    if not waiters:
+        pass
+    elif again:
+        for lock in waiters.values():
+            with contextlib.suppress(RuntimeError):  # woken already: its lock, used once
+                lock.release()
+    else:
+        _wake_all(map(_release_lock, waiters.values()))
+    ending.settled = True
+
+
+def _finish(ending: _Ending) -> BaseException | None:
+    """Settle the end if that was cut short; release what the ended nodes held and run the
+    callbacks, resuming where a previous call stopped; return the first interrupt raised."""
+    if not ending.settled:
+        with _lock:
+            _settle_locked(ending, True)
+    # Our own releases, one at a time and each dropped only once done (doing one twice is
+    # harmless), so an interrupt in the middle of one leaves it to the next call.
+    entries = ending.entries
+    if entries:
+        cancel_entry = _timer.timer.cancel
+        while entries:
+            cancel_entry(entries[-1])
+            entries.pop()
+    links = ending.links
+    while links:
+        handles = links[-1]
+        while handles:
+            try:
+                handles[-1].cancel()
+            except Exception:  # a parent that is not ours, failing to unregister
+                _log.exception("gocontext: releasing a registration raised")
+            handles.pop()
+        links.pop()
+    calls = ending.calls
+    if calls is None:
+        if ending.waiters:
+            # The woken threads are runnable; let them run now rather than after whatever
+            # the canceller does next (a busy canceller would hold the GIL for its slice).
+            ending.waiters = None
+            _yield()
+        if not ending.callbacks:
+            return None
+        calls = ending.calls = iter(list(ending.callbacks.values()))
+    return call_all(calls, "a done callback")
+
+
+_LockType: Final = type(threading.Lock())
+_release_lock: Final = _LockType.release
+_WAKE_SINK: Final[collections.deque[object]] = collections.deque(maxlen=0)
+_wake_all: Final = _WAKE_SINK.extend  # consumes an iterator in C: no signal check between items
+
+
+_yield: Final = functools.partial(time.sleep, 0)  # releases the GIL to a woken thread
+
+
+# --------------------------------------------------------------------------------------------
+# Registrations
+
+
+def ext_locked(node: Node) -> NodeDone:
+    """*node*'s ``NodeDone``, made on first use (under ``_lock``)."""
+    d = node._done
+    if d is None:
+        d = node._done = NodeDone(node)
+    return d
+
+
+def _watch_locked(node: Node, key: object, value: object) -> State | None:
+    """Register *key* on *node*; return the end state instead if *node* is already done.
+
+    Registers *node* with its ancestors as far up as needed for a cancel to reach it.
+    """
+    d = ext_locked(node)  # first: a lock-free Node._cancel that sees no `_done` has stored
+    s = node._state  # its end already, and one that sees it takes the lock (see there)
+    if s is not None:
+        return s
+    if d._watchers:
+        d._watchers[key] = value
+        return None
+    # The first watcher of this node: find how far up the chain is unwatched (and live).
+    path = [node]
+    n = node._up
+    while n is not None:
+        s = n._state
+        if s is not None:
+            # The chain ended above. The nodes on the path are not marked: each learns that
+            # end when asked, and a timed node still gives up its timer entry when cancelled.
+            return s
+        nd = n._done
+        if nd is not None and nd._watchers:
+            break
+        path.append(n)
+        n = n._up
+    d._watchers = {key: value}
+    for child, parent in itertools.pairwise(path):
+        ext_locked(parent)._watchers = {child: _CHILD}
+    if n is not None:
+        n._done._watchers[path[-1]] = _CHILD  # type: ignore[union-attr, index]  # checked above
+    return None
+
+
+def _unwatch_locked(node: Node, key: object) -> bool:
+    """Remove *key* from *node*; unregister the chain above as it runs out of watchers."""
+    d = node._done
+    w = None if d is None else d._watchers
+    if not w or key not in w:
+        return False
+    del w[key]
+    while not w:
+        up = node._up
+        if up is None:
+            break
+        d = up._done
+        w = None if d is None else d._watchers
+        if not w or node not in w:
+            break
+        del w[node]
+        node = up
+    return True
+
+
+def call_all(fns: Iterable[Callable[[], object]], what: str) -> BaseException | None:
+    """Call every fn whatever any of them raises; return the first BaseException to re-raise.
+
+    An Exception is logged. A KeyboardInterrupt or SystemExit (from a fn, or from a signal
+    handler running between two of them) does not stop the rest: the first is returned, for
+    the caller to raise once its work is complete; any later one is logged.
+    """
+    interrupt: BaseException | None = None
+    it = iter(fns)
+    while True:
+        try:
+            for fn in it:
+                try:
+                    fn()
+                except Exception:
+                    _log.exception("gocontext: %s raised", what)
+        except BaseException as e:
+            if interrupt is None:
+                interrupt = e
+            else:
+                _log.error("gocontext: %s raised", what, exc_info=e)
+            continue  # with the next fn: the iterator remembers where it was
+        return interrupt
+
+
+def raise_first(interrupt: BaseException | None) -> None:
+    """Raise *interrupt* if there is one, leaving no reference cycle through this frame."""
+    if interrupt is not None:
+        try:
+            raise interrupt
+        finally:
+            interrupt = None
+
+
+def run_callbacks(fns: Iterable[Callable[[], object]]) -> None:
+    """Call every fn (see ``call_all``), then raise the first interrupt."""
+    raise_first(call_all(fns, "a done callback"))
+
+
+# --------------------------------------------------------------------------------------------
+# Done for nodes
+
+
+@final
+class _Handle:
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def cancel(self) -> bool:
+        with _lock:
+            return _unwatch_locked(self._node, self)
+
+
+class _SpentHandle:
+    __slots__ = ()
+
+    def cancel(self) -> bool:
+        return False
+
+
+_SPENT = _SpentHandle()
+
+
+@final
+class NodeDone(Done):
+    """The done signal of a node, and the node's registrations.
+
+    Fields (guarded by ``_lock``):
+    - ``_watchers``: None or a dict of what is registered on the node: callback handles (to
+      their functions), waiting threads' locks and watched child nodes (to ``_CHILD``).
+      Non-empty only while the node is live, and then the node is itself registered with its
+      ``_up`` (if it has one). Emptied for good when the node ends.
+    - ``_links``: None or a tuple of handles the node holds on parents that are not in its
+      ``_up`` chain (a merge's parents, a parent that is not ours); released when it ends.
+    """
+
+    __slots__ = ("_links", "_node", "_watchers")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._watchers: dict[object, object] | None = None
+        self._links: tuple[CallbackHandle, ...] | None = None
+
+    def is_set(self) -> bool:
+        return state_of(self._node) is not None
+
+    def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
+        if not callable(fn):
+            raise TypeError(f"add_callback() needs a callable, got {describe(fn)}")
+        node = self._node
+        handle = _Handle(node)
+        with _lock:
+            s = _watch_locked(node, handle, fn)
+        if s is None:
+            return handle
+        run_callbacks((fn,))
+        return _SPENT
+
+    def _add_waiter(self, lock: Any) -> CallbackHandle:
+        # Registered as the lock itself: end() releases it under _lock, before any callback.
+        node = self._node
+        handle = _Handle(node)
+        with _lock:
+            s = _watch_locked(node, handle, lock)
+        if s is None:
+            return handle
+        lock.release()
+        return _SPENT
+
+    def __repr__(self) -> str:
+        return f"<gocontext.Done of {self._node._chain()} is_set={self.is_set()}>"
+
+
+def watcher_count(node: Node) -> int:
+    """How many callbacks, waiters and watched children are registered on *node*."""
+    d = node._done
+    if d is None:
+        return 0
+    with _lock:
+        return len(d._watchers or ())
+
+
+def _after_fork_in_child() -> None:
+    # The one at-fork hook of the core, so the order is fixed: first the tree lock (a parent
+    # thread may have held it at fork time), then the timer, whose new thread may end nodes
+    # (and so take the tree lock) at once, then the after_func pool, whose queued functions
+    # may do the same.
+    global _lock
+    _lock = threading.Lock()
+    _timer.after_fork_in_child()
+    _worker.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
