@@ -20,12 +20,17 @@ class Cause(Exception):
     pass
 
 
-def build(tree: Tree, clock: FakeClock) -> tuple[list[gocontext.Context], dict[int, object]]:
+def build(
+    tree: Tree, clock: FakeClock, plain: frozenset[int] = frozenset()
+) -> tuple[list[gocontext.Context], dict[int, object]]:
+    """The contexts of *tree*; the "cancel" nodes in *plain* are ``with_cancel`` (no cause)."""
     ctxs: list[gocontext.Context] = []
     cancels: dict[int, object] = {}
     for i, kind in enumerate(tree.kinds):
         parent = ctxs[tree.parents[i]] if i else gocontext.background()
-        if kind == "cancel":
+        if kind == "cancel" and i in plain:
+            ctx, cancels[i] = gocontext.with_cancel(parent)
+        elif kind == "cancel":
             ctx, cancels[i] = gocontext.with_cancel_cause(parent)
         elif kind == "value":
             ctx = gocontext.with_value(parent, "node", i)
@@ -39,7 +44,9 @@ def build(tree: Tree, clock: FakeClock) -> tuple[list[gocontext.Context], dict[i
     return ctxs, cancels
 
 
-def model(tree: Tree, events: list[Event], start: float) -> list[tuple[str, str] | None]:
+def model(
+    tree: Tree, events: list[Event], start: float, plain: frozenset[int] = frozenset()
+) -> list[tuple[str, str] | None]:
     """Expected (error kind, cause text) per node after the events, or None if live."""
     n = len(tree.kinds)
     state: list[tuple[str, str] | None] = [None] * n
@@ -73,7 +80,8 @@ def model(tree: Tree, events: list[Event], start: float) -> list[tuple[str, str]
     now = start
     for ev in events:
         if ev.kind == "cancel":  # a timeout's cancel takes no cause (Go's CancelFunc)
-            why = f"cancel {ev.arg}" if tree.kinds[ev.arg] == "cancel" else "context canceled"
+            cause = tree.kinds[ev.arg] == "cancel" and ev.arg not in plain
+            why = f"cancel {ev.arg}" if cause else "context canceled"
             end(ev.arg, ("Canceled", why))
         else:
             now += ev.arg
@@ -124,5 +132,50 @@ def test_every_descendant_of_an_ended_node_ends_with_the_first_cause_and_no_othe
             assert ctx.done().is_set()
             if i in fired:
                 assert fired[i] == 1
+    for cancel in cancels.values():
+        cancel()  # type: ignore[operator]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_what_a_node_reports_between_events_is_never_stale(
+    fake_clock: FakeClock, data: st.DataObject
+) -> None:
+    """Nodes are asked between every two events (so what a walk remembers is used, and must
+    be dropped when anything ends), in a random order (deep nodes first, or their ancestors),
+    and each answer must be the model's at that moment; half the cancelable nodes are plain
+    with_cancel (cancelled without the lock when nothing watches them)."""
+    tree = data.draw(trees())
+    events = data.draw(event_lists(tree))
+    n = len(tree.kinds)
+    plain = frozenset(i for i in range(n) if tree.kinds[i] == "cancel" and data.draw(st.booleans()))
+    start = fake_clock.t
+    ctxs, cancels = build(tree, fake_clock, plain)
+    for i, watched in enumerate(tree.watched):
+        if watched:
+            ctxs[i].done().add_callback(lambda: None)
+    for step in range(len(events) + 1):
+        if step:
+            ev = events[step - 1]
+            if ev.kind == "cancel" and tree.kinds[ev.arg] == "cancel" and ev.arg not in plain:
+                cancels[ev.arg](Cause(f"cancel {ev.arg}"))  # type: ignore[operator]
+            elif ev.kind == "cancel":
+                cancels[ev.arg]()  # type: ignore[operator]
+            else:
+                fake_clock.advance(ev.arg)
+        expected = model(tree, events[:step], start, plain)
+        asked = data.draw(st.permutations(range(n)))
+        for i in asked[: data.draw(st.integers(0, n))]:
+            err = ctxs[i].err()
+            want = expected[i]
+            assert (None if err is None else type(err).__name__) == (want and want[0]), (
+                step,
+                i,
+                err,
+                want,
+            )
+            assert ctxs[i].done().is_set() == (want is not None), (step, i)
     for cancel in cancels.values():
         cancel()  # type: ignore[operator]
