@@ -1619,3 +1619,8 @@ def cancel_with_cause(
     """
     if isinstance(ctx, _CancelContext) and ctx._state is None:
         _end(ctx, _CANCELED if cause is None and kind is Canceled else (kind, cause))
+
+
+def end_with(ctx: Context, kind: type[ContextError], cause: BaseException | None) -> None:
+    """End *ctx*, a node of ours, with *kind* and *cause* (until the core's own hook lands)."""
+    cancel_with_cause(ctx, cause, kind)

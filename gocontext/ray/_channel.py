@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import ray
 import ray.runtime_context
 
-from .._context import Context, cancel_with_cause, cause
+from .._context import Context, cause, end_with
 from .._errors import Canceled, DeadlineExceeded
 
 __all__ = [
@@ -444,7 +444,7 @@ class _Watcher:
                 start = not self.running
                 self.running = True
         if gone is not None:
-            cancel_with_cause(node, gone)
+            end_with(node, Canceled, gone)
             return
         weakref.finalize(node, self.dropped.put, token)
         if start:
@@ -490,7 +490,7 @@ class _Watcher:
                 c = None if ending.cause is None else RemoteCause(ending.cause)
                 kind = DeadlineExceeded if ending.deadline_exceeded else Canceled
                 for node in nodes:
-                    cancel_with_cause(node, c, kind)
+                    end_with(node, kind, c)
 
     def _wait(self, tokens: list[str], version: int) -> dict[str, Ending] | None:
         """One long poll, waited on in slices; ``None`` once Ray is shutting down."""
@@ -520,7 +520,7 @@ class _Watcher:
             self.running = False
         self._retire()
         for node in nodes:
-            cancel_with_cause(node, gone)
+            end_with(node, Canceled, gone)
 
     def _retire(self) -> None:
         """Unlist this watcher; a context received later from its channel gets a new one."""
@@ -535,7 +535,7 @@ def watch(link: Link, node: Context) -> None:
     """End *node* when the context behind *link* ends (or its channel dies)."""
     now = session()
     if now is None:  # unpickled with Ray down: its sender is out of reach, and Ray stays down
-        cancel_with_cause(node, ChannelGone("Ray is not running in this process"))
+        end_with(node, Canceled, ChannelGone("Ray is not running in this process"))
         return
     with _lock:
         watcher = _watchers.get(link.channel_id)
