@@ -1,4 +1,4 @@
-"""How a context travels as a Ray argument: time left, propagated values, a channel link.
+"""How a context travels as a Ray argument: time left on the deadline clock, propagated values, a channel link.
 
 A context pickles to a call of ``rebuild`` with one ``Wire`` (importing this module, and so
 installing this reducer, in the worker that unpickles it). What travels is the time remaining
@@ -11,12 +11,11 @@ that will carry its end. Ordinary values never travel.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, NamedTuple
 
 import ray
 
-from .. import _propagation
+from .. import _propagation, _timer
 from .._context import Context, _with_deadline, background, with_cancel_cause, with_deadline
 from .._errors import DeadlineExceeded
 from ._channel import Ending, Link, link_for, watch
@@ -67,9 +66,7 @@ def reduce(ctx: Context) -> tuple[Any, tuple[Wire]]:
         return rebuild, (Wire(values, Ending(isinstance(err, DeadlineExceeded), None), None, None),)
     link = None if ctx.done() is background().done() else link_for(ctx)
     at = ctx.deadline()
-    deadline = (
-        None if at is None or at == math.inf else Deadline(at - time.monotonic(), _BOOT_ID, at)
-    )
+    deadline = None if at is None or at == math.inf else Deadline(at - _timer.now(), _BOOT_ID, at)
     return rebuild, (Wire(values, None, link, deadline),)
 
 
@@ -91,7 +88,7 @@ def rebuild(wire: Wire) -> Context:
     if d.boot_id and d.boot_id == _BOOT_ID:  # one host, one monotonic clock
         # (unchecked: a sender's with_timeout may lie further than with_deadline accepts)
         return _with_deadline(ctx, d.at, None, "with_deadline")[0]
-    return _with_deadline(ctx, time.monotonic() + d.remaining, None, "with_deadline")[0]
+    return _with_deadline(ctx, _timer.now() + d.remaining, None, "with_deadline")[0]
 
 
 def install() -> None:

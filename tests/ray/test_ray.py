@@ -255,3 +255,22 @@ def test_without_ray_running_a_context_does_not_pickle_and_starts_nothing() -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "refused: a gocontext context cannot be pickled" in out.stdout
     assert "ray started: False" in out.stdout
+
+
+def test_the_time_left_travels_on_the_deadline_clock() -> None:
+    """A context sent under a fake clock carries the fake clock's time left, and one that
+    arrives from another host counts from arrival on this process's deadline clock."""
+    from gocontext.ray import _serialize
+    from gocontext.testing import fake_clock
+
+    with fake_clock() as clock:
+        ctx, cancel = gocontext.with_timeout(gocontext.background(), 100)
+        clock.advance(90)
+        _, (wire,) = _serialize.reduce(ctx)
+        assert wire.deadline is not None
+        assert wire.deadline.remaining == pytest.approx(10.0)
+        cancel()
+        clock.advance(50)  # the fake clock now runs 140 s ahead of the real one
+        far = wire._replace(link=None, deadline=wire.deadline._replace(boot_id="another-host"))
+        copy = _serialize.rebuild(far)
+        assert copy.remaining() == pytest.approx(10.0)  # type: ignore[attr-defined]
