@@ -1,22 +1,35 @@
-"""How a context travels as a Ray argument: time left on the deadline clock, propagated values, a channel link.
+"""How a context travels as a Ray argument: time left, propagated values, a channel link.
 
 A context pickles to a call of ``rebuild`` with one ``Wire`` (importing this module, and so
-installing this reducer, in the worker that unpickles it). What travels is the time remaining
-(with the sender's boot id and monotonic deadline: a worker on the same host uses the same
-clock, so time spent queued counts; another host counts from arrival), the ``PropagatedKey``
-values, and either how the context ended (it had ended before it was sent) or the channel link
-that will carry its end. Ordinary values never travel.
+registering this reducer, in the worker that unpickles it). The reducer is registered with
+``copyreg`` for each context class: ``pickle`` and Ray's cloudpickle both consult
+``copyreg.dispatch_table`` before an object's own ``__reduce__``, which refuses.
+
+What travels is the time remaining on the deadline clock (with the sender's boot id and
+monotonic deadline: a worker on the same host uses the same clock, so time spent queued counts;
+another host counts from arrival), the ``PropagatedKey`` values, and either how the context
+ended (it had ended before it was sent) or the channel link that will carry its end. Ordinary
+values never travel.
 """
 
 from __future__ import annotations
 
+import copyreg
 import math
 from typing import Any, NamedTuple
 
 import ray
 
 from .. import _propagation, _timer
-from .._context import Context, _with_deadline, background, with_cancel_cause, with_deadline
+from .._context import (
+    _OURS,
+    Context,
+    _ForeignValueContext,
+    _with_deadline,
+    background,
+    with_cancel_cause,
+    with_deadline,
+)
 from .._errors import DeadlineExceeded
 from ._channel import Ending, Link, link_for, watch
 from ._channel import install as _install_shutdown
@@ -93,5 +106,6 @@ def rebuild(wire: Wire) -> Context:
 
 def install() -> None:
     """Carry contexts in Ray arguments, and stop our threads before Ray shuts down."""
-    _propagation.install_reducer(reduce)
+    for cls in (*_OURS, _ForeignValueContext):
+        copyreg.pickle(cls, reduce)
     _install_shutdown()

@@ -274,3 +274,31 @@ def test_the_time_left_travels_on_the_deadline_clock() -> None:
         far = wire._replace(link=None, deadline=wire.deadline._replace(boot_id="another-host"))
         copy = _serialize.rebuild(far)
         assert copy.remaining() == pytest.approx(10.0)  # type: ignore[attr-defined]
+
+
+def test_contexts_travel_even_when_they_refuse_pickling_by_themselves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gocontext.ray pickles contexts through copyreg, not through their own __reduce__."""
+    import pickle
+
+    from gocontext._context import _OURS, _Base, _ForeignValueContext
+
+    def refuse(self: object) -> object:
+        raise TypeError(f"cannot pickle {type(self).__name__}: import gocontext.ray")
+
+    monkeypatch.setattr(_Base, "__reduce__", refuse)
+    ctx, cancel = gocontext.with_timeout(
+        gocontext.with_value(gocontext.background(), RID, "r-3"), 30
+    )
+    copy = pickle.loads(pickle.dumps(ctx))
+    assert copy.value(RID) == "r-3"
+    got = ray.get(describe.remote(ctx), timeout=NEVER)
+    assert got["rid"] == "r-3"
+    assert got["err"] == "None"
+    cancel()
+    assert copy.done().wait(NEVER)
+    import copyreg
+
+    for cls in (*_OURS, _ForeignValueContext):
+        assert cls in copyreg.dispatch_table, cls
