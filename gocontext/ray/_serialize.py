@@ -34,7 +34,7 @@ from .._errors import DeadlineExceeded
 from ._channel import Ending, Link, link_for, watch
 from ._channel import install as _install_shutdown
 
-__all__ = ["Wire", "install", "rebuild"]
+__all__ = ["Deadline", "Wire", "install", "rebuild", "reduce"]
 
 
 def _boot_id() -> str:
