@@ -5,7 +5,6 @@ to run the middleware under trio as well as asyncio."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -16,7 +15,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +24,7 @@ from starlette.routing import Route
 import gocontext
 import gocontext.http
 
+from .._servers import Server
 from ..conftest import NEVER
 
 RID = gocontext.PropagatedKey("test-rid")
@@ -227,34 +226,6 @@ def fastapi_app() -> gocontext.http.ContextMiddleware:
         return _info(gocontext.current())
 
     return gocontext.http.ContextMiddleware(api, max_timeout=60)
-
-
-class Server:
-    def __init__(self, app: object) -> None:
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then, and without it every small
-        # response waits for the client's delayed ACK.
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-        )  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(NEVER)
-        self.sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,9 @@ from aiohttp import web
 import gocontext
 import gocontext.aiohttp
 
+from .._servers import tcp_socket
 from ..conftest import NEVER
-from .conftest import BOARD, info_of, tcp_socket
+from .conftest import BOARD, info_of
 
 
 async def info(request: web.Request) -> web.Response:

@@ -4,13 +4,11 @@ A board records what each handler saw, keyed by the request id the client sent."
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -19,17 +17,12 @@ from starlette.routing import Route
 import gocontext
 import gocontext.http
 
+from .._servers import Server
+from .._servers import tcp_socket as tcp_socket  # the wire tests import it from here
 from ..conftest import NEVER
 
 RID = gocontext.PropagatedKey("test-rid")
 SECRET = gocontext.Key[str]("secret")
-
-
-def tcp_socket() -> socket.socket:
-    """A listening-ready TCP socket bound to a free port on 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @dataclass
@@ -67,6 +60,7 @@ class Board:
 
 
 BOARD = Board()
+Uvicorn = Server  # the name the wire tests know it by
 
 
 def info_of(ctx: gocontext.Context) -> dict[str, object]:
@@ -129,36 +123,6 @@ async def ok(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-class Uvicorn:
-    """uvicorn in a thread, serving *app* on a free port of 127.0.0.1."""
-
-    def __init__(self, app: object) -> None:
-        self.sock = tcp_socket()
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,  # type: ignore[arg-type]
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> Uvicorn:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(NEVER)
-        self.sock.close()
-
-
 def starlette_app() -> gocontext.http.ContextMiddleware:
     routes = [
         Route("/info", info),
@@ -172,6 +136,6 @@ def starlette_app() -> gocontext.http.ContextMiddleware:
 
 
 @pytest.fixture(scope="session")
-def http_server() -> Iterator[Uvicorn]:
-    with Uvicorn(starlette_app()) as s:
+def http_server() -> Iterator[Server]:
+    with Server(starlette_app()) as s:
         yield s
