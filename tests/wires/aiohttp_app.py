@@ -26,27 +26,15 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def wait(request: web.Request) -> web.Response:
-    ctx = gocontext.current()
-    rid = str(ctx.value(gocontext.PropagatedKey("test-rid")))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return web.Response(text="ended")
 
 
 async def body(request: web.Request) -> web.StreamResponse:
-    ctx = gocontext.current()
-    rid = str(ctx.value(gocontext.PropagatedKey("test-rid")))
     response = web.StreamResponse()
     await response.prepare(request)
     await response.write(b"first chunk\n")
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return response
 
 

@@ -4,9 +4,7 @@ A board records what each handler saw, keyed by the request id the client sent."
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from starlette.applications import Starlette
@@ -17,46 +15,10 @@ from starlette.routing import Route
 import gocontext
 import gocontext.http
 
-from .._servers import Server
+from .._servers import RID, Board, Server
 from .._servers import tcp_socket as tcp_socket  # the wire tests import it from here
-from ..conftest import NEVER
 
-RID = gocontext.PropagatedKey("test-rid")
 SECRET = gocontext.Key[str]("secret")
-
-
-@dataclass
-class Board:
-    """What the servers saw, per request id: an entered event, an ended event and the cause."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    entered: dict[str, threading.Event] = field(default_factory=dict)
-    ended: dict[str, threading.Event] = field(default_factory=dict)
-    causes: dict[str, BaseException | None] = field(default_factory=dict)
-    running: int = 0
-
-    def event(self, table: dict[str, threading.Event], rid: str) -> threading.Event:
-        with self.lock:
-            return table.setdefault(rid, threading.Event())
-
-    def enter(self, rid: str) -> None:
-        with self.lock:
-            self.running += 1
-        self.event(self.entered, rid).set()
-
-    def end(self, rid: str, ctx: gocontext.Context) -> None:
-        with self.lock:
-            self.running -= 1
-            self.causes[rid] = gocontext.cause(ctx)
-        self.event(self.ended, rid).set()
-
-    def wait_entered(self, rid: str) -> None:
-        assert self.event(self.entered, rid).wait(NEVER), f"handler {rid} never started"
-
-    def wait_ended(self, rid: str) -> BaseException | None:
-        assert self.event(self.ended, rid).wait(NEVER), f"handler {rid} never ended"
-        with self.lock:
-            return self.causes[rid]
 
 
 BOARD = Board()
@@ -80,13 +42,7 @@ async def info(request: Request) -> Response:
 
 async def wait(request: Request) -> Response:
     """Parks until its context ends; records how."""
-    ctx = gocontext.current()
-    rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return PlainTextResponse("ended")
 
 
@@ -97,11 +53,8 @@ async def body(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"first chunk\n"
-        BOARD.enter(rid)
-        try:
+        with BOARD.inside(rid, ctx):
             await ctx.done()
-        finally:
-            BOARD.end(rid, ctx)
         yield b"never\n"
 
     return StreamingResponse(chunks())
@@ -109,13 +62,7 @@ async def body(request: Request) -> Response:
 
 async def upload(request: Request) -> Response:
     """Never reads the body: a large upload stays stuck sending."""
-    ctx = gocontext.current()
-    rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return PlainTextResponse("done")
 
 
