@@ -9,7 +9,6 @@ and trio; 2,000 scopes and 2,000 to_thread calls per backend by default, 10,000 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import random
@@ -24,6 +23,7 @@ import pytest
 import gocontext
 from gocontext import _context
 
+from .._loops import post_from_thread
 from ..conftest import NEVER
 
 pytestmark = pytest.mark.stress
@@ -58,19 +58,38 @@ class Canceller:
             for call in calls:
                 call()
 
+    def arm(
+        self,
+        who: str,
+        spins: int,
+        cancel: Callable[[], object],
+        post: Callable[[Callable[[], object]], object],
+    ) -> anyio.CancelScope:
+        """A cancel scope for one round; *who* of the round ("ctx", "framework", "both" or
+        "nobody") will cancel it, from this thread, after *spins* spins."""
+        cs = anyio.CancelScope()
+        calls: list[Callable[[], object]] = []
+        if who in ("ctx", "both"):
+            calls.append(cancel)
+        if who in ("framework", "both"):
+            calls.append(partial(post, cs.cancel))
+        self.jobs.put((spins, calls))
+        return cs
+
     def close(self) -> None:
         self.jobs.put(None)
         self.thread.join(NEVER)
         assert not self.thread.is_alive()
 
 
-def post_from_thread() -> Callable[[Callable[[], object]], object]:
-    """The running loop's thread-safe entry."""
-    if gocontext._async._library() == "trio":
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.get_running_loop().call_soon_threadsafe
+def disagrees(who: str, outcome: str | None) -> bool:
+    """Whether a round's *outcome* contradicts *who* cancelled it."""
+    return (
+        outcome is None
+        or (who == "nobody" and outcome != "returned")
+        or (who == "ctx" and outcome == "framework")
+        or (who == "framework" and outcome == "ours")
+    )
 
 
 def run_bounded(backend: str, main: Callable[[], Awaitable[object]]) -> None:
@@ -130,13 +149,7 @@ def test_scopes_raced_against_cancels_from_another_thread(backend: str) -> None:
         try:
             for i in range(SCOPES):
                 ctx, cancel = pairs[i]
-                cs = anyio.CancelScope()
-                calls: list[Callable[[], object]] = []
-                if who[i] in ("ctx", "both"):
-                    calls.append(cancel)
-                if who[i] in ("framework", "both"):
-                    calls.append(partial(post, cs.cancel))
-                canceller.jobs.put((spins[i], calls))
+                cs = canceller.arm(who[i], spins[i], cancel, post)
                 outcome = None
                 with cs:
                     try:
@@ -161,11 +174,7 @@ def test_scopes_raced_against_cancels_from_another_thread(backend: str) -> None:
     wrong = [
         (i, who[i], outcomes[i], completed[i])
         for i in range(SCOPES)
-        if outcomes[i] is None
-        or completed[i] != (outcomes[i] == "returned")
-        or (who[i] == "nobody" and outcomes[i] != "returned")
-        or (who[i] == "ctx" and outcomes[i] == "framework")
-        or (who[i] == "framework" and outcomes[i] == "ours")
+        if disagrees(who[i], outcomes[i]) or completed[i] != (outcomes[i] == "returned")
     ]
     assert wrong == []
     assert outcomes.count("ours") > SCOPES // 20  # every outcome happened
@@ -202,13 +211,7 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
         try:
             for i in range(CALLS):
                 ctx, cancel = pairs[i]
-                cs = anyio.CancelScope()
-                calls: list[Callable[[], object]] = []
-                if who[i] in ("ctx", "both"):
-                    calls.append(cancel)
-                if who[i] in ("framework", "both"):
-                    calls.append(partial(post, cs.cancel))
-                canceller.jobs.put((spins[i], calls))
+                cs = canceller.arm(who[i], spins[i], cancel, post)
                 outcome = None
                 with cs:
                     if who[i] == "framework" and i % 8 == 0:
@@ -234,11 +237,7 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
     wrong = [
         (i, who[i], outcomes[i])
         for i in range(CALLS)
-        if outcomes[i] is None
-        or (who[i] == "nobody" and outcomes[i] != "returned")
-        or (who[i] == "ctx" and outcomes[i] == "framework")
-        or (who[i] == "framework" and outcomes[i] == "ours")
-        or (outcomes[i] == "returned" and not started[i])
+        if disagrees(who[i], outcomes[i]) or (outcomes[i] == "returned" and not started[i])
     ]
     assert wrong == []
     assert outcomes.count("ours") > CALLS // 20
