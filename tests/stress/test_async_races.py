@@ -92,6 +92,45 @@ def disagrees(who: str, outcome: str | None) -> bool:
     )
 
 
+def race(
+    backend: str,
+    seed: int,
+    who: list[str],
+    spins: list[int],
+    pairs: list[gocontext.CancelPair],
+    body: Callable[[int, gocontext.Context, anyio.CancelScope], Awaitable[None]],
+) -> list[str | None]:
+    """One round per pair, in one event loop: arm the round's cancels (by ``who[i]``, after
+    ``spins[i]`` spins, from the canceller thread), then await ``body(i, ctx, cs)`` inside the
+    round's cancel scope. Return each round's outcome: ``"returned"``, ``"ours"`` (the body
+    raised ``Canceled``) or ``"framework"`` (the cancel scope caught its cancellation)."""
+    outcomes: list[str | None] = [None] * len(pairs)
+
+    async def main() -> None:
+        post = post_from_thread()
+        canceller = Canceller(seed)
+        try:
+            for i, (ctx, cancel) in enumerate(pairs):
+                cs = canceller.arm(who[i], spins[i], cancel, post)
+                outcome = None
+                with cs:
+                    try:
+                        await body(i, ctx, cs)
+                        outcome = "returned"
+                    except gocontext.Canceled:
+                        outcome = "ours"
+                if outcome is None:
+                    assert cs.cancelled_caught
+                    outcome = "framework"
+                outcomes[i] = outcome
+        finally:
+            canceller.close()
+        await anyio.sleep(0)  # nothing of a cancel is left over for later code
+
+    run_bounded(backend, main)
+    return outcomes
+
+
 def run_bounded(backend: str, main: Callable[[], Awaitable[object]]) -> None:
     """Run *main* in a fresh event loop in its own thread: a hang fails instead of hanging."""
     name, options = BACKENDS[backend]
@@ -139,38 +178,18 @@ def test_scopes_raced_against_cancels_from_another_thread(backend: str) -> None:
     steps = [rng.randrange(4) for _ in range(SCOPES)]
     spins = [rng.randrange(40) for _ in range(SCOPES)]
     pairs = [gocontext.with_cancel(gocontext.background()) for _ in range(SCOPES)]
-    outcomes: list[str | None] = [None] * SCOPES
     completed = [False] * SCOPES
     before = {t.ident for t in threading.enumerate()}
 
-    async def main() -> None:
-        post = post_from_thread()
-        canceller = Canceller(23)
-        try:
-            for i in range(SCOPES):
-                ctx, cancel = pairs[i]
-                cs = canceller.arm(who[i], spins[i], cancel, post)
-                outcome = None
-                with cs:
-                    try:
-                        async with gocontext.scope(ctx):
-                            for _ in range(steps[i]):
-                                await anyio.sleep(0)
-                            if who[i] != "nobody" and i % 2:
-                                await anyio.sleep(NEVER)  # only a cancel ends this one
-                            completed[i] = True
-                        outcome = "returned"
-                    except gocontext.Canceled:
-                        outcome = "ours"
-                if outcome is None:
-                    assert cs.cancelled_caught
-                    outcome = "framework"
-                outcomes[i] = outcome
-        finally:
-            canceller.close()
-        await anyio.sleep(0)  # nothing of a cancel is left over for later code
+    async def body(i: int, ctx: gocontext.Context, cs: anyio.CancelScope) -> None:
+        async with gocontext.scope(ctx):
+            for _ in range(steps[i]):
+                await anyio.sleep(0)
+            if who[i] != "nobody" and i % 2:
+                await anyio.sleep(NEVER)  # only a cancel ends this one
+            completed[i] = True
 
-    run_bounded(backend, main)
+    outcomes = race(backend, 23, who, spins, pairs, body)
     wrong = [
         (i, who[i], outcomes[i], completed[i])
         for i in range(SCOPES)
@@ -188,7 +207,6 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
     who = [WHO[rng.randrange(4)] for _ in range(CALLS)]
     spins = [rng.randrange(40) for _ in range(CALLS)]
     pairs = [gocontext.with_cancel(gocontext.background()) for _ in range(CALLS)]
-    outcomes: list[str | None] = [None] * CALLS
     running: list[int] = []  # fn calls in progress (list.append and remove are atomic)
     started = [False] * CALLS
     ran_past_return: list[int] = []  # fn still running when its await ended
@@ -205,33 +223,16 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
         finally:
             running.remove(i)
 
-    async def main() -> None:
-        post = post_from_thread()
-        canceller = Canceller(31)
+    async def body(i: int, ctx: gocontext.Context, cs: anyio.CancelScope) -> None:
+        if who[i] == "framework" and i % 8 == 0:
+            cs.cancel()  # the task is cancelled already when it makes the call
         try:
-            for i in range(CALLS):
-                ctx, cancel = pairs[i]
-                cs = canceller.arm(who[i], spins[i], cancel, post)
-                outcome = None
-                with cs:
-                    if who[i] == "framework" and i % 8 == 0:
-                        cs.cancel()  # the task is cancelled already when it makes the call
-                    try:
-                        assert await gocontext.to_thread(ctx, work, i) == "value"
-                        outcome = "returned"
-                    except gocontext.Canceled:
-                        outcome = "ours"
-                    finally:
-                        if i in running:
-                            ran_past_return.append(i)
-                if outcome is None:
-                    assert cs.cancelled_caught
-                    outcome = "framework"
-                outcomes[i] = outcome
+            assert await gocontext.to_thread(ctx, work, i) == "value"
         finally:
-            canceller.close()
+            if i in running:
+                ran_past_return.append(i)
 
-    run_bounded(backend, main)
+    outcomes = race(backend, 31, who, spins, pairs, body)
     assert ran_past_return == []
     assert running == []
     wrong = [
