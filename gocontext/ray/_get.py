@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, overload
 
 import ray
 
@@ -29,7 +29,6 @@ from ._channel import end_copies, keep, session, spawn
 
 __all__ = ["get", "get_async", "wait", "wait_idle"]
 
-T = TypeVar("T")
 _SLICE = 0.01  # seconds between checks of the context while waiting on Ray
 _GRACE = 10.0  # default seconds a task gets to stop by its context before ray.cancel
 _COLLECT_SLICE = 0.1  # seconds the collector waits on Ray before it checks Ray is still up
