@@ -302,3 +302,22 @@ def test_contexts_travel_even_when_they_refuse_pickling_by_themselves(
 
     for cls in (*_OURS, _ForeignValueContext):
         assert cls in copyreg.dispatch_table, cls
+
+
+def test_a_deadline_the_sender_reaches_ends_the_remote_copy_as_deadline_exceeded(
+    signal: object,
+) -> None:
+    """The channel carries how the context ended: here only the sender's clock reaches the
+    deadline (a fake clock), so the remote copy learns it from the channel, not its own timer."""
+    from gocontext.testing import fake_clock
+
+    with fake_clock() as clock:
+        ctx, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+        ref = poll_until_done.remote(ctx, signal)
+        ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+        clock.advance(3600)
+        assert isinstance(ctx.err(), gocontext.DeadlineExceeded)
+    kind, why = ray.get(ref, timeout=NEVER)
+    assert kind == "DeadlineExceeded"
+    assert why == "DeadlineExceeded('context deadline exceeded')"
+    cancel()
