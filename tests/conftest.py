@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import gocontext
 from gocontext import _timer
+
+from .typing.contexts import OtherContext as OtherContext  # the tests import it from here
 
 NEVER = 10.0  # seconds a wait may take before the test fails: it must never elapse
 
@@ -41,25 +43,6 @@ def fake_clock() -> Iterator[FakeClock]:
         yield clock
     finally:
         _timer.set_clock(None)
-
-
-class OtherContext:
-    """A user-written Context that wraps another (Go's ``otherContext`` in its tests)."""
-
-    def __init__(self, inner: gocontext.Context) -> None:
-        self.inner = inner
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def done(self) -> gocontext.Done:
-        return self.inner.done()
-
-    def err(self) -> gocontext.ContextError | None:
-        return self.inner.err()
-
-    def value(self, key: Hashable, /) -> object:
-        return self.inner.value(key)
 
 
 @pytest.fixture(params=["ours", "foreign"])

@@ -6,7 +6,6 @@ import contextvars
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 
 import gocontext
 
+from ._interrupt import finish, read_lines, reap, spawn
 from .conftest import NEVER
 
 REQUEST = contextvars.ContextVar[str]("REQUEST")
@@ -309,42 +309,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Wait for the child; return the rest of its output (communicate() would skip what
-    readline() already buffered)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.wait(NEVER * 3)
-    return proc.stdout.read(), proc.stderr.read()
-
-
-def reap(proc: subprocess.Popen[str]) -> None:
-    """Kill the child if it still runs (a failed test), and close its pipes."""
-    proc.kill()
-    proc.wait()
-    for f in (proc.stdout, proc.stderr):
-        if f is not None:
-            f.close()
-
-
 def run_child(stuck: bool) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(stuck=stuck)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-
-
-def read_lines(proc: subprocess.Popen[str], prefix: str, count: int) -> list[str]:
-    assert proc.stdout is not None
-    lines = []
-    while len(lines) < count:
-        line = proc.stdout.readline()
-        assert line, f"the child ended early: {finish(proc)}"
-        if line.startswith(prefix):
-            lines.append(line.strip())
-    return lines
+    return spawn(CHILD.format(stuck=stuck))
 
 
 def test_ctrl_c_while_waiting_stops_every_function_and_exits_with_the_interrupt() -> None:

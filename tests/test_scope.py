@@ -19,6 +19,7 @@ import gocontext
 from gocontext import _context
 from gocontext._async import FrameworkCancelled
 
+from ._loops import on_trio, post_from_thread
 from .conftest import NEVER
 
 if sys.version_info < (3, 11):
@@ -31,15 +32,6 @@ def in_thread(fn: Callable[[], object]) -> None:
     t.start()
     t.join(NEVER)
     assert not t.is_alive()
-
-
-def post_from_thread() -> Callable[[Callable[[], object]], object]:
-    """The running loop's thread-safe entry: a function that runs fn() in this loop."""
-    if gocontext._loops.library() == "trio":
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,7 +655,7 @@ async def settle_the_loop() -> None:
     """Let the loop run what is queued, then check that nothing of ours stays queued."""
     for _ in range(3):
         await anyio.sleep(0)
-    if gocontext._loops.library() == "trio":
+    if on_trio():
         import trio
         import trio.testing
 

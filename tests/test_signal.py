@@ -20,6 +20,7 @@ import pytest
 import gocontext
 from gocontext import _tree
 
+from ._interrupt import expect_line, finish, reap, spawn
 from .conftest import NEVER
 
 
@@ -203,39 +204,6 @@ STUCK = textwrap.dedent(
     print("not reached", flush=True)
     """
 )
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Wait for the child; return the rest of its output (communicate() would skip what
-    readline() already buffered)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.wait(NEVER * 3)
-    return proc.stdout.read(), proc.stderr.read()
-
-
-def reap(proc: subprocess.Popen[str]) -> None:
-    """Kill the child if it still runs (a failed test), and close its pipes."""
-    proc.kill()
-    proc.wait()
-    for f in (proc.stdout, proc.stderr):
-        if f is not None:
-            f.close()
-
-
-def spawn(code: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-
-
-def expect_line(proc: subprocess.Popen[str], text: str) -> None:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == text, (line, finish(proc))
 
 
 @pytest.mark.parametrize(

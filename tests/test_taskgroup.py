@@ -22,6 +22,20 @@ REQUEST = contextvars.ContextVar[str]("REQUEST")
 STRESS = os.environ.get("GOCONTEXT_STRESS") == "1"  # heavier storms, for soak runs
 
 
+class ThreadWaiter:
+    """A function for ``go_thread``: it says it started, waits until its context ends, and
+    records the cause it saw."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.saw: list[BaseException | None] = []
+
+    def __call__(self, ctx: gocontext.Context) -> None:
+        self.started.set()
+        ctx.done().wait(NEVER)
+        self.saw.append(gocontext.cause(ctx))
+
+
 def wait_in_thread(ctx: gocontext.Context) -> None:
     assert ctx.done().wait(NEVER), "the group's context never reached the thread"
     ctx.check()
@@ -132,13 +146,7 @@ async def test_the_bodys_exception_cancels_everything_waits_and_propagates_itsel
 
 
 async def test_a_framework_cancellation_cancels_the_context_and_propagates_untouched() -> None:
-    in_thread = threading.Event()
-    thread_saw: list[BaseException | None] = []
-
-    def thread(ctx: gocontext.Context) -> None:
-        in_thread.set()
-        ctx.done().wait(NEVER)
-        thread_saw.append(gocontext.cause(ctx))
+    thread = ThreadWaiter()
 
     async def task(ctx: gocontext.Context) -> None:
         await anyio.sleep(NEVER)
@@ -147,26 +155,20 @@ async def test_a_framework_cancellation_cancels_the_context_and_propagates_untou
         async with gocontext.TaskGroup(gocontext.background()) as g:
             g.go(task)
             g.go_thread(thread)
-            await anyio.to_thread.run_sync(in_thread.wait, NEVER)
+            await anyio.to_thread.run_sync(thread.started.wait, NEVER)
             outer.cancel()
             await anyio.sleep(NEVER)
     assert outer.cancelled_caught  # the framework's own cancellation, untouched
-    assert [type(c) for c in thread_saw] == [FrameworkCancelled]  # waited for, told why
+    assert [type(c) for c in thread.saw] == [FrameworkCancelled]  # waited for, told why
     assert isinstance(gocontext.cause(g.ctx), FrameworkCancelled)
     assert g.errors == []
 
 
 async def test_an_outer_cancel_while_the_exit_waits_also_reaches_the_threads() -> None:
-    in_thread = threading.Event()
-    thread_saw: list[BaseException | None] = []
-
-    def thread(ctx: gocontext.Context) -> None:
-        in_thread.set()
-        ctx.done().wait(NEVER)
-        thread_saw.append(gocontext.cause(ctx))
+    thread = ThreadWaiter()
 
     async def canceller(scope: anyio.CancelScope) -> None:
-        await anyio.to_thread.run_sync(in_thread.wait, NEVER)
+        await anyio.to_thread.run_sync(thread.started.wait, NEVER)
         scope.cancel()
 
     async with anyio.create_task_group() as tg:
@@ -175,7 +177,7 @@ async def test_an_outer_cancel_while_the_exit_waits_also_reaches_the_threads() -
             async with gocontext.TaskGroup(gocontext.background()) as g:
                 g.go_thread(thread)
     assert outer.cancelled_caught
-    assert [type(c) for c in thread_saw] == [FrameworkCancelled]
+    assert [type(c) for c in thread.saw] == [FrameworkCancelled]
 
 
 async def test_the_limit_is_shared_by_tasks_and_threads_and_holds_under_a_storm() -> None:
@@ -359,11 +361,7 @@ async def test_a_blocking_function_given_to_go_is_a_failure_that_says_so() -> No
 
 
 async def test_entered_in_an_already_cancelled_scope_the_threads_are_told_and_waited_for() -> None:
-    saw: list[BaseException | None] = []
-
-    def thread(ctx: gocontext.Context) -> None:
-        ctx.done().wait(NEVER)
-        saw.append(gocontext.cause(ctx))
+    thread = ThreadWaiter()
 
     with anyio.CancelScope() as outer:
         outer.cancel()
@@ -371,8 +369,8 @@ async def test_entered_in_an_already_cancelled_scope_the_threads_are_told_and_wa
             g.go_thread(thread)
             await anyio.sleep(NEVER)
     assert outer.cancelled_caught
-    assert len(saw) <= 1  # the thread may never have been started: then nothing to wait for
-    assert all(isinstance(c, FrameworkCancelled) for c in saw)
+    assert len(thread.saw) <= 1  # the thread may never have been started: nothing to wait for
+    assert all(isinstance(c, FrameworkCancelled) for c in thread.saw)
     assert isinstance(gocontext.cause(g.ctx), FrameworkCancelled)
 
 

@@ -16,6 +16,8 @@ import pytest
 
 import gocontext
 
+from .typing.contexts import OtherContext
+
 ROOT = Path(__file__).resolve().parent.parent
 
 WRONG_VALUE = """
@@ -37,26 +39,8 @@ shown: object = other.value(N)
 """
 
 USER_CONTEXT = """
-from typing import Any
-
 import gocontext
-
-
-class Mine:
-    def __init__(self, inner: gocontext.Context) -> None:
-        self.inner = inner
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def done(self) -> gocontext.Done:
-        return self.inner.done()
-
-    def err(self) -> gocontext.ContextError | None:
-        return self.inner.err()
-
-    def value(self, key: Any, /) -> Any:
-        return self.inner.value(key)
+from tests.typing.contexts import OtherContext as Mine  # four methods, value untyped
 
 
 def handler(parent: gocontext.Context) -> float | None:
@@ -75,7 +59,7 @@ gocontext.current().check()
 def _mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     snippet = tmp_path / "snippet.py"
     snippet.write_text(textwrap.dedent(source))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MYPYPATH": str(ROOT)}  # this tree, and tests
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],
         cwd=tmp_path,
@@ -140,29 +124,10 @@ def test_pyright_agrees(tmp_path: Path, source: str, ok: bool) -> None:
         assert '"Literal[\'str\']" is not assignable to "int"' in done.stdout, done.stdout
 
 
-class _Mine:
-    """A user-written context with only the four methods."""
-
-    def __init__(self, inner: gocontext.Context) -> None:
-        self.inner = inner
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def done(self) -> gocontext.Done:
-        return self.inner.done()
-
-    def err(self) -> gocontext.ContextError | None:
-        return self.inner.err()
-
-    def value(self, key: object, /) -> object:
-        return self.inner.value(key)  # type: ignore[call-overload]
-
-
 def test_current_has_the_extras_while_a_user_written_context_is_in_use() -> None:
     inner, cancel = gocontext.with_timeout(gocontext.background(), 60)
     inner = gocontext.with_value(inner, "k", "v")
-    mine = _Mine(inner)
+    mine = OtherContext(inner)
     with gocontext.use(mine) as here:
         ctx = gocontext.current()
         assert ctx is here
@@ -173,7 +138,7 @@ def test_current_has_the_extras_while_a_user_written_context_is_in_use() -> None
         assert ctx.value("k") == "v"
         assert ctx.deadline() == inner.deadline()
         assert ctx.done() is inner.done()
-        assert repr(ctx) == "<gocontext _Mine done=False>"
+        assert repr(ctx) == "<gocontext OtherContext done=False>"
         cancel()
         with pytest.raises(gocontext.Canceled):
             ctx.check()
@@ -183,7 +148,7 @@ def test_current_has_the_extras_while_a_user_written_context_is_in_use() -> None
 
 def test_isinstance_sees_both_protocols() -> None:
     ours = gocontext.with_cancel(gocontext.background()).ctx
-    mine = _Mine(ours)
+    mine = OtherContext(ours)
     assert isinstance(ours, gocontext.Context)
     assert isinstance(ours, gocontext.RichContext)
     assert isinstance(mine, gocontext.Context)

@@ -57,6 +57,7 @@ __all__ = [
     "Ending",
     "Link",
     "RemoteCause",
+    "end_copies",
     "install",
     "keep",
     "link_for",
@@ -187,7 +188,7 @@ def install() -> None:
         finally:
             _stopping = False
 
-    shutdown._gocontext = True  # type: ignore[attr-defined]
+    shutdown._gocontext = True  # type: ignore[attr-defined]  # our mark on the wrapper
     ray.shutdown = shutdown
     atexit.register(_stop)  # runs before Ray's own exit handler, registered earlier
 
@@ -334,7 +335,7 @@ class _Sender:
     def __init__(self, ray_session: str) -> None:
         self.session = ray_session
         self.channel_id = uuid.uuid4().hex
-        self.channel: Any = Channel.remote()  # type: ignore[attr-defined]
+        self.channel: Any = Channel.remote()  # type: ignore[attr-defined]  # added by @ray.remote
         self.dead = False
         self.lock = threading.Lock()  # guards tokens; never held across a Ray call
         self.tokens: weakref.WeakKeyDictionary[Context, str] = weakref.WeakKeyDictionary()
@@ -385,6 +386,23 @@ def link_for(ctx: Context) -> Link:
         token = s.tokens[ctx] = uuid.uuid4().hex
     ctx.done().add_callback(_Ended(weakref.ref(ctx), weakref.ref(s), token))
     return Link(s.channel, s.channel_id, token)
+
+
+def end_copies(ctx: Context, failure: BaseException) -> None:
+    """End the copies of *ctx* that Ray tasks received, as if *ctx* had been cancelled with
+    *failure* as cause; *ctx* itself is left alone. Nothing to do if *ctx* was never sent."""
+    with _lock:
+        s = _sender
+    if s is None or not s.live(session()):
+        return
+    with s.lock:
+        token = s.tokens.get(ctx)
+    if token is None:
+        return
+    original = getattr(failure, "cause", None)  # a RayTaskError's own exception
+    shown = original if isinstance(original, BaseException) else failure
+    with contextlib.suppress(Exception):  # Ray shutting down under us
+        s.channel.end.remote(token, Ending(False, repr(shown)[:_CAUSE_MAX]))
 
 
 class _Ended:

@@ -18,18 +18,17 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, overload
 
 import ray
 
 from .._context import _OURS, Context, _check_foreign
+from .._errors import check_real
 from .._threads import to_thread
-from . import _channel
-from ._channel import Ending, keep, session, spawn
+from ._channel import end_copies, keep, session, spawn
 
 __all__ = ["get", "get_async", "wait", "wait_idle"]
 
-T = TypeVar("T")
 _SLICE = 0.01  # seconds between checks of the context while waiting on Ray
 _GRACE = 10.0  # default seconds a task gets to stop by its context before ray.cancel
 _COLLECT_SLICE = 0.1  # seconds the collector waits on Ray before it checks Ray is still up
@@ -105,13 +104,11 @@ def _get(
     """``get()``, bounded by *ctx*; a failure ends the Ray tasks' copies of *sent*."""
     if type(ctx) not in _OURS:
         _check_foreign(ctx, "get", "ctx")
-    if type(grace) not in (int, float) or math.isnan(grace) or grace < 0:
-        raise ValueError(
-            f"gocontext.ray.get() needs grace= as seconds >= 0 (a real number), got {grace!r}"
-        )
+    _check_seconds("get", "grace", grace)
     if type(fail_fast) is not bool:
         raise TypeError(f"gocontext.ray.get() needs fail_fast= as a bool, got {fail_fast!r}")
-    _check_timeout("get", timeout)
+    if timeout is not None:
+        _check_seconds("get", "timeout (or None)", timeout)
     single = isinstance(refs, ray.ObjectRef)
     if not single and (isinstance(refs, (str, bytes)) or not isinstance(refs, Sequence)):
         raise TypeError(
@@ -146,7 +143,7 @@ def _get(
             try:
                 values[ref] = ray.get(ref)
             except Exception as failure:
-                _end_remote_copies(sent, failure)
+                end_copies(sent, failure)
                 _collector.take(waiting, grace)
                 raise
     if fast:  # each value fetched once, in the order of refs
@@ -154,30 +151,10 @@ def _get(
     return ray.get(refs)
 
 
-def _end_remote_copies(ctx: Context, failure: BaseException) -> None:
-    """End the copies of *ctx* that Ray tasks received, as if *ctx* had been cancelled with
-    *failure* as cause; *ctx* itself is left alone. Nothing to do if *ctx* was never sent."""
-    s = _channel._sender
-    if s is None or not s.live(session()):
-        return
-    with s.lock:
-        token = s.tokens.get(ctx)
-    if token is None:
-        return
-    original = getattr(failure, "cause", None)  # a RayTaskError's own exception
-    shown = original if isinstance(original, BaseException) else failure
-    ending = Ending(False, repr(shown)[: _channel._CAUSE_MAX])
-    with contextlib.suppress(Exception):  # Ray shutting down under us
-        s.channel.end.remote(token, ending)
-
-
-def _check_timeout(name: str, timeout: object) -> None:
-    if timeout is None:
-        return
-    if type(timeout) not in (int, float) or math.isnan(timeout) or timeout < 0:  # type: ignore[arg-type, operator]
-        raise ValueError(
-            f"gocontext.ray.{name}() needs timeout= as seconds >= 0 or None, got {timeout!r}"
-        )
+def _check_seconds(fname: str, what: str, x: object) -> None:
+    """Refuse *x* unless it is a real number of seconds >= 0 (``TypeError``, ``ValueError``)."""
+    if check_real(x, f"gocontext.ray.{fname}", what, "seconds >= 0") < 0:
+        raise ValueError(f"gocontext.ray.{fname}() needs seconds >= 0 as {what}, got {x!r}")
 
 
 def wait(
@@ -213,7 +190,8 @@ def wait(
             f"gocontext.ray.wait() needs num_returns= as an int from 1 to len(refs) "
             f"({len(todo)}), got {num_returns!r}"
         )
-    _check_timeout("wait", timeout)
+    if timeout is not None:
+        _check_seconds("wait", "timeout (or None)", timeout)
     end = None if timeout is None else time.monotonic() + timeout
     while True:
         err = ctx.err()
@@ -230,7 +208,7 @@ def wait(
 
 async def get_async(
     ctx: Context,
-    refs: Any,
+    refs: ray.ObjectRef[Any] | Sequence[ray.ObjectRef[Any]],
     *,
     timeout: float | None = None,
     fail_fast: bool = True,

@@ -1,23 +1,26 @@
 """How a context travels as a Ray argument: time left, propagated values, a channel link.
 
 A context pickles to a call of ``rebuild`` with one ``Wire`` (importing this module, and so
-installing this reducer, in the worker that unpickles it). What travels is the time remaining
-(with the sender's boot id and monotonic deadline: a worker on the same host uses the same
-clock, so time spent queued counts; another host counts from arrival), the ``PropagatedKey``
-values, and either how the context ended (it had ended before it was sent) or the channel link
-that will carry its end. Ordinary values never travel.
+registering this reducer, in the worker that unpickles it). The reducer is registered with
+``copyreg`` for each context class: ``pickle`` and Ray's cloudpickle both consult
+``copyreg.dispatch_table`` before an object's own ``__reduce__``, which refuses.
+
+What travels is the time remaining on the deadline clock (with the sender's boot id and
+monotonic deadline: a worker on the same host uses the same clock, so time spent queued counts;
+another host counts from arrival), the ``PropagatedKey`` values, and either how the context
+ended (it had ended before it was sent) or the channel link that will carry its end. Ordinary
+values never travel.
 """
 
 from __future__ import annotations
 
 import copyreg
 import math
-import time
 from typing import Any, NamedTuple
 
 import ray
 
-from .. import _propagation
+from .. import _propagation, _timer
 from .._context import (
     _OURS,
     Context,
@@ -31,7 +34,7 @@ from .._errors import DeadlineExceeded
 from ._channel import Ending, Link, link_for, watch
 from ._channel import install as _install_shutdown
 
-__all__ = ["Wire", "install", "rebuild"]
+__all__ = ["Deadline", "Wire", "install", "rebuild", "reduce"]
 
 
 def _boot_id() -> str:
@@ -76,9 +79,7 @@ def reduce(ctx: Context) -> tuple[Any, tuple[Wire]]:
         return rebuild, (Wire(values, Ending(isinstance(err, DeadlineExceeded), None), None, None),)
     link = None if ctx.done() is background().done() else link_for(ctx)
     at = ctx.deadline()
-    deadline = (
-        None if at is None or at == math.inf else Deadline(at - time.monotonic(), _BOOT_ID, at)
-    )
+    deadline = None if at is None or at == math.inf else Deadline(at - _timer.now(), _BOOT_ID, at)
     return rebuild, (Wire(values, None, link, deadline),)
 
 
@@ -100,7 +101,7 @@ def rebuild(wire: Wire) -> Context:
     if d.boot_id and d.boot_id == _BOOT_ID:  # one host, one monotonic clock
         # (unchecked: a sender's with_timeout may lie further than with_deadline accepts)
         return _with_deadline(ctx, d.at, None, "with_deadline")[0]
-    return _with_deadline(ctx, time.monotonic() + d.remaining, None, "with_deadline")[0]
+    return _with_deadline(ctx, _timer.now() + d.remaining, None, "with_deadline")[0]
 
 
 def install() -> None:

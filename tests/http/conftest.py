@@ -5,18 +5,14 @@ to run the middleware under trio as well as asyncio."""
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,38 +22,10 @@ from starlette.routing import Route
 import gocontext
 import gocontext.http
 
+from .._servers import RID, Board, Server
 from ..conftest import NEVER
 
-RID = gocontext.PropagatedKey("test-rid")
 SECRET = gocontext.Key[str]("secret")
-
-
-@dataclass
-class Board:
-    """What the server saw, for tests to read: per request id, an entered event and the end."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    entered: dict[str, threading.Event] = field(default_factory=dict)
-    ended: dict[str, threading.Event] = field(default_factory=dict)
-    causes: dict[str, BaseException | None] = field(default_factory=dict)
-
-    def event(self, table: dict[str, threading.Event], rid: str) -> threading.Event:
-        with self.lock:
-            return table.setdefault(rid, threading.Event())
-
-    def enter(self, rid: str) -> None:
-        self.event(self.entered, rid).set()
-
-    def end(self, rid: str, ctx: gocontext.Context) -> None:
-        self.causes[rid] = gocontext.cause(ctx)
-        self.errors[rid] = ctx.err()
-        self.deadlines[rid] = ctx.deadline()
-        self.event(self.ended, rid).set()
-
-    errors: dict[str, BaseException | None] = field(default_factory=dict)
-    deadlines: dict[str, float | None] = field(default_factory=dict)
-    release: dict[str, threading.Event] = field(default_factory=dict)
-    in_flight: int = 0  # requests inside the app behind the middleware, on every test server
 
 
 BOARD = Board()
@@ -80,13 +48,7 @@ async def info(request: Request) -> Response:
 
 async def wait(request: Request) -> Response:
     """Parks until the context ends; records the end."""
-    ctx = gocontext.current()
-    rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return PlainTextResponse("ended")
 
 
@@ -102,11 +64,8 @@ async def stream(request: Request) -> Response:
 
     async def body():  # type: ignore[no-untyped-def]
         yield b"first chunk\n"
-        BOARD.enter(rid)
-        try:
+        with BOARD.inside(rid, ctx):
             await anyio.sleep(NEVER)
-        finally:
-            BOARD.end(rid, ctx)
         yield b"never\n"
 
     return StreamingResponse(body())
@@ -146,23 +105,17 @@ class RawStream:
         rid = str(ctx.value(RID))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"first chunk\n", "more_body": True})
-        BOARD.enter(rid)
-        try:
+        with BOARD.inside(rid, ctx):
             await anyio.sleep(NEVER)
-        finally:
-            BOARD.end(rid, ctx)
         await send({"type": "http.response.body", "body": b"never\n"})
 
 
 async def upload(request: Request) -> Response:
     rid = str(gocontext.current().value(RID))
     ctx = gocontext.current()
-    BOARD.enter(rid)
-    try:
+    with BOARD.inside(rid, ctx):
         with anyio.move_on_after(NEVER):
             await ctx.done()  # never reads the body: the client stays stuck sending it
-    finally:
-        BOARD.end(rid, ctx)
     return PlainTextResponse("done")
 
 
@@ -227,34 +180,6 @@ def fastapi_app() -> gocontext.http.ContextMiddleware:
         return _info(gocontext.current())
 
     return gocontext.http.ContextMiddleware(api, max_timeout=60)
-
-
-class Server:
-    def __init__(self, app: object) -> None:
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then, and without it every small
-        # response waits for the client's delayed ACK.
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-        )  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(NEVER)
-        self.sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,21 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ray_cluster() -> Iterator[None]:
+def init_local_ray(namespace: str) -> None:
+    """Start a local Ray on loopback: two CPUs, no dashboard, workers' output kept to them."""
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
-        namespace="gocontext-tests",
+        namespace=namespace,
         runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}},
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster() -> Iterator[None]:
+    init_local_ray("gocontext-tests")
     try:
         yield
     finally:

@@ -292,6 +292,19 @@ def test_get_rejects_a_bad_grace(grace: Any) -> None:
         gocontext.ray.get(ctx, [], grace=grace)
 
 
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("timeout", "5"), ("timeout", True), ("grace", "5"), ("grace", True), ("grace", None)],
+)
+def test_a_number_of_seconds_that_is_not_a_number_is_a_type_error(name: str, bad: Any) -> None:
+    ctx = gocontext.background()
+    with pytest.raises(TypeError, match=rf"gocontext\.ray\.get\(\).*{name}"):
+        gocontext.ray.get(ctx, [], **{name: bad})
+    if name == "timeout":
+        with pytest.raises(TypeError, match=rf"gocontext\.ray\.wait\(\).*{name}"):
+            gocontext.ray.wait(ctx, [], timeout=bad)
+
+
 # --- 6. nothing of ours starts Ray again after ray.shutdown() ----------------------------
 
 

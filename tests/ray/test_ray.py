@@ -255,3 +255,69 @@ def test_without_ray_running_a_context_does_not_pickle_and_starts_nothing() -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "refused: a gocontext context cannot be pickled" in out.stdout
     assert "ray started: False" in out.stdout
+
+
+def test_the_time_left_travels_on_the_deadline_clock() -> None:
+    """A context sent under a fake clock carries the fake clock's time left, and one that
+    arrives from another host counts from arrival on this process's deadline clock."""
+    from gocontext.ray import _serialize
+    from gocontext.testing import fake_clock
+
+    with fake_clock() as clock:
+        ctx, cancel = gocontext.with_timeout(gocontext.background(), 100)
+        clock.advance(90)
+        _, (wire,) = _serialize.reduce(ctx)
+        assert wire.deadline is not None
+        assert wire.deadline.remaining == pytest.approx(10.0)
+        cancel()
+        clock.advance(50)  # the fake clock now runs 140 s ahead of the real one
+        far = wire._replace(link=None, deadline=wire.deadline._replace(boot_id="another-host"))
+        copy = _serialize.rebuild(far)
+        assert copy.remaining() == pytest.approx(10.0)  # type: ignore[attr-defined]
+
+
+def test_contexts_travel_even_when_they_refuse_pickling_by_themselves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gocontext.ray pickles contexts through copyreg, not through their own __reduce__."""
+    import pickle
+
+    from gocontext._context import _OURS, _Base, _ForeignValueContext
+
+    def refuse(self: object) -> object:
+        raise TypeError(f"cannot pickle {type(self).__name__}: import gocontext.ray")
+
+    monkeypatch.setattr(_Base, "__reduce__", refuse)
+    ctx, cancel = gocontext.with_timeout(
+        gocontext.with_value(gocontext.background(), RID, "r-3"), 30
+    )
+    copy = pickle.loads(pickle.dumps(ctx))
+    assert copy.value(RID) == "r-3"
+    got = ray.get(describe.remote(ctx), timeout=NEVER)
+    assert got["rid"] == "r-3"
+    assert got["err"] == "None"
+    cancel()
+    assert copy.done().wait(NEVER)
+    import copyreg
+
+    for cls in (*_OURS, _ForeignValueContext):
+        assert cls in copyreg.dispatch_table, cls
+
+
+def test_a_deadline_the_sender_reaches_ends_the_remote_copy_as_deadline_exceeded(
+    signal: object,
+) -> None:
+    """The channel carries how the context ended: here only the sender's clock reaches the
+    deadline (a fake clock), so the remote copy learns it from the channel, not its own timer."""
+    from gocontext.testing import fake_clock
+
+    with fake_clock() as clock:
+        ctx, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+        ref = poll_until_done.remote(ctx, signal)
+        ray.get(signal.wait.remote())  # type: ignore[attr-defined]
+        clock.advance(3600)
+        assert isinstance(ctx.err(), gocontext.DeadlineExceeded)
+    kind, why = ray.get(ref, timeout=NEVER)
+    assert kind == "DeadlineExceeded"
+    assert why == "DeadlineExceeded('context deadline exceeded')"
+    cancel()

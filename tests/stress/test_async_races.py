@@ -9,7 +9,6 @@ and trio; 2,000 scopes and 2,000 to_thread calls per backend by default, 10,000 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import random
@@ -24,6 +23,7 @@ import pytest
 import gocontext
 from gocontext import _context
 
+from .._loops import post_from_thread
 from ..conftest import NEVER
 
 pytestmark = pytest.mark.stress
@@ -58,19 +58,77 @@ class Canceller:
             for call in calls:
                 call()
 
+    def arm(
+        self,
+        who: str,
+        spins: int,
+        cancel: Callable[[], object],
+        post: Callable[[Callable[[], object]], object],
+    ) -> anyio.CancelScope:
+        """A cancel scope for one round; *who* of the round ("ctx", "framework", "both" or
+        "nobody") will cancel it, from this thread, after *spins* spins."""
+        cs = anyio.CancelScope()
+        calls: list[Callable[[], object]] = []
+        if who in ("ctx", "both"):
+            calls.append(cancel)
+        if who in ("framework", "both"):
+            calls.append(partial(post, cs.cancel))
+        self.jobs.put((spins, calls))
+        return cs
+
     def close(self) -> None:
         self.jobs.put(None)
         self.thread.join(NEVER)
         assert not self.thread.is_alive()
 
 
-def post_from_thread() -> Callable[[Callable[[], object]], object]:
-    """The running loop's thread-safe entry."""
-    if gocontext._loops.library() == "trio":
-        import trio
+def disagrees(who: str, outcome: str | None) -> bool:
+    """Whether a round's *outcome* contradicts *who* cancelled it."""
+    return (
+        outcome is None
+        or (who == "nobody" and outcome != "returned")
+        or (who == "ctx" and outcome == "framework")
+        or (who == "framework" and outcome == "ours")
+    )
 
-        return trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.get_running_loop().call_soon_threadsafe
+
+def race(
+    backend: str,
+    seed: int,
+    who: list[str],
+    spins: list[int],
+    pairs: list[gocontext.CancelPair],
+    body: Callable[[int, gocontext.Context, anyio.CancelScope], Awaitable[None]],
+) -> list[str | None]:
+    """One round per pair, in one event loop: arm the round's cancels (by ``who[i]``, after
+    ``spins[i]`` spins, from the canceller thread), then await ``body(i, ctx, cs)`` inside the
+    round's cancel scope. Return each round's outcome: ``"returned"``, ``"ours"`` (the body
+    raised ``Canceled``) or ``"framework"`` (the cancel scope caught its cancellation)."""
+    outcomes: list[str | None] = [None] * len(pairs)
+
+    async def main() -> None:
+        post = post_from_thread()
+        canceller = Canceller(seed)
+        try:
+            for i, (ctx, cancel) in enumerate(pairs):
+                cs = canceller.arm(who[i], spins[i], cancel, post)
+                outcome = None
+                with cs:
+                    try:
+                        await body(i, ctx, cs)
+                        outcome = "returned"
+                    except gocontext.Canceled:
+                        outcome = "ours"
+                if outcome is None:
+                    assert cs.cancelled_caught
+                    outcome = "framework"
+                outcomes[i] = outcome
+        finally:
+            canceller.close()
+        await anyio.sleep(0)  # nothing of a cancel is left over for later code
+
+    run_bounded(backend, main)
+    return outcomes
 
 
 def run_bounded(backend: str, main: Callable[[], Awaitable[object]]) -> None:
@@ -120,52 +178,22 @@ def test_scopes_raced_against_cancels_from_another_thread(backend: str) -> None:
     steps = [rng.randrange(4) for _ in range(SCOPES)]
     spins = [rng.randrange(40) for _ in range(SCOPES)]
     pairs = [gocontext.with_cancel(gocontext.background()) for _ in range(SCOPES)]
-    outcomes: list[str | None] = [None] * SCOPES
     completed = [False] * SCOPES
     before = {t.ident for t in threading.enumerate()}
 
-    async def main() -> None:
-        post = post_from_thread()
-        canceller = Canceller(23)
-        try:
-            for i in range(SCOPES):
-                ctx, cancel = pairs[i]
-                cs = anyio.CancelScope()
-                calls: list[Callable[[], object]] = []
-                if who[i] in ("ctx", "both"):
-                    calls.append(cancel)
-                if who[i] in ("framework", "both"):
-                    calls.append(partial(post, cs.cancel))
-                canceller.jobs.put((spins[i], calls))
-                outcome = None
-                with cs:
-                    try:
-                        async with gocontext.scope(ctx):
-                            for _ in range(steps[i]):
-                                await anyio.sleep(0)
-                            if who[i] != "nobody" and i % 2:
-                                await anyio.sleep(NEVER)  # only a cancel ends this one
-                            completed[i] = True
-                        outcome = "returned"
-                    except gocontext.Canceled:
-                        outcome = "ours"
-                if outcome is None:
-                    assert cs.cancelled_caught
-                    outcome = "framework"
-                outcomes[i] = outcome
-        finally:
-            canceller.close()
-        await anyio.sleep(0)  # nothing of a cancel is left over for later code
+    async def body(i: int, ctx: gocontext.Context, cs: anyio.CancelScope) -> None:
+        async with gocontext.scope(ctx):
+            for _ in range(steps[i]):
+                await anyio.sleep(0)
+            if who[i] != "nobody" and i % 2:
+                await anyio.sleep(NEVER)  # only a cancel ends this one
+            completed[i] = True
 
-    run_bounded(backend, main)
+    outcomes = race(backend, 23, who, spins, pairs, body)
     wrong = [
         (i, who[i], outcomes[i], completed[i])
         for i in range(SCOPES)
-        if outcomes[i] is None
-        or completed[i] != (outcomes[i] == "returned")
-        or (who[i] == "nobody" and outcomes[i] != "returned")
-        or (who[i] == "ctx" and outcomes[i] == "framework")
-        or (who[i] == "framework" and outcomes[i] == "ours")
+        if disagrees(who[i], outcomes[i]) or completed[i] != (outcomes[i] == "returned")
     ]
     assert wrong == []
     assert outcomes.count("ours") > SCOPES // 20  # every outcome happened
@@ -179,7 +207,6 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
     who = [WHO[rng.randrange(4)] for _ in range(CALLS)]
     spins = [rng.randrange(40) for _ in range(CALLS)]
     pairs = [gocontext.with_cancel(gocontext.background()) for _ in range(CALLS)]
-    outcomes: list[str | None] = [None] * CALLS
     running: list[int] = []  # fn calls in progress (list.append and remove are atomic)
     started = [False] * CALLS
     ran_past_return: list[int] = []  # fn still running when its await ended
@@ -196,49 +223,22 @@ def test_to_thread_calls_raced_against_cancels_from_another_thread(backend: str)
         finally:
             running.remove(i)
 
-    async def main() -> None:
-        post = post_from_thread()
-        canceller = Canceller(31)
+    async def body(i: int, ctx: gocontext.Context, cs: anyio.CancelScope) -> None:
+        if who[i] == "framework" and i % 8 == 0:
+            cs.cancel()  # the task is cancelled already when it makes the call
         try:
-            for i in range(CALLS):
-                ctx, cancel = pairs[i]
-                cs = anyio.CancelScope()
-                calls: list[Callable[[], object]] = []
-                if who[i] in ("ctx", "both"):
-                    calls.append(cancel)
-                if who[i] in ("framework", "both"):
-                    calls.append(partial(post, cs.cancel))
-                canceller.jobs.put((spins[i], calls))
-                outcome = None
-                with cs:
-                    if who[i] == "framework" and i % 8 == 0:
-                        cs.cancel()  # the task is cancelled already when it makes the call
-                    try:
-                        assert await gocontext.to_thread(ctx, work, i) == "value"
-                        outcome = "returned"
-                    except gocontext.Canceled:
-                        outcome = "ours"
-                    finally:
-                        if i in running:
-                            ran_past_return.append(i)
-                if outcome is None:
-                    assert cs.cancelled_caught
-                    outcome = "framework"
-                outcomes[i] = outcome
+            assert await gocontext.to_thread(ctx, work, i) == "value"
         finally:
-            canceller.close()
+            if i in running:
+                ran_past_return.append(i)
 
-    run_bounded(backend, main)
+    outcomes = race(backend, 31, who, spins, pairs, body)
     assert ran_past_return == []
     assert running == []
     wrong = [
         (i, who[i], outcomes[i])
         for i in range(CALLS)
-        if outcomes[i] is None
-        or (who[i] == "nobody" and outcomes[i] != "returned")
-        or (who[i] == "ctx" and outcomes[i] == "framework")
-        or (who[i] == "framework" and outcomes[i] == "ours")
-        or (outcomes[i] == "returned" and not started[i])
+        if disagrees(who[i], outcomes[i]) or (outcomes[i] == "returned" and not started[i])
     ]
     assert wrong == []
     assert outcomes.count("ours") > CALLS // 20

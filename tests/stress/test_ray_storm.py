@@ -24,6 +24,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 import gocontext.ray  # noqa: E402
 from gocontext.ray import _channel  # noqa: E402
 
+from ..ray.conftest import init_local_ray  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 N = 5000 if os.environ.get("GOCONTEXT_STRESS") == "1" else 1000
@@ -36,13 +38,7 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray for this module (or the one the session already started)."""
     started = not ray.is_initialized()
     if started:
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-            namespace="gocontext-stress",
-        )
+        init_local_ray("gocontext-stress")
     try:
         yield
     finally:

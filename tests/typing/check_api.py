@@ -6,12 +6,13 @@ import signal
 from collections.abc import Hashable
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import TypeVar, overload
 
 from typing_extensions import assert_type
 
 import gocontext
 import gocontext.grpc
+from tests.typing.contexts import OtherContext
 
 T = TypeVar("T")
 USER = gocontext.Key[str]("user")
@@ -46,20 +47,8 @@ def pairs(parent: gocontext.Context) -> None:
     assert_type(gocontext.cause(ctx3), BaseException | None)
 
 
-class MyContext:
+class MyContext(OtherContext):
     """A user-written context satisfies the protocol structurally (with value()'s overloads)."""
-
-    def __init__(self, inner: gocontext.Context) -> None:
-        self.inner = inner
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def done(self) -> gocontext.Done:
-        return self.inner.done()
-
-    def err(self) -> gocontext.ContextError | None:
-        return self.inner.err()
 
     @overload
     def value(self, key: gocontext.Key[T], /) -> T | None: ...
@@ -118,28 +107,9 @@ def programs() -> None:
         assert_type(pool.submit_ctx(ctx, double, 21), Future[int])
 
 
-class PlainContext:
-    """A user-written context as the contract writes it: four methods, ``value`` untyped."""
-
-    def __init__(self, inner: gocontext.Context) -> None:
-        self.inner = inner
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def done(self) -> gocontext.Done:
-        return self.inner.done()
-
-    def err(self) -> gocontext.ContextError | None:
-        return self.inner.err()
-
-    def value(self, key: Any, /) -> Any:
-        return self.inner.value(key)
-
-
 def rich_everywhere(parent: gocontext.Context) -> None:
     """Every context the library hands out has check() and remaining(); Key[T] types values."""
-    plain = PlainContext(parent)
+    plain = OtherContext(parent)  # four methods, value untyped
     as_parent: gocontext.Context = plain
     ctx = gocontext.with_value(as_parent, USER, "ada")
     assert_type(ctx, gocontext.RichContext)

@@ -11,8 +11,9 @@ from aiohttp import web
 import gocontext
 import gocontext.aiohttp
 
+from .._servers import tcp_socket
 from ..conftest import NEVER
-from .conftest import BOARD, info_of, tcp_socket
+from .conftest import BOARD, info_of
 
 
 async def info(request: web.Request) -> web.Response:
@@ -25,27 +26,15 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def wait(request: web.Request) -> web.Response:
-    ctx = gocontext.current()
-    rid = str(ctx.value(gocontext.PropagatedKey("test-rid")))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return web.Response(text="ended")
 
 
 async def body(request: web.Request) -> web.StreamResponse:
-    ctx = gocontext.current()
-    rid = str(ctx.value(gocontext.PropagatedKey("test-rid")))
     response = web.StreamResponse()
     await response.prepare(request)
     await response.write(b"first chunk\n")
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return response
 
 

@@ -4,13 +4,9 @@ A board records what each handler saw, keyed by the request id the client sent."
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -19,54 +15,14 @@ from starlette.routing import Route
 import gocontext
 import gocontext.http
 
-from ..conftest import NEVER
+from .._servers import RID, Board, Server
+from .._servers import tcp_socket as tcp_socket  # the wire tests import it from here
 
-RID = gocontext.PropagatedKey("test-rid")
 SECRET = gocontext.Key[str]("secret")
 
 
-def tcp_socket() -> socket.socket:
-    """A listening-ready TCP socket bound to a free port on 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@dataclass
-class Board:
-    """What the servers saw, per request id: an entered event, an ended event and the cause."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    entered: dict[str, threading.Event] = field(default_factory=dict)
-    ended: dict[str, threading.Event] = field(default_factory=dict)
-    causes: dict[str, BaseException | None] = field(default_factory=dict)
-    running: int = 0
-
-    def event(self, table: dict[str, threading.Event], rid: str) -> threading.Event:
-        with self.lock:
-            return table.setdefault(rid, threading.Event())
-
-    def enter(self, rid: str) -> None:
-        with self.lock:
-            self.running += 1
-        self.event(self.entered, rid).set()
-
-    def end(self, rid: str, ctx: gocontext.Context) -> None:
-        with self.lock:
-            self.running -= 1
-            self.causes[rid] = gocontext.cause(ctx)
-        self.event(self.ended, rid).set()
-
-    def wait_entered(self, rid: str) -> None:
-        assert self.event(self.entered, rid).wait(NEVER), f"handler {rid} never started"
-
-    def wait_ended(self, rid: str) -> BaseException | None:
-        assert self.event(self.ended, rid).wait(NEVER), f"handler {rid} never ended"
-        with self.lock:
-            return self.causes[rid]
-
-
 BOARD = Board()
+Uvicorn = Server  # the name the wire tests know it by
 
 
 def info_of(ctx: gocontext.Context) -> dict[str, object]:
@@ -86,13 +42,7 @@ async def info(request: Request) -> Response:
 
 async def wait(request: Request) -> Response:
     """Parks until its context ends; records how."""
-    ctx = gocontext.current()
-    rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return PlainTextResponse("ended")
 
 
@@ -103,11 +53,8 @@ async def body(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"first chunk\n"
-        BOARD.enter(rid)
-        try:
+        with BOARD.inside(rid, ctx):
             await ctx.done()
-        finally:
-            BOARD.end(rid, ctx)
         yield b"never\n"
 
     return StreamingResponse(chunks())
@@ -115,48 +62,12 @@ async def body(request: Request) -> Response:
 
 async def upload(request: Request) -> Response:
     """Never reads the body: a large upload stays stuck sending."""
-    ctx = gocontext.current()
-    rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     return PlainTextResponse("done")
 
 
 async def ok(request: Request) -> Response:
     return PlainTextResponse("ok")
-
-
-class Uvicorn:
-    """uvicorn in a thread, serving *app* on a free port of 127.0.0.1."""
-
-    def __init__(self, app: object) -> None:
-        self.sock = tcp_socket()
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,  # type: ignore[arg-type]
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> Uvicorn:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(NEVER)
-        self.sock.close()
 
 
 def starlette_app() -> gocontext.http.ContextMiddleware:
@@ -172,6 +83,6 @@ def starlette_app() -> gocontext.http.ContextMiddleware:
 
 
 @pytest.fixture(scope="session")
-def http_server() -> Iterator[Uvicorn]:
-    with Uvicorn(starlette_app()) as s:
+def http_server() -> Iterator[Server]:
+    with Server(starlette_app()) as s:
         yield s

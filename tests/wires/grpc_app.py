@@ -55,11 +55,8 @@ async def _aio_until_the_rpc_ends(servicer_context: Any) -> None:
 def sync_wait(request: bytes, servicer_context: Any) -> bytes:
     ctx = gocontext.current()
     rid = _rid()
-    BOARD.enter(rid)
-    try:
+    with BOARD.inside(rid, ctx):
         ctx.done().wait(NEVER)
-    finally:
-        BOARD.end(rid, ctx)
     _sync_until_the_rpc_ends(servicer_context)
     return b"ended"
 
@@ -68,11 +65,8 @@ def sync_wait_stream(request: bytes, servicer_context: Any) -> Iterator[bytes]:
     ctx = gocontext.current()
     rid = _rid()
     yield b"first"
-    BOARD.enter(rid)
-    try:
+    with BOARD.inside(rid, ctx):
         ctx.done().wait(NEVER)
-    finally:
-        BOARD.end(rid, ctx)
     _sync_until_the_rpc_ends(servicer_context)
     yield b"never"
 
@@ -86,26 +80,17 @@ async def aio_info(request: bytes, servicer_context: Any) -> bytes:
 
 
 async def aio_wait(request: bytes, servicer_context: Any) -> bytes:
-    ctx = gocontext.current()
-    rid = _rid()
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park()
     await _aio_until_the_rpc_ends(servicer_context)
     return b"ended"
 
 
 async def aio_wait_stream(request: bytes, servicer_context: Any) -> AsyncIterator[bytes]:
-    ctx = gocontext.current()
+    ctx = gocontext.current()  # taken before the first yield, as the other streams do
     rid = _rid()
     yield b"first"
-    BOARD.enter(rid)
-    try:
+    with BOARD.inside(rid, ctx):
         await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
     await _aio_until_the_rpc_ends(servicer_context)
     yield b"never"
 
