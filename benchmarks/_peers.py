@@ -28,6 +28,8 @@ class Adapter:
 
     name = "?"
     tree = True  # children see their ancestors' cancel; False: a bare flag, no parent
+    most_timers: int | None = None  # timers a timed run may start and cancel, if limited
+    most_live_timers: int | None = None  # timers that may be live at once, if limited
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run *fn* where this library's objects work (trio and anyio: inside their loop)."""
@@ -174,6 +176,10 @@ class GoContext(_GoStyle):
 
 
 class PyGolang(_GoStyle):
+    # A thread per timer: with more, its runtime aborts.
+    most_timers = 2000
+    most_live_timers = 200
+
     def __init__(self) -> None:
         super().__init__("pygolang", importlib.import_module("golang.context"))
         self._select = importlib.import_module("golang").select

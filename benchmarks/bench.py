@@ -3,6 +3,7 @@
 Run from the repository root:
     bash benchmarks/run.sh [--quick] [--baseline REF]  (builds benchmarks/.venv with the peers)
     python -m benchmarks.bench [--quick] [--baseline REF] [--peers gocontext,...]
+    (python benchmarks/bench.py ... does the same)
 
 Each section is one table: per row, every library that has the operation (see ``_peers``),
 the ratio peer/ours (above 1.00x, gocontext is faster or smaller), the row's target from
@@ -36,6 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__" and not __package__:  # run as a file: run it as the package's module
+    os.chdir(Path(__file__).resolve().parent.parent)
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bench", *sys.argv[1:]])
+
 from . import _peers
 from ._latency import RemoteCanceller, busy, percentile
 from ._peers import Adapter, Op
@@ -55,11 +60,14 @@ class Settings:
         return quick if self.quick else full
 
 
-def best_ns(fn: Op, number: int, s: Settings, repeat: int = 5) -> float:
-    """Best of *repeat* runs of *number* calls of *fn*, ns per call."""
+def best_ns(fn: Op, s: Settings, calls: int | None = None) -> float:
+    """Best of 5 runs (2 when quick) of enough calls of *fn* to take 0.2 s (a tenth of that
+    when quick), or of *calls* calls, in ns per call."""
+    timer = timeit.Timer(fn)
+    number = calls or timer.autorange()[0]
     if s.quick:
-        number, repeat = max(number // 50, 10), 2
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e9
+        number = max(number // 10, 1)
+    return min(timer.repeat(repeat=2 if s.quick else 5, number=number)) / number * 1e9
 
 
 def each_ns(make: Callable[[], list[Op]], s: Settings, repeat: int = 5) -> float:
@@ -107,7 +115,7 @@ def poll_rows(a: Adapter, s: Settings) -> Figures:
             if kept[0] is None or not polls:
                 break
             try:
-                out[f"err(), depth {max(depth, 1):,}"] = best_ns(polls[0], 2_000_000, s)
+                out[f"err(), depth {max(depth, 1):,}"] = best_ns(polls[0], s)
             except RecursionError:
                 break  # a library that recurses per level cannot poll this deep
         return out
@@ -161,7 +169,7 @@ def value_rows(a: Adapter, s: Settings) -> Figures:
     for depth in (1, 50):
         lookup = a.value_lookup(depth)
         if lookup is not None:
-            out[f"value(), depth {depth}"] = best_ns(lookup, 1_000_000, s)
+            out[f"value(), depth {depth}"] = best_ns(lookup, s)
     return out
 
 
@@ -177,15 +185,10 @@ def _lifecycle_rows(a: Adapter, s: Settings) -> Figures:
     parent = a.node(root)
     op = a.create_cancel(parent)
     if op is not None:
-        out["create child + cancel"] = best_ns(op, 200_000, s)
-    if a.name == "pygolang":  # a thread per timer: keep the count low, or its runtime aborts
-        op = a.create_timeout_cancel(parent, 5.0)
-        if op is not None:
-            out["5 s timeout child: create + cancel"] = best_ns(op, 2_000, s, repeat=3)
-    else:
-        op = a.create_timeout_cancel(parent, 5.0)
-        if op is not None:
-            out["5 s timeout child: create + cancel"] = best_ns(op, 200_000, s)
+        out["create child + cancel"] = best_ns(op, s)
+    op = a.create_timeout_cancel(parent, 5.0)
+    if op is not None:
+        out["5 s timeout child: create + cancel"] = best_ns(op, s, calls=a.most_timers)
     n = s.n(100_000, 2000)
     if a.watched_cancels(parent, 1) is not None:
         out["cancel a watched child"] = each_ns(lambda: a.watched_cancels(parent, n) or [], s)
@@ -201,7 +204,7 @@ def _threads() -> int:
 
 
 def timer_thread_rows(a: Adapter, s: Settings) -> Figures:
-    n = 200 if a.name == "pygolang" else s.n(10_000, 500)  # pygolang: a thread per timer
+    n = min(s.n(10_000, 500), a.most_live_timers or 10_000)
     if a.new_timer(3600) is None:
         return {}
     before = _threads()
