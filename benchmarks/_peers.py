@@ -85,6 +85,10 @@ class Adapter:
         """Start a live timer of *seconds*; returns its cancel."""
         return None
 
+    def make_pair(self) -> Op | None:
+        """Build the (ctx, cancel) pair that a derivation returns, from its two parts."""
+        return None
+
 
 class Missing(Adapter):
     """A peer that could not be loaded; *why* is printed."""
@@ -169,6 +173,14 @@ class GoContext(_GoStyle):
     def blocking_waiter(self) -> tuple[Op, Op]:
         ctx, cancel = self.mod.with_cancel(self.mod.background())
         return ctx.done().wait, cancel
+
+    def make_pair(self) -> Op:
+        pair = self.mod.with_cancel(self.mod.background())
+        ctx, cancel = pair
+        if type(pair) is tuple:
+            return lambda: (ctx, cancel)
+        kind = type(pair)
+        return lambda: kind(ctx, cancel)
 
     def async_waiter(self) -> tuple[Callable[[], Awaitable[object]], Op]:
         ctx, cancel = self.mod.with_cancel(self.mod.background())
@@ -294,10 +306,11 @@ class CancelScopes(_Token):
         return lambda: node.cancel_called
 
 
-class PlainAttribute(Adapter):
-    """Not a peer: a Python method that returns an attribute, the floor for ``err()``."""
+class Plain(Adapter):
+    """Not a peer: the floor plain Python sets. Its poll is a method that returns an
+    attribute; its pair is a tuple."""
 
-    name = "plain method returning an attribute"
+    name = "plain Python"
     tree = False
 
     class _Node:
@@ -314,6 +327,10 @@ class PlainAttribute(Adapter):
 
     def poll(self, node: Any) -> Op:
         return node.err  # type: ignore[no-any-return]
+
+    def make_pair(self) -> Op:
+        ctx, cancel = object(), _noop
+        return lambda: (ctx, cancel)
 
 
 def _aiofence() -> Adapter:
@@ -332,7 +349,7 @@ LOADERS: dict[str, Callable[[], Adapter]] = {
     "trio": lambda: CancelScopes("trio"),
     "asyncio": Asyncio,
     "threading.Event": Event,
-    "attribute": PlainAttribute,
+    "plain": Plain,
 }
 
 

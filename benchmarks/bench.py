@@ -61,13 +61,15 @@ class Settings:
 
 
 def best_ns(fn: Op, s: Settings, calls: int | None = None) -> float:
-    """Best of 5 runs (2 when quick) of enough calls of *fn* to take 0.2 s (a tenth of that
-    when quick), or of *calls* calls, in ns per call."""
+    """Best of 5 runs (2 when quick) of *calls* calls of *fn*, or of as many as take 0.2 s
+    (0.02 s when quick), in ns per call."""
     timer = timeit.Timer(fn)
-    number = calls or timer.autorange()[0]
-    if s.quick:
+    number = calls or 1
+    while calls is None and timer.timeit(number) < s.n(200, 20) / 1000:
+        number *= 4
+    if calls is not None and s.quick:
         number = max(number // 10, 1)
-    return min(timer.repeat(repeat=2 if s.quick else 5, number=number)) / number * 1e9
+    return min(timer.repeat(repeat=s.n(5, 2), number=number)) / number * 1e9
 
 
 def each_ns(make: Callable[[], list[Op]], s: Settings, repeat: int = 5) -> float:
@@ -186,6 +188,9 @@ def _lifecycle_rows(a: Adapter, s: Settings) -> Figures:
     op = a.create_cancel(parent)
     if op is not None:
         out["create child + cancel"] = best_ns(op, s)
+    op = a.make_pair()
+    if op is not None:
+        out["build the (ctx, cancel) pair"] = best_ns(op, s)
     op = a.create_timeout_cancel(parent, 5.0)
     if op is not None:
         out["5 s timeout child: create + cancel"] = best_ns(op, s, calls=a.most_timers)
@@ -321,7 +326,12 @@ class Section:
 
 
 SECTIONS = [
-    Section("poll a live context: err() or the library's is-cancelled", "ns", poll_rows),
+    Section(
+        "poll a live context: err(), the library's is-cancelled, or (plain Python) a method "
+        "returning an attribute",
+        "ns",
+        poll_rows,
+    ),
     Section("cancel a root, then ask every descendant", "ns", cancel_tree_rows),
     Section("look up a value", "ns", value_rows),
     Section("create and cancel", "ns", lifecycle_rows),
@@ -374,15 +384,15 @@ def _all(*checks: Callable[[float, Run], bool | None]) -> Callable[[float, Run],
     return met
 
 
-ATTR = _peers.PlainAttribute.name
+PLAIN = _peers.Plain.name
 ERR_FLAT = "≤ 1.2x depth 1, ≤ 1.3x plain method"
 TARGETS: dict[str, Target] = {
-    "err(), depth 1": Target("≤ 1.3x plain method", _vs("err(), depth 1", ATTR, 1.3)),
+    "err(), depth 1": Target("≤ 1.3x plain method", _vs("err(), depth 1", PLAIN, 1.3)),
     "err(), depth 10": Target(
-        ERR_FLAT, _all(_vs("err(), depth 1", OURS, 1.2), _vs("err(), depth 1", ATTR, 1.3))
+        ERR_FLAT, _all(_vs("err(), depth 1", OURS, 1.2), _vs("err(), depth 1", PLAIN, 1.3))
     ),
     "err(), depth 1,000": Target(
-        ERR_FLAT, _all(_vs("err(), depth 1", OURS, 1.2), _vs("err(), depth 1", ATTR, 1.3))
+        ERR_FLAT, _all(_vs("err(), depth 1", OURS, 1.2), _vs("err(), depth 1", PLAIN, 1.3))
     ),
     "1,000-deep chain, per node": Target(
         "≤ 900 ns, ahead of cantok",
@@ -585,12 +595,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"- {a.name}: missing, {a.why}")
     old_new = None
     if args.baseline:
+        rounds = s.n(2, 1)
         print(
             f"- old: gocontext at {args.baseline}. The old figure and new/old come from runs of "
-            "gocontext alone in subprocesses, old and new alternating, best of 2 each; the "
-            "figure beside it is this process's, measured as the peers are"
+            f"gocontext alone in subprocesses, old and new alternating, {rounds} each (the best "
+            "is kept); the figure beside it is this process's, measured as the peers are"
         )
-        old_new = baseline(args.baseline, s)
+        old_new = baseline(args.baseline, s, rounds)
     run = measure(adapters, s)
     libs = [a.name for a in adapters if not isinstance(a, _peers.Missing)]
     if GO in names:

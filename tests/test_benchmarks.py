@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 300  # seconds a quick run may take before the test fails (a hang, not a speed)
-QUICK = ["--quick", "--no-extras", "--peers", "gocontext,threading.Event,attribute"]
+QUICK = ["--quick", "--no-extras", "--peers", "gocontext,threading.Event,plain"]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
