@@ -89,6 +89,11 @@ class Adapter:
         """Build the (ctx, cancel) pair that a derivation returns, from its two parts."""
         return None
 
+    def deadline_waiter(self, seconds: float) -> tuple[Op, float] | None:
+        """A context ending *seconds* from now: (wait for it, its deadline on
+        ``time.monotonic()``'s clock)."""
+        return None
+
 
 class Missing(Adapter):
     """A peer that could not be loaded; *why* is printed."""
@@ -173,6 +178,10 @@ class GoContext(_GoStyle):
     def blocking_waiter(self) -> tuple[Op, Op]:
         ctx, cancel = self.mod.with_cancel(self.mod.background())
         return ctx.done().wait, cancel
+
+    def deadline_waiter(self, seconds: float) -> tuple[Op, float]:
+        ctx, _ = self.mod.with_timeout(self.mod.background(), seconds)
+        return ctx.done().wait, ctx.deadline()
 
     def make_pair(self) -> Op:
         pair = self.mod.with_cancel(self.mod.background())
