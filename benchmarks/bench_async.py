@@ -1,6 +1,6 @@
 """The async bridge: entering and leaving ``scope(ctx)``, and how fast a cancel reaches a task.
 
-Run: python benchmarks/bench_async.py [--quick]
+Run: python -m benchmarks.bench_async [--quick]
 
 Every function returns its figures (ns or µs) so ``bench.py`` can fold them into its tables:
 - ``scope_enter_exit(backend)``: ns to enter and leave ``gocontext.scope(ctx)`` on a live
@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -32,7 +31,7 @@ import trio
 
 import gocontext
 
-NEVER = 10.0  # a wait that must never elapse
+from ._latency import NEVER, RemoteCanceller, percentiles
 
 
 def _run(backend: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
@@ -43,15 +42,6 @@ def _run(backend: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) 
 
         return uvloop.run(fn(*args))
     return asyncio.run(fn(*args))
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    return {
-        "median": statistics.median(values),
-        "p90": values[int(len(values) * 0.9)],
-        "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
-    }
 
 
 def scope_enter_exit(backend: str, n: int = 20_000, repeat: int = 5) -> dict[str, float]:
@@ -107,53 +97,39 @@ def scope_enter_exit(backend: str, n: int = 20_000, repeat: int = 5) -> dict[str
         cancel()
 
 
+def _post_to_loop(backend: str) -> Callable[[Callable[[], object]], object]:
+    """Schedule a callback on the running loop: it runs once the current task has parked."""
+    if backend == "trio":
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon
+
+
 def interrupt_latency(backend: str, rounds: int = 500) -> dict[str, float]:
     """µs from cancel() in another thread to the scope body's await raising (median, p90,
     p99), and the median to the scope having raised ``Canceled`` ("scope raised")."""
     interrupted: list[float] = []
     raised: list[float] = []
-    go = threading.Semaphore(0)
-    ready = threading.Event()
-    cancels: list[Callable[[], None]] = []
-    t0: list[int] = []
 
-    def canceller() -> None:
-        for _ in range(rounds):
-            go.acquire()
-            ready.wait()
-            ready.clear()
-            t0.append(time.perf_counter_ns())
-            cancels[-1]()
-
-    async def main() -> None:
-        post: Callable[[Callable[[], object]], object]
-        if backend == "trio":
-            post = trio.lowlevel.current_trio_token().run_sync_soon
-        else:
-            post = asyncio.get_running_loop().call_soon
+    async def main(canceller: RemoteCanceller) -> None:
+        post = _post_to_loop(backend)
         cancelled_exc = anyio.get_cancelled_exc_class()
         for _ in range(rounds):
             ctx, cancel = gocontext.with_cancel(gocontext.background())
-            cancels.append(cancel)
-            go.release()
+            canceller.arm(cancel)
             try:
                 async with gocontext.scope(ctx):
                     try:
-                        post(ready.set)  # runs once this task is parked in the await below
+                        post(canceller.parked)
                         await anyio.sleep(NEVER)
                     except cancelled_exc:
-                        interrupted.append((time.perf_counter_ns() - t0[-1]) / 1000)
+                        interrupted.append(canceller.since_fire_us())
                         raise
             except gocontext.Canceled:
-                raised.append((time.perf_counter_ns() - t0[-1]) / 1000)
+                raised.append(canceller.since_fire_us())
 
-    thread = threading.Thread(target=canceller)
-    thread.start()
-    try:
-        _run(backend, main)
-    finally:
-        thread.join(NEVER)
-    figures = _percentiles(interrupted)
+    with RemoteCanceller(rounds) as canceller:
+        _run(backend, main, canceller)
+    figures = percentiles(interrupted)
     figures["scope raised, median"] = statistics.median(raised)
     return figures
 
@@ -161,40 +137,19 @@ def interrupt_latency(backend: str, rounds: int = 500) -> dict[str, float]:
 def await_done_latency(backend: str, rounds: int = 500) -> dict[str, float]:
     """µs from cancel() in another thread to ``await ctx.done()`` returning."""
     woke: list[float] = []
-    go = threading.Semaphore(0)
-    ready = threading.Event()
-    cancels: list[Callable[[], None]] = []
-    t0: list[int] = []
 
-    def canceller() -> None:
-        for _ in range(rounds):
-            go.acquire()
-            ready.wait()
-            ready.clear()
-            t0.append(time.perf_counter_ns())
-            cancels[-1]()
-
-    async def main() -> None:
-        post: Callable[[Callable[[], object]], object]
-        if backend == "trio":
-            post = trio.lowlevel.current_trio_token().run_sync_soon
-        else:
-            post = asyncio.get_running_loop().call_soon
+    async def main(canceller: RemoteCanceller) -> None:
+        post = _post_to_loop(backend)
         for _ in range(rounds):
             ctx, cancel = gocontext.with_cancel(gocontext.background())
-            cancels.append(cancel)
-            go.release()
-            post(ready.set)
+            canceller.arm(cancel)
+            post(canceller.parked)
             await ctx.done()
-            woke.append((time.perf_counter_ns() - t0[-1]) / 1000)
+            woke.append(canceller.since_fire_us())
 
-    thread = threading.Thread(target=canceller)
-    thread.start()
-    try:
-        _run(backend, main)
-    finally:
-        thread.join(NEVER)
-    return _percentiles(woke)
+    with RemoteCanceller(rounds) as canceller:
+        _run(backend, main, canceller)
+    return percentiles(woke)
 
 
 def fan_in_cancel(backend: str, n: int = 10_000) -> dict[str, float]:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the benchmark's own environment (the project, its extras and the peers), then run
-# every benchmark in one process, so all ratios come from one run.
+# Build the benchmark's own environment (the project, its extras, the peers), then run
+# every benchmark in one run, so all ratios come from one run. Arguments go to bench.py
+# (--quick, --baseline REF, --peers ...). Go's figures need `go` on the PATH (Debian's
+# golang-go); without it the Go column is empty.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 venv=benchmarks/.venv
@@ -14,4 +16,4 @@ if ! "$venv/bin/python" -c "import golang.context" 2>/dev/null; then
     "$venv/bin/pip" install -q --no-build-isolation pygolang ||
     echo "pygolang failed to install; it is reported as missing" >&2
 fi
-exec "$venv/bin/python" benchmarks/bench.py "$@"
+exec "$venv/bin/python" -m benchmarks.bench "$@"

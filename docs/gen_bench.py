@@ -108,6 +108,9 @@ def ratios(results: Results) -> dict[str, dict[str, float]]:
     """
     out: dict[str, dict[str, float]] = {}
     for t in results.tables:
+        if "peer/ours" in t.header:
+            out.update(_ratios_by_row(t))
+            continue
         if not t.header or t.header[-1] != "ratio to gocontext":
             continue
         row = {
@@ -117,6 +120,27 @@ def ratios(results: Results) -> dict[str, dict[str, float]]:
         }
         if row:
             out[t.title] = row
+    return out
+
+
+def _ratios_by_row(t: Table) -> dict[str, dict[str, float]]:
+    """A core table (row, library, figure, peer/ours, ...): per row, each peer's ratio; a row's
+    name is written on its first line only.
+
+    Example:
+        >>> t = Table("op", "", ["row", "library", "ns", "peer/ours", "target", "met"],
+        ...           [["err()", "gocontext", "50", "", "≤ 60 ns", "met"],
+        ...            ["", "peer", "150", "3.00x", "", ""]])
+        >>> _ratios_by_row(t)
+        {'err()': {'peer': 3.0}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    at = t.header.index("peer/ours")
+    row = ""
+    for cells in t.rows:
+        row = cells[0] or row
+        if cells[at].endswith("x"):
+            out.setdefault(row, {})[cells[1]] = float(cells[at].rstrip("x"))
     return out
 
 

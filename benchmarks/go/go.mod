@@ -1,0 +1,3 @@
+module gocontextbench
+
+go 1.19
