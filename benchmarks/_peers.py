@@ -189,7 +189,10 @@ class GoContext(_GoStyle):
         if type(pair) is tuple:
             return lambda: (ctx, cancel)
         kind = type(pair)
-        return lambda: kind(ctx, cancel)
+        if hasattr(kind, "_fields"):  # a NamedTuple: built as the library builds it
+            new = tuple.__new__
+            return lambda: new(kind, (ctx, cancel))
+        return lambda: kind((ctx, cancel))
 
     def async_waiter(self) -> tuple[Callable[[], Awaitable[object]], Op]:
         ctx, cancel = self.mod.with_cancel(self.mod.background())

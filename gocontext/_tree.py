@@ -251,23 +251,59 @@ def end(node: Node, state: State) -> None:
     """
     global _epoch
     ending = interrupt = None
+    fn: Any = None
     committed = False
     try:
         with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
             if node._state is not None:
                 return
             s = _ancestor_end_locked(node)
-            ending = _Ending(node, s or state, s is None and node._up is not None)
-            if node._state is not None:  # a lock-free Node._cancel came first (see there)
-                return
-            node._state = ending.state  # committed: from here on, the end completes
-            _epoch += 1  # (no call between the check, the store and this: see the module)
-            committed = True
-            _settle_locked(ending, False)
+            d = node._done
+            if d is not None and d._links is None and not node._has_entry:
+                w = d._watchers
+                if w is not None and len(w) == 1:
+                    for fn in w.values():  # noqa: B007 - the one value
+                        pass
+                    if fn is _CHILD or type(fn) is _LockType:
+                        fn = None
+            if fn is not None:
+                # The commonest watched node (a scope's, an HTTP call's, a to_thread's): one
+                # callback, nothing to hand down, nothing to release. No _Ending: once the
+                # end is committed, all that is left is the call below.
+                if node._state is not None:  # a lock-free Node._cancel came first
+                    return
+                node._state = s or state
+                _epoch += 1  # (no call between the check, the store and this: see the module)
+                committed = True
+                d._watchers = None  # type: ignore[union-attr]  # (d is not None: fn was found in it)
+                if s is None and node._up is not None:
+                    _unwatch_locked(node._up, node)
+            else:
+                ending = _Ending(node, s or state, s is None and node._up is not None)
+                if node._state is not None:  # a lock-free Node._cancel came first (see there)
+                    return
+                node._state = ending.state  # committed: from here on, the end completes
+                _epoch += 1  # (no call between the check, the store and this: see the module)
+                committed = True
+                _settle_locked(ending, False)
     except BaseException as e:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
         interrupt = e
+    if fn is not None:
+        calls = iter((fn,))
+        later = None
+        while True:  # (no signal check between here and the try: the loop is the guard)
+            try:
+                later = call_all(calls, "a done callback")
+                break
+            except BaseException as e:  # landed on the way into call_all: resume it
+                if interrupt is None:
+                    interrupt = e
+                if isinstance(e, Exception):  # pragma: no cover - a bug: do not retry it
+                    break
+        raise_first(interrupt if interrupt is not None else later)
+        return
     if ending is not None:
         while True:  # (no signal check between here and the try: the loop is the guard)
             try:
