@@ -212,9 +212,10 @@ class ContextMiddleware:
             exchange.over = True  # a watcher not started yet never will be
             if exchange.watcher_ended is not None:
                 await exchange.stop_watching()
-            cancel(None)
             if cancel_deadline is not None:
-                cancel_deadline()
+                cancel_deadline()  # ends ctx too, and with it every watched node below
+            else:
+                cancel(None)
         failure = exchange.failure or exchange.watcher_failure
         if failure is not None:
             raise failure

@@ -458,3 +458,35 @@ async def test_a_response_sent_whole_by_pathsend_is_not_ended_again_at_the_deadl
     with anyio.fail_after(NEVER):
         await gocontext.http.ContextMiddleware(app)(peer.scope, peer.receive, peer.send)
     assert [m["type"] for m in peer.sent] == ["http.response.start", "http.response.pathsend"]
+
+
+# -- the end of a request ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_timeout", [60.0, None])
+async def test_a_requests_context_ends_with_it_and_wakes_what_waits_on_it(
+    max_timeout: float | None,
+) -> None:
+    """With a deadline (the default cap) and without one (no cap, no header): whatever the
+    handler left registered on its context, or on a context derived from it, is woken."""
+    woken = threading.Event()
+    seen: list[gocontext.Context] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ctx = gocontext.current()
+        seen.append(ctx)
+        below, _ = gocontext.with_cancel(ctx)  # never cancelled by the handler
+        seen.append(below)
+        below.done().add_callback(woken.set)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    peer = Peer()
+    with anyio.fail_after(NEVER):
+        await gocontext.http.ContextMiddleware(app, max_timeout=max_timeout)(
+            peer.scope, peer.receive, peer.send
+        )
+    assert peer.status == 200
+    assert woken.wait(NEVER), "a callback on the request's context never ran"
+    assert all(isinstance(c.err(), gocontext.Canceled) for c in seen)
+    assert type(gocontext.cause(seen[0])) is gocontext.Canceled  # no cause: not a disconnect
