@@ -581,6 +581,18 @@ def _wait_connected(
         raise OSError(code, os.strerror(code))
 
 
+def _registered(connected: httpcore.NetworkStream) -> _AbortableStream:
+    """A new connection's stream, its socket registered with the aborter of the request that
+    made it, if any; closed, and ``_Aborted`` raised, if that request's context has ended."""
+    stream = _AbortableStream(connected)
+    try:
+        stream._enter()
+    except _Aborted:
+        stream.close()
+        raise
+    return stream
+
+
 class _AbortableBackend(httpcore.NetworkBackend):
     """The pool's network backend, wrapped: every stream registers its socket with the
     request's aborter. New connections of httpcore's own ``SyncBackend`` are made here, so a
@@ -604,27 +616,14 @@ class _AbortableBackend(httpcore.NetworkBackend):
             connected = _AbortableStream(_SyncStream(sock))
             connected._aborter = aborter  # the socket is registered already
             return connected
-        stream = _AbortableStream(
+        return _registered(
             self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         )
-        if aborter is not None:
-            try:
-                stream._enter()
-            except _Aborted:
-                stream.close()
-                raise
-        return stream
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        stream = _AbortableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
-        try:
-            stream._enter()
-        except _Aborted:
-            stream.close()
-            raise
-        return stream
+        return _registered(self._inner.connect_unix_socket(path, timeout, socket_options))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
