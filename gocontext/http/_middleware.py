@@ -210,6 +210,7 @@ class ContextMiddleware:
                     exchange.failure = e
         finally:
             exchange.over = True  # a watcher not started yet never will be
+            watchers.drop(exchange)
             if exchange.watcher_ended is not None:
                 await exchange.stop_watching()
             if cancel_deadline is not None:
@@ -250,6 +251,13 @@ class _Watchers:
         self._new.append(exchange)
         if self._ticking is None:
             self._ticking = self.spawn(self._tick)
+
+    def drop(self, exchange: _Exchange) -> None:
+        """Forget *exchange*, over, if it is the latest to begin (the common case: requests
+        one at a time), so its objects are freed now rather than at the next tick."""
+        new = self._new
+        if new and new[-1] is exchange:
+            new.pop()
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
         """Run *fn* in a detached task of the loop; return the task (hold it: asyncio's loop
