@@ -490,3 +490,22 @@ async def test_a_requests_context_ends_with_it_and_wakes_what_waits_on_it(
     assert woken.wait(NEVER), "a callback on the request's context never ran"
     assert all(isinstance(c.err(), gocontext.Canceled) for c in seen)
     assert type(gocontext.cause(seen[0])) is gocontext.Canceled  # no cause: not a disconnect
+
+
+def test_one_middleware_serves_one_event_loop_after_another() -> None:
+    """Each run (asyncio, trio, asyncio again) gets watchers of its own: a handler that never
+    reads still learns that its client left."""
+    app = Parked()
+    middleware = gocontext.http.ContextMiddleware(app, max_timeout=None)
+
+    async def one_request() -> None:
+        app.contexts.clear()
+        peer = Peer()
+        peer.push({"type": "http.request", "body": b"x" * 65536, "more_body": True})
+        peer.push({"type": "http.disconnect"})
+        with anyio.fail_after(NEVER):
+            await middleware(peer.scope, peer.receive, peer.send)
+        assert isinstance(gocontext.cause(app.ctx), gocontext.http.ClientDisconnected)
+
+    for backend in ("asyncio", "trio", "asyncio"):
+        anyio.run(one_request, backend=backend)
