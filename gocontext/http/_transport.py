@@ -100,7 +100,8 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     if values:
         headers = request.headers
         existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
-        _set_header(headers, b"baggage", format_baggage(values, existing))
+        # (taken out as they are read: no second pass to remove them)
+        _set_header(headers, b"baggage", format_baggage(values, existing), taken=_FAST_HEADERS)
     return capped
 
 
@@ -116,15 +117,17 @@ def _pop_header(headers: httpx.Headers, name: bytes) -> str | None:
     return None if found is None else b",".join(found).decode("latin-1")
 
 
-def _set_header(headers: httpx.Headers, name: bytes, value: str) -> None:
-    """Set the *name* header (lowercase bytes) to *value*, replacing any already there."""
+def _set_header(headers: httpx.Headers, name: bytes, value: str, taken: bool = False) -> None:
+    """Set the *name* header (lowercase bytes) to *value*, replacing any already there (*taken*:
+    the caller has taken them out already)."""
     if not _FAST_HEADERS:
         if value:
             headers[name.decode()] = value
         elif name.decode() in headers:
             del headers[name.decode()]
         return
-    _pop_header(headers, name)
+    if not taken:
+        _pop_header(headers, name)
     if value:
         headers._list.append((name, name, value.encode("latin-1")))
 
