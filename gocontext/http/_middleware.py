@@ -275,6 +275,8 @@ class _Watchers:
                 for exchange in due:
                     if not exchange.over:
                         exchange.start_watching(self)
+        except RuntimeError:  # the loop is closing: no new tasks (a trio system task must not
+            return  # raise, or the whole run fails)
         finally:
             self._ticking = None
 
@@ -417,8 +419,12 @@ class _Exchange:
 
     def start_watching(self, watchers: _Watchers) -> None:
         """Start the watcher in a detached task of *watchers*' loop; ``stop_watching`` ends it."""
-        self.watcher_ended = anyio.Event()
-        self._watcher = watchers.spawn(self.watch)
+        self.watcher_ended = anyio.Event()  # before the task: an eager one runs at once
+        try:
+            self._watcher = watchers.spawn(self.watch)
+        except BaseException:
+            self.watcher_ended = None  # no watcher to wait for
+            raise
 
     async def stop_watching(self) -> None:
         """Stop the watcher, and wait for it to end (at once, or when a shielded answer it
