@@ -4,6 +4,7 @@ ended by the deadline or by the client going away, whichever comes first."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
@@ -249,8 +250,8 @@ class _Watchers:
 
     def add(self, exchange: _Exchange) -> None:
         self._new.append(exchange)
-        if self._ticking is None:
-            self._ticking = self.spawn(self._tick)
+        if self._ticking is None:  # (in a context of its own: it serves every request)
+            self._ticking = self.spawn(self._tick, contextvars.Context())
 
     def drop(self, exchange: _Exchange) -> None:
         """Forget *exchange*, over, if it is the latest to begin (the common case: requests
@@ -259,13 +260,15 @@ class _Watchers:
         if new and new[-1] is exchange:
             new.pop()
 
-    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
-        """Run *fn* in a detached task of the loop; return the task (hold it: asyncio's loop
-        holds its tasks weakly)."""
+    def spawn(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> object:
+        """Run *fn* in a detached task of the loop, in *context* (a copy, used once); return
+        the task (hold it: asyncio's loop holds its tasks weakly)."""
         loop = self.loop
         if isinstance(loop, asyncio.AbstractEventLoop):
-            return loop.create_task(fn())
-        return _trio().lowlevel.spawn_system_task(fn)
+            return context.run(loop.create_task, fn())  # (create_task(context=) is 3.11+)
+        return _trio().lowlevel.spawn_system_task(fn, context=context)
 
     async def _tick(self) -> None:
         try:
@@ -297,6 +300,7 @@ class _Exchange:
         "_app_reading",
         "_arrived",
         "_cancel",
+        "_context",
         "_queue",
         "_receive",
         "_send",
@@ -330,6 +334,8 @@ class _Exchange:
         self._unread = 0  # body bytes in _queue
         self._arrived: anyio.Event | None = None  # set when _queue changes or reading ends
         self.over = False  # the request is over: a watcher not started yet must not start
+        # The request's context variables, for its watcher (what a layer around us set).
+        self._context = contextvars.copy_context()
         self.watcher_ended: anyio.Event | None = None  # set when the watcher, once started, ends
         self.watcher_failure: Exception | None = None  # what the watcher raised
         self._watcher: object = None  # the watcher's task, held (asyncio holds tasks weakly)
@@ -421,7 +427,7 @@ class _Exchange:
         """Start the watcher in a detached task of *watchers*' loop; ``stop_watching`` ends it."""
         self.watcher_ended = anyio.Event()  # before the task: an eager one runs at once
         try:
-            self._watcher = watchers.spawn(self.watch)
+            self._watcher = watchers.spawn(self.watch, self._context)
         except BaseException:
             self.watcher_ended = None  # no watcher to wait for
             raise

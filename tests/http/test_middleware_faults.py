@@ -7,6 +7,7 @@ server (``Peer``) so the middleware also runs under trio.
 
 from __future__ import annotations
 
+import contextvars
 import socket
 import threading
 import time
@@ -509,3 +510,31 @@ def test_one_middleware_serves_one_event_loop_after_another() -> None:
 
     for backend in ("asyncio", "trio", "asyncio"):
         anyio.run(one_request, backend=backend)
+
+
+_REQUEST_TAG: contextvars.ContextVar[str] = contextvars.ContextVar("request_tag", default="")
+
+
+async def test_the_504_goes_out_in_the_requests_own_context_variables() -> None:
+    """The watcher that answers at the deadline sends in a copy of its request's context
+    variables (what a tracing layer around the middleware set), not those of a request before."""
+    release = threading.Event()
+    middleware = gocontext.http.ContextMiddleware(
+        lambda scope, receive, send: anyio.to_thread.run_sync(release.wait), max_timeout=0.2
+    )
+    for tag in ("first", "second"):
+        _REQUEST_TAG.set(tag)
+        release.clear()
+        peer = Peer()
+        seen: list[str] = []
+
+        async def send(message: Any, peer: Peer = peer, seen: list[str] = seen) -> None:
+            seen.append(_REQUEST_TAG.get())
+            if message["type"] == "http.response.body":
+                release.set()  # the 504 is out: let the handler go
+            await peer.send(message)
+
+        with anyio.fail_after(NEVER):
+            await middleware(peer.scope, peer.receive, send)
+        assert peer.status == 504
+        assert seen == [tag, tag]
