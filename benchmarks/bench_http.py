@@ -6,7 +6,9 @@
 - transport: what ``Transport`` adds to an httpx request (``bench_transport.transport_overhead``
   when it is there, else the same measure for the blocking client here);
 - end to end: plain ``httpx.Client`` + plain Starlette against ``Transport`` +
-  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches.
+  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches; beside
+  it, for reference, the uvicorn thread's CPU per request in each (a real server's share, which
+  the middleware row, driving the app alone on a warm loop, understates).
 
     python benchmarks/bench_http.py [--quick]
 """
@@ -170,9 +172,18 @@ def _serve(app: object) -> tuple[str, uvicorn.Server, threading.Thread]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}/", server, thread
 
 
-def end_to_end(n: int = 2000) -> tuple[float, float]:
+def _cpu_clock(thread: threading.Thread) -> Callable[[], float]:
+    """The CPU time of *thread* so far, in seconds (where the system can tell: else 0.0)."""
+    if thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return lambda: 0.0
+    clock = time.pthread_getcpuclockid(thread.ident)
+    return lambda: time.clock_gettime(clock)
+
+
+def end_to_end(n: int = 2000) -> tuple[float, float, float, float]:
     """µs per request over loopback: plain httpx + Starlette, then ours with a deadline and
-    baggage (medians of alternating batches)."""
+    baggage (medians of alternating batches); and the server thread's CPU µs per request in
+    each (what a real server pays, ``middleware_overhead`` measuring the middleware alone)."""
     app = Starlette(routes=[Route("/", _hello)])
     plain_url, s1, t1 = _serve(app)
     ctx_url, s2, t2 = _serve(gocontext.http.ContextMiddleware(app))
@@ -185,16 +196,26 @@ def end_to_end(n: int = 2000) -> tuple[float, float]:
             _per_request_us(lambda: plain.get(plain_url), 50)  # warm up both
             _per_request_us(lambda: ours.get(ctx_url, extensions=ext), 50)
             # Alternate short batches, so drift in the machine's load hits both sides alike.
-            bases, fulls = [], []
+            bases, fulls, base_cpu, full_cpu = [], [], [], []
+            cpu1, cpu2, k = _cpu_clock(t1), _cpu_clock(t2), n // 20
             for _ in range(20):
-                bases.append(_per_request_us(lambda: plain.get(plain_url), n // 20))
-                fulls.append(_per_request_us(lambda: ours.get(ctx_url, extensions=ext), n // 20))
+                c = cpu1()
+                bases.append(_per_request_us(lambda: plain.get(plain_url), k))
+                base_cpu.append((cpu1() - c) / k * 1e6)
+                c = cpu2()
+                fulls.append(_per_request_us(lambda: ours.get(ctx_url, extensions=ext), k))
+                full_cpu.append((cpu2() - c) / k * 1e6)
     finally:
         cancel()
         for s, t in ((s1, t1), (s2, t2)):
             s.should_exit = True
             t.join(5)
-    return statistics.median(bases), statistics.median(fulls)
+    return (
+        statistics.median(bases),
+        statistics.median(fulls),
+        statistics.median(base_cpu),
+        statistics.median(full_cpu),
+    )
 
 
 def main(quick: bool = False) -> None:
@@ -203,7 +224,7 @@ def main(quick: bool = False) -> None:
         **middleware_overhead(n, 5 if quick else 15),
         **transport_overhead(n, 3 if quick else 9),
     }
-    base, full = end_to_end(n)
+    base, full, base_cpu, full_cpu = end_to_end(n)
     figures["end to end, deadline + baggage"] = (full / base - 1) * 100
     print("\n### HTTP: what gocontext.http adds per request\n")
     print("| what | measured | target | met |\n|---|---:|---:|---|")
@@ -213,6 +234,10 @@ def main(quick: bool = False) -> None:
         verdict = "met" if value <= target else "missed"
         print(f"| {name} | {shown} | <= {target:g} {unit} | {verdict} |")
     print(f"\nend to end: plain httpx + Starlette {base:,.0f} µs, gocontext.http {full:,.0f} µs")
+    print(
+        f"server thread CPU under uvicorn: plain Starlette {base_cpu:,.0f} µs, with "
+        f"ContextMiddleware {full_cpu:,.0f} µs ({full_cpu - base_cpu:+,.0f} µs; for reference)"
+    )
 
 
 if __name__ == "__main__":

@@ -143,14 +143,15 @@ def transport_overhead(n: int = 2000, rounds: int = 9) -> dict[str, dict[str, fl
 
 
 def main() -> None:
+    print("| transport | context | measured | target | met |\n|---|---|---:|---:|---|")
     for side, figures in transport_overhead().items():
         for name, us in figures.items():
             if name not in TARGETS:
-                print(f"          {side:8} {name:18} +{us:6.1f} µs  (for reference)")
+                print(f"| {side} | {name} | {us:+.1f} µs | (for reference) | |")
                 continue
             target = TARGETS[name]
-            verdict = "ok" if us <= target else "OVER"
-            print(f"transport {side:8} {name:18} +{us:6.1f} µs  (target ≤ {target:.0f})  {verdict}")
+            verdict = "met" if us <= target else "missed"
+            print(f"| {side} | {name} | {us:+.1f} µs | <= {target:g} µs | {verdict} |")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ _MEMBER = re.compile(
 _OWS = " \t"  # HTTP's optional whitespace: nothing else is stripped
 _SHOWN = 64  # characters of a bad header a message echoes
 _SAFE = "!#$&'()*+-./:<=>?@[]^_`{|}~"  # baggage-octets that need no escaping (not , ; % \\ ")
+# A value that quote(value, safe=_SAFE) leaves as it is: most are, and need no encoding.
+_BARE = re.compile(r"[A-Za-z0-9_.~!#$&'()*+\-/:<=>?@\[\]^`{|}]*").fullmatch
 
 
 class HeaderError(ValueError):
@@ -169,10 +171,13 @@ def format_baggage(values: dict[str, str], existing: str | None = None) -> str:
     for k, v in values.items():
         if len(ours) == MAX_BAGGAGE_ENTRIES:
             break
-        try:
-            member = f"{k}={quote(v, safe=_SAFE)}"  # ASCII: keys are tokens, values escaped
-        except UnicodeEncodeError:
-            continue
+        if _BARE(v) is not None:
+            member = f"{k}={v}"
+        else:
+            try:
+                member = f"{k}={quote(v, safe=_SAFE)}"  # ASCII: keys are tokens, values escaped
+            except UnicodeEncodeError:
+                continue
         if len(member) < room:
             ours.append(member)
             room -= len(member) + 1

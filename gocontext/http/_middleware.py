@@ -4,15 +4,16 @@ ended by the deadline or by the client going away, whichever comes first."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any, Final, Union
 
 import anyio
 
 from .. import _timer
-from .._async import scope
+from .._async import _trio, scope
 from .._context import Context, background, with_cancel_cause, with_timeout
 from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
@@ -159,6 +160,7 @@ class ContextMiddleware:
         _check_max_timeout(max_timeout)
         self.app = app
         self.max_timeout = max_timeout
+        self._watchers: _Watchers | None = None  # of the loop that ran the last request
 
     async def __call__(self, scope_: Scope, receive: Receive, send: Send) -> None:
         if scope_["type"] != "http":
@@ -184,51 +186,102 @@ class ContextMiddleware:
             parent, cancel_deadline = with_timeout(parent, min(timeout, _LONGEST))
         ctx, cancel = with_cancel_cause(parent)
         exchange = _Exchange(receive, send, ctx, cancel)
+        loop = _get_running_loop()
+        watchers = self._watchers
+        if watchers is None or watchers.loop is not (loop or _trio_token()):
+            watchers = self._watchers = _Watchers(loop or _trio_token())
+        watchers.add(exchange)
         try:
-            loop = _get_running_loop()
-            if loop is not None:
-                # Most requests are over before a watcher would matter: start one (a bare
-                # asyncio task, a tenth of a task group's cost) only for those still running.
-                timer = loop.call_later(_WATCH_AFTER, exchange.start_watching, loop)
-                try:
-                    await self._run(scope_, exchange)
-                finally:
-                    timer.cancel()
-                    if exchange.watcher is not None:
-                        await exchange.stop_watching(exchange.watcher)
-            else:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(exchange.watch, _WATCH_AFTER)
-                    try:
-                        await self._run(scope_, exchange)
-                    finally:
-                        tg.cancel_scope.cancel()
+            try:
+                async with scope(ctx) as child:
+                    scope_["gocontext"] = child
+                    await self.app(scope_, exchange.receive, exchange.send)
+            except ContextError as e:
+                err = ctx.err()
+                if isinstance(err, DeadlineExceeded) or (err is None and _passed(ctx.deadline())):
+                    # (An HTTP call of the handler can time out a moment before ctx's timer
+                    # fires.)
+                    await exchange.answer_deadline()
+                elif err is None or type(e) is not type(err):  # not the request's own end
+                    exchange.failure = e
+            except Exception as e:
+                # Raised by the app, outside any task group, so never wrapped in a group; once
+                # the middleware has answered for the app, nobody is left to hear of it.
+                if exchange.state != _TAKEN:
+                    exchange.failure = e
         finally:
-            cancel(None)
+            exchange.over = True  # a watcher not started yet never will be
+            watchers.drop(exchange)
+            if exchange.watcher_ended is not None:
+                await exchange.stop_watching()
             if cancel_deadline is not None:
-                cancel_deadline()
-        if exchange.failure is not None:
-            raise exchange.failure
+                cancel_deadline()  # ends ctx too, and with it every watched node below
+            else:
+                cancel(None)
+        failure = exchange.failure or exchange.watcher_failure
+        if failure is not None:
+            raise failure
 
-    async def _run(self, scope_: Scope, exchange: _Exchange) -> None:
-        """Run the app under the request's context; keep what it raised in the exchange."""
-        ctx = exchange.ctx
+
+def _trio_token() -> object:
+    """The running trio run's token: what tells one trio run from another."""
+    return _trio().lowlevel.current_trio_token()
+
+
+class _Watchers:
+    """Starts a watcher for each request of one event loop (or trio run) still running
+    ``_WATCH_AFTER`` seconds after it began; most are over sooner, and cost a list append.
+
+    One ticking task per loop, alive while requests are pending: every ``_WATCH_AFTER``
+    seconds it starts the watchers of the requests that were pending at its last tick and are
+    not over, so each request that runs long gets its watcher 1 to 2 ticks after it began. A
+    request's watcher and the ticking task are detached tasks (a bare asyncio task, or a trio
+    system task), so a request that ends soon pays for no task and no timer of its own.
+    Everything runs in the loop's thread.
+    """
+
+    __slots__ = ("_new", "_pending", "_ticking", "loop")
+
+    def __init__(self, loop: object) -> None:
+        self.loop = loop  # the asyncio loop, or the trio run's token
+        self._new: list[_Exchange] = []  # begun since the last tick
+        self._pending: list[_Exchange] = []  # begun before the last tick
+        self._ticking: object = None  # the ticking task, while it runs
+
+    def add(self, exchange: _Exchange) -> None:
+        self._new.append(exchange)
+        if self._ticking is None:  # (in a context of its own: it serves every request)
+            self._ticking = self.spawn(self._tick, contextvars.Context())
+
+    def drop(self, exchange: _Exchange) -> None:
+        """Forget *exchange*, over, if it is the latest to begin (the common case: requests
+        one at a time), so its objects are freed now rather than at the next tick."""
+        new = self._new
+        if new and new[-1] is exchange:
+            new.pop()
+
+    def spawn(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> object:
+        """Run *fn* in a detached task of the loop, in *context* (a copy, used once); return
+        the task (hold it: asyncio's loop holds its tasks weakly)."""
+        loop = self.loop
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            return context.run(loop.create_task, fn())  # (create_task(context=) is 3.11+)
+        return _trio().lowlevel.spawn_system_task(fn, context=context)
+
+    async def _tick(self) -> None:
         try:
-            async with scope(ctx) as child:
-                scope_["gocontext"] = child
-                await self.app(scope_, exchange.receive, exchange.send)
-        except ContextError as e:
-            err = ctx.err()
-            if isinstance(err, DeadlineExceeded) or (err is None and _passed(ctx.deadline())):
-                # (An HTTP call of the handler can time out a moment before ctx's timer fires.)
-                await exchange.answer_deadline()
-            elif err is None or type(e) is not type(err):  # not the request's own end: the app's
-                exchange.failure = e
-        except Exception as e:
-            # Raised by the app, outside any task group, so never wrapped in a group; once the
-            # middleware has answered for the app, nobody is left to hear of it.
-            if exchange.state != _TAKEN:
-                exchange.failure = e
+            while self._new or self._pending:
+                await anyio.sleep(_WATCH_AFTER)
+                due, self._pending, self._new = self._pending, self._new, []
+                for exchange in due:
+                    if not exchange.over:
+                        exchange.start_watching(self)
+        except RuntimeError:  # the loop is closing: no new tasks (a trio system task must not
+            return  # raise, or the whole run fails)
+        finally:
+            self._ticking = None
 
 
 class _Exchange:
@@ -247,16 +300,21 @@ class _Exchange:
         "_app_reading",
         "_arrived",
         "_cancel",
+        "_context",
         "_queue",
         "_receive",
         "_send",
         "_start",
         "_unread",
+        "_watcher",
+        "_watcher_scope",
         "_watching",
         "ctx",
         "failure",
+        "over",
         "state",
-        "watcher",
+        "watcher_ended",
+        "watcher_failure",
     )
 
     def __init__(
@@ -275,7 +333,13 @@ class _Exchange:
         self._queue: deque[Message] = deque()  # read by the watcher, not yet taken by the app
         self._unread = 0  # body bytes in _queue
         self._arrived: anyio.Event | None = None  # set when _queue changes or reading ends
-        self.watcher: asyncio.Task[None] | None = None  # the watcher's task, on asyncio
+        self.over = False  # the request is over: a watcher not started yet must not start
+        # The request's context variables, for its watcher (what a layer around us set).
+        self._context = contextvars.copy_context()
+        self.watcher_ended: anyio.Event | None = None  # set when the watcher, once started, ends
+        self.watcher_failure: Exception | None = None  # what the watcher raised
+        self._watcher: object = None  # the watcher's task, held (asyncio holds tasks weakly)
+        self._watcher_scope: anyio.CancelScope | None = None  # the watcher's, while it runs
 
     # -- what the app sees -----------------------------------------------------------------
 
@@ -359,27 +423,41 @@ class _Exchange:
 
     # -- the watcher ------------------------------------------------------------------------
 
-    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the watcher as a bare task (asyncio); ``stop_watching`` ends it."""
-        self.watcher = loop.create_task(self.watch())
+    def start_watching(self, watchers: _Watchers) -> None:
+        """Start the watcher in a detached task of *watchers*' loop; ``stop_watching`` ends it."""
+        self.watcher_ended = anyio.Event()  # before the task: an eager one runs at once
+        try:
+            self._watcher = watchers.spawn(self.watch, self._context)
+        except BaseException:
+            self.watcher_ended = None  # no watcher to wait for
+            raise
 
-    async def stop_watching(self, task: asyncio.Task[None]) -> None:
-        """Stop the watcher task, and keep what it raised if the app raised nothing."""
-        task.cancel()
+    async def stop_watching(self) -> None:
+        """Stop the watcher, and wait for it to end (at once, or when a shielded answer it
+        is sending is out or has given up)."""
+        ended = self.watcher_ended
+        assert ended is not None
+        if self._watcher_scope is not None:
+            self._watcher_scope.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.wait({task})
-        if not task.cancelled() and self.failure is None:
-            e = task.exception()
-            if isinstance(e, Exception):
-                self.failure = e
+            await ended.wait()
 
-    async def watch(self, delay: float = 0.0) -> None:
-        """Read the connection for the app, and answer for it at the deadline."""
-        if delay:
-            await anyio.sleep(delay)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_time)
-            await self._read()
+    async def watch(self) -> None:
+        """Read the connection for the app, and answer for it at the deadline. What it raises
+        is kept in ``watcher_failure`` for the request to raise (it runs detached)."""
+        try:
+            if self.over:
+                return
+            with anyio.CancelScope() as self._watcher_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_time)
+                    await self._read()
+        except Exception as e:
+            self.watcher_failure = e
+        finally:
+            self._watcher_scope = None
+            if self.watcher_ended is not None:
+                self.watcher_ended.set()
 
     async def _keep_time(self) -> None:
         ctx = self.ctx

@@ -99,7 +99,8 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     if values:
         headers = request.headers
         existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
-        _set_header(headers, b"baggage", format_baggage(values, existing))
+        # (taken out as they are read: no second pass to remove them)
+        _set_header(headers, b"baggage", format_baggage(values, existing), taken=_FAST_HEADERS)
     return capped
 
 
@@ -115,15 +116,17 @@ def _pop_header(headers: httpx.Headers, name: bytes) -> str | None:
     return None if found is None else b",".join(found).decode("latin-1")
 
 
-def _set_header(headers: httpx.Headers, name: bytes, value: str) -> None:
-    """Set the *name* header (lowercase bytes) to *value*, replacing any already there."""
+def _set_header(headers: httpx.Headers, name: bytes, value: str, taken: bool = False) -> None:
+    """Set the *name* header (lowercase bytes) to *value*, replacing any already there (*taken*:
+    the caller has taken them out already)."""
     if not _FAST_HEADERS:
         if value:
             headers[name.decode()] = value
         elif name.decode() in headers:
             del headers[name.decode()]
         return
-    _pop_header(headers, name)
+    if not taken:
+        _pop_header(headers, name)
     if value:
         headers._list.append((name, name, value.encode("latin-1")))
 
@@ -570,6 +573,18 @@ def _wait_connected(
         raise OSError(code, os.strerror(code))
 
 
+def _registered(connected: httpcore.NetworkStream) -> _AbortableStream:
+    """A new connection's stream, its socket registered with the aborter of the request that
+    made it, if any; closed, and ``_Aborted`` raised, if that request's context has ended."""
+    stream = _AbortableStream(connected)
+    try:
+        stream._enter()
+    except _Aborted:
+        stream.close()
+        raise
+    return stream
+
+
 class _AbortableBackend(httpcore.NetworkBackend):
     """The pool's network backend, wrapped: every stream registers its socket with the
     request's aborter. New connections of httpcore's own ``SyncBackend`` are made here, so a
@@ -593,27 +608,14 @@ class _AbortableBackend(httpcore.NetworkBackend):
             connected = _AbortableStream(_SyncStream(sock))
             connected._aborter = aborter  # the socket is registered already
             return connected
-        stream = _AbortableStream(
+        return _registered(
             self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         )
-        if aborter is not None:
-            try:
-                stream._enter()
-            except _Aborted:
-                stream.close()
-                raise
-        return stream
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        stream = _AbortableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
-        try:
-            stream._enter()
-        except _Aborted:
-            stream.close()
-            raise
-        return stream
+        return _registered(self._inner.connect_unix_socket(path, timeout, socket_options))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)

@@ -7,6 +7,7 @@ server (``Peer``) so the middleware also runs under trio.
 
 from __future__ import annotations
 
+import contextvars
 import socket
 import threading
 import time
@@ -458,3 +459,82 @@ async def test_a_response_sent_whole_by_pathsend_is_not_ended_again_at_the_deadl
     with anyio.fail_after(NEVER):
         await gocontext.http.ContextMiddleware(app)(peer.scope, peer.receive, peer.send)
     assert [m["type"] for m in peer.sent] == ["http.response.start", "http.response.pathsend"]
+
+
+# -- the end of a request ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_timeout", [60.0, None])
+async def test_a_requests_context_ends_with_it_and_wakes_what_waits_on_it(
+    max_timeout: float | None,
+) -> None:
+    """With a deadline (the default cap) and without one (no cap, no header): whatever the
+    handler left registered on its context, or on a context derived from it, is woken."""
+    woken = threading.Event()
+    seen: list[gocontext.Context] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ctx = gocontext.current()
+        seen.append(ctx)
+        below, _ = gocontext.with_cancel(ctx)  # never cancelled by the handler
+        seen.append(below)
+        below.done().add_callback(woken.set)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    peer = Peer()
+    with anyio.fail_after(NEVER):
+        await gocontext.http.ContextMiddleware(app, max_timeout=max_timeout)(
+            peer.scope, peer.receive, peer.send
+        )
+    assert peer.status == 200
+    assert woken.wait(NEVER), "a callback on the request's context never ran"
+    assert all(isinstance(c.err(), gocontext.Canceled) for c in seen)
+    assert type(gocontext.cause(seen[0])) is gocontext.Canceled  # no cause: not a disconnect
+
+
+def test_one_middleware_serves_one_event_loop_after_another() -> None:
+    """Each run (asyncio, trio, asyncio again) gets watchers of its own: a handler that never
+    reads still learns that its client left."""
+    app = Parked()
+    middleware = gocontext.http.ContextMiddleware(app, max_timeout=None)
+
+    async def one_request() -> None:
+        app.contexts.clear()
+        peer = Peer()
+        peer.push({"type": "http.request", "body": b"x" * 65536, "more_body": True})
+        peer.push({"type": "http.disconnect"})
+        with anyio.fail_after(NEVER):
+            await middleware(peer.scope, peer.receive, peer.send)
+        assert isinstance(gocontext.cause(app.ctx), gocontext.http.ClientDisconnected)
+
+    for backend in ("asyncio", "trio", "asyncio"):
+        anyio.run(one_request, backend=backend)
+
+
+_REQUEST_TAG: contextvars.ContextVar[str] = contextvars.ContextVar("request_tag", default="")
+
+
+async def test_the_504_goes_out_in_the_requests_own_context_variables() -> None:
+    """The watcher that answers at the deadline sends in a copy of its request's context
+    variables (what a tracing layer around the middleware set), not those of a request before."""
+    release = threading.Event()
+    middleware = gocontext.http.ContextMiddleware(
+        lambda scope, receive, send: anyio.to_thread.run_sync(release.wait), max_timeout=0.2
+    )
+    for tag in ("first", "second"):
+        _REQUEST_TAG.set(tag)
+        release.clear()
+        peer = Peer()
+        seen: list[str] = []
+
+        async def send(message: Any, peer: Peer = peer, seen: list[str] = seen) -> None:
+            seen.append(_REQUEST_TAG.get())
+            if message["type"] == "http.response.body":
+                release.set()  # the 504 is out: let the handler go
+            await peer.send(message)
+
+        with anyio.fail_after(NEVER):
+            await middleware(peer.scope, peer.receive, send)
+        assert peer.status == 504
+        assert seen == [tag, tag]
