@@ -103,7 +103,7 @@ def transport_overhead(n: int = 2000, rounds: int = 9) -> dict[str, float]:
     """µs ``Transport`` adds per blocking httpx request, for ``background()`` and for a context
     with a deadline and a propagated value (the figures of ``bench_transport`` if present)."""
     try:
-        from bench_transport import transport_overhead as measured  # type: ignore[import-not-found]
+        from .bench_transport import transport_overhead as measured  # type: ignore[import-not-found]
     except ImportError:
         measured = None
     if measured is not None:

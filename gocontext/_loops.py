@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -188,6 +188,14 @@ class AsyncioBackend:
         """The mailbox of *loop*, from ``here()``."""
         return mailbox(loop, loop.call_soon_threadsafe)
 
+    def spawn_detached(
+        self, loop: Any, fn: Callable[[], Coroutine[Any, Any, None]], context: Any
+    ) -> object:
+        """Run *fn* in a task of *loop* that belongs to no task group, in *context* (a
+        ``contextvars.Context``, used once); return the task (hold it: asyncio's loop holds
+        its tasks weakly)."""
+        return context.run(loop.create_task, fn())  # (create_task(context=) is 3.11+)
+
     def cancel_scope(self) -> Any:
         """A new cancel scope (anyio's, so anyio's shields and task groups see it)."""
         return (self._parts or self._load())[0]()
@@ -285,6 +293,12 @@ class TrioBackend:
     def mailbox(self, token: Any) -> Mailbox:
         """The mailbox of the trio run of *token*, from ``here()``."""
         return mailbox(token, token.run_sync_soon)
+
+    def spawn_detached(
+        self, token: Any, fn: Callable[[], Coroutine[Any, Any, None]], context: Any
+    ) -> object:
+        """Run *fn* in a trio system task, in *context*; return the task."""
+        return _trio().lowlevel.spawn_system_task(fn, context=context)
 
     def cancel_scope(self) -> Any:
         return _trio().CancelScope()

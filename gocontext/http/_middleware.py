@@ -3,7 +3,6 @@ ended by the deadline or by the client going away, whichever comes first."""
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import math
 from collections import deque
@@ -12,8 +11,8 @@ from typing import Any, Final, Union
 
 import anyio
 
-from .. import _timer
-from .._async import _trio, scope
+from .. import _loops, _timer
+from .._async import scope
 from .._context import Context, background, with_cancel_cause, with_timeout
 from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
@@ -28,7 +27,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MaxTimeout = Union[float, None, Callable[[Scope], Union[float, None]]]  # noqa: UP007 - 3.10 runtime
 
-_get_running_loop = asyncio._get_running_loop
 
 _DEFAULT_MAX_TIMEOUT: Final = 60.0  # seconds: a request with no deadline header gets this one
 _LONGEST: Final = 365 * 86400.0  # an unbounded server still reads a longer ask as this
@@ -186,10 +184,10 @@ class ContextMiddleware:
             parent, cancel_deadline = with_timeout(parent, min(timeout, _LONGEST))
         ctx, cancel = with_cancel_cause(parent)
         exchange = _Exchange(receive, send, ctx, cancel)
-        loop = _get_running_loop()
+        here = _loops.backend().here()  # the asyncio loop, or the trio run's token
         watchers = self._watchers
-        if watchers is None or watchers.loop is not (loop or _trio_token()):
-            watchers = self._watchers = _Watchers(loop or _trio_token())
+        if watchers is None or watchers.loop is not here:
+            watchers = self._watchers = _Watchers(here)
         watchers.add(exchange)
         try:
             try:
@@ -221,11 +219,6 @@ class ContextMiddleware:
         failure = exchange.failure or exchange.watcher_failure
         if failure is not None:
             raise failure
-
-
-def _trio_token() -> object:
-    """The running trio run's token: what tells one trio run from another."""
-    return _trio().lowlevel.current_trio_token()
 
 
 class _Watchers:
@@ -265,10 +258,7 @@ class _Watchers:
     ) -> object:
         """Run *fn* in a detached task of the loop, in *context* (a copy, used once); return
         the task (hold it: asyncio's loop holds its tasks weakly)."""
-        loop = self.loop
-        if isinstance(loop, asyncio.AbstractEventLoop):
-            return context.run(loop.create_task, fn())  # (create_task(context=) is 3.11+)
-        return _trio().lowlevel.spawn_system_task(fn, context=context)
+        return _loops.backend_of(self.loop).spawn_detached(self.loop, fn, context)
 
     async def _tick(self) -> None:
         try:
