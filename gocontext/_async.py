@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-from collections.abc import Callable
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, final
 
@@ -38,6 +37,7 @@ from ._errors import ContextError, describe
 from ._loops import (
     ASYNCIO,
     HAS_CANCELLING,
+    Backend,
     Mailbox,
     backend,
     broken_handle,
@@ -203,11 +203,11 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         here = loops.here()
         self._baseline = -1
         if HAS_CANCELLING and loops is ASYNCIO:  # a native task.cancel() folded into ours is
-            task: Any = loops.current_task()  # never swallowed
+            task: Any = loops.current_task(here)  # never swallowed
             if task is not None:
                 self._task = task
                 self._baseline = task.cancelling()
-        child, self._cancel = _child_of(ctx, loops.effective_deadline(), loops.time, loops.name)
+        child, self._cancel = _child_of(ctx, loops.effective_deadline(), loops)
         self._cs = loops.cancel_scope()
         self._mailbox = loops.mailbox(here)
         cs: Any = self._cs
@@ -285,20 +285,18 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._mailbox.put(self._cs.cancel)
 
 
-def _child_of(
-    ctx: Context, outer: float, loop_time: Callable[[], float], library: str
-) -> tuple[RichContext, CancelCauseFunc]:
-    """A child of *ctx* with the enclosing deadline *outer* (on the loop's clock), and the
-    function that cancels it with a cause."""
+def _child_of(ctx: Context, outer: float, loops: Backend) -> tuple[RichContext, CancelCauseFunc]:
+    """A child of *ctx* with the enclosing deadline *outer* (on the clock of *loops*' running
+    loop), and the function that cancels it with a cause."""
     if outer == _INF:
         return with_cancel_cause(ctx)
     if outer == -_INF:  # an enclosing cancel scope is already cancelled
         pair = with_cancel_cause(ctx)
-        pair[1](FrameworkCancelled(f"task cancelled by {library}"))
+        pair[1](FrameworkCancelled(f"task cancelled by {loops.name}"))
         return pair
     # The deadline below the node that takes a cause: cancelling that one ends both.
     base, cancel = with_cancel_cause(ctx)
-    return with_timeout(base, outer - loop_time())[0], cancel
+    return with_timeout(base, outer - loops.time())[0], cancel
 
 
 def _framework_cause(e: BaseException | None) -> BaseException | None:

@@ -186,6 +186,9 @@ class AsyncioBackend:
 
     def mailbox(self, loop: Any) -> Mailbox:
         """The mailbox of *loop*, from ``here()``."""
+        box: Mailbox | None = getattr(_mailboxes, "last", None)
+        if box is not None and box._key is loop:
+            return box
         return mailbox(loop, loop.call_soon_threadsafe)
 
     def spawn_detached(
@@ -207,8 +210,9 @@ class AsyncioBackend:
     def time(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def current_task(self) -> Any:
-        return _current_task()
+    def current_task(self, loop: Any) -> Any:
+        """The task running in *loop*, from ``here()``."""
+        return _current_task(loop)
 
     async def wait(self, done: Done) -> None:
         if done.is_set():
@@ -309,7 +313,7 @@ class TrioBackend:
     def time(self) -> float:
         return _trio().current_time()  # type: ignore[no-any-return]  # trio untyped here
 
-    def current_task(self) -> Any:
+    def current_task(self, token: Any) -> Any:
         return None
 
     async def wait(self, done: Done) -> None:
