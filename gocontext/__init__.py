@@ -45,7 +45,7 @@ from ._group import TaskGroup as TaskGroup
 from ._propagation import PropagatedKey as PropagatedKey
 from ._signal import SignalReceived as SignalReceived
 from ._signal import signal_context as signal_context
-from ._threads import to_thread as to_thread
+from ._to_thread import to_thread as to_thread
 
 __all__ = [
     "Canceled",

@@ -53,7 +53,6 @@ class use:  # noqa: N801 - used as a function: `with gocontext.use(ctx):`
     """
 
     __slots__ = ("_ctx", "_token")
-    __module__ = "gocontext"
 
     def __init__(self, ctx: Context) -> None:
         if type(ctx) not in _OURS:

@@ -183,7 +183,6 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         "_task",
         "_token",
     )
-    __module__ = "gocontext"
     _baseline: int  # asyncio: the task's cancelling() at entry; -1 when not guarded
     _task: Any  # asyncio: the task running the block (read only when _baseline >= 0)
     _cancel: CancelCauseFunc

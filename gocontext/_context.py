@@ -31,7 +31,7 @@ from typing import (
     runtime_checkable,
 )
 
-from . import _timer, _tree, _worker
+from . import _afterfunc, _timer, _tree
 from ._done import CallbackHandle, Done
 from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
 from ._tree import CANCELED, Node, cancel_timed, end, ext_locked, state_of
@@ -85,7 +85,6 @@ class Key(Generic[T]):
     """
 
     __slots__ = ("__orig_class__", "name")
-    __module__ = "gocontext"
 
     if TYPE_CHECKING:
         # Keys hash by identity at run time; to a type checker they are not Hashable, so that
@@ -196,7 +195,6 @@ class CancelPair(tuple[RichContext, CancelFunc]):
     # A tuple subclass with no __new__ of its own: made by tuple's C constructor, about
     # 40 % cheaper than a NamedTuple's Python-level __new__ on every with_cancel.
     __slots__ = ()
-    __module__ = "gocontext"
 
     @property
     def ctx(self) -> RichContext:
@@ -232,7 +230,6 @@ class CancelCausePair(tuple[RichContext, CancelCauseFunc]):
     """
 
     __slots__ = ()
-    __module__ = "gocontext"
 
     @property
     def ctx(self) -> RichContext:
@@ -551,7 +548,7 @@ def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
         _check_foreign(ctx, "after_func", "ctx")
     if not callable(fn):
         raise TypeError(f"after_func() needs a callable, got {fn!r}")
-    handle = _add_callback(ctx, functools.partial(_worker.submit, fn), "after_func", "ctx")
+    handle = _add_callback(ctx, functools.partial(_afterfunc.submit, fn), "after_func", "ctx")
     return handle.cancel
 
 

@@ -49,7 +49,6 @@ class Done(abc.ABC):
     """
 
     __slots__ = ()
-    __module__ = "gocontext"
 
     @abc.abstractmethod
     def is_set(self) -> bool:

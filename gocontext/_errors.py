@@ -15,7 +15,6 @@ class ContextError(Exception):
         True
     """
 
-    __module__ = "gocontext"
     _message = "context error"
 
     # No __init__: errors are made on every err() of a done context, and BaseException's own
@@ -41,7 +40,6 @@ class Canceled(ContextError):
         'context canceled'
     """
 
-    __module__ = "gocontext"
     _message = "context canceled"
 
 
@@ -57,7 +55,6 @@ class DeadlineExceeded(ContextError, TimeoutError):
         True
     """
 
-    __module__ = "gocontext"
     _message = "context deadline exceeded"
 
 

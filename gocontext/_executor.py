@@ -41,8 +41,6 @@ class ContextExecutor(ThreadPoolExecutor):
         >>> cancel()
     """
 
-    __module__ = "gocontext"
-
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker with a copy of the caller's context
         variables; return its future.

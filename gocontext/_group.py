@@ -130,7 +130,6 @@ class Group:
         "_threads",
         "_wake",
     )
-    __module__ = "gocontext"
 
     def __init__(self, parent: Context, *, limit: int | None = None) -> None:
         if type(parent) not in _OURS:
@@ -430,7 +429,6 @@ class TaskGroup:
         "_tg",
         "_threads",
     )
-    __module__ = "gocontext"
 
     def __init__(self, parent: Context, *, limit: int | None = None) -> None:
         if type(parent) not in _OURS:

@@ -45,7 +45,6 @@ class PropagatedKey(Key[str]):
     """
 
     __slots__ = ()
-    __module__ = "gocontext"
 
     def __new__(cls, name: str) -> PropagatedKey:
         if not isinstance(name, str) or not _TOKEN.match(name):

@@ -45,8 +45,6 @@ class SignalReceived(Exception):
         (<Signals.SIGTERM: 15>, 'received SIGTERM')
     """
 
-    __module__ = "gocontext"
-
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum))
 

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, final
 
-from . import _timer, _worker
+from . import _afterfunc, _timer
 from ._done import CallbackHandle, Done
 from ._errors import Canceled, ContextError, DeadlineExceeded, describe
 
@@ -679,7 +679,7 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _timer.after_fork_in_child()
-    _worker.after_fork_in_child()
+    _afterfunc.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX

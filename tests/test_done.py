@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import gocontext
-from gocontext import _context, _worker
+from gocontext import _afterfunc, _context
 
 from .conftest import NEVER
 
@@ -180,11 +180,11 @@ def test_many_after_funcs_share_a_bounded_pool() -> None:
     for _ in range(count):
         gocontext.after_func(ctx, blocked)
     cancel()
-    assert _worker.threads() <= _worker.MAX_THREADS
+    assert _afterfunc.threads() <= _afterfunc._MAX_THREADS
     gate.set()
     for _ in range(count):
         assert finished.acquire(timeout=NEVER)
-    assert _worker._idle <= _worker.threads()  # the pool's books balance after a backlog
+    assert _afterfunc._idle <= _afterfunc.threads()  # the pool's books balance after a backlog
     later = threading.Event()
     gocontext.after_func(ctx, later.set)
     assert later.wait(NEVER)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import gocontext
-from gocontext import _context, _timer, _worker
+from gocontext import _afterfunc, _context, _timer
 
 from .conftest import NEVER, OtherContext
 
@@ -100,7 +100,7 @@ def test_after_funcs_raising_system_exit_leave_the_pool_working(
     log_records: queue.Queue[logging.LogRecord],
 ) -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
-    count = 2 * _worker.MAX_THREADS
+    count = 2 * _afterfunc._MAX_THREADS
     for _ in range(count):
         gocontext.after_func(ctx, raiser(SystemExit))
     cancel()

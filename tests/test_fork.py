@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 import gocontext
-from gocontext import _timer, _worker
+from gocontext import _afterfunc, _timer
 
 from .conftest import NEVER
 
@@ -116,7 +116,7 @@ def test_a_fork_while_a_thread_holds_the_tree_lock_with_deadlines_due() -> None:
     # while the at-fork hooks run, which hands the interpreter to the child's timer thread.
     busy, busy_cancel = gocontext.with_cancel(gocontext.background())
     gate = threading.Event()
-    for _ in range(_worker.MAX_THREADS + 4):
+    for _ in range(_afterfunc._MAX_THREADS + 4):
         gocontext.after_func(busy, lambda: gate.wait(NEVER))
     busy_cancel()
     holder = threading.Thread(target=hold)

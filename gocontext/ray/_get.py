@@ -24,7 +24,7 @@ import ray
 
 from .._context import _OURS, Context, _check_foreign
 from .._errors import check_real
-from .._threads import to_thread
+from .._to_thread import to_thread
 from ._channel import end_copies, keep, session, spawn
 
 __all__ = ["get", "get_async", "wait", "wait_idle"]

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import gocontext
-from gocontext import _worker
+from gocontext import _afterfunc
 
 from ..conftest import NEVER
 from ..test_fork import child_uses_timers, exit_code, fork_child
@@ -47,7 +47,7 @@ def test_forks_under_load() -> None:
     # the at-fork hooks run, which hands the interpreter to the child's new timer thread.
     gate = threading.Event()
     backlog, release_backlog = gocontext.with_cancel(gocontext.background())
-    for _ in range(_worker.MAX_THREADS + 4):
+    for _ in range(_afterfunc._MAX_THREADS + 4):
         gocontext.after_func(backlog, lambda: gate.wait(NEVER))
     release_backlog()
     workers = [threading.Thread(target=churn, args=(n,)) for n in range(4)]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import gocontext
-from gocontext import _context, _timer, _worker
+from gocontext import _afterfunc, _context, _timer
 
 from ..conftest import NEVER
 
@@ -253,5 +253,5 @@ def test_thread_storms_over_a_shared_tree(quiet_log: list[logging.LogRecord]) ->
         if t.ident not in before and not t.name.startswith("gocontext-")
     ]
     assert not extra
-    assert _worker.threads() <= _worker.MAX_THREADS
+    assert _afterfunc.threads() <= _afterfunc._MAX_THREADS
     assert _timer.timer.threads() <= 1

@@ -1,6 +1,6 @@
 """A small pool of daemon threads that runs ``after_func`` functions off the canceller's thread.
 
-Threads start on demand, at most ``MAX_THREADS`` at once, and exit after ``IDLE_EXIT`` seconds
+Threads start on demand, at most ``_MAX_THREADS`` at once, and exit after ``_IDLE_EXIT`` seconds
 without work, so an idle process holds none. Nothing waits in a thread per registration: a
 function reaches the pool only once its context is done. Whatever a function raises (SystemExit
 and KeyboardInterrupt included) is logged, and the thread goes on serving: the pool's books are
@@ -18,8 +18,8 @@ __all__ = ["after_fork_in_child", "submit", "threads"]
 
 _log = logging.getLogger("gocontext")
 
-MAX_THREADS = 8
-IDLE_EXIT = 5.0
+_MAX_THREADS = 8
+_IDLE_EXIT = 5.0
 
 # Guarded by _lock: _threads (live workers) and _idle (workers waiting in _queue.get()). A
 # submit starts a thread when more items wait than idle workers can take, so an item never
@@ -43,7 +43,7 @@ def submit(fn: Callable[[], object]) -> None:
     global _threads
     with _lock:
         _queue.put(fn)
-        start = _idle < _queue.qsize() and _threads < MAX_THREADS
+        start = _idle < _queue.qsize() and _threads < _MAX_THREADS
         if start:
             _threads += 1
     if start:
@@ -79,7 +79,7 @@ def _serve_one() -> bool:
     with _lock:
         _idle += 1
     try:
-        fn = _queue.get(timeout=IDLE_EXIT)
+        fn = _queue.get(timeout=_IDLE_EXIT)
     except queue.Empty:
         with _lock:
             _idle -= 1
