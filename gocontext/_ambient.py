@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, final
 
-from ._context import _OURS, Context, RichContext, _check_foreign, as_rich, background
+from ._context import Context, RichContext, as_rich, background, check_context
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -55,8 +55,7 @@ class use:  # noqa: N801 - used as a function: `with gocontext.use(ctx):`
     __slots__ = ("_ctx", "_token")
 
     def __init__(self, ctx: Context) -> None:
-        if type(ctx) not in _OURS:
-            _check_foreign(ctx, "use", "ctx")
+        check_context(ctx, "use", "ctx")
         # A user-written context is held through a view that has check() and remaining(),
         # so that current() always answers with a RichContext.
         self._ctx = as_rich(ctx)

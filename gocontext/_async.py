@@ -28,7 +28,7 @@ from ._context import (
     CancelCauseFunc,
     Context,
     RichContext,
-    _check_foreign,
+    check_context,
     with_cancel_cause,
     with_timeout,
 )
@@ -89,8 +89,7 @@ async def sleep(ctx: Context, seconds: float) -> None:
           ...
         gocontext.DeadlineExceeded: context deadline exceeded
     """
-    if type(ctx) not in _OURS:
-        _check_foreign(ctx, "sleep", "ctx")
+    check_context(ctx, "sleep", "ctx")
     seconds = _check_seconds(seconds)
     err = ctx.err()
     if err is not None:
@@ -189,8 +188,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     _mailbox: Mailbox
 
     def __init__(self, ctx: Context) -> None:
-        if type(ctx) not in _OURS:
-            _check_foreign(ctx, "scope", "ctx")
+        check_context(ctx, "scope", "ctx")
         self._ctx = ctx
         self._cs: Any = None  # the cancel scope: None until entered, then fixed
 

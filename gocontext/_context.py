@@ -516,8 +516,7 @@ def merge(*parents: Context) -> CancelPair:
     if not parents:
         raise TypeError("merge() needs at least one parent Context, got none")
     for p in parents:
-        if type(p) not in _OURS:
-            _check_foreign(p, "merge")
+        check_context(p, "merge")
     ctx = _object_new(_MergeContext)
     ctx._parent = parents
     ctx._up = ctx._tag = ctx._state = ctx._done = None
@@ -544,8 +543,7 @@ def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
         >>> ran.wait(5), stop()
         (True, False)
     """
-    if type(ctx) not in _OURS:
-        _check_foreign(ctx, "after_func", "ctx")
+    check_context(ctx, "after_func", "ctx")
     if not callable(fn):
         raise TypeError(f"after_func() needs a callable, got {fn!r}")
     handle = _add_callback(ctx, functools.partial(_afterfunc.submit, fn), "after_func", "ctx")
@@ -582,17 +580,27 @@ def cause(ctx: Context) -> BaseException | None:
 # Argument checks (at the public boundary, saying what came in)
 
 
-def _check_foreign(parent: object, fname: str, name: str = "parent") -> None:
-    if parent is None:
-        raise TypeError(f"{fname}() needs a Context as {name}, got None")
-    if type(parent) is _ForeignValueContext:
+def check_context(ctx: object, fname: str, name: str = "parent") -> None:
+    """Raise a TypeError naming the call *fname* and its argument *name* unless *ctx* is a
+    Context: at once for ours, by the protocol (the slow check) for any other.
+
+    *fname* is a function's name (``"with_value"``, shown as ``with_value()``) or a phrase
+    (``"an httpx request"``, shown as it is).
+    """
+    if type(ctx) not in _OURS:
+        _check_foreign(ctx, fname, name)
+
+
+def _check_foreign(ctx: object, fname: str, name: str = "parent") -> None:
+    if type(ctx) is _ForeignValueContext:
         return
     try:
-        ok = isinstance(parent, Context)
+        ok = ctx is not None and isinstance(ctx, Context)
     except Exception:  # a hostile __getattr__ or __class__
         ok = False
     if not ok:
-        raise TypeError(f"{fname}() needs a Context as {name}, got {describe(parent)}")
+        call = f"{fname}()" if fname.replace(".", "").isidentifier() else fname
+        raise TypeError(f"{call} needs a Context as {name}, got {describe(ctx)}")
 
 
 _WALL_CLOCK_GAP = 10 * 365.25 * 86400.0  # a monotonic deadline further off is a time.time()

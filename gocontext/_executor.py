@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar, final
 
-from ._context import _OURS, Context, _check_foreign
+from ._context import Context, check_context
 
 __all__ = ["ContextExecutor"]
 
@@ -75,8 +75,7 @@ class ContextExecutor(ThreadPoolExecutor):
             ...     pool.submit_ctx(ctx, print, "never printed").cancelled()
             True
         """
-        if type(ctx) not in _OURS:
-            _check_foreign(ctx, "ContextExecutor.submit_ctx", "ctx")
+        check_context(ctx, "ContextExecutor.submit_ctx", "ctx")
         if not callable(fn):
             raise TypeError(f"ContextExecutor.submit_ctx() needs a callable, got {fn!r}")
         if ctx.err() is not None:  # done already: no worker may take it, however quick

@@ -24,10 +24,9 @@ from typing_extensions import TypeVarTuple, Unpack
 from ._async import _framework_cause, _is_cancellation
 from ._context import (
     _BACKGROUND,
-    _OURS,
     Context,
     RichContext,
-    _check_foreign,
+    check_context,
     with_cancel,
     with_cancel_cause,
 )
@@ -132,8 +131,7 @@ class Group:
     )
 
     def __init__(self, parent: Context, *, limit: int | None = None) -> None:
-        if type(parent) not in _OURS:
-            _check_foreign(parent, "Group")
+        check_context(parent, "Group")
         self._limit = _check_limit(limit, "Group")
         self._ctx, self._cancel = with_cancel_cause(parent)
         self._lock = threading.Lock()
@@ -431,8 +429,7 @@ class TaskGroup:
     )
 
     def __init__(self, parent: Context, *, limit: int | None = None) -> None:
-        if type(parent) not in _OURS:
-            _check_foreign(parent, "TaskGroup")
+        check_context(parent, "TaskGroup")
         self._limit = _check_limit(limit, "TaskGroup")
         self._ctx, self._cancel = with_cancel_cause(parent)
         self._state = "new"

@@ -20,10 +20,9 @@ from typing import Any, final
 
 from ._context import (
     _BACKGROUND,
-    _OURS,
     CancelPair,
     Context,
-    _check_foreign,
+    check_context,
     with_cancel_cause,
 )
 
@@ -95,8 +94,8 @@ def signal_context(
         )
     if parent is None:
         parent = _BACKGROUND
-    elif type(parent) not in _OURS:
-        _check_foreign(parent, "signal_context")
+    else:
+        check_context(parent, "signal_context")
     sigs = _check_signals(signals)
     _start_relay()
     ctx, cancel = with_cancel_cause(parent)

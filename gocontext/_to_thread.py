@@ -10,7 +10,7 @@ import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
 from ._async import _framework_cause
-from ._context import _BACKGROUND, _OURS, Context, _check_foreign, with_cancel, with_cancel_cause
+from ._context import _BACKGROUND, Context, check_context, with_cancel, with_cancel_cause
 from ._errors import ContextError, describe
 from ._loops import wait_done
 
@@ -47,8 +47,7 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         >>> anyio.run(main)
         42
     """
-    if type(ctx) not in _OURS:
-        _check_foreign(ctx, "to_thread", "ctx")
+    check_context(ctx, "to_thread", "ctx")
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {describe(fn)}")
     child, cancel_child = with_cancel_cause(ctx)

@@ -42,7 +42,7 @@ from httpcore._backends.sync import SyncStream as _SyncStream
 
 from .. import _loops, _timer
 from .._ambient import current
-from .._context import _NEVER, _OURS, Context, _check_foreign
+from .._context import _NEVER, Context, check_context
 from .._done import CallbackHandle
 from .._errors import DeadlineExceeded
 from .._propagation import outgoing_values
@@ -68,8 +68,7 @@ def _request_context(request: httpx.Request) -> Context:
     ctx = request.extensions.get(_EXTENSION)
     if ctx is None:
         return current()
-    if type(ctx) not in _OURS:  # (the protocol check is slow: only for foreign contexts)
-        _check_foreign(ctx, "an httpx request", 'extensions["gocontext"]')
+    check_context(ctx, "an httpx request", 'extensions["gocontext"]')
     return ctx  # type: ignore[no-any-return]  # extensions are typed Any
 
 

@@ -22,7 +22,7 @@ from typing import Any, overload
 
 import ray
 
-from .._context import _OURS, Context, _check_foreign
+from .._context import Context, check_context
 from .._errors import check_real
 from .._to_thread import to_thread
 from ._channel import end_copies, keep, session, spawn
@@ -102,8 +102,7 @@ def _get(
     ctx: Context, sent: Context, refs: Any, timeout: float | None, fail_fast: bool, grace: float
 ) -> Any:
     """``get()``, bounded by *ctx*; a failure ends the Ray tasks' copies of *sent*."""
-    if type(ctx) not in _OURS:
-        _check_foreign(ctx, "get", "ctx")
+    check_context(ctx, "get", "ctx")
     _check_seconds("get", "grace", grace)
     if type(fail_fast) is not bool:
         raise TypeError(f"gocontext.ray.get() needs fail_fast= as a bool, got {fail_fast!r}")
@@ -176,8 +175,7 @@ def wait(
         >>> import gocontext, gocontext.ray
         >>> # ready, not_ready = gocontext.ray.wait(ctx, refs, num_returns=2, timeout=5.0)
     """
-    if type(ctx) not in _OURS:
-        _check_foreign(ctx, "wait", "ctx")
+    check_context(ctx, "wait", "ctx")
     if isinstance(refs, (str, bytes, ray.ObjectRef)) or not isinstance(refs, Sequence):
         raise TypeError(f"gocontext.ray.wait() needs a list of Ray ObjectRefs, got {refs!r}")
     todo = list(refs)
