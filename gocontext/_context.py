@@ -89,7 +89,7 @@ class Key(Generic[T]):
     if TYPE_CHECKING:
         # Keys hash by identity at run time; to a type checker they are not Hashable, so that
         # with_value(ctx, Key[int](...), "text") cannot fall through to the any-hashable overload.
-        __hash__: ClassVar[None]  # type: ignore[assignment]
+        __hash__: ClassVar[None]  # type: ignore[assignment]  # keys hash by identity at run time; checkers see none
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str):
@@ -313,7 +313,7 @@ def with_cancel(parent: Context) -> CancelPair:
         else:
             ctx._deadline = up._deadline
             ctx._tag = up._tag
-        ctx._vals = parent._vals  # type: ignore[attr-defined]
+        ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours (t in _OURS)
         ctx._state = ctx._done = None
     else:
         _init_node(ctx, parent, "with_cancel")
@@ -458,7 +458,7 @@ def with_value(parent: Context, key: object, value: object) -> RichContext:
     ctx._parent = parent
     ctx._key = key
     ctx._up = up = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # t is ours
-    pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]
+    pv: dict[object, object] = parent._vals  # type: ignore[attr-defined]  # parent is one of ours (t in _OURS)
     if len(pv) < _MAX_COPY:
         ctx._vals = d = {**pv, key: value, _CANCEL_KEY: up}
     else:  # stop copying: lookups that miss here continue in the parent
@@ -493,7 +493,7 @@ def without_cancel(parent: Context) -> RichContext:
         _check_foreign(parent, "without_cancel")
     ctx = _object_new(_WithoutCancel)
     ctx._parent = parent
-    ctx._vals = parent._vals if ours else {_NEXT: parent}  # type: ignore[attr-defined]
+    ctx._vals = parent._vals if ours else {_NEXT: parent}  # type: ignore[attr-defined]  # parent is one of ours when ours
     return ctx
 
 
@@ -564,7 +564,7 @@ def cause(ctx: Context) -> BaseException | None:
     """
     t = type(ctx)
     if t in _OURS:
-        s = state_of(ctx._up if not t._node else ctx)  # type: ignore[attr-defined, arg-type]
+        s = state_of(ctx._up if not t._node else ctx)  # type: ignore[attr-defined, arg-type]  # t is one of ours
     else:
         _check_foreign(ctx, "cause", "ctx")
         node = ctx.value(_CANCEL_KEY)
@@ -904,7 +904,7 @@ class _CancelContext(Node, _Base):
         d = self._deadline
         if d is None or type(d) is float:
             return d
-        return d.deadline()  # type: ignore[no-any-return]
+        return d.deadline()  # type: ignore[no-any-return]  # a parent that is not ours answers Any
 
     def _label(self) -> str:
         return "with_cancel"
@@ -998,17 +998,17 @@ def _chain_of(ctx: Context) -> str:
         item = stack.pop()
         t = type(item)
         if t is str:
-            out.append(item)  # type: ignore[arg-type]
+            out.append(item)  # type: ignore[arg-type]  # the stack holds strings and contexts
         elif t in _LINKED:
-            label = item._label()  # type: ignore[attr-defined]
+            label = item._label()  # type: ignore[attr-defined]  # a type in _LINKED
             if label:
                 stack.append("." + label)
-            stack.append(item._parent)  # type: ignore[attr-defined]
+            stack.append(item._parent)  # type: ignore[attr-defined]  # a type in _LINKED
         elif t is _Root:
-            out.append(item._name)  # type: ignore[attr-defined]
+            out.append(item._name)  # type: ignore[attr-defined]  # a _Root
         elif t is _MergeContext:
             stack.append(")")
-            for i, p in enumerate(reversed(item._parent)):  # type: ignore[attr-defined]
+            for i, p in enumerate(reversed(item._parent)):  # type: ignore[attr-defined]  # a merge's parents
                 if i:
                     stack.append(", ")
                 stack.append(p)
@@ -1024,20 +1024,20 @@ def _value_after(vals: dict[object, object], key: Hashable) -> object:
     while n is not None:
         t = type(n)
         if t is _ForeignValueContext:
-            v = n._vals.get(key, _MISSING)  # type: ignore[attr-defined]
+            v = n._vals.get(key, _MISSING)  # type: ignore[attr-defined]  # a _ForeignValueContext
             if v is not _MISSING:
                 return v
-            n = n._parent  # type: ignore[attr-defined]
+            n = n._parent  # type: ignore[attr-defined]  # a _ForeignValueContext
         elif t in _OURS:
             if key is _CANCEL_KEY:  # answered by n itself, at once
-                return n.value(key)  # type: ignore[attr-defined]
-            vals = n._vals  # type: ignore[attr-defined]
+                return n.value(key)  # type: ignore[attr-defined]  # one of ours
+            vals = n._vals  # type: ignore[attr-defined]  # one of ours
             v = vals.get(key, _MISSING)
             if v is not _MISSING:
                 return v
             n = vals.get(_NEXT)
         else:  # a user-written context, or a merge's parents
-            return n.value(key)  # type: ignore[attr-defined]
+            return n.value(key)  # type: ignore[attr-defined]  # a context, or a merge's values
     return None
 
 
@@ -1061,7 +1061,7 @@ def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
         else:
             ctx._deadline = up._deadline
             ctx._tag = up._tag
-        ctx._vals = parent._vals  # type: ignore[attr-defined]
+        ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours (t in _OURS)
     else:
         _check_foreign(parent, fname)
         ctx._up = ctx._tag = None
@@ -1081,7 +1081,7 @@ def _with_deadline(
     ours = t in _OURS
     if ours:
         # parent.deadline(), quicker: every node carries its deadline (O(1) at any depth).
-        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]
+        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # t is one of ours
         cur = None if up is None else up._deadline
         if cur is not None and type(cur) is not float:  # under a parent that is not ours
             cur = _deadline_of(cur, how)
@@ -1151,12 +1151,12 @@ def _add_callback(
             f"{fname}() needs a Context as {name}: {type(ctx).__name__}.done().add_callback() "
             f"returned {describe(handle)}, not a handle with cancel()"
         )
-    return handle  # type: ignore[no-any-return]
+    return handle  # type: ignore[no-any-return]  # a user-written Done's handle, checked above
 
 
 def _parent_done(ctx: _CancelContext, parent: Context) -> None:
     if type(parent) in _OURS:
-        s = state_of(parent if type(parent)._node else parent._up)  # type: ignore[attr-defined, arg-type]
+        s = state_of(parent if type(parent)._node else parent._up)  # type: ignore[attr-defined, arg-type]  # parent is one of ours
     else:
         e = parent.err()
         s = None if e is None else (type(e), e.__cause__)

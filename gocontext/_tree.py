@@ -166,7 +166,7 @@ def cancel_timed(node: Node) -> None:
         with _lock:
             if node._done is None and node._state is None:  # see Node._cancel
                 entry = node._entry  # type: ignore[attr-defined]  # (_has_entry)
-                node._entry = None  # type: ignore[attr-defined]
+                node._entry = None  # type: ignore[attr-defined]  # a node with _has_entry has _entry
                 node._state = _ancestor_end_locked(node) or CANCELED
                 _epoch += 1
     finally:  # (even if a Ctrl-C lands in between: the entry must go)
@@ -216,8 +216,8 @@ def _look_up(node: Node) -> State | None:
     p: Node | None = node
     while p is not n:  # a second pass rather than a list of the nodes passed: no allocation
         p._tag = tag  # type: ignore[union-attr]  # (n is an ancestor of node, or None)
-        p = p._up  # type: ignore[union-attr]
-    return s  # type: ignore[no-any-return]
+        p = p._up  # type: ignore[union-attr]  # the walk stops at n, an ancestor, or None
+    return s  # type: ignore[no-any-return]  # a State or None
 
 
 def _ancestor_end_locked(node: Node) -> State | None:
@@ -393,7 +393,7 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
                 if ending.entries is None:
                     ending.entries = []
                 ending.entries.append(entry)  # (cancelling an entry twice is harmless)
-                n._entry = None  # type: ignore[attr-defined]
+                n._entry = None  # type: ignore[attr-defined]  # a node with _has_entry has _entry
         d = n._done
         if d is None:
             stack.pop()
@@ -411,8 +411,8 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
         for k, v in w.items():
             if v is _CHILD:
                 if k._state is None:  # type: ignore[attr-defined]  # keys with _CHILD are nodes
-                    k._state = state  # type: ignore[attr-defined]
-                children.append(k)  # type: ignore[arg-type]
+                    k._state = state  # type: ignore[attr-defined]  # keys with _CHILD are nodes
+                children.append(k)  # type: ignore[arg-type]  # keys with _CHILD are nodes
             elif type(v) is _LockType:
                 if ending.waiters is None:
                     ending.waiters = {}

@@ -446,7 +446,7 @@ def _dequeue(pool: httpcore.ConnectionPool, extensions: object) -> None:
         for r in requests:
             if r.request.extensions is extensions and r.connection is None:
                 # a stand-in that only ever fails, not a full connection
-                r.assign_to_connection(_ABORTED_CONNECTION)  # type: ignore[arg-type]
+                r.assign_to_connection(_ABORTED_CONNECTION)  # type: ignore[arg-type]  # httpcore's request slot takes a connection; this one refuses
     finally:
         lock.release()
 
