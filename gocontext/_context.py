@@ -1093,7 +1093,14 @@ def _with_deadline(
     ctx = _object_new(_DeadlineContext)
     ctx._cause = cause
     ctx._entry = None
-    _init_node(ctx, parent, how)
+    if ours:  # _init_node(), written out as in with_cancel (a tenth of create + cancel)
+        ctx._parent = parent
+        ctx._up = up
+        ctx._tag = None if up is None else up._tag
+        ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours
+        ctx._state = ctx._done = None
+    else:
+        _init_node(ctx, parent, how)
     ctx._deadline = deadline
     # Born ended if the nearest node is, or is known to be (an ancestor further up that ended
     # unknown to it: looking would cost a walk per call, so the child then holds a timer entry

@@ -156,24 +156,32 @@ class Node:
 
 
 def cancel_timed(node: Node) -> None:
-    """``Node._cancel`` for a node that holds a timer entry in ``_entry`` (None once it ended,
-    under ``_lock``): the entry goes whatever happens."""
+    """``Node._cancel`` for a node that holds a timer entry in ``_entry`` (None once it ended):
+    the entry is taken with the end, and given back to the timer whatever happens."""
     global _epoch
     if node._state is not None:
         return
-    entry = None
-    try:
-        with _lock:
-            if node._done is None and node._state is None:  # see Node._cancel
-                entry = node._entry  # type: ignore[attr-defined]  # (_has_entry)
-                node._entry = None  # type: ignore[attr-defined]  # a node with _has_entry has _entry
-                node._state = _ancestor_end_locked(node) or CANCELED
+    if node._done is None:  # unlocked, as in Node._cancel (see there)
+        s = CANCELED
+        n = node._up
+        while n is not None and n._tag is not _epoch:
+            t = n._state or n._tag
+            if t.__class__ is tuple:
+                s = t  # an end, the node's own or one found
+                break
+            n = n._up
+        entry = None
+        try:
+            if node._done is None and node._state is None:
+                entry = node._entry  # type: ignore[attr-defined]  # a node with _has_entry
+                node._entry = None  # type: ignore[attr-defined]  # a node with _has_entry
+                node._state = s
                 _epoch += 1
-    finally:  # (even if a Ctrl-C lands in between: the entry must go)
-        if entry is not None:
-            _timer.timer.cancel(entry)
-    if node._state is None:
-        end(node, CANCELED)
+                return
+        finally:  # (even if a Ctrl-C lands in between: the entry must go)
+            if entry is not None:
+                _timer.timer.cancel(entry)
+    end(node, CANCELED)
 
 
 def error(s: State) -> ContextError:
