@@ -314,7 +314,7 @@ def with_cancel(parent: Context) -> CancelPair:
             ctx._deadline = up._deadline
             ctx._tag = up._tag
         ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours (t in _OURS)
-        ctx._state = ctx._done = None
+        ctx._state = ctx._done = ctx._end = None
     else:
         _init_node(ctx, parent, "with_cancel")
     return CancelPair((ctx, ctx._cancel))
@@ -519,7 +519,7 @@ def merge(*parents: Context) -> CancelPair:
         check_context(p, "merge")
     ctx = _object_new(_MergeContext)
     ctx._parent = parents
-    ctx._up = ctx._tag = ctx._state = ctx._done = None
+    ctx._up = ctx._tag = ctx._end = ctx._state = ctx._done = None
     ctx._vals = {_NEXT: _MergeValues(parents)}
     deadlines = [d for d in (_deadline_of(p, "merge") for p in parents) if d is not None]
     ctx._deadline = min(deadlines) if deadlines else None
@@ -1051,7 +1051,7 @@ def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
     The tag (see ``_tree``) is the parent node's: what is true of the parent's chain is true
     of a new child's, until the child ends itself."""
     ctx._parent = parent
-    ctx._state = ctx._done = None
+    ctx._state = ctx._done = ctx._end = None
     t = type(parent)
     if t in _OURS:
         up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (t is ours)
@@ -1098,7 +1098,7 @@ def _with_deadline(
         ctx._up = up
         ctx._tag = None if up is None else up._tag
         ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours
-        ctx._state = ctx._done = None
+        ctx._state = ctx._done = ctx._end = None
     else:
         _init_node(ctx, parent, how)
     ctx._deadline = deadline
@@ -1107,7 +1107,7 @@ def _with_deadline(
     # like any live child until it is cancelled or expires, adopting that end).
     near = ctx._up
     if ctx._state is not None or (
-        near is not None and (near._state is not None or type(near._tag) is tuple)
+        near is not None and (near._state is not None or near._end is not None)
     ):
         return CancelPair((ctx, ctx._cancel))  # no timer needed
     if expired or (expired is None and deadline <= _timer.now()):

@@ -15,8 +15,9 @@ waits. A watcher that goes away unregisters, and so does the chain above it once
 watches it.
 
 Asking is O(1) at any depth. Every end bumps ``_epoch``, a process-wide counter; a node's
-``_tag`` is the epoch at which a walk last found it and every ancestor live, or the state of the
-ancestor a walk found ended (ends are forever). ``err()`` answers "live" when ``_tag is _epoch``
+``_tag`` is the epoch at which a walk last found it and every ancestor live, and its ``_end`` the
+state of the ancestor a walk found ended (ends are forever). ``err()`` answers "live" when
+``_tag is _epoch``
 (nothing has ended anywhere since that walk); otherwise it walks, stopping at the first ancestor
 whose tag answers, and writes its finding on every node it passed, so a whole chain costs one
 walk. The end's state is stored before the bump, with no call in between, so a tag equal to
@@ -29,7 +30,7 @@ Three places rely on that: the store of an end and the bump that follows it; the
 at ``_state`` before its own store.
 
 Locking. One process-wide lock, ``_lock``, guards every node's ``_state`` and the watchers
-and links in its ``NodeDone``; ``_state`` and ``_tag`` are also read without it (reference
+and links in its ``NodeDone``; ``_state``, ``_tag`` and ``_end`` are also read without it (reference
 reads; ``_state`` changes once, from None to a fixed tuple). Callbacks never run under
 ``_lock``, and no other lock is taken while holding it (the timer's lock is taken outside it),
 so there is no lock order.
@@ -90,17 +91,20 @@ class Node:
       that is not ours: then ``_done._links`` holds our callback on that parent).
     - ``_state``: None while live, then the ``State`` that ended it; set once under ``_lock``,
       read without it.
-    - ``_tag``: what the last walk found (see the module): an epoch, a ``State``, or None.
+    - ``_tag``: the epoch at which a walk last found the node's chain live, or None.
+    - ``_end``: None, or the ``State`` of the ancestor a walk found ended (the node's own end
+      is ``_state``; ``_end`` tells only what reached it unasked).
     - ``_done``: None until something asks for ``done()`` or registers on the node; then the
       ``NodeDone`` that also holds the watchers and links. Fixed once set.
     """
 
-    __slots__ = ("__weakref__", "_done", "_state", "_tag", "_up")
+    __slots__ = ("__weakref__", "_done", "_end", "_state", "_tag", "_up")
     _node = True
     _has_entry = False  # True for a node with a timer entry in ``_entry`` (see cancel_timed)
     _up: Node | None
     _state: State | None
-    _tag: object
+    _tag: int | None
+    _end: State | None
     _done: NodeDone | None
 
     if TYPE_CHECKING:
@@ -108,14 +112,21 @@ class Node:
         def _chain(self) -> str: ...  # how it was derived, for reprs (the context type's)
 
     def err(self) -> ContextError | None:
-        # state_of() and error(), written out: this is what loops poll.
+        # state_of() and error(), written out, with _look_up()'s first step: this is what
+        # loops poll, and what every node of a cancelled tree is asked once.
         if self._tag is _epoch:
             return None
-        s = self._state
+        s = self._state or self._end
         if s is None:
-            s = _look_up(self)
+            n = self._up
+            if n is not None:
+                s = n._state or n._end  # the parent node's end, or one it knows of
             if s is None:
-                return None
+                s = _look_up(self)
+                if s is None:
+                    return None
+            else:
+                self._end = s
         e = s[0]()
         if s[1] is not None:
             e.__cause__ = s[1]
@@ -143,9 +154,9 @@ class Node:
             s = CANCELED
             n = self._up  # _ancestor_end_locked(), written out (a call costs a fifth here)
             while n is not None and n._tag is not _epoch:
-                t = n._state or n._tag
-                if t.__class__ is tuple:
-                    s = t  # an end, the node's own or one found
+                t = n._state or n._end
+                if t is not None:
+                    s = t
                     break
                 n = n._up
             if self._done is None and self._state is None:
@@ -165,9 +176,9 @@ def cancel_timed(node: Node) -> None:
         s = CANCELED
         n = node._up
         while n is not None and n._tag is not _epoch:
-            t = n._state or n._tag
-            if t.__class__ is tuple:
-                s = t  # an end, the node's own or one found
+            t = n._state or n._end
+            if t is not None:
+                s = t
                 break
             n = n._up
         entry = None
@@ -196,36 +207,33 @@ def state_of(node: Node | None) -> State | None:
     """The state that ended *node* or one of its ancestors, or None while all are live."""
     if node is None or node._tag is _epoch:
         return None
-    s = node._state
+    s = node._state or node._end
     return s if s is not None else _look_up(node)
 
 
 def _look_up(node: Node) -> State | None:
-    """For a *node* not ended itself: the end of its nearest ended ancestor, or None; what was
-    found is written on the nodes passed (see the module)."""
+    """For a *node* that knows of no end: the end of its nearest ended ancestor, or None; what
+    was found is written on the nodes passed (see the module)."""
     e = _epoch  # (read before walking: an end after this makes what is written below stale)
-    t = node._tag
-    if t.__class__ is tuple:
-        return t  # a State: an ancestor's end, found before
-    s: Any = None
+    s: State | None = None
     n = node._up
     while n is not None:
-        t = n._tag
-        if t is e:
+        if n._tag is e:
             break
-        s = n._state
+        s = n._state or n._end
         if s is not None:
             break
-        if t.__class__ is tuple:
-            s = t
-            break
         n = n._up
-    tag = e if s is None else s
     p: Node | None = node
-    while p is not n:  # a second pass rather than a list of the nodes passed: no allocation
-        p._tag = tag  # type: ignore[union-attr]  # (n is an ancestor of node, or None)
-        p = p._up  # type: ignore[union-attr]  # the walk stops at n, an ancestor, or None
-    return s  # type: ignore[no-any-return]  # a State or None
+    if s is None:
+        while p is not n:  # a second pass rather than a list of the nodes passed
+            p._tag = e  # type: ignore[union-attr]  # the walk stopped at n, an ancestor, or None
+            p = p._up  # type: ignore[union-attr]
+    else:
+        while p is not n:
+            p._end = s  # type: ignore[union-attr]  # the walk stopped at n, an ancestor
+            p = p._up  # type: ignore[union-attr]
+    return s
 
 
 def _ancestor_end_locked(node: Node) -> State | None:
@@ -233,9 +241,9 @@ def _ancestor_end_locked(node: Node) -> State | None:
     meanwhile: no tag is written)."""
     n = node._up
     while n is not None and n._tag is not _epoch:
-        t = n._state or n._tag
-        if t.__class__ is tuple:
-            return t  # an end, the node's own or one found below
+        t = n._state or n._end
+        if t is not None:
+            return t
         n = n._up
     return None
 
