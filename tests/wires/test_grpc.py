@@ -145,6 +145,31 @@ def test_cancel_from_another_thread_cancels_a_blocking_call(channel: Any) -> Non
     assert_healthy(channel)
 
 
+@pytest.mark.parametrize("kind", ["unary", "stream-in"])
+def test_a_blocking_call_that_a_cancel_can_reach_stays_in_the_callers_thread(
+    channel: Any, kind: str
+) -> None:
+    """As grpc's own blocking call: the answer is read (deserialized) by the calling thread,
+    not handed over from another one (a thread hop per call)."""
+    readers: list[threading.Thread] = []
+
+    def deserialize(data: bytes) -> bytes:
+        readers.append(threading.current_thread())
+        return data
+
+    ctx, cancel = gocontext.with_cancel(with_rid(rid("in-thread")))
+    with gocontext.use(ctx):
+        if kind == "unary":
+            answer = channel.unary_unary(method("Ok"), response_deserializer=deserialize)(b"")
+            assert answer == b"ok"
+        else:
+            call = channel.stream_unary(method("Collect"), response_deserializer=deserialize)
+            assert json.loads(call(iter([b"a"])))["count"] == 1
+    cancel()
+    assert readers == [threading.current_thread()]
+    assert _context.watcher_count(ctx) == 0
+
+
 def test_cancel_from_another_thread_cancels_a_streamed_response(channel: Any) -> None:
     name = rid("stream")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
