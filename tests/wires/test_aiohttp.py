@@ -144,6 +144,57 @@ async def test_cancel_from_another_task_aborts_the_request(
     await assert_pool_healthy(session, server)
 
 
+async def test_a_framework_cancellation_passes_through_untouched(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    """A task cancelled at the same moment as its context ends cancelled: no Canceled takes
+    the place of the task's own cancellation, and the task's cancel count is the framework's."""
+    name = rid("framework")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    loop = asyncio.get_running_loop()
+
+    async def call() -> None:
+        await session.get(server.url + "/wait", trace_request_ctx=ctx)
+
+    task = asyncio.ensure_future(call())
+
+    def both() -> None:
+        task.cancel()
+        cancel()
+
+    def run() -> None:
+        BOARD.wait_entered(name)
+        loop.call_soon_threadsafe(both)
+
+    t = threading.Thread(target=run)
+    t.start()
+    await asyncio.wait({task})
+    await asyncio.to_thread(t.join, NEVER)
+    assert task.cancelled(), f"the task ended with {task.exception()!r}"
+    await asyncio.to_thread(BOARD.wait_ended, name)
+    assert _context.watcher_count(ctx) == 0
+    await assert_pool_healthy(session, server)
+
+
+async def test_a_task_that_survives_a_canceled_request_is_not_left_cancelling(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    """After Canceled, the task goes on as any other: a timeout of its own still works."""
+    name = rid("survivor")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+    t = cancel_when_entered(name, cancel)
+    with pytest.raises(gocontext.Canceled):
+        await session.get(server.url + "/wait", trace_request_ctx=ctx)
+    await asyncio.to_thread(t.join, NEVER)
+    task = asyncio.current_task()
+    assert task is not None
+    if hasattr(task, "cancelling"):
+        assert task.cancelling() == 0
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+    await assert_pool_healthy(session, server)
+
+
 async def test_passed_deadline_raises_deadline_exceeded(
     session: aiohttp.ClientSession, server: AiohttpServer
 ) -> None:
