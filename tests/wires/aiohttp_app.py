@@ -27,11 +27,7 @@ async def info(request: web.Request) -> web.Response:
 async def wait(request: web.Request) -> web.Response:
     ctx = gocontext.current()
     rid = str(ctx.value(gocontext.PropagatedKey("test-rid")))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park(rid, ctx)
     return web.Response(text="ended")
 
 
@@ -41,11 +37,7 @@ async def body(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     await response.prepare(request)
     await response.write(b"first chunk\n")
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park(rid, ctx)
     return response
 
 

@@ -4,9 +4,12 @@ A board records what each handler saw, keyed by the request id the client sent."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -57,6 +60,22 @@ class Board:
             self.causes[rid] = gocontext.cause(ctx)
         self.event(self.ended, rid).set()
 
+    async def park(self, rid: str, ctx: gocontext.Context) -> None:
+        """Report handler *rid* in, wait until *ctx* ends, report how (on the loop)."""
+        self.enter(rid)
+        try:
+            await ctx.done()
+        finally:
+            self.end(rid, ctx)
+
+    def park_thread(self, rid: str, ctx: gocontext.Context) -> None:
+        """As ``park``, blocking this thread."""
+        self.enter(rid)
+        try:
+            ctx.done().wait(NEVER)
+        finally:
+            self.end(rid, ctx)
+
     def wait_entered(self, rid: str) -> None:
         assert self.event(self.entered, rid).wait(NEVER), f"handler {rid} never started"
 
@@ -67,6 +86,73 @@ class Board:
 
 
 BOARD = Board()
+
+
+_ids = itertools.count()
+
+
+def rid(name: str) -> str:
+    """A request id no other test uses: *name* and a number."""
+    return f"{name}-{next(_ids)}"
+
+
+def with_rid(name: str) -> gocontext.Context:
+    """A context carrying *name* as the request id the handlers report under."""
+    return gocontext.with_value(gocontext.background(), RID, name)
+
+
+def cancel_when_entered(name: str, cancel: Callable[[], object]) -> threading.Thread:
+    """A started thread that calls *cancel* once handler *name* is in."""
+
+    def run() -> None:
+        BOARD.wait_entered(name)
+        cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+async def cancel_task_and_context_when_entered(
+    name: str, task: asyncio.Task[None], cancel: Callable[[], None]
+) -> None:
+    """Once handler *name* is in, cancel *task* and its context in one step of the loop;
+    then the task must end cancelled, its own cancellation untouched by the context's."""
+    loop = asyncio.get_running_loop()
+
+    def both() -> None:
+        task.cancel()
+        cancel()
+
+    t = cancel_when_entered(name, lambda: loop.call_soon_threadsafe(both))
+    await asyncio.wait({task})
+    await asyncio.to_thread(t.join, NEVER)
+    assert task.cancelled(), f"the task ended with {task.exception()!r}"
+    await asyncio.to_thread(BOARD.wait_ended, name)
+
+
+def done_context(how: str) -> tuple[gocontext.Context, type[Exception]]:
+    """A context that is done already ("canceled" or "expired"), and the error it raises."""
+    if how == "canceled":
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        cancel()
+        return ctx, gocontext.Canceled
+    ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
+    return ctx, gocontext.DeadlineExceeded
+
+
+@contextlib.contextmanager
+def unreached_port() -> Iterator[int]:
+    """A listening port on 127.0.0.1 that nobody may connect to while the block runs."""
+    listener = tcp_socket()
+    try:
+        listener.listen(8)
+        yield listener.getsockname()[1]
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
 
 
 def info_of(ctx: gocontext.Context) -> dict[str, object]:
@@ -88,11 +174,7 @@ async def wait(request: Request) -> Response:
     """Parks until its context ends; records how."""
     ctx = gocontext.current()
     rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park(rid, ctx)
     return PlainTextResponse("ended")
 
 
@@ -103,26 +185,15 @@ async def body(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"first chunk\n"
-        BOARD.enter(rid)
-        try:
-            await ctx.done()
-        finally:
-            BOARD.end(rid, ctx)
+        await BOARD.park(rid, ctx)
         yield b"never\n"
 
     return StreamingResponse(chunks())
 
 
 async def upload(request: Request) -> Response:
-    """Never reads the body: a large upload stays stuck sending."""
-    ctx = gocontext.current()
-    rid = str(ctx.value(RID))
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
-    return PlainTextResponse("done")
+    """Never reads the body: a large upload stays stuck sending (then as ``wait``)."""
+    return await wait(request)
 
 
 async def ok(request: Request) -> Response:

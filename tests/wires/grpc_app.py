@@ -55,11 +55,7 @@ async def _aio_until_the_rpc_ends(servicer_context: Any) -> None:
 def sync_wait(request: bytes, servicer_context: Any) -> bytes:
     ctx = gocontext.current()
     rid = _rid()
-    BOARD.enter(rid)
-    try:
-        ctx.done().wait(NEVER)
-    finally:
-        BOARD.end(rid, ctx)
+    BOARD.park_thread(rid, ctx)
     _sync_until_the_rpc_ends(servicer_context)
     return b"ended"
 
@@ -68,11 +64,7 @@ def sync_wait_stream(request: bytes, servicer_context: Any) -> Iterator[bytes]:
     ctx = gocontext.current()
     rid = _rid()
     yield b"first"
-    BOARD.enter(rid)
-    try:
-        ctx.done().wait(NEVER)
-    finally:
-        BOARD.end(rid, ctx)
+    BOARD.park_thread(rid, ctx)
     _sync_until_the_rpc_ends(servicer_context)
     yield b"never"
 
@@ -88,11 +80,7 @@ async def aio_info(request: bytes, servicer_context: Any) -> bytes:
 async def aio_wait(request: bytes, servicer_context: Any) -> bytes:
     ctx = gocontext.current()
     rid = _rid()
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park(rid, ctx)
     await _aio_until_the_rpc_ends(servicer_context)
     return b"ended"
 
@@ -101,11 +89,7 @@ async def aio_wait_stream(request: bytes, servicer_context: Any) -> AsyncIterato
     ctx = gocontext.current()
     rid = _rid()
     yield b"first"
-    BOARD.enter(rid)
-    try:
-        await ctx.done()
-    finally:
-        BOARD.end(rid, ctx)
+    await BOARD.park(rid, ctx)
     await _aio_until_the_rpc_ends(servicer_context)
     yield b"never"
 

@@ -5,12 +5,11 @@ healthy. grpc.aio runs on asyncio only: its tests have no trio twin."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -25,23 +24,22 @@ from gocontext import _context
 from gocontext.grpc import _server
 
 from ..conftest import NEVER
-from .conftest import BOARD, RID, SECRET, tcp_socket
+from .conftest import (
+    BOARD,
+    SECRET,
+    cancel_task_and_context_when_entered,
+    cancel_when_entered,
+    done_context,
+    rid,
+    unreached_port,
+    with_rid,
+)
 from .grpc_app import GrpcServer, method
-
-_ids = itertools.count()
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # grpc.aio runs on asyncio only
-
-
-def rid(name: str) -> str:
-    return f"g-{name}-{next(_ids)}"
-
-
-def with_rid(name: str) -> gocontext.Context:
-    return gocontext.with_value(gocontext.background(), RID, name)
 
 
 @pytest.fixture(scope="module", params=["sync", "aio"])
@@ -57,16 +55,6 @@ def channel(server: GrpcServer) -> Iterator[Any]:
     )
     yield ch
     ch.close()
-
-
-def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
-    def run() -> None:
-        BOARD.wait_entered(name)
-        cancel()
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
 
 
 def assert_healthy(channel: Any) -> None:
@@ -216,26 +204,14 @@ def test_the_callers_own_smaller_timeout_still_raises_rpc_error(channel: Any) ->
 
 @pytest.mark.parametrize("how", ["canceled", "expired"])
 def test_a_done_context_sends_nothing(how: str) -> None:
-    listener = tcp_socket()
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
-    )
-    if how == "canceled":
-        ctx, cancel = gocontext.with_cancel(gocontext.background())
-        cancel()
-        expected: type[Exception] = gocontext.Canceled
-    else:
-        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
-        expected = gocontext.DeadlineExceeded
-    with gocontext.use(ctx), pytest.raises(expected):
-        channel.unary_unary(method("Ok"))(b"")
-    channel.close()
-    listener.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        listener.accept()
-    listener.close()
+    ctx, expected = done_context(how)
+    with unreached_port() as port:
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
+        )
+        with gocontext.use(ctx), pytest.raises(expected):
+            channel.unary_unary(method("Ok"))(b"")
+        channel.close()
 
 
 def test_context_of_an_unknown_servicer_context_is_a_lookup_error() -> None:
@@ -307,7 +283,6 @@ async def test_aio_a_framework_cancellation_passes_through_untouched(server: Grp
     the place of the task's own cancellation."""
     name = rid("aio-framework")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
-    loop = asyncio.get_running_loop()
     async with grpc.aio.insecure_channel(
         server.target, interceptors=gocontext.grpc.aio_client_interceptors()
     ) as ch:
@@ -316,21 +291,6 @@ async def test_aio_a_framework_cancellation_passes_through_untouched(server: Grp
             with gocontext.use(ctx):
                 await ch.unary_unary(method("Wait"))(b"")
 
-        task = asyncio.ensure_future(call())
-
-        def both() -> None:
-            task.cancel()
-            cancel()
-
-        def run() -> None:
-            BOARD.wait_entered(name)
-            loop.call_soon_threadsafe(both)
-
-        t = threading.Thread(target=run)
-        t.start()
-        await asyncio.wait({task})
-        await anyio.to_thread.run_sync(t.join, NEVER)
-        assert task.cancelled(), f"the task ended with {task.exception()!r}"
-        await anyio.to_thread.run_sync(BOARD.wait_ended, name)
+        await cancel_task_and_context_when_entered(name, asyncio.ensure_future(call()), cancel)
         with anyio.fail_after(NEVER):
             assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
