@@ -64,4 +64,18 @@ def baggage(ctx: Context, existing: str | None) -> str | None:
     values = outgoing_values(ctx)
     if not values:
         return None
-    return format_baggage(values, existing)
+    if existing:
+        return format_baggage(values, existing)
+    key = tuple(values.items())  # (the same values go out call after call: format them once)
+    value = _formatted.get(key)
+    if value is None:
+        if len(_formatted) >= _FORMATTED_MAX:
+            _formatted.clear()
+        value = _formatted[key] = format_baggage(values)
+    return value
+
+
+# The baggage values formatted lately, by their (name, value) pairs; a bounded memo (dict
+# operations are atomic: threads share it without a lock, at worst formatting twice).
+_formatted: dict[tuple[tuple[str, str], ...], str] = {}
+_FORMATTED_MAX = 256
