@@ -24,16 +24,8 @@ from gocontext import _context
 from gocontext.grpc import _server
 
 from ..conftest import NEVER
-from .conftest import (
-    BOARD,
-    SECRET,
-    cancel_task_and_context_when_entered,
-    cancel_when_entered,
-    done_context,
-    rid,
-    unreached_port,
-    with_rid,
-)
+from . import conftest as wires
+from .conftest import BOARD, SECRET, cancel_when_entered, rid, with_rid
 from .grpc_app import GrpcServer, method
 
 
@@ -204,8 +196,8 @@ def test_the_callers_own_smaller_timeout_still_raises_rpc_error(channel: Any) ->
 
 @pytest.mark.parametrize("how", ["canceled", "expired"])
 def test_a_done_context_sends_nothing(how: str) -> None:
-    ctx, expected = done_context(how)
-    with unreached_port() as port:
+    ctx, expected = wires.done_context(how)
+    with wires.unreached_port() as port:
         channel = grpc.intercept_channel(
             grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
         )
@@ -291,6 +283,8 @@ async def test_aio_a_framework_cancellation_passes_through_untouched(server: Grp
             with gocontext.use(ctx):
                 await ch.unary_unary(method("Wait"))(b"")
 
-        await cancel_task_and_context_when_entered(name, asyncio.ensure_future(call()), cancel)
+        await wires.cancel_task_and_context_when_entered(
+            name, asyncio.ensure_future(call()), cancel
+        )
         with anyio.fail_after(NEVER):
             assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
