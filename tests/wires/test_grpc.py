@@ -250,6 +250,15 @@ async def test_aio_cancel_from_another_thread_cancels_the_call(
         await anyio.to_thread.run_sync(assert_no_server_context_left)
 
 
+async def test_an_aio_handler_runs_in_the_rpcs_own_task() -> None:
+    """No task of ours per RPC: the handler runs in the task gRPC made for the RPC."""
+    with GrpcServer("aio") as aio_server:
+        async with grpc.aio.insecure_channel(aio_server.target) as ch:
+            with anyio.fail_after(NEVER):
+                name = await ch.unary_unary(method("Task"))(b"")
+    assert name not in (b"aio_task", b""), name
+
+
 async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer) -> None:
     name = rid("aio-deadline")
     async with grpc.aio.insecure_channel(
