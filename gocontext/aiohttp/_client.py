@@ -5,18 +5,16 @@ A request's context is ``trace_request_ctx=ctx`` when that is a context, else th
 The trace config (on its own, or installed by ``client_session()``) refuses a done context and
 sends the time left as ``Grpc-Timeout`` and ``PropagatedKey`` values in ``baggage``. The
 middleware (installed by ``client_session()``; aiohttp's trace signals cannot replace an
-exception, so a trace config alone cannot raise ``Canceled``) runs connect, send and the wait
-for headers in ``gocontext.scope``, and once headers are in, a context that ends makes every
-read of the body raise its error and closes the connection, so the pool keeps only healthy
-connections.
+exception, so a trace config alone cannot raise ``Canceled``) registers once on the context:
+while connecting, sending and waiting for headers, the context's end cancels the request's
+task; once headers are in, it makes every read of the body raise its error and closes the
+connection, so the pool keeps only healthy connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import math
 import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -25,13 +23,12 @@ from typing import Any
 import aiohttp
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
-from .. import _timer
 from .._ambient import current
-from .._async import scope
-from .._context import Context
+from .._context import _NEVER, _OURS, Context
 from .._errors import ContextError, DeadlineExceeded
-from .._propagation import outgoing_values
-from ..http._headers import format_baggage, format_grpc_timeout
+from ..http._headers import format_grpc_timeout
+from ..http._outgoing import baggage, time_left
+from ._task import TaskCanceller
 
 __all__ = ["client_session", "trace_config"]
 
@@ -43,6 +40,8 @@ _pending: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 
 
 def _context_of(trace_request_ctx: object) -> Context:
+    if type(trace_request_ctx) in _OURS:  # (the protocol check is slow: only for the rest)
+        return trace_request_ctx  # type: ignore[return-value]
     if trace_request_ctx is not None and isinstance(trace_request_ctx, Context):
         return trace_request_ctx
     return current()
@@ -54,18 +53,13 @@ async def _on_request_start(
     params: aiohttp.TraceRequestStartParams,
 ) -> None:
     ctx = _context_of(trace_config_ctx.trace_request_ctx)
-    err = ctx.err()
-    if err is not None:
-        raise err
-    deadline = ctx.deadline()
-    if deadline is not None and deadline != math.inf:
-        left = deadline - _timer.now()
-        if left <= 0:
-            raise DeadlineExceeded()
-        params.headers["Grpc-Timeout"] = format_grpc_timeout(left)
-    values = outgoing_values(ctx)
-    if values:
-        params.headers["baggage"] = format_baggage(values, params.headers.get("baggage"))
+    headers = params.headers
+    left = time_left(ctx)
+    if left is not None:
+        headers["Grpc-Timeout"] = format_grpc_timeout(left)
+    value = baggage(ctx, headers.get("baggage"))
+    if value is not None:
+        headers["baggage"] = value
     _pending.set(ctx)  # (every request sets it afresh; left set afterwards: cheaper than a
     # signal at every end, and harmless, since only the middleware reads it)
 
@@ -112,53 +106,70 @@ else:
         return err
 
 
+class _Request(TaskCanceller):
+    """One request's watch on its context: until headers are in it cancels the request's task
+    (``armed``); then, with ``resp`` set, it aborts the body. Removed when the connection is
+    released or closed."""
+
+    __slots__ = ("ctx", "resp")
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.resp: aiohttp.ClientResponse | None = None
+        super().__init__(ctx)
+
+    def _fire(self) -> None:  # on the loop
+        if self.armed:
+            super()._fire()
+            return
+        resp = self.resp
+        if resp is None or resp.closed:
+            return
+        err = self.ctx.err()
+        resp.content.set_exception(err if err is not None else DeadlineExceeded())
+        resp.close()  # the connection is dropped, never reused
+
+
+def _error_for(e: BaseException, watch: _Request) -> BaseException | None:
+    """What the middleware raises for *e*, if not *e* itself: the context's error when the
+    context ended the request (a cancel of the task by anyone else passes through)."""
+    if isinstance(e, ContextError):
+        passing = _passing(e)
+        return None if passing is e else passing
+    if isinstance(e, asyncio.CancelledError) and not watch.owns(e):
+        return None
+    if not isinstance(e, (aiohttp.ClientError, OSError, asyncio.CancelledError)):
+        return None  # (asyncio.TimeoutError is an OSError)
+    err = watch.ctx.err()
+    return None if err is None else _passing(err)
+
+
 async def _middleware(
     req: aiohttp.ClientRequest, handler: ClientHandlerType
 ) -> aiohttp.ClientResponse:
     ctx = _pending.get()
     if ctx is None:
         ctx = current()
+    if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+        return await handler(req)
+    watch = _Request(ctx)
     try:
-        async with scope(ctx):
-            resp = await handler(req)
-    except ContextError as e:
-        passing = _passing(e)
-        if passing is e:
-            raise
-        raise passing from e.__cause__
-    except (aiohttp.ClientError, OSError) as e:  # (asyncio.TimeoutError is an OSError)
-        err = ctx.err()
+        resp = await handler(req)
+    except BaseException as e:
+        watch.release()
+        err = _error_for(e, watch)
+        watch.disarm()
         if err is None:
             raise
-        raise _passing(err) from e
-    _bound_body(resp, ctx)
-    return resp
-
-
-def _bound_body(resp: aiohttp.ClientResponse, ctx: Context) -> None:
-    """Make the body of *resp* end with the context: every read raises its error."""
+        raise err from (e.__cause__ if isinstance(e, ContextError) else e)
+    watch.disarm()
     conn = resp.connection
     if conn is None:  # the body is in and the connection released already
-        return
-    loop = asyncio.get_running_loop()
-
-    def abort() -> None:  # on the loop
-        if resp.closed:
-            return
-        err = ctx.err()
-        resp.content.set_exception(err if err is not None else DeadlineExceeded())
-        resp.close()  # the connection is dropped, never reused
-
-    def on_done() -> None:  # in whatever thread ended the context
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to abort
-            loop.call_soon_threadsafe(abort)
-
-    handle = ctx.done().add_callback(on_done)
-
-    def release() -> None:  # when the connection is released or closed
-        handle.cancel()
-
-    conn.add_callback(release)
+        watch.release()
+    else:  # (a context that ends from here on aborts the body: see _Request._fire)
+        watch.resp = resp
+        conn.add_callback(watch.release)
+    return resp
 
 
 def client_session(**kwargs: Any) -> aiohttp.ClientSession:

@@ -17,12 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from .._ambient import use
-from .._async import scope
 from .._context import Context, background, with_cancel_cause, with_timeout
 from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
 from ..http._headers import HeaderError
 from ..http._middleware import ClientDisconnected, timeout_and_values
+from ._task import TaskCanceller
 
 __all__ = ["middleware"]
 
@@ -91,8 +91,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     applies when none is sent) and its ``PropagatedKey`` values (``baggage``); it is ambient
     in the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled
     with a ``gocontext.http.ClientDisconnected`` cause when the client goes away. The handler
-    runs in ``gocontext.scope``: one that ignores its context is still stopped at the
-    deadline, and the client gets a 504. A malformed deadline header gets a 400 that says
+    is cancelled when its context ends: one that ignores its context is still stopped at
+    the deadline, and the client gets a 504. A malformed deadline header gets a 400 that says
     what was wrong. A bad *max_timeout* is a ``ValueError``.
 
     Example:
@@ -125,14 +125,16 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             request_ctx, cancel_deadline = with_timeout(ctx, timeout)
         key = object()
         watch = _watch(request, key, lambda: cancel(ClientDisconnected("the client disconnected")))
+        # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
+        # is "gocontext", so it goes in the mapping underneath)
+        request._state["gocontext"] = request_ctx
+        stop = TaskCanceller(request_ctx)  # a handler that ignores its context is stopped too
         try:
-            async with scope(request_ctx) as child:
-                # (aiohttp warns once about a str key, asking for a web.RequestKey; the
-                # contract's key is "gocontext", so it goes in the mapping underneath)
-                request._state["gocontext"] = child
-                with use(child):
-                    response: web.StreamResponse = await handler(request)
-        except ContextError:
+            with use(request_ctx):
+                response: web.StreamResponse = await handler(request)
+        except (ContextError, asyncio.CancelledError) as e:
+            if isinstance(e, asyncio.CancelledError) and not stop.owns(e):
+                raise
             if ctx.err() is not None:
                 # The client left: nobody reads this answer (aiohttp drops it quietly).
                 return web.Response(status=499, text="client disconnected")
@@ -140,6 +142,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
                 raise web.HTTPGatewayTimeout(text="deadline exceeded") from None
             raise
         finally:
+            stop.release()
+            stop.disarm()
             if watch is not None:
                 watch.listeners.pop(key, None)
             cancel_deadline()

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
 import grpc  # type: ignore[import-untyped]
+import grpc._channel  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
+from grpc._cython import cygrpc  # type: ignore[import-untyped]
 
-from .. import _timer
 from .._ambient import current
-from .._context import Context
+from .._context import _NEVER, Context
 from .._errors import ContextError, DeadlineExceeded
-from .._propagation import outgoing_values
-from ..http._headers import format_baggage
+from ..http._outgoing import baggage, time_left
 
 __all__ = ["aio_client_interceptors", "client_interceptors"]
 
@@ -46,46 +45,51 @@ class _SyncDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]
     pass
 
 
-def _prepare(details: Any, aio: bool) -> tuple[Context, Any, bool]:
-    """The call's context, its details with the deadline and values, and whether the
-    context's deadline is what limits the call. Raises the context's error if it is done."""
-    ctx = current()
-    err = ctx.err()
-    if err is not None:
-        raise err
+class _Outgoing(NamedTuple):
+    """What a call sends under its context: its timeout (the smaller of its own and the
+    context's time left), its metadata (with the context's values), and whether the
+    context's deadline is what limits the call (so gRPC's DEADLINE_EXCEEDED is ours)."""
+
+    timeout: float | None
+    metadata: Any
+    binding: bool
+
+
+def _outgoing(ctx: Context, details: Any) -> _Outgoing:
+    """The call's timeout and metadata under *ctx*; raises the context's error if it is done.
+    Metadata without values to add is passed on as it came."""
     timeout = details.timeout
     binding = False
-    deadline = ctx.deadline()
-    if deadline is not None and deadline != math.inf:
-        left = deadline - _timer.now()
-        if left <= 0:
-            raise DeadlineExceeded()
-        if timeout is None or timeout > left:
-            timeout, binding = left, True
-    pairs = [] if details.metadata is None else list(details.metadata)
-    values = outgoing_values(ctx)
-    if values:
-        existing = ",".join(str(v) for k, v in pairs if k == "baggage") or None
-        pairs = [(k, v) for k, v in pairs if k != "baggage"]
-        pairs.append(("baggage", format_baggage(values, existing)))
-    if aio:
-        new = grpc.aio.ClientCallDetails(
-            details.method,
-            timeout,
-            grpc.aio.Metadata(*pairs),
-            details.credentials,
-            details.wait_for_ready,
-        )
-    else:
-        new = _SyncDetails(
-            details.method,
-            timeout,
-            pairs,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-    return ctx, new, binding
+    left = time_left(ctx)
+    if left is not None and (timeout is None or timeout > left):
+        timeout, binding = left, True
+    metadata = details.metadata
+    pairs = () if metadata is None else tuple(metadata)
+    existing = ",".join(str(v) for k, v in pairs if k == "baggage") or None
+    value = baggage(ctx, existing)
+    if value is not None:
+        metadata = [*((k, v) for k, v in pairs if k != "baggage"), ("baggage", value)]
+    return _Outgoing(timeout, metadata, binding)
+
+
+def _sync_details(details: Any, out: _Outgoing) -> Any:
+    return _SyncDetails(
+        details.method,
+        out.timeout,
+        out.metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+
+
+def _aio_details(details: Any, out: _Outgoing) -> Any:
+    metadata = out.metadata
+    if metadata is not None and not isinstance(metadata, grpc.aio.Metadata):
+        metadata = grpc.aio.Metadata(*metadata)
+    return grpc.aio.ClientCallDetails(
+        details.method, out.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
 
 def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
@@ -114,26 +118,108 @@ def _on_cancel(ctx: Context, cancel: Callable[[], object]) -> Callable[[], None]
     return on_done
 
 
+# The code object of grpc's continuation for a blocking call, and where its closure keeps the
+# intercepted callable: found once, then recognised by identity.
+_blocking_code: tuple[Any, int] | None = None
+
+
 def _blocking_thunk(continuation: Callable[..., Any]) -> Any:
     """For the continuation of a blocking unary call (``stub.Method(request)``, ``with_call``),
     the function that gives the next layer's callable by method name; else None.
 
     grpc hands an interceptor of a blocking call only a continuation that blocks until the
     call is over, leaving nothing to cancel. Its closure holds the intercepted callable, whose
-    ``_thunk`` gives the next layer (the channel, or the next interceptor): calling its
-    ``.future()`` makes the same call, cancelable. Anything unexpected falls back to the
-    continuation (a cancel then reaches the call only at its deadline).
+    ``_thunk`` gives the next layer (the channel, or the next interceptor). Anything
+    unexpected falls back to the continuation (a cancel then reaches the call only at its
+    deadline).
     """
+    global _blocking_code
     code = getattr(continuation, "__code__", None)
-    if code is None or not continuation.__qualname__.endswith("_with_call.<locals>.continuation"):
+    if code is None:
         return None
+    known = _blocking_code
+    if known is None or known[0] is not code:
+        if not continuation.__qualname__.endswith("_with_call.<locals>.continuation"):
+            return None
+        try:
+            known = _blocking_code = (code, code.co_freevars.index("self"))
+        except ValueError:
+            return None
     try:
-        closure = getattr(continuation, "__closure__", None) or ()
-        cells = dict(zip(code.co_freevars, (c.cell_contents for c in closure), strict=True))
-        thunk = cells["self"]._thunk
-    except (AttributeError, KeyError, TypeError, ValueError):
+        thunk = continuation.__closure__[known[1]].cell_contents._thunk  # type: ignore[index]
+    except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return thunk if callable(thunk) else None
+
+
+# The channel's own callables whose blocking call goes through ``_channel.segregated_call``.
+_SEGREGATED = tuple(
+    getattr(grpc._channel, name)
+    for name in ("_UnaryUnaryMultiCallable", "_StreamUnaryMultiCallable")
+    if isinstance(getattr(grpc._channel, name, None), type)
+)
+_CANCELLED = getattr(getattr(cygrpc, "StatusCode", None), "cancelled", None)
+
+
+class _Watched:
+    """Stands in for a channel's core for one blocking call: the call it makes is cancelled
+    when the context ends (for a cancel; a passed deadline is gRPC's own to end)."""
+
+    __slots__ = ("_core", "_ctx", "handle")
+
+    def __init__(self, core: Any, ctx: Context) -> None:
+        self._core = core
+        self._ctx = ctx
+        self.handle: Any = None
+
+    def segregated_call(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._core.segregated_call(*args, **kwargs)
+        self.handle = self._ctx.done().add_callback(
+            _on_cancel(self._ctx, lambda: call.cancel(_CANCELLED, "Locally cancelled by context"))
+        )
+        return call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
+def _blocking_call(
+    thunk: Callable[[Any], Any], ctx: Context, details: Any, out: _Outgoing, request: Any
+) -> Any:
+    """Make a blocking call in this thread, cancelable: the next layer's callable, when it is
+    the channel's own, makes it with its core behind a ``_Watched``, which hands the call to
+    the context's done-callback. Else the same call as a future (a thread hop per call)."""
+    callable_ = thunk(details.method)
+    kwargs = {
+        "timeout": out.timeout,
+        "metadata": out.metadata,
+        "credentials": details.credentials,
+        "wait_for_ready": getattr(details, "wait_for_ready", None),
+        "compression": getattr(details, "compression", None),
+    }
+    if not (_SEGREGATED and _CANCELLED is not None and isinstance(callable_, _SEGREGATED)):
+        return _watch_future(callable_.future(request, **kwargs), ctx, out)
+    watched = _Watched(callable_._channel, ctx)
+    callable_._channel = watched  # (a callable of its own: the channel makes one per call)
+    try:
+        _, call = callable_.with_call(request, **kwargs)
+    except grpc.RpcError as e:
+        err = _translate(e, ctx, out.binding)
+        if err is e:
+            return e  # (as grpc's continuation does: the error is the outcome)
+        raise err from e
+    finally:
+        if watched.handle is not None:
+            watched.handle.cancel()
+    return call  # (grpc's rendezvous of an answered call: its result() is the response)
+
+
+def _watch_future(outcome: Any, ctx: Context, out: _Outgoing) -> Any:
+    """*outcome*, a call still running, cancelled when the context ends, and raising the
+    context's error from ``result()`` when that is what ended it."""
+    handle = ctx.done().add_callback(_on_cancel(ctx, outcome.cancel))
+    outcome.add_done_callback(lambda _: handle.cancel())
+    return _SyncOutcome(outcome, ctx, out.binding)
 
 
 class _SyncInterceptor(
@@ -143,31 +229,24 @@ class _SyncInterceptor(
     grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
 ):
     def _unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        ctx, new, binding = _prepare(details, aio=False)
+        ctx = current()
+        out = _outgoing(ctx, details)
+        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            return continuation(_sync_details(details, out), request)
         thunk = _blocking_thunk(continuation)
         if thunk is not None:
-            # A blocking call: start it as a future instead, which a cancel can reach.
-            outcome = thunk(new.method).future(
-                request,
-                timeout=new.timeout,
-                metadata=new.metadata,
-                credentials=new.credentials,
-                wait_for_ready=new.wait_for_ready,
-                compression=new.compression,
-            )
-        else:
-            outcome = continuation(new, request)
-        # A future (from .future()) is still running: the context's end cancels it.
-        handle = ctx.done().add_callback(_on_cancel(ctx, outcome.cancel))
-        outcome.add_done_callback(lambda _: handle.cancel())
-        return _SyncOutcome(outcome, ctx, binding)
+            return _blocking_call(thunk, ctx, details, out, request)
+        return _watch_future(continuation(_sync_details(details, out), request), ctx, out)
 
     def _stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        ctx, new, binding = _prepare(details, aio=False)
-        call = continuation(new, request)
+        ctx = current()
+        out = _outgoing(ctx, details)
+        call = continuation(_sync_details(details, out), request)
+        if ctx.done() is _NEVER:
+            return call
         handle = ctx.done().add_callback(_on_cancel(ctx, call.cancel))
         call.add_callback(handle.cancel)
-        return _SyncStream(call, ctx, binding)
+        return _SyncStream(call, ctx, out.binding)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return self._unary(continuation, details, request)
@@ -324,11 +403,23 @@ class _Canceller:
         cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
         return self.fired and not (cancelling is not None and cancelling())
 
+    def raise_translated(self, e: BaseException, binding: bool) -> None:
+        """Raise the context's error for *e* (a gRPC error or a cancellation) if the context
+        is what ended the call; return if *e* is to pass through as it is."""
+        if not self.owns(e):
+            return
+        err = _translate(e, self.ctx, binding)
+        if err is not e:
+            raise err from e
+
 
 class _AioBase:
     async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx, new, binding = _prepare(details, aio=True)
-        call = await continuation(new, request)
+        ctx = current()
+        out = _outgoing(ctx, details)
+        call = await continuation(_aio_details(details, out), request)
+        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            return await call
         canceller = _Canceller(call, ctx)
         handle = ctx.done().add_callback(canceller)
         try:
@@ -336,19 +427,16 @@ class _AioBase:
         except ContextError:
             raise
         except (grpc.RpcError, asyncio.CancelledError) as e:
-            if not canceller.owns(e):
-                raise
-            err = _translate(e, ctx, binding)
-            if err is e:
-                raise
-            raise err from e
+            canceller.raise_translated(e, out.binding)
+            raise
         finally:
             handle.cancel()
 
     async def _stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx, new, binding = _prepare(details, aio=True)
-        call = await continuation(new, request)
-        return _aio_responses(call, ctx, binding)
+        ctx = current()
+        out = _outgoing(ctx, details)
+        call = await continuation(_aio_details(details, out), request)
+        return _aio_responses(call, ctx, out.binding)
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
@@ -363,8 +451,8 @@ class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type:
     async def intercept_stream_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         # grpc.aio needs the call itself back here (its writes go through it), so the error
         # stays gRPC's own; the context still sends its deadline and values and cancels it.
-        ctx, new, _ = _prepare(details, aio=True)
-        call = await continuation(new, request)
+        ctx = current()
+        call = await continuation(_aio_details(details, _outgoing(ctx, details)), request)
         handle = ctx.done().add_callback(_Canceller(call, ctx))
         call.add_done_callback(lambda _: handle.cancel())
         return call
@@ -393,12 +481,8 @@ async def _aio_responses(call: Any, ctx: Context, binding: bool) -> AsyncIterato
     except ContextError:
         raise
     except (grpc.RpcError, asyncio.CancelledError) as e:
-        if not canceller.owns(e):
-            raise
-        err = _translate(e, ctx, binding)
-        if err is e:
-            raise
-        raise err from e
+        canceller.raise_translated(e, binding)
+        raise
     finally:
         handle.cancel()
         call.cancel()  # (a consumer that stops early ends the call, as gRPC's iterator does)

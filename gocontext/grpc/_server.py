@@ -28,7 +28,7 @@ from .._context import (
     with_cancel_cause,
     with_timeout,
 )
-from .._propagation import attach_values
+from .._propagation import _keys, attach_values
 from ..http._headers import parse_baggage
 
 try:  # the same cause as the HTTP wires, when the http extra is there
@@ -77,8 +77,7 @@ class _Rpc:
         self.key = id(servicer_context)
         metadata = servicer_context.invocation_metadata() or ()
         baggage = ",".join(str(v) for k, v in metadata if k == "baggage")
-        parent = attach_values(background(), parse_baggage(baggage) if baggage else {})
-        self.pair: CancelCausePair = with_cancel_cause(parent)
+        self.pair: CancelCausePair = with_cancel_cause(_values_context(baggage))
         self.ctx: RichContext = self.pair[0]
         self.cancel_deadline: Callable[[], None] = _nothing
         left = servicer_context.time_remaining()
@@ -99,19 +98,14 @@ class _Rpc:
             # wait for it, so the handler, stopped next, sees why.
             self.ctx.done().wait(_TIMER_SLACK)
             return
+        self.client_left()
+
+    def client_left(self) -> None:
         self.pair[1](ClientDisconnected("the client cancelled the RPC or went away"))
 
     def deadline_passed(self) -> bool:
         left = self.servicer_context.time_remaining()
         return left is not None and left <= 0
-
-    async def aio_terminated(self) -> None:
-        """As ``terminated``, on the loop: waits for our timer without blocking it."""
-        if self.deadline_passed():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(_await_done(self.ctx), _TIMER_SLACK)
-            return
-        self.terminated()
 
     def end(self) -> None:
         self.finished = True
@@ -128,8 +122,24 @@ _NO_DEADLINE = 10 * 365 * 24 * 3600.0
 _TIMER_SLACK = 0.5  # at most this long between gRPC's deadline and our timer's (never reached)
 
 
-async def _await_done(ctx: Context) -> None:
-    await ctx.done()
+def _values_context(baggage: str) -> Context:
+    """``background()`` with the propagated values of a ``baggage`` value. Such a context
+    never ends and never changes, so the one made for a value serves every RPC that sends
+    it (a bounded memo, keyed also by how many keys are declared: a key declared since may
+    keep a value the memo's context dropped)."""
+    if not baggage:
+        return background()
+    key = (baggage, len(_keys))
+    ctx = _values_contexts.get(key)
+    if ctx is None:
+        if len(_values_contexts) >= _VALUES_CONTEXTS_MAX:
+            _values_contexts.clear()
+        ctx = _values_contexts[key] = attach_values(background(), parse_baggage(baggage))
+    return ctx
+
+
+_values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are atomic)
+_VALUES_CONTEXTS_MAX = 256
 
 
 def _nothing() -> None:
@@ -212,26 +222,107 @@ def server_interceptor() -> Any:
 # grpc.aio
 
 
-async def _run_shielded(rpc: _Rpc, coro: Any) -> Any:
-    """Await *coro* in a task of its own. When gRPC cancels the RPC's task (the client left or
-    the deadline passed), the context ends first, then the handler is cancelled: its cleanup
-    sees why."""
-    with use(rpc.ctx):
-        inner = asyncio.ensure_future(coro)  # (the task copies the ambient context)
-    try:
-        return await asyncio.shield(inner)
-    except asyncio.CancelledError:
-        await asyncio.shield(rpc.aio_terminated())
-        inner.cancel()
-        await asyncio.wait({inner})
-        raise
+class _Driven:
+    """Awaits a handler's step (its coroutine, or one step of its async generator) in the
+    RPC's own task: no task, shield or round trip through the loop of its own.
+
+    When gRPC cancels the RPC's task (the client left or the deadline passed), the context
+    ends first, then the cancellation goes on into the handler, so its cleanup sees why: at a
+    passed deadline, gRPC's is a moment ahead of our timer's, so the cancellation waits (the
+    task suspended on a future) until the context has ended. Once a cancellation has gone in,
+    the step ends cancelled whatever the handler does with it, as the RPC does.
+    """
+
+    __slots__ = ("_held", "_rpc", "_step", "_thrown")
+
+    def __init__(self, rpc: _Rpc, awaitable: Any) -> None:
+        self._rpc = rpc
+        self._step: Any = awaitable.__await__()
+        self._held: BaseException | None = None  # a cancellation waiting for our timer
+        self._thrown = False  # a cancellation went into the handler
+
+    def __await__(self) -> _Driven:
+        return self
+
+    def __iter__(self) -> _Driven:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        held = self._held
+        if held is not None:  # our context has ended (or the slack ran out): go on in
+            self._held = None
+            self._thrown = True
+            return self._run(self._step.throw, held)
+        return self._run(self._step.send, value)
+
+    def throw(self, exc: Any, *rest: Any) -> Any:
+        if rest and rest[0] is not None:  # the (type, value, traceback) form
+            exc = rest[0]
+        elif isinstance(exc, type):
+            exc = exc()
+        if not isinstance(exc, asyncio.CancelledError):
+            return self._run(self._step.throw, exc)
+        rpc = self._rpc
+        if rpc.deadline_passed():
+            if self._held is None and rpc.ctx.err() is None:
+                self._held = exc
+                return _when_done(rpc.ctx)
+        else:
+            rpc.client_left()
+        self._held = None
+        self._thrown = True
+        return self._run(self._step.throw, exc)
+
+    def close(self) -> None:
+        self._step.close()
+
+    def _run(self, step: Callable[[Any], Any], arg: Any) -> Any:
+        try:
+            return step(arg)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # (StopIteration too: the handler's step is over)
+            if self._thrown:
+                raise asyncio.CancelledError() from e
+            raise
+
+
+def _when_done(ctx: Context) -> asyncio.Future[None]:
+    """A future of the running loop that is done when *ctx* is, or after ``_TIMER_SLACK``,
+    ready to be yielded to the task (as ``await`` would)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:  # in whatever thread ended the context
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(_set_done, fut)
+
+    handle = ctx.done().add_callback(wake)
+    timer = loop.call_later(_TIMER_SLACK, _set_done, fut)
+
+    def cleanup(_: object) -> None:
+        handle.cancel()
+        timer.cancel()
+
+    fut.add_done_callback(cleanup)
+    fut._asyncio_future_blocking = True
+    return fut
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _aio_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     async def run(request: Any, servicer_context: Any) -> Any:
         rpc = _Rpc(servicer_context)
         try:
-            return await _run_shielded(rpc, behavior(request, servicer_context))
+            with use(rpc.ctx):
+                return await _Driven(rpc, behavior(request, servicer_context))
         finally:
             rpc.end()
 
@@ -244,14 +335,15 @@ def _aio_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
         try:
             with use(rpc.ctx):
                 responses = behavior(request, servicer_context)
-            if not hasattr(responses, "__anext__"):  # a coroutine using context.write()
-                await _run_shielded(rpc, responses)
-                return
-            while True:
-                try:
-                    response = await _run_shielded(rpc, responses.__anext__())
-                except StopAsyncIteration:
+                if not hasattr(responses, "__anext__"):  # a coroutine using context.write()
+                    await _Driven(rpc, responses)
                     return
+            while True:
+                with use(rpc.ctx):  # (not across the yield: gRPC's code runs there)
+                    try:
+                        response = await _Driven(rpc, responses.__anext__())
+                    except StopAsyncIteration:
+                        return
                 yield response
         finally:
             rpc.end()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import socket
 import threading
 from collections.abc import Iterator, Mapping
@@ -33,11 +32,11 @@ from urllib3.util import Timeout
 
 from .. import _timer
 from .._ambient import current, use
-from .._context import _OURS, Context, _check_foreign
+from .._context import Context, check_context
 from .._done import CallbackHandle
 from .._errors import ContextError, DeadlineExceeded
-from .._propagation import outgoing_values
-from ._headers import format_baggage, format_grpc_timeout
+from ._headers import format_grpc_timeout
+from ._outgoing import baggage, time_left
 
 __all__ = ["RequestsAdapter", "request"]
 
@@ -291,23 +290,17 @@ class RequestsAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         ctx = current()
-        err = ctx.err()
-        if err is not None:
-            raise err
         binding = False
-        deadline = ctx.deadline()
-        if deadline is not None and deadline != math.inf:
-            left = deadline - _timer.now()
-            if left <= 0:
-                raise DeadlineExceeded()
+        left = time_left(ctx)
+        if left is not None:
             request.headers["Grpc-Timeout"] = format_grpc_timeout(left)
             timeout, binding = _cap(timeout, left)
-        values = outgoing_values(ctx)
-        if values:
-            existing = request.headers.get("baggage")
-            if isinstance(existing, bytes):
-                existing = existing.decode("latin-1")
-            request.headers["baggage"] = format_baggage(values, existing)
+        existing = request.headers.get("baggage")
+        if isinstance(existing, bytes):
+            existing = existing.decode("latin-1")
+        value = baggage(ctx, existing)
+        if value is not None:
+            request.headers["baggage"] = value
         aborter = _Aborter()
         handle = ctx.done().add_callback(aborter.abort)
         with aborter.lock:
@@ -350,8 +343,7 @@ def request(
           ...
         gocontext.DeadlineExceeded: context deadline exceeded
     """
-    if type(ctx) not in _OURS:
-        _check_foreign(ctx, "gocontext.http.request", "ctx")
+    check_context(ctx, "gocontext.http.request", "ctx")
     if not isinstance(session, requests.Session):
         raise TypeError(
             f"gocontext.http.request() needs a requests.Session, got {type(session).__name__}: "

@@ -4,7 +4,11 @@ A board records what each handler saw, keyed by the request id the client sent."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from starlette.applications import Starlette
@@ -17,12 +21,80 @@ import gocontext.http
 
 from .._servers import RID, Board, Server
 from .._servers import tcp_socket as tcp_socket  # the wire tests import it from here
+from ..conftest import NEVER
 
 SECRET = gocontext.Key[str]("secret")
 
 
 BOARD = Board()
 Uvicorn = Server  # the name the wire tests know it by
+
+
+_ids = itertools.count()
+
+
+def rid(name: str) -> str:
+    """A request id no other test uses: *name* and a number."""
+    return f"{name}-{next(_ids)}"
+
+
+def with_rid(name: str) -> gocontext.Context:
+    """A context carrying *name* as the request id the handlers report under."""
+    return gocontext.with_value(gocontext.background(), RID, name)
+
+
+def cancel_when_entered(name: str, cancel: Callable[[], object]) -> threading.Thread:
+    """A started thread that calls *cancel* once handler *name* is in."""
+
+    def run() -> None:
+        BOARD.wait_entered(name)
+        cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+async def cancel_task_and_context_when_entered(
+    name: str, task: asyncio.Task[None], cancel: Callable[[], None]
+) -> None:
+    """Once handler *name* is in, cancel *task* and its context in one step of the loop;
+    then the task must end cancelled, its own cancellation untouched by the context's."""
+    loop = asyncio.get_running_loop()
+
+    def both() -> None:
+        task.cancel()
+        cancel()
+
+    t = cancel_when_entered(name, lambda: loop.call_soon_threadsafe(both))
+    await asyncio.wait({task})
+    await asyncio.to_thread(t.join, NEVER)
+    assert task.cancelled(), f"the task ended with {task.exception()!r}"
+    await asyncio.to_thread(BOARD.wait_ended, name)
+
+
+def done_context(how: str) -> tuple[gocontext.Context, type[Exception]]:
+    """A context that is done already ("canceled" or "expired"), and the error it raises."""
+    if how == "canceled":
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        cancel()
+        return ctx, gocontext.Canceled
+    ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
+    return ctx, gocontext.DeadlineExceeded
+
+
+@contextlib.contextmanager
+def unreached_port() -> Iterator[int]:
+    """A listening port on 127.0.0.1 that nobody may connect to while the block runs."""
+    listener = tcp_socket()
+    try:
+        listener.listen(8)
+        yield listener.getsockname()[1]
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
 
 
 def info_of(ctx: gocontext.Context) -> dict[str, object]:

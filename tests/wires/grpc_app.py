@@ -99,6 +99,12 @@ async def aio_ok(request: bytes, servicer_context: Any) -> bytes:
     return b"ok"
 
 
+async def aio_task(request: bytes, servicer_context: Any) -> bytes:
+    """What the task running this handler was made to run (a coroutine's name)."""
+    task = asyncio.current_task()
+    return getattr(task.get_coro() if task else None, "__qualname__", "").encode()
+
+
 def sync_collect(requests: Iterator[bytes], servicer_context: Any) -> bytes:
     """Stream in, one answer: how many came, and what the context carried."""
     body = info_of(gocontext.current())
@@ -131,6 +137,7 @@ def _handlers(aio: bool) -> Any:
             "Wait": unary(aio_wait),
             "WaitStream": stream(aio_wait_stream),
             "Ok": unary(aio_ok),
+            "Task": unary(aio_task),
             "Collect": grpc.stream_unary_rpc_method_handler(aio_collect),
             "Echo": grpc.stream_stream_rpc_method_handler(aio_echo),
         }

@@ -5,9 +5,9 @@ the handler, the pool stays healthy. aiohttp runs on asyncio only: these tests h
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import anyio
@@ -20,18 +20,21 @@ from gocontext import _context
 
 from ..conftest import NEVER
 from .aiohttp_app import AiohttpServer, make_app
-from .conftest import BOARD, RID, SECRET, tcp_socket
-
-_ids = itertools.count()
+from .conftest import (
+    BOARD,
+    SECRET,
+    cancel_task_and_context_when_entered,
+    cancel_when_entered,
+    done_context,
+    rid,
+    unreached_port,
+    with_rid,
+)
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # aiohttp runs on asyncio only
-
-
-def rid(name: str) -> str:
-    return f"ah-{name}-{next(_ids)}"
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +60,6 @@ async def assert_pool_healthy(session: aiohttp.ClientSession, server: AiohttpSer
     with anyio.fail_after(NEVER):
         async with session.get(server.url + "/ok") as r:
             assert await r.text() == "ok"
-
-
-def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
-    def run() -> None:
-        BOARD.wait_entered(name)
-        cancel()
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
-
-
-def with_rid(name: str) -> gocontext.Context:
-    return gocontext.with_value(gocontext.background(), RID, name)
 
 
 async def test_deadline_and_propagated_values_reach_the_handler(
@@ -123,6 +112,11 @@ async def test_cancel_from_another_thread_aborts_the_request_and_the_handler_see
     cause = await asyncio.to_thread(BOARD.wait_ended, name)
     assert isinstance(cause, gocontext.http.ClientDisconnected)
     assert _context.watcher_count(ctx) == 0
+    # The task goes on as any other: the context's cancel of it is taken back.
+    task: Any = asyncio.current_task()
+    assert getattr(task, "cancelling", lambda: 0)() == 0
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.Event().wait(), 0.01)
     await assert_pool_healthy(session, server)
 
 
@@ -144,6 +138,22 @@ async def test_cancel_from_another_task_aborts_the_request(
     await assert_pool_healthy(session, server)
 
 
+async def test_a_framework_cancellation_passes_through_untouched(
+    session: aiohttp.ClientSession, server: AiohttpServer
+) -> None:
+    """A task cancelled at the same moment as its context ends cancelled: no Canceled takes
+    the place of the task's own cancellation."""
+    name = rid("framework")
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
+
+    async def call() -> None:
+        await session.get(server.url + "/wait", trace_request_ctx=ctx)
+
+    await cancel_task_and_context_when_entered(name, asyncio.ensure_future(call()), cancel)
+    assert _context.watcher_count(ctx) == 0
+    await assert_pool_healthy(session, server)
+
+
 async def test_passed_deadline_raises_deadline_exceeded(
     session: aiohttp.ClientSession, server: AiohttpServer
 ) -> None:
@@ -158,22 +168,9 @@ async def test_passed_deadline_raises_deadline_exceeded(
 
 @pytest.mark.parametrize("how", ["canceled", "expired"])
 async def test_a_done_context_sends_nothing(session: aiohttp.ClientSession, how: str) -> None:
-    listener = tcp_socket()
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    if how == "canceled":
-        ctx, cancel = gocontext.with_cancel(gocontext.background())
-        cancel()
-        expected: type[Exception] = gocontext.Canceled
-    else:
-        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
-        expected = gocontext.DeadlineExceeded
-    with pytest.raises(expected):
+    ctx, expected = done_context(how)
+    with unreached_port() as port, pytest.raises(expected):
         await session.get(f"http://127.0.0.1:{port}/", trace_request_ctx=ctx)
-    listener.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        listener.accept()
-    listener.close()
 
 
 async def test_the_callers_own_smaller_timeout_still_raises_aiohttps_timeout(
@@ -190,32 +187,34 @@ async def test_the_callers_own_smaller_timeout_still_raises_aiohttps_timeout(
     await assert_pool_healthy(session, server)
 
 
+async def plain_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """The status and body of a GET by a plain aiohttp client (no gocontext on its side)."""
+    async with aiohttp.ClientSession() as plain, plain.get(url, headers=headers) as r:
+        return r.status, await r.text()
+
+
 async def test_a_malformed_deadline_gets_400_and_the_server_keeps_serving(
     server: AiohttpServer,
 ) -> None:
-    async with aiohttp.ClientSession() as plain:
-        async with plain.get(server.url + "/info", headers={"Grpc-Timeout": "soon"}) as r:
-            assert r.status == 400
-            assert "Grpc-Timeout" in await r.text()
-        async with plain.get(server.url + "/ok") as r:
-            assert await r.text() == "ok"
+    status, text = await plain_get(server.url + "/info", {"Grpc-Timeout": "soon"})
+    assert status == 400
+    assert "Grpc-Timeout" in text
+    assert await plain_get(server.url + "/ok") == (200, "ok")
 
 
 async def test_max_timeout_caps_the_callers_deadline_and_applies_without_one(
     capped_server: AiohttpServer,
 ) -> None:
-    async with aiohttp.ClientSession() as plain:
-        for headers in ({"Grpc-Timeout": "100S"}, {}):
-            async with plain.get(capped_server.url + "/info", headers=headers) as r:
-                assert 0 < (await r.json())["remaining"] <= 5
+    for headers in ({"Grpc-Timeout": "100S"}, {}):
+        _, text = await plain_get(capped_server.url + "/info", headers)
+        assert 0 < json.loads(text)["remaining"] <= 5
 
 
 async def test_a_handler_that_ignores_its_context_is_stopped_with_504(
     server: AiohttpServer,
 ) -> None:
-    async with aiohttp.ClientSession() as plain:
-        async with plain.get(server.url + "/ignore", headers={"Grpc-Timeout": "200m"}) as r:
-            assert r.status == 504
+    status, _ = await plain_get(server.url + "/ignore", {"Grpc-Timeout": "200m"})
+    assert status == 504
 
 
 def test_middleware_rejects_a_bad_max_timeout() -> None:

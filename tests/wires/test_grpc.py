@@ -5,12 +5,11 @@ healthy. grpc.aio runs on asyncio only: its tests have no trio twin."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -25,23 +24,14 @@ from gocontext import _context
 from gocontext.grpc import _server
 
 from ..conftest import NEVER
-from .conftest import BOARD, RID, SECRET, tcp_socket
+from . import conftest as wires
+from .conftest import BOARD, SECRET, cancel_when_entered, rid, with_rid
 from .grpc_app import GrpcServer, method
-
-_ids = itertools.count()
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # grpc.aio runs on asyncio only
-
-
-def rid(name: str) -> str:
-    return f"g-{name}-{next(_ids)}"
-
-
-def with_rid(name: str) -> gocontext.Context:
-    return gocontext.with_value(gocontext.background(), RID, name)
 
 
 @pytest.fixture(scope="module", params=["sync", "aio"])
@@ -57,16 +47,6 @@ def channel(server: GrpcServer) -> Iterator[Any]:
     )
     yield ch
     ch.close()
-
-
-def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
-    def run() -> None:
-        BOARD.wait_entered(name)
-        cancel()
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
 
 
 def assert_healthy(channel: Any) -> None:
@@ -145,6 +125,31 @@ def test_cancel_from_another_thread_cancels_a_blocking_call(channel: Any) -> Non
     assert_healthy(channel)
 
 
+@pytest.mark.parametrize("kind", ["unary", "stream-in"])
+def test_a_blocking_call_that_a_cancel_can_reach_stays_in_the_callers_thread(
+    channel: Any, kind: str
+) -> None:
+    """As grpc's own blocking call: the answer is read (deserialized) by the calling thread,
+    not handed over from another one (a thread hop per call)."""
+    readers: list[threading.Thread] = []
+
+    def deserialize(data: bytes) -> bytes:
+        readers.append(threading.current_thread())
+        return data
+
+    ctx, cancel = gocontext.with_cancel(with_rid(rid("in-thread")))
+    with gocontext.use(ctx):
+        if kind == "unary":
+            answer = channel.unary_unary(method("Ok"), response_deserializer=deserialize)(b"")
+            assert answer == b"ok"
+        else:
+            call = channel.stream_unary(method("Collect"), response_deserializer=deserialize)
+            assert json.loads(call(iter([b"a"])))["count"] == 1
+    cancel()
+    assert readers == [threading.current_thread()]
+    assert _context.watcher_count(ctx) == 0
+
+
 def test_cancel_from_another_thread_cancels_a_streamed_response(channel: Any) -> None:
     name = rid("stream")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
@@ -191,26 +196,14 @@ def test_the_callers_own_smaller_timeout_still_raises_rpc_error(channel: Any) ->
 
 @pytest.mark.parametrize("how", ["canceled", "expired"])
 def test_a_done_context_sends_nothing(how: str) -> None:
-    listener = tcp_socket()
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
-    )
-    if how == "canceled":
-        ctx, cancel = gocontext.with_cancel(gocontext.background())
-        cancel()
-        expected: type[Exception] = gocontext.Canceled
-    else:
-        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
-        expected = gocontext.DeadlineExceeded
-    with gocontext.use(ctx), pytest.raises(expected):
-        channel.unary_unary(method("Ok"))(b"")
-    channel.close()
-    listener.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        listener.accept()
-    listener.close()
+    ctx, expected = wires.done_context(how)
+    with wires.unreached_port() as port:
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
+        )
+        with gocontext.use(ctx), pytest.raises(expected):
+            channel.unary_unary(method("Ok"))(b"")
+        channel.close()
 
 
 def test_context_of_an_unknown_servicer_context_is_a_lookup_error() -> None:
@@ -257,6 +250,15 @@ async def test_aio_cancel_from_another_thread_cancels_the_call(
         await anyio.to_thread.run_sync(assert_no_server_context_left)
 
 
+async def test_an_aio_handler_runs_in_the_rpcs_own_task() -> None:
+    """No task of ours per RPC: the handler runs in the task gRPC made for the RPC."""
+    with GrpcServer("aio") as aio_server:
+        async with grpc.aio.insecure_channel(aio_server.target) as ch:
+            with anyio.fail_after(NEVER):
+                name = await ch.unary_unary(method("Task"))(b"")
+    assert name not in (b"aio_task", b""), name
+
+
 async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer) -> None:
     name = rid("aio-deadline")
     async with grpc.aio.insecure_channel(
@@ -282,7 +284,6 @@ async def test_aio_a_framework_cancellation_passes_through_untouched(server: Grp
     the place of the task's own cancellation."""
     name = rid("aio-framework")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
-    loop = asyncio.get_running_loop()
     async with grpc.aio.insecure_channel(
         server.target, interceptors=gocontext.grpc.aio_client_interceptors()
     ) as ch:
@@ -291,21 +292,8 @@ async def test_aio_a_framework_cancellation_passes_through_untouched(server: Grp
             with gocontext.use(ctx):
                 await ch.unary_unary(method("Wait"))(b"")
 
-        task = asyncio.ensure_future(call())
-
-        def both() -> None:
-            task.cancel()
-            cancel()
-
-        def run() -> None:
-            BOARD.wait_entered(name)
-            loop.call_soon_threadsafe(both)
-
-        t = threading.Thread(target=run)
-        t.start()
-        await asyncio.wait({task})
-        await anyio.to_thread.run_sync(t.join, NEVER)
-        assert task.cancelled(), f"the task ended with {task.exception()!r}"
-        await anyio.to_thread.run_sync(BOARD.wait_ended, name)
+        await wires.cancel_task_and_context_when_entered(
+            name, asyncio.ensure_future(call()), cancel
+        )
         with anyio.fail_after(NEVER):
             assert await ch.unary_unary(method("Ok"))(b"") == b"ok"

@@ -3,12 +3,11 @@ healthy. Against uvicorn with ContextMiddleware on 127.0.0.1."""
 
 from __future__ import annotations
 
-import itertools
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -19,13 +18,17 @@ import gocontext.http
 from gocontext import _context
 
 from ..conftest import NEVER
-from .conftest import BOARD, RID, SECRET, Uvicorn, tcp_socket
-
-_ids = itertools.count()
-
-
-def rid(name: str) -> str:
-    return f"rq-{name}-{next(_ids)}"
+from .conftest import (
+    BOARD,
+    SECRET,
+    Uvicorn,
+    cancel_when_entered,
+    done_context,
+    rid,
+    tcp_socket,
+    unreached_port,
+    with_rid,
+)
 
 
 @pytest.fixture
@@ -49,20 +52,10 @@ def assert_pool_healthy(session: requests.Session, server: Uvicorn) -> None:
     assert pool.pool.qsize() == pool.pool.maxsize, "a connection is still checked out"
 
 
-def cancel_when_entered(name: str, cancel: Callable[[], None]) -> threading.Thread:
-    def run() -> None:
-        BOARD.wait_entered(name)
-        cancel()
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
-
-
 def test_deadline_and_propagated_values_go_out(
     session: requests.Session, http_server: Uvicorn
 ) -> None:
-    ctx = gocontext.with_value(gocontext.background(), RID, "r-1")
+    ctx = with_rid("r-1")
     ctx = gocontext.with_value(ctx, SECRET, "hunter2")
     with gocontext.with_timeout(ctx, 30) as (ctx, _):
         r = gocontext.http.request(ctx, session, "GET", http_server.url + "/info")
@@ -77,7 +70,7 @@ def test_deadline_and_propagated_values_go_out(
 def test_ambient_context_is_used_by_plain_session_calls(
     session: requests.Session, http_server: Uvicorn
 ) -> None:
-    ctx = gocontext.with_value(gocontext.background(), RID, "ambient")
+    ctx = with_rid("ambient")
     with gocontext.use(ctx):
         body = session.get(http_server.url + "/info").json()
     assert body["rid"] == "ambient"
@@ -86,7 +79,7 @@ def test_ambient_context_is_used_by_plain_session_calls(
 
 
 def test_existing_baggage_is_kept(session: requests.Session, http_server: Uvicorn) -> None:
-    ctx = gocontext.with_value(gocontext.background(), RID, "r-2")
+    ctx = with_rid("r-2")
     r = gocontext.http.request(
         ctx, session, "GET", http_server.url + "/info", headers={"baggage": "other=1"}
     )
@@ -94,34 +87,25 @@ def test_existing_baggage_is_kept(session: requests.Session, http_server: Uvicor
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_cancel_from_another_thread_aborts_a_request_waiting_for_headers(
-    session: requests.Session, http_server: Uvicorn, stream: bool
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_cancel_from_another_thread_aborts_the_request(
+    session: requests.Session, http_server: Uvicorn, where: str, stream: bool
 ) -> None:
-    name = rid("headers")
-    ctx, cancel = gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, name))
+    """Waiting for headers (/wait) or reading the body (/body): the request ends with
+    Canceled, the handler sees the client leave, the pool stays healthy."""
+    name = rid(where)
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
     t = cancel_when_entered(name, cancel)
+    path = "/wait" if where == "headers" else "/body"
     with pytest.raises(gocontext.Canceled) as info:
-        gocontext.http.request(ctx, session, "GET", http_server.url + "/wait", stream=stream)
-    t.join(NEVER)
-    assert isinstance(info.value.__cause__, requests.ConnectionError)
-    assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
-    assert _context.watcher_count(ctx) == 0
-    assert_pool_healthy(session, http_server)
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_cancel_aborts_a_request_reading_its_body(
-    session: requests.Session, http_server: Uvicorn, stream: bool
-) -> None:
-    name = rid("body")
-    ctx, cancel = gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, name))
-    t = cancel_when_entered(name, cancel)
-    with pytest.raises(gocontext.Canceled):
-        r = gocontext.http.request(ctx, session, "GET", http_server.url + "/body", stream=stream)
+        r = gocontext.http.request(ctx, session, "GET", http_server.url + path, stream=stream)
         for _ in r.iter_content(1):
             pass
     t.join(NEVER)
+    if where == "headers":
+        assert isinstance(info.value.__cause__, requests.ConnectionError)
     assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+    assert _context.watcher_count(ctx) == 0
     assert_pool_healthy(session, http_server)
 
 
@@ -129,7 +113,7 @@ def test_cancel_aborts_a_request_stuck_sending_its_body(
     session: requests.Session, http_server: Uvicorn
 ) -> None:
     name = rid("upload")
-    ctx, cancel = gocontext.with_cancel(gocontext.with_value(gocontext.background(), RID, name))
+    ctx, cancel = gocontext.with_cancel(with_rid(name))
 
     def endless() -> Iterator[bytes]:
         while True:
@@ -148,7 +132,7 @@ def test_passed_deadline_raises_deadline_exceeded_and_ends_the_server_handler(
     session: requests.Session, http_server: Uvicorn
 ) -> None:
     name = rid("deadline")
-    ctx = gocontext.with_value(gocontext.background(), RID, name)
+    ctx = with_rid(name)
     with gocontext.with_timeout(ctx, 0.3) as (ctx, _):
         with pytest.raises(gocontext.DeadlineExceeded):
             gocontext.http.request(ctx, session, "GET", http_server.url + "/wait")
@@ -163,9 +147,7 @@ def test_the_callers_own_smaller_timeout_still_raises_requests_timeout(
     session: requests.Session, http_server: Uvicorn
 ) -> None:
     name = rid("own-timeout")
-    ctx, cancel = gocontext.with_timeout(
-        gocontext.with_value(gocontext.background(), RID, name), 60
-    )
+    ctx, cancel = gocontext.with_timeout(with_rid(name), 60)
     with pytest.raises(requests.ReadTimeout):
         gocontext.http.request(ctx, session, "GET", http_server.url + "/wait", timeout=0.2)
     cancel()
@@ -175,22 +157,9 @@ def test_the_callers_own_smaller_timeout_still_raises_requests_timeout(
 
 @pytest.mark.parametrize("how", ["canceled", "expired"])
 def test_a_done_context_sends_nothing(session: requests.Session, how: str) -> None:
-    listener = tcp_socket()
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    if how == "canceled":
-        ctx, cancel = gocontext.with_cancel(gocontext.background())
-        cancel()
-        expected: type[Exception] = gocontext.Canceled
-    else:
-        ctx, _ = gocontext.with_timeout(gocontext.background(), -1)
-        expected = gocontext.DeadlineExceeded
-    with pytest.raises(expected):
+    ctx, expected = done_context(how)
+    with unreached_port() as port, pytest.raises(expected):
         gocontext.http.request(ctx, session, "GET", f"http://127.0.0.1:{port}/")
-    listener.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # nobody connected
-    listener.close()
 
 
 def test_cancel_between_requests_reaches_a_connection_reused_later(
@@ -208,7 +177,7 @@ async def test_cancelling_the_awaiting_task_aborts_a_request_in_a_worker_thread(
     http_server: Uvicorn, session: requests.Session
 ) -> None:
     name = rid("task")
-    ctx = gocontext.with_value(gocontext.background(), RID, name)
+    ctx = with_rid(name)
     raised: list[BaseException] = []
 
     def call(ctx: gocontext.Context) -> None:

@@ -1,0 +1,81 @@
+"""What a context sends with an outgoing call, for every client wire: the time it has left and
+its ``PropagatedKey`` values as a ``baggage`` value.
+
+A client calls ``time_left(ctx)`` first (it raises the context's error when the context is
+done, so nothing is sent), then ``baggage(ctx, existing)`` for the header or metadata.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _timer
+from .._context import Context
+from .._errors import DeadlineExceeded
+from .._propagation import outgoing_values
+from ._headers import format_baggage
+
+__all__ = ["baggage", "time_left"]
+
+
+def time_left(ctx: Context) -> float | None:
+    """Seconds left before *ctx*'s deadline, None when it has none; raises its error if done.
+
+    A deadline that has passed while the context has not noticed yet raises
+    ``DeadlineExceeded`` all the same: a call made now would send no time at all.
+
+    Example:
+        >>> import gocontext
+        >>> time_left(gocontext.background()) is None
+        True
+        >>> ctx, cancel = gocontext.with_timeout(gocontext.background(), 60)
+        >>> 0 < time_left(ctx) <= 60
+        True
+        >>> cancel()
+        >>> time_left(ctx)
+        Traceback (most recent call last):
+          ...
+        gocontext.Canceled: context canceled
+    """
+    err = ctx.err()
+    if err is not None:
+        raise err
+    deadline = ctx.deadline()
+    if deadline is None or deadline == math.inf:
+        return None
+    left = deadline - _timer.now()
+    if left <= 0:
+        raise DeadlineExceeded()
+    return left
+
+
+def baggage(ctx: Context, existing: str | None) -> str | None:
+    """The ``baggage`` value that carries *ctx*'s ``PropagatedKey`` values, merged into the
+    *existing* one (ours win on a clash); None when *ctx* carries none (send *existing*).
+
+    Example:
+        >>> import gocontext
+        >>> key = gocontext.PropagatedKey("request-id")
+        >>> baggage(gocontext.with_value(gocontext.background(), key, "r 1"), "user=ada")
+        'user=ada,request-id=r%201'
+        >>> baggage(gocontext.background(), "user=ada") is None
+        True
+    """
+    values = outgoing_values(ctx)
+    if not values:
+        return None
+    if existing:
+        return format_baggage(values, existing)
+    key = tuple(values.items())  # (the same values go out call after call: format them once)
+    value = _formatted.get(key)
+    if value is None:
+        if len(_formatted) >= _FORMATTED_MAX:
+            _formatted.clear()
+        value = _formatted[key] = format_baggage(values)
+    return value
+
+
+# The baggage values formatted lately, by their (name, value) pairs; a bounded memo (dict
+# operations are atomic: threads share it without a lock, at worst formatting twice).
+_formatted: dict[tuple[tuple[str, str], ...], str] = {}
+_FORMATTED_MAX = 256
