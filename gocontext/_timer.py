@@ -293,7 +293,11 @@ class Timer:
                 self._drop_cleared_top_locked()
                 heap = self._heap
                 if self._fake or not heap:
+                    if not self._fake:  # the thread wakes then anyway: a later entry need not
+                        clock = self._clock
+                        self._wake_at = (now() if clock is None else clock()) + self._idle_exit
                     if not cond.wait(self._idle_exit) and not self._fake:
+                        self._wake_at = _INF  # leaving: from here on, a new entry wakes us
                         self._take_incoming_locked()
                         self._drop_cleared_top_locked()
                         if not self._heap:  # nothing live came in meanwhile: leave
@@ -305,9 +309,10 @@ class Timer:
                 if heap[0][0] > t:
                     # Wake at the deadline, or after idle_exit to drop what was cancelled
                     # meanwhile (so one cancelled hour-long timeout does not hold the thread).
-                    self._wake_at = heap[0][0]
+                    # A new entry wakes us only if it is due before we wake anyway.
+                    self._wake_at = min(heap[0][0], t + self._idle_exit)
                     if not self._incoming:  # (else loop at once: it may hold an earlier entry)
-                        cond.wait(min(self._wake_at - t, self._idle_exit, threading.TIMEOUT_MAX))
+                        cond.wait(min(self._wake_at - t, threading.TIMEOUT_MAX))
                     continue
                 due = self._pop_due_locked(t)
                 lock.release()

@@ -3,6 +3,7 @@ when it holds no live entry."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -49,7 +50,7 @@ def test_the_thread_leaves_when_no_live_entry_is_left() -> None:
     deadline = time.monotonic() + 3600
     entry = timer.schedule(deadline, Target())
     assert timer.threads() == 1
-    wait_for(lambda: timer._wake_at == deadline)  # the thread sleeps until that deadline
+    wait_for(lambda: timer._wake_at < math.inf)  # the thread took the entry and sleeps
     timer.cancel(entry)
     wait_for(lambda: timer.threads() == 0)
     soon = Target()
@@ -64,3 +65,23 @@ def test_a_cancelled_long_timeout_lets_the_shared_thread_go(fake_clock: object) 
     assert _timer.timer.pending() == before + 1
     cancel()
     assert _timer.timer.pending() == before
+
+
+def test_an_entry_due_after_the_thread_wakes_anyway_does_not_wake_it() -> None:
+    """The thread sleeps at most idle_exit; entries due later are taken then, at no cost to
+    the schedule() that made them (a server's per-request deadlines must not wake it)."""
+    timer = _timer.Timer(idle_exit=10 * NEVER)
+    far = timer.schedule(time.monotonic() + 3600, Target())
+    wait_for(lambda: timer._wake_at < math.inf)  # asleep, until idle_exit at the latest
+    wakes = []
+    notify = timer._cond.notify
+    timer._cond.notify = lambda n=1: (wakes.append(n), notify(n))  # type: ignore[method-assign]  # counting wrapper
+    entries = [timer.schedule(time.monotonic() + 20 * NEVER + i, Target()) for i in range(50)]
+    assert wakes == []
+    soon = Target()
+    timer.schedule(time.monotonic() + 0.01, soon)  # an entry due before that still wakes it
+    assert soon.fired.wait(NEVER)
+    assert len(wakes) == 1
+    for e in [far, *entries]:
+        timer.cancel(e)
+    timer.close()
