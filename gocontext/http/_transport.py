@@ -40,13 +40,13 @@ import httpx
 from httpcore._backends.sync import SyncBackend as _SyncBackend
 from httpcore._backends.sync import SyncStream as _SyncStream
 
-from .. import _loops, _timer
+from .. import _loops
 from .._ambient import current
 from .._context import _NEVER, Context, check_context
 from .._done import CallbackHandle
 from .._errors import DeadlineExceeded
-from .._propagation import outgoing_values
-from ._headers import format_baggage, format_grpc_timeout
+from ._headers import format_grpc_timeout
+from ._outgoing import baggage, time_left
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -77,15 +77,9 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
 
     Raises ``ctx.err()`` if the context is done: nothing is sent.
     """
-    err = ctx.err()
-    if err is not None:
-        raise err
     capped = False
-    deadline = ctx.deadline()
-    if deadline is not None and deadline != math.inf:
-        left = deadline - _timer.now()
-        if left <= 0:
-            raise DeadlineExceeded()
+    left = time_left(ctx)
+    if left is not None:
         _set_header(request.headers, b"grpc-timeout", format_grpc_timeout(left))
         timeouts = dict(request.extensions.get("timeout") or {})
         for k in ("connect", "read", "write", "pool"):
@@ -94,12 +88,14 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
                 timeouts[k] = left
                 capped = True
         request.extensions = {**request.extensions, "timeout": timeouts}
-    values = outgoing_values(ctx)
-    if values:
+    value = baggage(ctx, None)  # (first: a context with no values leaves the header alone)
+    if value is not None:
         headers = request.headers
         existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
         # (taken out as they are read: no second pass to remove them)
-        _set_header(headers, b"baggage", format_baggage(values, existing), taken=_FAST_HEADERS)
+        if existing:
+            value = baggage(ctx, existing)
+        _set_header(headers, b"baggage", value, taken=_FAST_HEADERS)  # type: ignore[arg-type]  # not None: ctx has values
     return capped
 
 
