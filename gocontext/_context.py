@@ -34,7 +34,7 @@ from typing import (
 from . import _afterfunc, _timer, _tree
 from ._done import CallbackHandle, Done
 from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
-from ._tree import CANCELED, Node, cancel_timed, end, ext_locked, state_of
+from ._tree import CANCELED, Node, end, ext_locked, state_of
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -252,8 +252,6 @@ class CancelCausePair(tuple[RichContext, CancelCauseFunc]):
     def __repr__(self) -> str:
         return f"CancelCausePair(ctx={self[0]!r}, cancel={self[1]!r})"
 
-
-# A done state: (error class, custom cause or None). Set once, shared by every node it reaches.
 
 # --------------------------------------------------------------------------------------------
 # Roots
@@ -937,7 +935,6 @@ class _DeadlineContext(_CancelContext):
     _deadline: float
     _cause: BaseException | None
     _entry: _timer.TimerEntry | None
-    _cancel = cancel_timed  # Node._cancel, giving up the timer entry
 
     def _expire(self) -> None:
         if self._state is None:

@@ -62,7 +62,6 @@ __all__ = [
     "NodeDone",
     "State",
     "call_all",
-    "cancel_timed",
     "end",
     "end_with",
     "error",
@@ -100,7 +99,7 @@ class Node:
 
     __slots__ = ("__weakref__", "_done", "_end", "_state", "_tag", "_up")
     _node = True
-    _has_entry = False  # True for a node with a timer entry in ``_entry`` (see cancel_timed)
+    _has_entry = False  # True for a node with a timer entry in ``_entry`` (None once it ended)
     _up: Node | None
     _state: State | None
     _tag: int | None
@@ -108,6 +107,7 @@ class Node:
     _done: NodeDone | None
 
     if TYPE_CHECKING:
+        _entry: _timer.TimerEntry | None  # a slot of the nodes with _has_entry
 
         def _chain(self) -> str: ...  # how it was derived, for reprs (the context type's)
 
@@ -159,40 +159,19 @@ class Node:
                     s = t
                     break
                 n = n._up
-            if self._done is None and self._state is None:
-                self._state = s
-                _epoch += 1
-                return
+            entry = None
+            try:
+                if self._done is None and self._state is None:
+                    if self._has_entry:  # the timer entry is taken with the end
+                        entry = self._entry
+                        self._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
+                    self._state = s
+                    _epoch += 1
+                    return
+            finally:  # (even if a Ctrl-C lands in between: the entry must go)
+                if entry is not None:
+                    _timer.timer.cancel(entry)
         end(self, CANCELED)
-
-
-def cancel_timed(node: Node) -> None:
-    """``Node._cancel`` for a node that holds a timer entry in ``_entry`` (None once it ended):
-    the entry is taken with the end, and given back to the timer whatever happens."""
-    global _epoch
-    if node._state is not None:
-        return
-    if node._done is None:  # unlocked, as in Node._cancel (see there)
-        s = CANCELED
-        n = node._up
-        while n is not None and n._tag is not _epoch:
-            t = n._state or n._end
-            if t is not None:
-                s = t
-                break
-            n = n._up
-        entry = None
-        try:
-            if node._done is None and node._state is None:
-                entry = node._entry  # type: ignore[attr-defined]  # a node with _has_entry
-                node._entry = None  # type: ignore[attr-defined]  # a node with _has_entry
-                node._state = s
-                _epoch += 1
-                return
-        finally:  # (even if a Ctrl-C lands in between: the entry must go)
-            if entry is not None:
-                _timer.timer.cancel(entry)
-    end(node, CANCELED)
 
 
 def error(s: State) -> ContextError:
@@ -404,12 +383,12 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
     while stack:
         n = stack[-1]
         if n._has_entry:
-            entry = n._entry  # type: ignore[attr-defined]  # (_has_entry)
+            entry = n._entry
             if entry is not None:
                 if ending.entries is None:
                     ending.entries = []
                 ending.entries.append(entry)  # (cancelling an entry twice is harmless)
-                n._entry = None  # type: ignore[attr-defined]  # a node with _has_entry has _entry
+                n._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
         d = n._done
         if d is None:
             stack.pop()
