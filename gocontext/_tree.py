@@ -207,11 +207,11 @@ def _look_up(node: Node) -> State | None:
     if s is None:
         while p is not n:  # a second pass rather than a list of the nodes passed
             p._tag = e  # type: ignore[union-attr]  # the walk stopped at n, an ancestor, or None
-            p = p._up  # type: ignore[union-attr]
+            p = p._up  # type: ignore[union-attr]  # the walk stopped at n, an ancestor, or None
     else:
         while p is not n:
             p._end = s  # type: ignore[union-attr]  # the walk stopped at n, an ancestor
-            p = p._up  # type: ignore[union-attr]
+            p = p._up  # type: ignore[union-attr]  # the walk stopped at n, an ancestor
     return s
 
 

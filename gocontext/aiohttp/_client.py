@@ -41,7 +41,7 @@ _pending: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 
 def _context_of(trace_request_ctx: object) -> Context:
     if type(trace_request_ctx) in _OURS:  # (the protocol check is slow: only for the rest)
-        return trace_request_ctx  # type: ignore[return-value]
+        return trace_request_ctx  # type: ignore[return-value]  # one of ours, told by its type
     if trace_request_ctx is not None and isinstance(trace_request_ctx, Context):
         return trace_request_ctx
     return current()

@@ -48,7 +48,7 @@ class _Watch(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()  # type: ignore[no-any-return]
+        return self.inner.eof_received()  # type: ignore[no-any-return]  # asyncio's protocol returns bool | None, untyped here
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()

@@ -19,10 +19,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
-import grpc  # type: ignore[import-untyped]
-import grpc._channel  # type: ignore[import-untyped]
-import grpc.aio  # type: ignore[import-untyped]
-from grpc._cython import cygrpc  # type: ignore[import-untyped]
+import grpc  # type: ignore[import-untyped]  # grpc ships no type hints
+import grpc._channel  # type: ignore[import-untyped]  # grpc ships no type hints
+import grpc.aio  # type: ignore[import-untyped]  # grpc ships no type hints
+from grpc._cython import cygrpc  # type: ignore[import-untyped]  # grpc ships no type hints
 
 from .._ambient import current
 from .._context import _NEVER, Context
@@ -41,7 +41,7 @@ class _Details(NamedTuple):
     compression: Any
 
 
-class _SyncDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]
+class _SyncDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     pass
 
 
@@ -146,7 +146,7 @@ def _blocking_thunk(continuation: Callable[..., Any]) -> Any:
         except ValueError:
             return None
     try:
-        thunk = continuation.__closure__[known[1]].cell_contents._thunk  # type: ignore[index]
+        thunk = continuation.__closure__[known[1]].cell_contents._thunk  # type: ignore[index]  # grpc's closure cell, found by name above
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return thunk if callable(thunk) else None
@@ -223,10 +223,10 @@ def _watch_future(outcome: Any, ctx: Context, out: _Outgoing) -> Any:
 
 
 class _SyncInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]  # grpc's classes are untyped (Any)
 ):
     def _unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         ctx = current()
@@ -261,7 +261,7 @@ class _SyncInterceptor(
         return self._stream(continuation, details, request)
 
 
-class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]
+class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     """A unary call's outcome whose ``result()`` raises the context's error when it ended it."""
 
     def __init__(self, inner: Any, ctx: Context, binding: bool) -> None:
@@ -314,7 +314,7 @@ class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]
         return bool(self._inner.is_active())
 
     def time_remaining(self) -> float | None:
-        return self._inner.time_remaining()  # type: ignore[no-any-return]
+        return self._inner.time_remaining()  # type: ignore[no-any-return]  # grpc's call is untyped
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         return bool(self._inner.add_callback(callback))
@@ -442,12 +442,12 @@ class _AioBase:
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
 
 
-class _AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await self._unary(continuation, details, request)
 
 
-class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         # grpc.aio needs the call itself back here (its writes go through it), so the error
         # stays gRPC's own; the context still sends its deadline and values and cancels it.
@@ -458,12 +458,12 @@ class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type:
         return call
 
 
-class _AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await self._stream(continuation, details, request)
 
 
-class _AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await self._stream(continuation, details, request)
 

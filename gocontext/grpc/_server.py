@@ -16,8 +16,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
-import grpc.aio  # type: ignore[import-untyped]
+import grpc  # type: ignore[import-untyped]  # grpc ships no type hints
+import grpc.aio  # type: ignore[import-untyped]  # grpc ships no type hints
 
 from .._ambient import use
 from .._context import (
@@ -35,7 +35,7 @@ try:  # the same cause as the HTTP wires, when the http extra is there
     from ..http._middleware import ClientDisconnected
 except ImportError:  # pragma: no cover - without the http extra
 
-    class ClientDisconnected(ConnectionError):  # type: ignore[no-redef]
+    class ClientDisconnected(ConnectionError):  # type: ignore[no-redef]  # the fallback when the HTTP extra is absent
         """The cause recorded on an RPC's context when its client cancels or goes away."""
 
 
@@ -197,7 +197,7 @@ def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], An
     return run
 
 
-class _SyncServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class _SyncServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         return _wrap(continuation(handler_call_details), _sync_unary, _sync_stream)
 
@@ -351,7 +351,7 @@ def _aio_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
     return run
 
 
-class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         return _wrap(await continuation(handler_call_details), _aio_unary, _aio_stream)
 

@@ -111,20 +111,20 @@ class _ConnMixin:
         # checking for an abort between them, within the connect timeout.
         aborter = self._gocontext_aborter
         if aborter is None:
-            return super()._new_conn()  # type: ignore[misc, no-any-return]
+            return super()._new_conn()  # type: ignore[misc, no-any-return]  # urllib3's connection classes are partly typed
         own = self.timeout
         limit = own if isinstance(own, (int, float)) else None
         end = None if limit is None else _timer.now() + limit
         try:
             while True:
                 if aborter.aborted:
-                    raise NewConnectionError(self, "the request's context ended")  # type: ignore[arg-type]
+                    raise NewConnectionError(self, "the request's context ended")  # type: ignore[arg-type]  # urllib3 types the pool, we are its connection
                 left = None if end is None else end - _timer.now()
                 if left is not None and left <= 0:
                     raise ConnectTimeoutError(self, f"connect timed out (timeout={own})")
                 self.timeout = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
                 try:
-                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]  # urllib3's connection classes are partly typed
                 except ConnectTimeoutError:
                     continue
                 sock.settimeout(limit if limit is not None else socket.getdefaulttimeout())
@@ -133,7 +133,7 @@ class _ConnMixin:
             self.timeout = own
 
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
+        super().connect()  # type: ignore[misc]  # urllib3's connection classes are partly typed
         aborter = self._gocontext_aborter
         if aborter is not None:
             with aborter.lock:
@@ -154,7 +154,7 @@ class _PoolMixin:
     """Connection pools that tell the current request's aborter which connections it holds."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        conn = super()._get_conn(timeout)  # type: ignore[misc]  # urllib3's pool classes are partly typed
         held = _current.get()
         if held is not None:
             aborter, ctx = held
@@ -170,7 +170,7 @@ class _PoolMixin:
         if aborter is not None:
             conn._gocontext_aborter = None
             aborter.detach(conn)
-        super()._put_conn(conn)  # type: ignore[misc]
+        super()._put_conn(conn)  # type: ignore[misc]  # urllib3's pool classes are partly typed
 
 
 class _Pool(_PoolMixin, HTTPConnectionPool):
@@ -220,7 +220,7 @@ class _ContextResponse(requests.Response):
     ) -> Iterator[Any]:
         ctx = self._gocontext
         # (requests overloads iter_content on a Literal decode_unicode; we pass ours through)
-        it = super().iter_content(chunk_size, decode_unicode)  # type: ignore[call-overload]
+        it = super().iter_content(chunk_size, decode_unicode)  # type: ignore[call-overload]  # requests' overloads do not cover a passed-through flag
         while True:
             try:
                 chunk = next(it)
@@ -307,7 +307,7 @@ class RequestsAdapter(HTTPAdapter):
             aborter.handle = handle
         token = _current.set((aborter, ctx))
         try:
-            response = super().send(request, stream, timeout, verify, cert, proxies)  # type: ignore[arg-type]
+            response = super().send(request, stream, timeout, verify, cert, proxies)  # type: ignore[arg-type]  # requests types these loosely
         except ContextError:
             raise
         except Exception as e:
@@ -319,8 +319,8 @@ class RequestsAdapter(HTTPAdapter):
             _current.reset(token)
             aborter.sent()
         response.__class__ = _ContextResponse
-        response._gocontext = ctx  # type: ignore[attr-defined]
-        response._gocontext_binding = binding  # type: ignore[attr-defined]
+        response._gocontext = ctx  # type: ignore[attr-defined]  # our own attribute on the response
+        response._gocontext_binding = binding  # type: ignore[attr-defined]  # our own attribute on the response
         return response
 
 
