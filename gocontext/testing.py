@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from . import _context, _timer, _tree
+from ._errors import check_real
 
 __all__ = ["FakeClock", "fake_clock"]
 
@@ -80,9 +81,8 @@ class FakeClock:
             1
             (True, False)
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"advance() needs seconds as a number, got {seconds!r}")
-        if math.isnan(seconds) or math.isinf(seconds):
+        seconds = check_real(seconds, "advance", "seconds", "a number")
+        if math.isinf(seconds):
             raise ValueError(f"advance() needs a finite number of seconds, got {seconds!r}")
         if seconds < 0:
             raise ValueError(

@@ -10,7 +10,6 @@ when the connection is lost, cancels the context of the request it is serving.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from aiohttp import web
 
 from .._ambient import use
 from .._context import Context, background, with_cancel_cause, with_timeout
-from .._errors import ContextError, DeadlineExceeded
+from .._errors import ContextError, DeadlineExceeded, check_real
 from .._propagation import attach_values
 from ..http._headers import HeaderError
 from ..http._middleware import ClientDisconnected, timeout_and_values
@@ -100,10 +99,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
         >>> app = aiohttp.web.Application(middlewares=[gocontext.aiohttp.middleware()])
     """
     if max_timeout is not None and (
-        isinstance(max_timeout, bool)
-        or not isinstance(max_timeout, (int, float))
-        or math.isnan(max_timeout)
-        or max_timeout <= 0
+        check_real(max_timeout, "gocontext.aiohttp.middleware", "max_timeout", "seconds or None")
+        <= 0
     ):
         raise ValueError(
             f"gocontext.aiohttp.middleware() needs max_timeout to be a positive number of "
