@@ -112,7 +112,8 @@ class Node:
         def _chain(self) -> str: ...  # how it was derived, for reprs (the context type's)
 
     def err(self) -> ContextError | None:
-        # state_of() and error(), written out, with _look_up()'s first step: this is what
+        # state_of() and error(), written out, with _look_up()'s first step (not written
+        # down: asking the parent again is as quick as the write): this is what
         # loops poll, and what every node of a cancelled tree is asked once.
         if self._tag is _epoch:
             return None
@@ -125,8 +126,6 @@ class Node:
                 s = _look_up(self)
                 if s is None:
                     return None
-            else:
-                self._end = s
         e = s[0]()
         if s[1] is not None:
             e.__cause__ = s[1]
