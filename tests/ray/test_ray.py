@@ -28,7 +28,7 @@ def poll_until_done(ctx: gocontext.Context, signal: object) -> tuple[str, str]:
     ray.get(signal.set.remote("running"))  # type: ignore[attr-defined]
     started = time.monotonic()
     while ctx.err() is None:
-        if time.monotonic() - started > NEVER:
+        if time.monotonic() - started > BOUND:
             return ("never ended", "")
         sum(range(1000))  # busy in Python, no checkpoint Ray could interrupt cleanly
     return type(ctx.err()).__name__, repr(gocontext.cause(ctx))
@@ -146,10 +146,10 @@ def test_get_returns_results_or_raises_and_cancels_at_once(signal: object) -> No
     import threading
 
     threading.Timer(0.05, cancel).start()
-    started = time.monotonic()
     with pytest.raises(gocontext.Canceled):
         gocontext.ray.get(ctx, ref)
-    assert time.monotonic() - started < NEVER / 2
+    ready, _ = ray.wait([ref], timeout=0)  # get() did not wait for the task: it still runs
+    assert ready == []
     stop_other()  # let the task end, whether or not Ray's own cancel reached it
     with contextlib.suppress(ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError):
         assert ray.get(ref, timeout=NEVER) == "True Canceled"
@@ -194,7 +194,7 @@ def test_a_dead_channel_ends_the_remote_contexts(signal: object) -> None:
     ray.get(signal.wait.remote())  # type: ignore[attr-defined]
     channel = _channel.sender_channel()
     ray.kill(channel)
-    kind, why = ray.get(ref, timeout=NEVER)
+    kind, why = ray.get(ref, timeout=BOUND)  # (a killed actor is noticed late on a busy host)
     assert kind == "Canceled"
     assert "ChannelGone" in why
 
