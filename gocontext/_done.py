@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
@@ -20,6 +21,10 @@ __all__ = ["CallbackHandle", "Done"]
 
 _allocate_lock = threading.Lock
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
+_current_thread = threading.current_thread
+_main_thread = threading.main_thread
+_monotonic = time.monotonic
+_SLICE = 0.05  # seconds the main thread blocks in wait() at a time (see _acquire_in_slices)
 
 
 class CallbackHandle(Protocol):
@@ -102,7 +107,9 @@ class Done(abc.ABC):
         lock.acquire()
         handle = self._add_waiter(lock)  # the only release: acquired means done
         try:
-            if timeout is None:
+            if _current_thread() is _main_thread():
+                woke = _acquire_in_slices(lock, timeout)
+            elif timeout is None:
                 woke = lock.acquire()
             else:
                 woke = lock.acquire(timeout=min(timeout, _TIMEOUT_MAX))
@@ -129,6 +136,27 @@ class Done(abc.ABC):
         registered.
         """
         return wait_done(self).__await__()
+
+
+def _acquire_in_slices(lock: Any, timeout: float | None) -> bool:
+    """``lock.acquire(timeout=timeout)`` for the main thread, in slices of ``_SLICE`` seconds.
+
+    CPython runs a signal's handler (Ctrl-C's KeyboardInterrupt) in the main thread only, and
+    only between bytecodes: a signal that arrives just before a blocking acquire starts is
+    left pending until the acquire returns, which may be never. Between two slices the
+    handler runs, and its exception leaves here.
+    """
+    if timeout is None:
+        while not lock.acquire(timeout=_SLICE):
+            pass
+        return True
+    end = _monotonic() + timeout
+    while True:
+        left = end - _monotonic()
+        if left <= 0:
+            return bool(lock.acquire(blocking=False))
+        if lock.acquire(timeout=min(left, _SLICE)):
+            return True
 
 
 def _check_timeout(timeout: float) -> float:

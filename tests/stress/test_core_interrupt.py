@@ -169,6 +169,37 @@ def test_ctrl_c_in_wait_raises_and_leaves_nothing_registered() -> None:
     assert run(WAIT, 1).startswith("ok")
 
 
+# A Ctrl-C that reaches the main thread just before wait() blocks: CPython runs the handler
+# only once the blocking acquire returns, so a plain acquire() would wait forever (as
+# threading.Event.wait() does). Thousands of rounds, as the window is a few bytecodes wide.
+JUST_BEFORE_BLOCKING = r"""
+sys.setswitchinterval(1e-6)
+
+def soon_after_registered(ctx):
+    while _context.watcher_count(ctx) != 1:  # no sleep: the signal must land at once
+        time.sleep(0)
+    signal.pthread_kill(MAIN, signal.SIGINT)
+
+
+for i in range(ROUNDS * 15):
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    t = threading.Thread(target=soon_after_registered, args=(ctx,))
+    t.start()
+    try:
+        ctx.done().wait() if i % 2 else ctx.done().wait(60)
+        raise SystemExit("wait() returned without being woken")
+    except KeyboardInterrupt:
+        pass
+    t.join()
+    assert _context.watcher_count(ctx) == 0, "the interrupted wait left a registration"
+print("ok", flush=True)
+"""
+
+
+def test_ctrl_c_just_before_wait_blocks_still_interrupts_it() -> None:
+    assert run(JUST_BEFORE_BLOCKING, 5).startswith("ok")
+
+
 def test_ctrl_c_during_cancel_strands_no_waiter_and_skips_no_callback() -> None:
     out = run(CANCEL, 2)
     assert out.startswith("ok")
