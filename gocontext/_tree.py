@@ -634,25 +634,26 @@ class NodeDone(Done):
     def add_callback(self, fn: Callable[[], object], /) -> CallbackHandle:
         if not callable(fn):
             raise TypeError(f"add_callback() needs a callable, got {describe(fn)}")
-        node = self._node
-        handle = _Handle(node)
-        with _lock:
-            s = _watch_locked(node, handle, fn)
-        if s is None:
+        handle = self._register(fn)
+        if handle is not None:
             return handle
         run_callbacks((fn,))
         return _SPENT
 
     def _add_waiter(self, lock: Any) -> CallbackHandle:
         # Registered as the lock itself: end() releases it under _lock, before any callback.
-        node = self._node
-        handle = _Handle(node)
-        with _lock:
-            s = _watch_locked(node, handle, lock)
-        if s is None:
+        handle = self._register(lock)
+        if handle is not None:
             return handle
         lock.release()
         return _SPENT
+
+    def _register(self, value: object) -> _Handle | None:
+        """Register *value* on the node; its handle, or None if the node has ended."""
+        handle = _Handle(self._node)
+        with _lock:
+            s = _watch_locked(self._node, handle, value)
+        return handle if s is None else None
 
     def __repr__(self) -> str:
         return f"<gocontext.Done of {self._node._chain()} is_set={self.is_set()}>"
