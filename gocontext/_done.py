@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ._errors import check_real
 from ._loops import wait_done
 
-__all__ = ["CallbackHandle", "Done"]
+__all__ = ["CallbackHandle", "Done", "handoffs"]
 
 _allocate_lock = threading.Lock
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
@@ -25,6 +25,12 @@ _current_thread = threading.current_thread
 _main_thread = threading.main_thread
 _monotonic = time.monotonic
 _SLICE = 0.05  # seconds the main thread blocks in wait() at a time (see _acquire_in_slices)
+
+# A woken waiter's lock -> a lock its waker holds and waits on, for the waiter to release once
+# it runs: so the waker hands the interpreter to the thread it woke instead of running on
+# through its time slice (see _tree._finish). Set before the wake; popped by whichever of the
+# two comes last to it.
+handoffs: dict[object, Any] = {}
 
 
 class CallbackHandle(Protocol):
@@ -116,10 +122,12 @@ class Done(abc.ABC):
         except BaseException:  # KeyboardInterrupt and the like: leave nothing registered
             handle.cancel()
             raise
-        if woke:
-            return True
-        handle.cancel()
-        return self.is_set()
+        if not woke:
+            handle.cancel()
+        ack = handoffs.pop(lock, None)
+        if ack is not None:  # a waker is waiting for this thread to run: it runs now
+            ack.release()
+        return True if woke else self.is_set()
 
     def _add_waiter(self, lock: Any) -> CallbackHandle:
         """Register *lock* (held) to be released once done: how ``wait()`` blocks a thread.

@@ -40,17 +40,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import itertools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, final
 
 from . import _afterfunc, _timer
-from ._done import CallbackHandle, Done
+from ._done import CallbackHandle, Done, handoffs
 from ._errors import Canceled, ContextError, DeadlineExceeded, describe
 
 if TYPE_CHECKING:
@@ -347,6 +345,7 @@ class _Ending:
         "callbacks",
         "calls",
         "entries",
+        "handoff",
         "links",
         "node",
         "settled",
@@ -365,6 +364,7 @@ class _Ending:
         self.waiters: dict[object, Any] | None = None
         self.entries: list[_timer.TimerEntry] | None = None
         self.links: list[list[CallbackHandle]] | None = None
+        self.handoff: tuple[object, Any] | None = None  # (a woken waiter's lock, our ack)
         self.settled = False  # stack emptied and waiters woken
         self.calls: Iterator[Callable[[], object]] | None = None
 
@@ -427,6 +427,11 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
             with contextlib.suppress(RuntimeError):  # woken already: its lock, used once
                 lock.release()
     else:
+        lead = next(iter(waiters.values()))
+        ack = _allocate_lock()
+        ack.acquire()
+        handoffs[lead] = ack  # (before the wake: the woken thread looks for it at once)
+        ending.handoff = (lead, ack)
         _wake_all(map(_release_lock, waiters.values()))
     ending.settled = True
 
@@ -458,10 +463,17 @@ def _finish(ending: _Ending) -> BaseException | None:
     calls = ending.calls
     if calls is None:
         if ending.waiters:
-            # The woken threads are runnable; let them run now rather than after whatever
-            # the canceller does next (a busy canceller would hold the GIL for its slice).
+            # The woken threads are runnable; let one run now rather than after whatever the
+            # canceller does next (a busy canceller would hold the GIL for its whole slice,
+            # and a mere release of the GIL comes too soon: the woken thread is not yet
+            # asking for it). Wait, with the GIL released, until it has run (it releases
+            # the ack in wait()), for at most _HANDOFF seconds.
             ending.waiters = None
-            _yield()
+            h = ending.handoff
+            if h is not None:
+                ending.handoff = None
+                h[1].acquire(timeout=_HANDOFF)
+                handoffs.pop(h[0], None)
         if not ending.callbacks:
             return None
         calls = ending.calls = iter(list(ending.callbacks.values()))
@@ -474,7 +486,8 @@ _WAKE_SINK: Final[collections.deque[object]] = collections.deque(maxlen=0)
 _wake_all: Final = _WAKE_SINK.extend  # consumes an iterator in C: no signal check between items
 
 
-_yield: Final = functools.partial(time.sleep, 0)  # releases the GIL to a woken thread
+_allocate_lock: Final = threading.Lock
+_HANDOFF: Final = 0.001  # seconds a waker waits at most for the thread it woke to run
 
 
 # --------------------------------------------------------------------------------------------

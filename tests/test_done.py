@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
 import gocontext
-from gocontext import _afterfunc, _context
+from gocontext import _afterfunc, _context, _done, _tree
 
 from .conftest import NEVER
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + NEVER
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.001)
 
 
 def test_done_is_the_same_object_every_call() -> None:
@@ -212,3 +221,53 @@ def test_an_after_func_that_raises_is_logged() -> None:
         logger.removeHandler(handler)
     assert record.exc_info is not None
     assert "after_func failed" in str(record.exc_info[1])
+
+
+class _RecordedPops(dict):  # type: ignore[type-arg]
+    """A handoffs dict that records which thread takes each entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by: list[str] = []
+
+    def pop(self, key: object, default: object = None) -> object:
+        self.by.append(threading.current_thread().name)
+        return super().pop(key, default)
+
+
+def test_cancel_hands_the_interpreter_to_the_thread_it_woke(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The canceller waits (GIL released) until the woken thread has run, so a canceller
+    that keeps computing after cancel() does not hold it off for its whole time slice."""
+    pops = _RecordedPops()
+    monkeypatch.setattr(_done, "handoffs", pops)
+    monkeypatch.setattr(_tree, "handoffs", pops)
+    monkeypatch.setattr(_tree, "_HANDOFF", NEVER)  # so the order below cannot depend on speed
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    returned: queue.Queue[bool] = queue.Queue()
+    t = threading.Thread(target=lambda: returned.put(ctx.done().wait(NEVER)), name="waiter")
+    t.start()
+    wait_until(lambda: _context.watcher_count(ctx) == 1)  # the waiter is blocked
+    canceller = threading.Thread(target=cancel, name="canceller")
+    canceller.start()
+    canceller.join(NEVER)
+    assert returned.get(timeout=NEVER) is True
+    t.join(NEVER)
+    # The waiter took its entry (it ran) before the canceller, back from waiting, took it.
+    assert pops.by == ["waiter", "canceller"]
+    assert not pops
+
+
+def test_a_woken_thread_that_never_runs_holds_the_canceller_for_a_bounded_time() -> None:
+    """A lock registered as a waiter by a thread that never comes back for it: cancel() still
+    returns (after the bound), and leaves no entry behind."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    lock = threading.Lock()
+    lock.acquire()
+    ctx.done()._add_waiter(lock)  # type: ignore[attr-defined]  # how wait() registers
+    done = threading.Event()
+    threading.Thread(target=lambda: (cancel(), done.set())).start()
+    assert done.wait(NEVER)
+    assert lock.acquire(blocking=False)  # it was released: the wake itself happened
+    assert not _done.handoffs
