@@ -166,7 +166,11 @@ class RichContext(Context, Protocol):
 
 
 class CancelFunc(Protocol):
-    """Cancels its context: idempotent, thread-safe, never blocks, returns None."""
+    """Cancels its context: idempotent, thread-safe, never blocks on waiters, returns None.
+
+    A thread it wakes from ``done().wait()`` runs first: ``cancel()`` releases the GIL until
+    that thread has run, for 1 ms at most, rather than keep it waiting for its time slice.
+    """
 
     def __call__(self) -> None: ...
 
@@ -288,8 +292,9 @@ def with_cancel(parent: Context) -> CancelPair:
     """Return ``(ctx, cancel)``: a child of *parent* that ends when ``cancel()`` is called or
     *parent* ends, whichever comes first.
 
-    ``cancel()`` is idempotent, thread-safe, never blocks on waiters and returns None. A child
-    that is dropped without ``cancel()`` is simply freed: nothing in *parent* holds it.
+    ``cancel()`` is idempotent, thread-safe, never blocks on waiters and returns None (a thread
+    it wakes from ``done().wait()`` is let run first, for 1 ms at most). A child that is
+    dropped without ``cancel()`` is simply freed: nothing in *parent* holds it.
 
     Example:
         >>> import gocontext
