@@ -249,29 +249,38 @@ def end(node: Node, state: State) -> None:
         with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
             if node._state is not None:
                 return
-            s = _ancestor_end_locked(node)
+            a: State | None = None  # _ancestor_end_locked(), written out (a tenth of this path)
+            n = node._up
+            while n is not None and n._tag is not _epoch:
+                a = n._state or n._end
+                if a is not None:
+                    break
+                n = n._up
             d = node._done
             if d is not None and d._links is None and not node._has_entry:
                 w = d._watchers
                 if w is not None and len(w) == 1:
-                    for fn in w.values():  # noqa: B007 - the one value
-                        pass
+                    (fn,) = w.values()
                     if fn is _CHILD or type(fn) is _LockType:
                         fn = None
             if fn is not None:
                 # The commonest watched node (a scope's, an HTTP call's, a to_thread's): one
                 # callback, nothing to hand down, nothing to release. No _Ending: once the
                 # end is committed, all that is left is the call below.
-                if node._state is not None:  # a lock-free Node._cancel came first
-                    return
-                node._state = s or state
+                node._state = a or state
                 _epoch += 1  # (no call between the check, the store and this: see the module)
                 committed = True
                 d._watchers = None  # type: ignore[union-attr]  # (d is not None: fn was found in it)
-                if s is None and node._up is not None:
-                    _unwatch_locked(node._up, node)
+                if a is None and (up := node._up) is not None:
+                    # _unwatch_locked(up, node), its common case written out: up keeps other
+                    # watchers, so nothing further up changes.
+                    uw = up._done._watchers  # type: ignore[union-attr]  # node is registered on up
+                    if uw is not None and len(uw) > 1:
+                        uw.pop(node, None)
+                    else:
+                        _unwatch_locked(up, node)
             else:
-                ending = _Ending(node, s or state, s is None and node._up is not None)
+                ending = _Ending(node, a or state, a is None and node._up is not None)
                 if node._state is not None:  # a lock-free Node._cancel came first (see there)
                     return
                 node._state = ending.state  # committed: from here on, the end completes
@@ -296,7 +305,8 @@ def end(node: Node, state: State) -> None:
                     interrupt = e
                 else:
                     _log.error("gocontext: a done callback raised", exc_info=e)
-        raise_first(interrupt)
+        if interrupt is not None:
+            raise_first(interrupt)
         return
     if ending is not None:
         while True:  # (no signal check between here and the try: the loop is the guard)
@@ -498,7 +508,14 @@ def ext_locked(node: Node) -> NodeDone:
     """*node*'s ``NodeDone``, made on first use (under ``_lock``)."""
     d = node._done
     if d is None:
-        d = node._done = NodeDone(node)
+        d = node._done = _new_done(node)
+    return d
+
+
+def _new_done(node: Node) -> NodeDone:
+    d = NodeDone()  # (no __init__: the type's C constructor, then the fields)
+    d._node = node
+    d._watchers = d._links = None
     return d
 
 
@@ -507,16 +524,27 @@ def _watch_locked(node: Node, key: object, value: object) -> State | None:
 
     Registers *node* with its ancestors as far up as needed for a cancel to reach it.
     """
-    d = ext_locked(node)  # first: a lock-free Node._cancel that sees no `_done` has stored
-    s = node._state  # its end already, and one that sees it takes the lock (see there)
+    d = node._done  # made first: a lock-free Node._cancel that sees no `_done` has stored
+    if d is None:  # its end already, and one that sees it takes the lock (see there)
+        d = node._done = _new_done(node)
+    s = node._state
     if s is not None:
         return s
-    if d._watchers:
-        d._watchers[key] = value
+    w = d._watchers
+    if w:
+        w[key] = value
+        return None
+    n = node._up
+    if n is None:
+        d._watchers = {key: value}
+        return None
+    nd = n._done
+    if nd is not None and nd._watchers:  # the commonest first watcher: its parent is watched
+        d._watchers = {key: value}
+        nd._watchers[node] = _CHILD
         return None
     # The first watcher of this node: find how far up the chain is unwatched (and live).
     path = [node]
-    n = node._up
     while n is not None:
         s = n._state
         if s is not None:
@@ -602,9 +630,7 @@ def run_callbacks(fns: Iterable[Callable[[], object]]) -> None:
 @final
 class _Handle:
     __slots__ = ("_node",)
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    _node: Node
 
     def cancel(self) -> bool:
         with _lock:
@@ -635,11 +661,9 @@ class NodeDone(Done):
     """
 
     __slots__ = ("_links", "_node", "_watchers")
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._watchers: dict[object, object] | None = None
-        self._links: tuple[CallbackHandle, ...] | None = None
+    _node: Node
+    _watchers: dict[object, object] | None
+    _links: tuple[CallbackHandle, ...] | None
 
     def is_set(self) -> bool:
         return state_of(self._node) is not None
@@ -663,7 +687,8 @@ class NodeDone(Done):
 
     def _register(self, value: object) -> _Handle | None:
         """Register *value* on the node; its handle, or None if the node has ended."""
-        handle = _Handle(self._node)
+        handle = _Handle()  # (no __init__: the type's C constructor, then the field)
+        handle._node = self._node
         with _lock:
             s = _watch_locked(self._node, handle, value)
         return handle if s is None else None

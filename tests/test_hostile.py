@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,11 +123,24 @@ HOSTILE: list[object] = [
     print,
 ]
 
+
+def cancel_with(make: Callable[[Any], Any], x: object) -> None:
+    """Call the cancel() of a new child of PARENT with *x* (it takes none), then cancel it."""
+    _, cancel = make(PARENT)
+    try:
+        cancel(x)
+    finally:
+        cancel()
+
+
 # name, how to call it with the hostile argument x
 CALLS: list[tuple[str, Callable[[Any], object]]] = [
     ("with_cancel", lambda x: gocontext.with_cancel(x)),
     ("with_cancel_cause", lambda x: gocontext.with_cancel_cause(x)),
     ("cancel", lambda x: gocontext.with_cancel_cause(PARENT)[1](x)),
+    ("cancel", lambda x: cancel_with(gocontext.with_cancel, x)),
+    ("cancel", lambda x: cancel_with(lambda p: gocontext.with_timeout(p, 60), x)),
+    ("cancel", lambda x: cancel_with(gocontext.merge, x)),
     ("with_timeout", lambda x: gocontext.with_timeout(x, 1)),
     ("with_timeout", lambda x: gocontext.with_timeout(PARENT, x)),
     ("with_timeout_cause", lambda x: gocontext.with_timeout_cause(PARENT, 1, x)),
@@ -202,3 +216,14 @@ def test_hostile_arguments(c: int, b: int) -> None:
     cancel()
     assert isinstance(ctx.err(), gocontext.Canceled)
     assert _context.watcher_count(PARENT) == 0
+
+
+def test_cancel_refuses_an_argument_and_leaves_the_context_live() -> None:
+    for make in (gocontext.with_cancel, lambda p: gocontext.with_timeout(p, 60), gocontext.merge):
+        ctx, cancel = make(PARENT)
+        for bad in (5, None, (gocontext.Canceled, "not an exception"), (ValueError, None)):
+            with pytest.raises(TypeError, match=r"cancel\(\) takes 1 positional argument"):
+                cancel(bad)  # type: ignore[call-arg]  # takes none
+            assert ctx.err() is None
+        cancel()
+        assert isinstance(ctx.err(), gocontext.Canceled)
