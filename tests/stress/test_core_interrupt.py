@@ -150,6 +150,53 @@ for i in range(ROUNDS):
 print("ok", interrupted, flush=True)
 """
 
+# Nodes with one callback each (the commonest watched node: a scope's, an HTTP call's) under
+# a parent that stays watched: a Ctrl-C landing anywhere in their cancels must leave the
+# parent holding nothing of theirs, and run every callback once.
+ONE_CALLBACK = r"""
+interrupted = 0
+for i in range(ROUNDS):
+    root, cancel_root = gocontext.with_cancel(gocontext.background())
+    root.done().add_callback(int)  # root stays watched whatever its children do
+    pairs = [gocontext.with_cancel(root) for _ in range(50)]
+    ran = [0] * len(pairs)
+    for j, (k, _) in enumerate(pairs):
+        k.done().add_callback(functools.partial(ran.__setitem__, j, 1))
+    assert _context.watcher_count(root) == 51
+    go = threading.Event()
+    spin = rng.randrange(3000)
+
+    def send():
+        go.wait()
+        for _ in range(spin):
+            pass
+        signal.pthread_kill(MAIN, signal.SIGINT)
+        sent.release()
+
+    sent = threading.Lock()
+    sent.acquire()
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        go.set()
+        for _, cancel in pairs:
+            cancel()
+        sent.acquire()
+        for _ in range(1000):
+            pass
+        time.sleep(0.001)
+    except KeyboardInterrupt:
+        interrupted += 1
+    sender.join()
+    for _, cancel in pairs:
+        cancel()
+    assert ran == [1] * len(pairs), ran
+    assert _context.watcher_count(root) == 1, _context.watcher_count(root)
+    assert all(isinstance(k.err(), gocontext.Canceled) for k, _ in pairs)
+    cancel_root()
+print("ok", interrupted, flush=True)
+"""
+
 
 def run(body: str, seed: int) -> str:
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -202,4 +249,9 @@ def test_ctrl_c_just_before_wait_blocks_still_interrupts_it() -> None:
 
 def test_ctrl_c_during_cancel_strands_no_waiter_and_skips_no_callback() -> None:
     out = run(CANCEL, 2)
+    assert out.startswith("ok")
+
+
+def test_ctrl_c_during_one_callback_cancels_leaves_no_registration_on_the_parent() -> None:
+    out = run(ONE_CALLBACK, 3)
     assert out.startswith("ok")
