@@ -307,21 +307,24 @@ def with_cancel(parent: Context) -> CancelPair:
     """
     ctx = _CancelContext()
     t = type(parent)
-    if t in _OURS:
-        # _init_node() for a parent of ours, written out: the call costs a tenth of
-        # create + cancel, the row of the benchmark that every request pays.
-        ctx._parent = parent
-        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (t is ours)
-        ctx._up = up
-        if up is None:
-            ctx._deadline = ctx._tag = None
-        else:
-            ctx._deadline = up._deadline
-            ctx._tag = up._tag
-        ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours (t in _OURS)
-        ctx._state = ctx._done = ctx._end = None
+    # _init_node() for a parent of ours, written out: the call costs a tenth of create +
+    # cancel, the row of the benchmark that every request pays.
+    if t in _NODES:
+        up: _CancelContext | None = parent  # type: ignore[assignment]  # t is a node type
+    elif t in _OURS:
+        up = parent._up  # type: ignore[attr-defined]  # t is one of ours
     else:
         _init_node(ctx, parent, "with_cancel")
+        return CancelPair((ctx, ctx._cancel))
+    ctx._parent = parent
+    ctx._up = up
+    if up is None:
+        ctx._deadline = ctx._tag = None
+    else:
+        ctx._deadline = up._deadline
+        ctx._tag = up._tag
+    ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours
+    ctx._state = ctx._done = ctx._end = None
     return CancelPair((ctx, ctx._cancel))
 
 
@@ -982,6 +985,7 @@ _OURS: Final = frozenset(
     {_Root, _WithoutCancel, _ValueContext, _CancelContext, _CancelCauseContext,
      _DeadlineContext, _MergeContext}
 )  # fmt: skip
+_NODES: Final = frozenset({_CancelContext, _CancelCauseContext, _DeadlineContext, _MergeContext})
 _LINKED: Final = frozenset(_OURS - {_Root, _MergeContext} | {_ForeignValueContext})
 
 
@@ -1085,10 +1089,10 @@ def _with_deadline(
     expired: bool | None = None,
 ) -> CancelPair:
     t = type(parent)
-    ours = t in _OURS
+    ours = t in _NODES or t in _OURS
     if ours:
         # parent.deadline(), quicker: every node carries its deadline (O(1) at any depth).
-        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # t is one of ours
+        up: _CancelContext | None = parent if t in _NODES else parent._up  # type: ignore[attr-defined, assignment]  # t is one of ours
         cur = None if up is None else up._deadline
         if cur is not None and type(cur) is not float:  # under a parent that is not ours
             cur = _deadline_of(cur, how)
@@ -1112,9 +1116,9 @@ def _with_deadline(
     # Born ended if the nearest node is, or is known to be (an ancestor further up that ended
     # unknown to it: looking would cost a walk per call, so the child then holds a timer entry
     # like any live child until it is cancelled or expires, adopting that end).
-    near = ctx._up
-    if ctx._state is not None or (
-        near is not None and (near._state is not None or near._end is not None)
+    near = ctx._up  # (ctx._state is set here only by a foreign parent's link)
+    if (near is not None and (near._state is not None or near._end is not None)) or (
+        not ours and ctx._state is not None
     ):
         return CancelPair((ctx, ctx._cancel))  # no timer needed
     if expired or (expired is None and deadline <= _timer.now()):
