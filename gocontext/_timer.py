@@ -139,8 +139,7 @@ class Timer:
         unless cleared entries now outnumber live ones (then the heap is rebuilt)."""
         if entry[2] is not None:
             entry[2] = None
-            self._dead += 1
-            dead = self._dead
+            dead = self._dead = self._dead + 1
             if dead > _COMPACT_MIN and 2 * dead > len(self._heap) + len(self._incoming):
                 self._compact()
 
@@ -244,14 +243,13 @@ class Timer:
             # copied part and stays for the next round (swapping the list would lose it).
             batch = incoming[:]
             del incoming[: len(batch)]
+            live = [e for e in batch if e[2] is not None]
+            self._dead -= len(batch) - len(live)  # those cancelled before they reached the heap
             heap = self._heap
             seq = self._seq
-            for e in batch:
-                if e[2] is None:  # cancelled before it ever reached the heap
-                    self._dead -= 1
-                else:
-                    e[1] = next(seq)
-                    heapq.heappush(heap, e)
+            for e in live:
+                e[1] = next(seq)
+                heapq.heappush(heap, e)
 
     def _pop_due_locked(self, t: float) -> list[Expirable]:
         due: list[Expirable] = []
