@@ -26,11 +26,10 @@ _main_thread = threading.main_thread
 _monotonic = time.monotonic
 _SLICE = 0.05  # seconds the main thread blocks in wait() at a time (see _acquire_in_slices)
 
-# A woken waiter's lock -> a lock its waker holds and waits on, for the waiter to release once
-# it runs: so the waker hands the interpreter to the thread it woke instead of running on
-# through its time slice (see _tree._finish). Set before the wake; popped by whichever of the
-# two comes last to it.
-handoffs: dict[object, Any] = {}
+# The locks of woken waiters whose waker waits (sleeping, the GIL released) for them to run, so
+# that it hands the interpreter to the thread it woke instead of running on through its time
+# slice (see _tree._finish). Put in before the wake; the waiter takes its lock out once it runs.
+handoffs: dict[object, None] = {}
 
 
 class CallbackHandle(Protocol):
@@ -124,9 +123,7 @@ class Done(abc.ABC):
             raise
         if not woke:
             handle.cancel()
-        ack = handoffs.pop(lock, None)
-        if ack is not None:  # a waker is waiting for this thread to run: it runs now
-            ack.release()
+        handoffs.pop(lock, None)  # (a waker may be waiting for this thread to run: it runs)
         return True if woke else self.is_set()
 
     def _add_waiter(self, lock: Any) -> CallbackHandle:

@@ -44,6 +44,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -374,7 +375,7 @@ class _Ending:
         self.waiters: dict[object, Any] | None = None
         self.entries: list[_timer.TimerEntry] | None = None
         self.links: list[list[CallbackHandle]] | None = None
-        self.handoff: tuple[object, Any] | None = None  # (a woken waiter's lock, our ack)
+        self.handoff: object = None  # a woken waiter's lock, in handoffs until it runs
         self.settled = False  # stack emptied and waiters woken
         self.calls: Iterator[Callable[[], object]] | None = None
 
@@ -438,10 +439,8 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
                 lock.release()
     else:
         lead = next(iter(waiters.values()))
-        ack = _allocate_lock()
-        ack.acquire()
-        handoffs[lead] = ack  # (before the wake: the woken thread looks for it at once)
-        ending.handoff = (lead, ack)
+        handoffs[lead] = None  # (before the wake: the woken thread takes it out at once)
+        ending.handoff = lead
         _wake_all(map(_release_lock, waiters.values()))
     ending.settled = True
 
@@ -476,14 +475,17 @@ def _finish(ending: _Ending) -> BaseException | None:
             # The woken threads are runnable; let one run now rather than after whatever the
             # canceller does next (a busy canceller would hold the GIL for its whole slice,
             # and a mere release of the GIL comes too soon: the woken thread is not yet
-            # asking for it). Wait, with the GIL released, until it has run (it releases
-            # the ack in wait()), for at most _HANDOFF seconds.
+            # asking for it). Sleep, the GIL released, until it has run (it takes its entry
+            # out of handoffs in wait()), for at most _HANDOFF seconds. Polled, so that the
+            # woken thread pays no system call to say so.
             ending.waiters = None
-            h = ending.handoff
-            if h is not None:
+            lead = ending.handoff
+            if lead is not None:
                 ending.handoff = None
-                h[1].acquire(timeout=_HANDOFF)
-                handoffs.pop(h[0], None)
+                give_up = _monotonic() + _HANDOFF
+                while lead in handoffs and _monotonic() < give_up:
+                    _sleep(_HANDOFF_POLL)
+                handoffs.pop(lead, None)
         if not ending.callbacks:
             return None
         calls = ending.calls = iter(list(ending.callbacks.values()))
@@ -496,8 +498,10 @@ _WAKE_SINK: Final[collections.deque[object]] = collections.deque(maxlen=0)
 _wake_all: Final = _WAKE_SINK.extend  # consumes an iterator in C: no signal check between items
 
 
-_allocate_lock: Final = threading.Lock
-_HANDOFF: Final = 0.001  # seconds a waker waits at most for the thread it woke to run
+_HANDOFF = 0.001  # seconds a waker waits at most for the thread it woke to run
+_HANDOFF_POLL: Final = 20e-6  # seconds it sleeps between two looks (the OS adds its slack)
+_sleep: Final = time.sleep
+_monotonic: Final = time.monotonic
 
 
 # --------------------------------------------------------------------------------------------
