@@ -243,9 +243,9 @@ def end(node: Node, state: State) -> None:
     every callback runs; the first interrupt goes out of here after that.
     """
     global _epoch
-    ending = interrupt = None
+    ending = interrupt = entry = None
     fn: Any = None
-    committed = False
+    committed = bare = False
     try:
         with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
             if node._state is not None:
@@ -258,13 +258,26 @@ def end(node: Node, state: State) -> None:
                     break
                 n = n._up
             d = node._done
-            if d is not None and d._links is None and not node._has_entry:
+            if d is None or (d._links is None and not d._watchers):
+                # Nothing registered (any more), nothing linked: the end is the store, and
+                # the timer entry taken with it. No _Ending.
+                if node._has_entry:
+                    entry = node._entry
+                    node._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
+                if node._state is not None:  # a lock-free Node._cancel came first (see there)
+                    return
+                node._state = a or state
+                _epoch += 1  # (no call between the check, the store and this: see the module)
+                committed = bare = True
+            elif d._links is None and not node._has_entry:
                 w = d._watchers
-                if w is not None and len(w) == 1:
-                    (fn,) = w.values()
+                if len(w) == 1:  # type: ignore[arg-type]  # not empty: see above
+                    (fn,) = w.values()  # type: ignore[union-attr]  # not empty: see above
                     if fn is _CHILD or type(fn) is _LockType:
                         fn = None
-            if fn is not None:
+            if bare:
+                pass
+            elif fn is not None:
                 # The commonest watched node (a scope's, an HTTP call's, a to_thread's): one
                 # callback, nothing to hand down, nothing to release. No _Ending: once the
                 # end is committed, all that is left is the call below.
@@ -292,6 +305,12 @@ def end(node: Node, state: State) -> None:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
         interrupt = e
+    if bare:
+        if entry is not None:
+            _timer.timer.cancel(entry)
+        if interrupt is not None:
+            raise_first(interrupt)
+        return
     if fn is not None:
         # call_all((fn,)) written out (a call and an iterator are a fifth of this path): an
         # interrupt landing before fn runs is kept, and fn still runs, once.
