@@ -225,9 +225,11 @@ class _Watchers:
     """Starts a watcher for each request of one event loop (or trio run) still running
     ``_WATCH_AFTER`` seconds after it began; most are over sooner, and cost a list append.
 
-    One ticking task per loop, alive while requests are pending: every ``_WATCH_AFTER``
-    seconds it starts the watchers of the requests that were pending at its last tick and are
-    not over, so each request that runs long gets its watcher 1 to 2 ticks after it began. A
+    One ticking task per loop, alive while requests begin or are pending and for one tick
+    after (so back-to-back short requests share it instead of spawning one each): every
+    ``_WATCH_AFTER`` seconds it starts the watchers of the requests that were pending at its
+    last tick and are not over, so each request that runs long gets its watcher 1 to 2 ticks
+    after it began. A
     request's watcher and the ticking task are detached tasks (a bare asyncio task, or a trio
     system task), so a request that ends soon pays for no task and no timer of its own.
     Everything runs in the loop's thread.
@@ -261,13 +263,18 @@ class _Watchers:
         return _loops.backend_of(self.loop).spawn_detached(self.loop, fn, context)
 
     async def _tick(self) -> None:
+        # Sleeps first: requests one after another are each over before the loop runs this
+        # task, and a task that looked first would end at once, to be spawned again by the
+        # next request. It ends after a tick in which no request began or was pending.
         try:
-            while self._new or self._pending:
+            while True:
                 await anyio.sleep(_WATCH_AFTER)
                 due, self._pending, self._new = self._pending, self._new, []
                 for exchange in due:
                     if not exchange.over:
                         exchange.start_watching(self)
+                if not (due or self._pending):
+                    return
         except RuntimeError:  # the loop is closing: no new tasks (a trio system task must not
             return  # raise, or the whole run fails)
         finally:

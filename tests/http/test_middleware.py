@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 import anyio
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 import gocontext
 import gocontext.http
+from gocontext.http import _middleware
 
 from ..conftest import NEVER
 from .conftest import BOARD, RID, Server
@@ -126,3 +128,41 @@ def test_max_timeout_must_be_positive_seconds_none_or_a_function() -> None:
             gocontext.http.ContextMiddleware(lambda s, r, se: None, max_timeout=wrong)  # type: ignore[arg-type, return-value]
     with pytest.raises(TypeError, match="ASGI app"):
         gocontext.http.ContextMiddleware(None, max_timeout=None)  # type: ignore[arg-type]
+
+
+async def test_back_to_back_short_requests_share_one_ticking_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The task that starts disconnect watchers outlives a request that ends before the loop
+    runs it, so requests one after another do not spawn one each."""
+    monkeypatch.setattr(_middleware, "_WATCH_AFTER", NEVER)  # it sleeps through the test
+    spawned: list[object] = []
+    spawn = _middleware._Watchers.spawn
+
+    def counting(self: Any, fn: Any, context: Any) -> object:
+        spawned.append(fn)
+        return spawn(self, fn, context)
+
+    monkeypatch.setattr(_middleware._Watchers, "spawn", counting)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # done without yielding
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    middleware = gocontext.http.ContextMiddleware(app)
+    for _ in range(5):
+        await middleware(
+            {"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send
+        )
+        for _ in range(3):  # the loop runs the ticking task between two requests
+            await anyio.sleep(0)
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200] * 5
+    assert len(spawned) == 1
