@@ -54,6 +54,26 @@ def interrupt_when(cond):
     t = threading.Thread(target=run)
     t.start()
     return t, sent
+
+
+# A thread that, once go is set, spins `spin` loops and sends SIGINT to the main thread;
+# returns it and `sent`, released once the signal is out. A bare lock, not an Event:
+# threading.Event.wait() itself is not safe against a KeyboardInterrupt landing inside it
+# (CPython's Condition), and this is where it lands.
+def interrupt_after(go, spin):
+    sent = threading.Lock()
+    sent.acquire()
+
+    def send():
+        go.wait()
+        for _ in range(spin):
+            pass
+        signal.pthread_kill(MAIN, signal.SIGINT)
+        sent.release()
+
+    t = threading.Thread(target=send)
+    t.start()
+    return t, sent
 """
 
 WAIT = r"""
@@ -109,21 +129,7 @@ for i in range(ROUNDS):
         w.start()
     bounded(lambda: sum(_context.watcher_count(k) for k in kids) == 65, "waiters registered")
     go = threading.Event()
-    spin = rng.randrange(300)
-
-    def send():
-        go.wait()
-        for _ in range(spin):
-            pass
-        signal.pthread_kill(MAIN, signal.SIGINT)
-        sent.release()
-
-    # A bare lock, not an Event: threading.Event.wait() itself is not safe against a
-    # KeyboardInterrupt landing inside it (CPython's Condition), and this is where it lands.
-    sent = threading.Lock()
-    sent.acquire()
-    sender = threading.Thread(target=send)
-    sender.start()
+    sender, sent = interrupt_after(go, rng.randrange(300))
     try:
         go.set()
         cancel()
@@ -164,19 +170,7 @@ for i in range(ROUNDS):
         k.done().add_callback(functools.partial(ran.__setitem__, j, 1))
     assert _context.watcher_count(root) == 51
     go = threading.Event()
-    spin = rng.randrange(3000)
-
-    def send():
-        go.wait()
-        for _ in range(spin):
-            pass
-        signal.pthread_kill(MAIN, signal.SIGINT)
-        sent.release()
-
-    sent = threading.Lock()
-    sent.acquire()
-    sender = threading.Thread(target=send)
-    sender.start()
+    sender, sent = interrupt_after(go, rng.randrange(3000))
     try:
         go.set()
         for _, cancel in pairs:
