@@ -110,8 +110,9 @@ class Done(abc.ABC):
                 return self.is_set()
         lock = _allocate_lock()
         lock.acquire()
-        handle = self._add_waiter(lock)  # the only release: acquired means done
+        held: list[CallbackHandle] = []  # the registration's handle (see _add_waiter)
         try:
+            self._add_waiter(lock, held)  # the only release: acquired means done
             if _current_thread() is _main_thread():
                 woke = _acquire_in_slices(lock, timeout)
             elif timeout is None:
@@ -119,20 +120,24 @@ class Done(abc.ABC):
             else:
                 woke = lock.acquire(timeout=min(timeout, _TIMEOUT_MAX))
         except BaseException:  # KeyboardInterrupt and the like: leave nothing registered
-            handle.cancel()
+            for handle in held:
+                handle.cancel()
             raise
         if not woke:
-            handle.cancel()
+            held[0].cancel()
         handoffs.pop(lock, None)  # (a waker may be waiting for this thread to run: it runs)
         return True if woke else self.is_set()
 
-    def _add_waiter(self, lock: Any) -> CallbackHandle:
-        """Register *lock* (held) to be released once done: how ``wait()`` blocks a thread.
+    def _add_waiter(self, lock: Any, held: list[CallbackHandle]) -> None:
+        """Register *lock* (held) to be released once done, and put the handle in *held*:
+        how ``wait()`` blocks a thread.
 
         Signals of ours override this to wake waiting threads before any callback runs, so
-        a callback that raises (or an interrupt among the callbacks) cannot strand a waiter.
+        a callback that raises (or an interrupt among the callbacks) cannot strand a waiter,
+        and to put the handle in *held* before registering, so an interrupt landing as the
+        registration returns (Python 3.10 checks for signals there) still finds it.
         """
-        return self.add_callback(lock.release)
+        held.append(self.add_callback(lock.release))
 
     def __await__(self) -> Generator[Any, None, None]:
         """Suspend the current asyncio or trio task until done.

@@ -24,10 +24,11 @@ walk. The end's state is stored before the bump, with no call in between, so a t
 the epoch never hides an end.
 
 What the GIL gives. CPython hands the interpreter to another thread (and runs signal handlers)
-only at calls, function entries and backward jumps, never between two plain loads and stores.
-Three places rely on that: the store of an end and the bump that follows it; the unlocked
-``Node._cancel`` (its look at ``_done`` and its store of ``_state``); and ``end()``'s last look
-at ``_state`` before its own store.
+only at calls, function entries and backward jumps (3.10: at every jump it takes), never
+between two plain loads and stores, nor at a test that falls through. Three places rely on
+that, each written as a look whose passing case falls through straight to the store: the store
+of an end and the bump that follows it; the unlocked ``Node._cancel`` (its look at ``_done``
+and its store of ``_state``); and ``end()``'s last look at ``_state`` before its own store.
 
 Locking. One process-wide lock, ``_lock``, guards every node's ``_state`` and the watchers
 and links in its ``NodeDone``; ``_state``, ``_tag`` and ``_end`` are also read without it (reference
@@ -160,11 +161,11 @@ class Node:
             entry = None
             try:
                 if self._done is None and self._state is None:
-                    if self._has_entry:  # the timer entry is taken with the end
+                    self._state = s  # (the store comes straight after the looks: see the module)
+                    _epoch += 1
+                    if self._has_entry:  # the timer entry goes with the end
                         entry = self._entry
                         self._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
-                    self._state = s
-                    _epoch += 1
                     return
             finally:  # (even if a Ctrl-C lands in between: the entry must go)
                 if entry is not None:
@@ -231,8 +232,9 @@ def end(node: Node, state: State) -> None:
     every callback runs; the first interrupt goes out of here after that.
     """
     global _epoch
-    ending = interrupt = entry = None
+    ending = interrupt = entry = call = None
     fn: Any = None
+    unwatch: Node | None = None
     committed = bare = False
     try:
         with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
@@ -252,11 +254,12 @@ def end(node: Node, state: State) -> None:
                 if node._has_entry:
                     entry = node._entry
                     node._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
-                if node._state is not None:  # a lock-free Node._cancel came first (see there)
+                if node._state is None:  # (else a lock-free Node._cancel came first: see there)
+                    node._state = a or state
+                    _epoch += 1  # (nothing between the look, the store and this: see the module)
+                    committed = bare = True
+                else:
                     return
-                node._state = a or state
-                _epoch += 1  # (no call between the check, the store and this: see the module)
-                committed = bare = True
             elif d._links is None and not node._has_entry:
                 w = d._watchers
                 if len(w) == 1:  # type: ignore[arg-type]  # not empty: see above
@@ -275,60 +278,65 @@ def end(node: Node, state: State) -> None:
                 d._watchers = None  # type: ignore[union-attr]  # (d is not None: fn was found in it)
                 if a is None and (up := node._up) is not None:
                     # _unwatch_locked(up, node), its common case written out: up keeps other
-                    # watchers, so nothing further up changes.
+                    # watchers, so nothing further up changes. (Cut short by an interrupt, it
+                    # is done again below: `unwatch` is cleared only once it is done.)
+                    unwatch = up
                     uw = up._done._watchers  # type: ignore[union-attr]  # node is registered on up
                     if uw is not None and len(uw) > 1:
                         uw.pop(node, None)
                     else:
                         _unwatch_locked(up, node)
+                    unwatch = None
             else:
                 ending = _Ending(node, a or state, a is None and node._up is not None)
-                if node._state is not None:  # a lock-free Node._cancel came first (see there)
+                if node._state is None:  # (else a lock-free Node._cancel came first: see there)
+                    node._state = ending.state  # committed: from here on, the end completes
+                    _epoch += 1  # (nothing between the look, the store and this: see the module)
+                    committed = True
+                    _settle_locked(ending, False)
+                else:
                     return
-                node._state = ending.state  # committed: from here on, the end completes
-                _epoch += 1  # (no call between the check, the store and this: see the module)
-                committed = True
-                _settle_locked(ending, False)
     except BaseException as e:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
         interrupt = e
-    if bare:
-        if entry is not None:
-            _timer.timer.cancel(entry)
-        if interrupt is not None:
-            raise_first(interrupt)
-        return
-    if fn is not None:
-        # call_all((fn,)) written out (a call and an iterator are a fifth of this path): an
-        # interrupt landing before fn runs is kept, and fn still runs, once.
-        while fn is not None:  # (no signal check between here and the try: the loop is the guard)
-            try:
+    # What is left once the end is committed runs in this loop, all of it inside the try: an
+    # interrupt landing anywhere leaves the rest to the next turn, never skips it. (Python 3.10
+    # checks for signals at every jump it takes, so no branch stands between here and the try.)
+    while True:
+        try:
+            if unwatch is not None:  # the one-callback path, interrupted before it unwatched
+                with _lock:
+                    _unwatch_locked(unwatch, node)
+                unwatch = None
+                continue
+            if fn is not None:  # the one callback: call_all((fn,)) written out
                 call, fn = fn, None
                 call()
-            except Exception:
-                _log.exception("gocontext: a done callback raised")
-            except BaseException as e:
+                call = None
+                continue
+            if bare:
+                if entry is not None:
+                    _timer.timer.cancel(entry)  # (twice is harmless)
+                bare = False
+            elif ending is not None:
+                later = _finish(ending)  # resumes where an interrupted call stopped
+                ending = None
                 if interrupt is None:
-                    interrupt = e
-                else:
-                    _log.error("gocontext: a done callback raised", exc_info=e)
-        if interrupt is not None:
-            raise_first(interrupt)
-        return
-    if ending is not None:
-        while True:  # (no signal check between here and the try: the loop is the guard)
-            try:
-                later = _finish(ending)
-                if later is None and interrupt is None:
-                    return
-                break
-            except BaseException as e:
-                if interrupt is None:
-                    interrupt = e
-                if isinstance(e, Exception):  # pragma: no cover - a bug: do not retry it
-                    break
-        raise_first(interrupt if interrupt is not None else later)
+                    interrupt = later
+            break
+        except Exception:
+            if call is None:  # pragma: no cover - a bug of ours, not a callback's: no retry
+                raise
+            call = None
+            _log.exception("gocontext: a done callback raised")
+        except BaseException as e:
+            if interrupt is None:
+                interrupt = e
+            else:
+                _log.error("gocontext: a done callback raised", exc_info=e)
+    if interrupt is not None:
+        raise_first(interrupt)
 
 
 def end_with(ctx: Context, kind: type[ContextError], cause: BaseException | None) -> None:
@@ -688,13 +696,15 @@ class NodeDone(Done):
         run_callbacks((fn,))
         return _SPENT
 
-    def _add_waiter(self, lock: Any) -> CallbackHandle:
+    def _add_waiter(self, lock: Any, held: list[CallbackHandle]) -> None:
         # Registered as the lock itself: end() releases it under _lock, before any callback.
-        handle = self._register(lock)
-        if handle is not None:
-            return handle
-        lock.release()
-        return _SPENT
+        handle = _Handle()
+        handle._node = self._node
+        held.append(handle)  # before the registration: an interrupt after it finds it
+        with _lock:
+            s = _watch_locked(self._node, handle, lock)
+        if s is not None:  # ended already: nothing was registered
+            lock.release()
 
     def _register(self, value: object) -> _Handle | None:
         """Register *value* on the node; its handle, or None if the node has ended."""

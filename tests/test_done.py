@@ -265,7 +265,7 @@ def test_a_woken_thread_that_never_runs_holds_the_canceller_for_a_bounded_time()
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     lock = threading.Lock()
     lock.acquire()
-    ctx.done()._add_waiter(lock)  # type: ignore[attr-defined]  # how wait() registers
+    ctx.done()._add_waiter(lock, [])  # type: ignore[attr-defined]  # how wait() registers
     done = threading.Event()
     threading.Thread(target=lambda: (cancel(), done.set())).start()
     assert done.wait(NEVER)
