@@ -248,7 +248,17 @@ def end(node: Node, state: State) -> None:
                     break
                 n = n._up
             d = node._done
-            if d is None or (d._links is None and not d._watchers):
+            if d is None:
+                bare = True
+            elif d._links is None:
+                w = d._watchers
+                if not w:
+                    bare = True
+                elif len(w) == 1 and not node._has_entry:
+                    (fn,) = w.values()
+                    if fn is _CHILD or type(fn) is _LockType:
+                        fn = None
+            if bare:
                 # Nothing registered (any more), nothing linked: the end is the store, and
                 # the timer entry taken with it. No _Ending.
                 if node._has_entry:
@@ -257,17 +267,9 @@ def end(node: Node, state: State) -> None:
                 if node._state is None:  # (else a lock-free Node._cancel came first: see there)
                     node._state = a or state
                     _epoch += 1  # (nothing between the look, the store and this: see the module)
-                    committed = bare = True
+                    committed = True
                 else:
                     return
-            elif d._links is None and not node._has_entry:
-                w = d._watchers
-                if len(w) == 1:  # type: ignore[arg-type]  # not empty: see above
-                    (fn,) = w.values()  # type: ignore[union-attr]  # not empty: see above
-                    if fn is _CHILD or type(fn) is _LockType:
-                        fn = None
-            if bare:
-                pass
             elif fn is not None:
                 # The commonest watched node (a scope's, an HTTP call's, a to_thread's): one
                 # callback, nothing to hand down, nothing to release. No _Ending: once the
@@ -313,8 +315,7 @@ def end(node: Node, state: State) -> None:
             if fn is not None:  # the one callback: call_all((fn,)) written out
                 call, fn = fn, None
                 call()
-                call = None
-                continue
+                break  # (nothing else is left on this path)
             if bare:
                 if entry is not None:
                     _timer.timer.cancel(entry)  # (twice is harmless)
