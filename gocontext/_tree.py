@@ -193,7 +193,9 @@ def _look_up(node: Node) -> State | None:
     """For a *node* that knows of no end: the end of its nearest ended ancestor, or None; what
     was found is written on the nodes passed (see the module)."""
     e = _epoch  # (read before walking: an end after this makes what is written below stale)
-    s: State | None = None
+    s: State | None = node._state  # again, after that read: the node's own end, come since
+    if s is not None:  # its caller looked, must not be tagged over as live
+        return s
     n = node._up
     while n is not None:
         if n._tag is e:

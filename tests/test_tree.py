@@ -8,7 +8,7 @@ import weakref
 import pytest
 
 import gocontext
-from gocontext import _context
+from gocontext import _context, _tree
 
 from .conftest import NEVER, OtherContext
 
@@ -340,3 +340,13 @@ def test_contexts_do_not_pickle_without_an_integration() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "cannot be pickled" in out.stdout
+
+
+def test_a_walk_never_tags_over_the_nodes_own_end() -> None:
+    """err() looks at the node's own state, then walks its ancestors; a cancel of the node
+    landing between the two (another thread's) must not be hidden by the tag the walk writes."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    cancel()  # as if it landed after err() looked at the node and before it walked
+    assert _tree._look_up(ctx) is not None
+    assert isinstance(ctx.err(), gocontext.Canceled)
+    assert ctx.done().is_set()
