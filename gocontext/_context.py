@@ -1065,7 +1065,7 @@ def _init_node(ctx: _CancelContext, parent: Context, fname: str) -> None:
     ctx._state = ctx._done = ctx._end = None
     t = type(parent)
     if t in _OURS:
-        up: _CancelContext | None = parent if t._node else parent._up  # type: ignore[attr-defined, assignment]  # (t is ours)
+        up: _CancelContext | None = parent if t in _NODES else parent._up  # type: ignore[attr-defined, assignment]  # (t is ours)
         ctx._up = up
         if up is None:
             ctx._deadline = ctx._tag = None
