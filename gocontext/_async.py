@@ -7,10 +7,12 @@ Deadlines enter a loop as time *remaining*: trio's clock is deliberately offset 
 ``time.monotonic()`` and asyncio's is the loop's own, so absolute times are never compared
 across clocks.
 
-A scope's cancellation is an anyio cancel scope on asyncio (so anyio's shields and task groups
-see it) and a trio cancel scope on trio (what anyio's wraps). Its registration on the context is
-removed before the cancel scope is left, so a wake-up that was already on its way only reaches a
-cancel scope that has been left, where ``cancel()`` does nothing.
+A scope's cancellation is a trio cancel scope on trio (what anyio's wraps), and on asyncio a
+``NativeCancelScope``: ``Task.cancel()`` and ``uncancel()``, as ``asyncio.timeout()`` uses them,
+delivered by anyio's rules (anyio's shields inside hold it off; an anyio cancel scope where
+Python 3.10 has no ``uncancel()``). Its registration on the context is removed before the cancel
+scope is left, so a wake-up that was already on its way only reaches a cancel scope that has
+been left, where ``cancel()`` does nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ._loops import (
     HAS_CANCELLING,
     Backend,
     Mailbox,
+    NativeCancelScope,
     backend,
     broken_handle,
     check_handle,
@@ -130,8 +133,11 @@ def _check_seconds(seconds: object) -> float:
 class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(ctx) as child:`
     """Run the block under *ctx*: its body is cancelled the moment *ctx* is done, from any thread.
 
-    ``async with gocontext.scope(ctx) as child:`` runs the body in a cancel scope (anyio's on
-    asyncio, trio's on trio) that *ctx* cancels. If that cancellation interrupted the body,
+    ``async with gocontext.scope(ctx) as child:`` runs the body in a cancel scope that *ctx*
+    cancels: trio's on trio; on asyncio, the task's own cancellation (``task.cancel()``, counted
+    and taken back with ``uncancel()`` as ``asyncio.timeout()`` does) delivered by anyio's rules:
+    at the next checkpoint, again at every later one until the block is left, never inside an
+    anyio shield (on Python 3.10, an anyio cancel scope). If that cancellation interrupted the body,
     leaving the block raises ``ctx.err()`` (``Canceled`` or ``DeadlineExceeded``): never a bare
     framework cancellation, never a silent fall-through. A body that completes returns normally.
     The body's own exceptions and exception groups pass through unchanged, with one exception:
@@ -179,6 +185,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         "_ctx",
         "_handle",
         "_mailbox",
+        "_own",
         "_task",
         "_token",
     )
@@ -191,23 +198,51 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         check_context(ctx, "scope", "ctx")
         self._ctx = ctx
         self._cs: Any = None  # the cancel scope: None until entered, then fixed
+        self._own: CancelCauseFunc | None = None
+
+    @classmethod
+    def _owning(cls, ctx: RichContext, cancel: CancelCauseFunc) -> scope:
+        """A scope whose child is *ctx* itself, ended by *cancel*, when no enclosing deadline
+        is earlier: for a caller that made *ctx* for this block alone (a server's request),
+        which saves the child node and its registration on *ctx*."""
+        self = cls.__new__(cls)
+        self._ctx = ctx
+        self._cs = None
+        self._own = cancel
+        return self
 
     async def __aenter__(self) -> RichContext:
+        return self._enter()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        return self._exit(et, e, tb)
+
+    # Entering and leaving take no await: a caller of ours that runs a block by hand (the HTTP
+    # middleware) calls these two, and saves the two coroutines of `async with`.
+
+    def _enter(self) -> RichContext:
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
         loops = backend()
         here = loops.here()
+        cs, outer = loops.scope_parts()
+        self._cs = cs
         self._baseline = -1
-        if HAS_CANCELLING and loops is ASYNCIO:  # a native task.cancel() folded into ours is
-            task: Any = loops.current_task(here)  # never swallowed
-            if task is not None:
+        if HAS_CANCELLING and loops is ASYNCIO and type(cs) is not NativeCancelScope:
+            task: Any = loops.current_task(here)  # a native task.cancel() folded into ours is
+            if task is not None:  # never swallowed (NativeCancelScope sees to it itself)
                 self._task = task
                 self._baseline = task.cancelling()
-        child, self._cancel = _child_of(ctx, loops.effective_deadline(), loops)
-        self._cs = loops.cancel_scope()
+        own = self._own
+        if own is not None and outer == _INF:
+            child: RichContext = ctx  # type: ignore[assignment]  # _owning() takes a RichContext
+            self._cancel = own
+        else:
+            child, self._cancel = _child_of(ctx, outer, loops)
         self._mailbox = loops.mailbox(here)
-        cs: Any = self._cs
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.
@@ -229,7 +264,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._token: Token[RichContext] = _current.set(child)
         return child
 
-    async def __aexit__(
+    def _exit(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool:
         handle, cancel = self._handle, self._cancel
@@ -240,7 +275,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 broken = broken_handle(self._ctx.done(), handle, exc)  # cancel scope is left
                 self._handle = None
                 try:
-                    await self.__aexit__(et, e, tb)
+                    self._exit(et, e, tb)
                 finally:
                     raise broken from exc  # what leaving raised, if anything, is its __context__
         try:

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, Final, final
 if TYPE_CHECKING:
     from ._done import Done
 
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import BaseExceptionGroup
+
 _sniffio_thread: Any
 try:  # trio marks the thread it runs in here (guest mode too); trio itself depends on it
     from sniffio import thread_local as _sniffio_thread
@@ -39,6 +42,7 @@ __all__ = [
     "AsyncioBackend",
     "Backend",
     "Mailbox",
+    "NativeCancelScope",
     "backend",
     "backend_of",
     "broken_handle",
@@ -200,12 +204,18 @@ class AsyncioBackend:
         return context.run(loop.create_task, fn())  # (create_task(context=) is 3.11+)
 
     def cancel_scope(self) -> Any:
-        """A new cancel scope (anyio's, so anyio's shields and task groups see it)."""
+        """A new cancel scope for the current task (see ``scope_parts``)."""
         return (self._parts or self._load())[0]()
 
-    def effective_deadline(self) -> float:
-        """The enclosing anyio deadline on the loop's clock (inf: none; -inf: cancelled)."""
-        return (self._parts or self._load())[1]()
+    def scope_parts(self) -> tuple[Any, float]:
+        """A new cancel scope for the current task (a ``NativeCancelScope`` where anyio's task
+        state can be read, on Python 3.11+; else anyio's own), and the enclosing anyio deadline
+        on the loop's clock (inf: none; -inf: an enclosing scope was cancelled)."""
+        parts = self._parts or self._load()
+        if parts[0] is NativeCancelScope:
+            cs = NativeCancelScope()
+            return cs, cs.enclosing_deadline
+        return parts[0](), parts[1]()
 
     def time(self) -> float:
         return asyncio.get_running_loop().time()
@@ -229,8 +239,182 @@ class AsyncioBackend:
         except ImportError:  # pragma: no cover - anyio releases that keep it private
             from anyio._core._eventloop import get_async_backend
         backend = get_async_backend("asyncio")
-        self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
+        global _task_states
+        _task_states = _anyio_task_states()
+        if _task_states is not None:
+            self._parts = NativeCancelScope, _no_deadline
+        else:  # pragma: no cover - Python 3.10, or an anyio whose task state looks otherwise
+            self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
         return self._parts
+
+
+def _no_deadline() -> float:  # pragma: no cover - NativeCancelScope knows its own
+    return _INF
+
+
+_task_states: Any = None  # anyio's task → TaskState map, once a NativeCancelScope is in use
+_SCOPE_FIELDS: Final = frozenset({"_parent_scope", "_shield", "_deadline", "_cancel_called"})
+
+
+def _anyio_task_states() -> Any:
+    """anyio's asyncio task states, if they can be read as ``NativeCancelScope`` reads them
+    (and Python has ``Task.uncancel()``); else None, and anyio's own cancel scope is used."""
+    if not HAS_CANCELLING:
+        return None
+    try:
+        from anyio._backends import _asyncio as anyio_asyncio
+    except ImportError:  # pragma: no cover - anyio is a dependency
+        return None
+    states = getattr(anyio_asyncio, "_task_states", None)
+    slots = getattr(getattr(anyio_asyncio, "TaskState", None), "__slots__", ())
+    scope_slots = getattr(getattr(anyio_asyncio, "CancelScope", None), "__slots__", ())
+    task_ok = hasattr(asyncio.Task, "_fut_waiter") and hasattr(asyncio.Task, "_must_cancel")
+    if (
+        states is None
+        or not hasattr(states, "get")
+        or "cancel_scope" not in slots
+        or not set(scope_slots) >= _SCOPE_FIELDS
+        or not task_ok
+    ):
+        return None  # pragma: no cover - an anyio release that keeps its state otherwise
+    return states
+
+
+_NATIVE_CANCEL: Final = "gocontext: the scope's context ended"
+
+
+@final
+class NativeCancelScope:
+    """A cancel scope of one asyncio task made of ``Task.cancel()`` and ``uncancel()``, as
+    ``asyncio.timeout()`` is (Python 3.11+), with anyio's rules: a cancel is delivered at the
+    task's next checkpoint and again at every later one until the scope is left (so unshielded
+    cleanup is interrupted too), never inside an anyio shield entered within the scope (the
+    first checkpoint after the shield gets it), and ``__exit__`` swallows only its own
+    cancellation: one that another party requested as well (a ``task.cancel()``, an enclosing
+    scope) goes on. anyio's scopes inside and around it see a native cancellation, which they
+    pass on, as they do ``asyncio.timeout()``'s.
+
+    It is what ``scope()`` runs on asyncio: anyio's own cancel scope costs three times as much
+    to enter and leave. ``cancel()`` is called in the loop's thread.
+    """
+
+    __slots__ = (
+        "_active",
+        "_at_enter",
+        "_called",
+        "_loop",
+        "_outer",
+        "_sent",
+        "_task",
+        "enclosing_deadline",
+    )
+    _task: Any  # (3.11+: cancelling() and uncancel(), unknown to 3.10's stubs)
+    _loop: asyncio.AbstractEventLoop
+
+    def __init__(self) -> None:
+        """Made in the task it serves; learns the anyio scopes around it."""
+        loop = _get_running_loop()
+        task = None if loop is None else _current_task(loop)
+        if loop is None or task is None:
+            raise RuntimeError("gocontext: a cancel scope needs an asyncio task")
+        self._active = self._called = False
+        self._task = task
+        self._loop = loop
+        state = _task_states.get(task)
+        cs = self._outer = None if state is None else state.cancel_scope  # the anyio scope around
+        # anyio's current_effective_deadline(), read on the way.
+        deadline = _INF
+        while cs is not None:
+            if cs._cancel_called:
+                deadline = -_INF
+                break
+            if cs._deadline < deadline:
+                deadline = cs._deadline
+            if cs._shield:
+                break
+            cs = cs._parent_scope
+        self.enclosing_deadline = deadline
+
+    def __enter__(self) -> NativeCancelScope:
+        if self._active:
+            raise RuntimeError("a NativeCancelScope is entered once")
+        self._at_enter = self._task.cancelling()
+        self._sent = 0  # the cancels requested of the task, each taken back on leaving
+        self._active = True
+        if self._called:  # at the first checkpoint
+            self._loop.call_soon(self._deliver)
+        return self
+
+    def cancel(self) -> None:
+        if self._called:
+            return
+        self._called = True
+        if self._active:
+            if _current_task(self._loop) is self._task:  # at the task's next checkpoint
+                self._loop.call_soon(self._deliver)
+            else:
+                self._deliver()
+
+    def _shielded(self) -> bool:
+        """Whether the task is in an anyio shield entered inside this scope."""
+        state = _task_states.get(self._task)
+        cs = None if state is None else state.cancel_scope
+        outer = self._outer
+        while cs is not None and cs is not outer:
+            if cs._shield:
+                return True
+            cs = cs._parent_scope
+        return False
+
+    def _deliver(self, _: object = None) -> None:
+        # In the loop's thread, between the task's steps; again at each loop iteration until
+        # the scope is left, as anyio does.
+        if not self._active:
+            return
+        task = self._task
+        if task.done():  # pragma: no cover - a task ends only after leaving its scopes
+            return
+        if self._shielded():  # look again once the task has taken its next step
+            waiter = task._fut_waiter
+            if waiter is not None and not waiter.done():
+                waiter.add_done_callback(self._deliver)
+            else:
+                self._loop.call_soon(self._deliver)
+            return
+        if not task._must_cancel:
+            waiter = task._fut_waiter
+            if waiter is None or not waiter.done():
+                task.cancel(_NATIVE_CANCEL)
+                self._sent += 1
+        self._loop.call_soon(self._deliver)
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: object) -> bool:
+        """True when *e* is this scope's cancellation (swallowed); a group holding it and
+        more is raised again without it."""
+        self._active = False
+        sent = self._sent
+        if not sent:
+            return False
+        task = self._task
+        for _ in range(sent):
+            task.uncancel()
+        if e is None or task.cancelling() > self._at_enter:
+            return False  # someone else wants the task cancelled too: theirs goes on
+        if isinstance(e, asyncio.CancelledError):
+            return True
+        if not isinstance(e, BaseExceptionGroup):
+            return False
+        cancelled, rest = e.split(asyncio.CancelledError)
+        if cancelled is None:
+            return False
+        if rest is None:
+            return True
+        context = rest.__context__
+        try:
+            raise rest  # (a __cause__ and __suppress_context__ of its own stay)
+        finally:
+            rest.__context__ = context
+            del context, rest
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:
@@ -307,8 +491,9 @@ class TrioBackend:
     def cancel_scope(self) -> Any:
         return _trio().CancelScope()
 
-    def effective_deadline(self) -> float:
-        return _trio().current_effective_deadline()  # type: ignore[no-any-return]  # trio untyped here
+    def scope_parts(self) -> tuple[Any, float]:
+        trio = _trio()
+        return trio.CancelScope(), trio.current_effective_deadline()
 
     def time(self) -> float:
         return _trio().current_time()  # type: ignore[no-any-return]  # trio untyped here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import random
@@ -10,13 +11,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
+from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]  # (anyio 4.10+)
 
 import gocontext
-from gocontext import _context
+from gocontext import _context, _loops
 from gocontext._async import FrameworkCancelled
 
 from ._loops import on_trio, post_from_thread
@@ -24,6 +26,26 @@ from .conftest import NEVER
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
+
+
+@pytest.fixture(autouse=True, params=["native", "anyio"])
+def asyncio_cancel_scope(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test on both cancel scopes a scope runs on under asyncio: the native one (Python
+    3.11+, where anyio's task state can be read) and anyio's own (Python 3.10, or an anyio
+    laid out otherwise)."""
+    backend = _loops.ASYNCIO
+    saved = backend._parts or backend._load()
+    if request.param == "native":
+        if saved[0] is not _loops.NativeCancelScope:
+            pytest.skip("no native cancel scope on this Python")
+    else:
+        anyio_backend = get_async_backend("asyncio")
+        cs_type = type(anyio_backend.create_cancel_scope())
+        backend._parts = cs_type, anyio_backend.current_effective_deadline
+    try:
+        yield request.param
+    finally:
+        backend._parts = saved
 
 
 def in_thread(fn: Callable[[], object]) -> None:
@@ -385,20 +407,6 @@ async def test_the_enclosing_deadline_ends_the_child_while_the_framework_ends_th
 # shields and nesting
 
 
-async def test_a_shielded_region_is_not_interrupted_and_learns_when_it_ends() -> None:
-    ctx, cancel = gocontext.with_cancel(gocontext.background())
-    steps: list[str] = []
-    with pytest.raises(gocontext.Canceled):
-        async with gocontext.scope(ctx):
-            with anyio.CancelScope(shield=True):
-                in_thread(cancel)
-                await anyio.sleep(0.01)
-                steps.append("shield finished")
-            steps.append("after shield")
-            await anyio.sleep(NEVER)
-    assert steps == ["shield finished", "after shield"]
-
-
 async def test_a_shielded_scope_inside_an_outer_cancellation_still_obeys_its_own_ctx() -> None:
     ctx, cancel = gocontext.with_cancel(gocontext.background())
     with anyio.CancelScope() as outer:
@@ -411,6 +419,126 @@ async def test_a_shielded_scope_inside_an_outer_cancellation_still_obeys_its_own
                     await anyio.sleep(NEVER)
         await anyio.sleep(NEVER)
     assert outer.cancelled_caught
+
+
+async def test_a_shielded_region_is_not_interrupted_and_the_first_checkpoint_after_it_is() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    steps: list[str] = []
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope(ctx):
+            with anyio.CancelScope(shield=True):
+                in_thread(cancel)
+                for _ in range(5):  # bare yields and a wait on a future, all shielded
+                    await anyio.sleep(0)
+                await anyio.sleep(0.001)
+                steps.append("shield finished")
+            steps.append("after shield")
+            await anyio.sleep(0)
+            steps.append("checkpoint passed")
+    assert steps == ["shield finished", "after shield"]
+
+
+async def test_a_shield_inside_a_nested_anyio_scope_holds_the_cancellation_too() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    steps: list[str] = []
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope(ctx):
+            with anyio.CancelScope():
+                with anyio.CancelScope(shield=True):
+                    in_thread(cancel)
+                    await anyio.sleep(0.001)
+                    steps.append("shielded")
+                await anyio.sleep(NEVER)
+    assert steps == ["shielded"]
+
+
+async def test_a_body_that_catches_the_cancellation_is_cancelled_again() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    steps: list[str] = []
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope(ctx):
+            try:
+                cancel()
+                await anyio.sleep(NEVER)
+            except anyio.get_cancelled_exc_class():
+                steps.append("caught")
+            try:
+                await anyio.sleep(NEVER)  # level-triggered: cancelled again
+            finally:
+                steps.append("cancelled again")
+    assert steps == ["caught", "cancelled again"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_task_is_left_with_no_cancellation_pending_after_any_ending() -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("Task.cancelling() needs Python 3.11")
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def interrupted(cancel: Callable[[], object]) -> None:
+        cancel()
+        await asyncio.sleep(NEVER)
+
+    async def caught_and_completed(cancel: Callable[[], object]) -> None:
+        cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(NEVER)
+
+    async def completed_before_its_checkpoint(cancel: Callable[[], object]) -> None:
+        cancel()
+
+    async def done_at_entry(cancel: Callable[[], object]) -> None:
+        pass
+
+    async def shielded_to_the_end(cancel: Callable[[], object]) -> None:
+        with anyio.CancelScope(shield=True):
+            in_thread(cancel)
+            await asyncio.sleep(0)
+
+    for body in (
+        interrupted,
+        caught_and_completed,
+        completed_before_its_checkpoint,
+        done_at_entry,
+        shielded_to_the_end,
+    ):
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        if body is done_at_entry:
+            cancel()
+        try:
+            async with gocontext.scope(ctx):
+                await body(cancel)
+        except gocontext.Canceled:
+            pass
+        assert task.cancelling() == 0, body.__name__
+        for _ in range(3):  # nothing of ours reaches the task after the block
+            await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_task_groups_inside_a_scope_are_cancelled_with_it() -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("asyncio.TaskGroup needs Python 3.11")
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def child(name: str) -> None:
+        try:
+            started.set()
+            await asyncio.sleep(NEVER)
+        finally:
+            ended.append(name)
+
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope(ctx):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(child("a"))
+                tg.create_task(child("b"))
+                await started.wait()
+                in_thread(cancel)
+    assert sorted(ended) == ["a", "b"]
 
 
 async def test_scopes_nest_with_anyio_timeouts_both_ways() -> None:

@@ -1,7 +1,7 @@
 """Stopping the running task when a context ends: one done-callback and one ``task.cancel()``.
 
 aiohttp runs on asyncio only, and a request's client or server side is one task; so where
-``gocontext.scope`` would make a child context and an anyio cancel scope per request, this
+``gocontext.scope`` would make a child context and a cancel scope per request, this
 cancels the task itself and tells its own cancellation from anyone else's by the task's
 ``cancelling()`` count (Python 3.11+), as ``scope`` does.
 """
