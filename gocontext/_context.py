@@ -403,6 +403,24 @@ def with_timeout(parent: Context, timeout: float | timedelta) -> CancelPair:
     return _with_deadline(parent, _timer.now() + timeout, None, "with_timeout", timeout <= 0)
 
 
+def timeout_cancel_cause(parent: Context, timeout: float) -> CancelCausePair:
+    """``with_timeout(parent, timeout)`` whose cancel takes a cause, in one node: what a server
+    makes for a request, which ends at its deadline or when its client goes away (for the
+    wires; not exported). *timeout* is a float, not NaN.
+
+    Example:
+        >>> import gocontext
+        >>> from gocontext._context import timeout_cancel_cause
+        >>> ctx, cancel = timeout_cancel_cause(gocontext.background(), 60.0)
+        >>> cancel(ConnectionResetError("gone"))
+        >>> gocontext.cause(ctx), 59 < ctx.remaining() <= 60
+        (ConnectionResetError('gone'), True)
+    """
+    return _with_deadline(  # type: ignore[return-value]  # its pair's cancel takes a cause
+        parent, _timer.now() + timeout, None, "with_timeout", timeout <= 0, _DeadlineCauseContext
+    )
+
+
 def with_timeout_cause(
     parent: Context, timeout: float | timedelta, cause: BaseException | None
 ) -> CancelPair:
@@ -921,24 +939,26 @@ class _CancelContext(Node, _Base):
         return "with_cancel"
 
 
+def _cancel_cause(self: _CancelContext, cause: BaseException | None = None) -> None:
+    """The ``cancel(cause)`` of the nodes that take a cause."""
+    if self._state is None:
+        if cause is None:
+            Node._cancel(self)
+        elif isinstance(cause, BaseException):
+            end(self, (Canceled, cause))
+        else:
+            raise TypeError(f"cancel() needs an exception or None as cause, got {cause!r}")
+
+
 @final
 class _CancelCauseContext(_CancelContext):
     __slots__ = ()
-
-    def _cancel(self, cause: BaseException | None = None) -> None:
-        if self._state is None:
-            if cause is None:
-                Node._cancel(self)
-            elif isinstance(cause, BaseException):
-                end(self, (Canceled, cause))
-            else:
-                raise TypeError(f"cancel() needs an exception or None as cause, got {cause!r}")
+    _cancel = _cancel_cause  # takes a cause, as its pair says
 
     def _label(self) -> str:
         return "with_cancel_cause"
 
 
-@final
 class _DeadlineContext(_CancelContext):
     """A node with a deadline; ``_entry`` is its timer entry until the node ends (under the
     tree lock), then None."""
@@ -955,6 +975,15 @@ class _DeadlineContext(_CancelContext):
 
     def _label(self) -> str:
         return f"with_deadline({self._deadline - _timer.now():+.3f}s)"
+
+
+@final
+class _DeadlineCauseContext(_DeadlineContext):
+    """A node with a deadline whose cancel takes a cause (what a server makes for a request:
+    its deadline, or the client going away)."""
+
+    __slots__ = ()
+    _cancel = _cancel_cause  # takes a cause, as its pair says
 
 
 @final
@@ -983,9 +1012,11 @@ class _MergeValues:
 
 _OURS: Final = frozenset(
     {_Root, _WithoutCancel, _ValueContext, _CancelContext, _CancelCauseContext,
-     _DeadlineContext, _MergeContext}
+     _DeadlineContext, _DeadlineCauseContext, _MergeContext}
 )  # fmt: skip
-_NODES: Final = frozenset({_CancelContext, _CancelCauseContext, _DeadlineContext, _MergeContext})
+_NODES: Final = frozenset(
+    {_CancelContext, _CancelCauseContext, _DeadlineContext, _DeadlineCauseContext, _MergeContext}
+)
 _LINKED: Final = frozenset(_OURS - {_Root, _MergeContext} | {_ForeignValueContext})
 
 
@@ -1087,6 +1118,7 @@ def _with_deadline(
     cause: BaseException | None,
     how: str,
     expired: bool | None = None,
+    kind: type[_DeadlineContext] = _DeadlineContext,
 ) -> CancelPair:
     t = type(parent)
     ours = t in _NODES or t in _OURS
@@ -1100,8 +1132,10 @@ def _with_deadline(
         _check_foreign(parent, how)
         cur = _deadline_of(parent, how)
     if cur is not None and cur <= deadline:  # the parent ends first anyway (Go does the same)
-        return with_cancel(parent)
-    ctx = _DeadlineContext()
+        if kind is _DeadlineContext:
+            return with_cancel(parent)
+        return with_cancel_cause(parent)  # type: ignore[return-value]  # a cause-taking pair
+    ctx = kind()
     ctx._cause = cause
     ctx._entry = None
     if ours:  # _init_node(), written out as in with_cancel (a tenth of create + cancel)
