@@ -116,6 +116,33 @@ def test_deadline_cause_is_recorded_only_when_the_deadline_ends_it(fake_clock: F
         gocontext.with_timeout_cause(gocontext.background(), 1, "slow")  # type: ignore[arg-type]
 
 
+def test_a_request_context_ends_by_its_deadline_or_by_a_cancel_with_a_cause(
+    fake_clock: FakeClock,
+) -> None:
+    """What a server makes per request: one node with a deadline whose cancel takes a cause."""
+    from gocontext._context import timeout_cancel_cause
+
+    before = _timer.timer.pending()
+    gone = ConnectionResetError("client went away")
+    left, cancel_left = timeout_cancel_cause(gocontext.background(), 1.0)
+    cancel_left(gone)
+    assert gocontext.cause(left) is gone
+    assert isinstance(left.err(), gocontext.Canceled)
+    assert _timer.timer.pending() == before  # the cancel took the timer entry with it
+    timed, _ = timeout_cancel_cause(gocontext.background(), 1.0)
+    fake_clock.advance(1.0)
+    assert isinstance(timed.err(), gocontext.DeadlineExceeded)
+    # Under a parent that ends first, the pair is a plain child whose cancel still takes one.
+    parent, cancel_parent = gocontext.with_timeout(gocontext.background(), 0.5)
+    child, cancel_child = timeout_cancel_cause(parent, 1.0)
+    assert child.deadline() == parent.deadline()
+    with pytest.raises(TypeError, match="cause"):
+        cancel_child("gone")  # type: ignore[arg-type]
+    cancel_child(gone)
+    assert gocontext.cause(child) is gone
+    cancel_parent()
+
+
 def test_cancel_removes_the_timer_entry() -> None:
     before = _timer.timer.pending()
     pairs = [gocontext.with_timeout(gocontext.background(), 3600) for _ in range(100)]
