@@ -6,9 +6,12 @@
 - transport: what ``Transport`` adds to an httpx request (``bench_transport.transport_overhead``
   when it is there, else the same measure for the blocking client here);
 - end to end: plain ``httpx.Client`` + plain Starlette against ``Transport`` +
-  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches; beside
-  it, for reference, the uvicorn thread's CPU per request in each (a real server's share, which
-  the middleware row, driving the app alone on a warm loop, understates).
+  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches, each
+  uvicorn server in a process of its own, as a client and a server are deployed; beside it,
+  the server process's CPU per request in each (a real server's share, which the middleware
+  row, driving the app alone on a warm loop, understates). For reference, the same with both
+  servers in this process: client and servers then take turns on one GIL, handed between
+  threads several times per request, so both columns carry the harness's costs too.
 
     python benchmarks/bench_http.py [--quick]
 """
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import socket
 import statistics
 import sys
@@ -51,6 +55,7 @@ _HEADERS = [  # what httpx sends with every request
 ]
 _CONTEXT_HEADERS = [*_HEADERS, (b"grpc-timeout", b"3599999m"), (b"baggage", b"request-id=r1")]
 _KEY = gocontext.PropagatedKey("request-id")
+_ROOT = pathlib.Path(__file__).resolve().parent.parent  # where `-m benchmarks.bench_http` runs
 
 
 async def _bare(scope: Any, receive: Any, send: Any) -> None:
@@ -180,6 +185,63 @@ def _cpu_clock(thread: threading.Thread) -> Callable[[], float]:
     return lambda: time.clock_gettime(clock)
 
 
+_SERVE_FLAG = "--serve"
+
+
+def _serve_here(kind: str) -> None:
+    """Run the benchmark's server (``plain`` Starlette, or ``ours`` under ContextMiddleware)
+    in this process, on an ephemeral loopback port printed on stdout, until killed."""
+    app: Any = Starlette(routes=[Route("/", _hello)])
+    if kind == "ours":
+        app = gocontext.http.ContextMiddleware(app)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _process_cpu(pid: int) -> Callable[[], float]:
+    """The CPU time of *pid*'s main thread so far, in seconds, where Linux tells it (else 0)."""
+    path = f"/proc/{pid}/schedstat"
+
+    def read() -> float:
+        try:
+            with open(path) as f:
+                return int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    return read
+
+
+def end_to_end_processes(n: int = 2000) -> tuple[float, float, float, float]:
+    """``end_to_end``, each server in a process of its own (see the module)."""
+    import subprocess
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_http", _SERVE_FLAG, kind],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(_ROOT),
+        )
+        for kind in ("plain", "ours")
+    ]
+    try:
+        ports = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]  # piped
+        if not all(ports):
+            raise RuntimeError("a benchmark server did not start")
+        plain_url, ctx_url = (f"http://127.0.0.1:{port}/" for port in ports)
+        return _alternate(
+            plain_url, ctx_url, n, _process_cpu(procs[0].pid), _process_cpu(procs[1].pid)
+        )
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def end_to_end(n: int = 2000) -> tuple[float, float, float, float]:
     """µs per request over loopback: plain httpx + Starlette, then ours with a deadline and
     baggage (medians of alternating batches); and the server thread's CPU µs per request in
@@ -187,6 +249,24 @@ def end_to_end(n: int = 2000) -> tuple[float, float, float, float]:
     app = Starlette(routes=[Route("/", _hello)])
     plain_url, s1, t1 = _serve(app)
     ctx_url, s2, t2 = _serve(gocontext.http.ContextMiddleware(app))
+    try:
+        return _alternate(plain_url, ctx_url, n, _cpu_clock(t1), _cpu_clock(t2))
+    finally:
+        for s, t in ((s1, t1), (s2, t2)):
+            s.should_exit = True
+            t.join(5)
+
+
+def _alternate(
+    plain_url: str,
+    ctx_url: str,
+    n: int,
+    cpu1: Callable[[], float],
+    cpu2: Callable[[], float],
+) -> tuple[float, float, float, float]:
+    """µs per request: plain httpx to *plain_url*, ours with a deadline and baggage to
+    *ctx_url*, in alternating batches (so drift in the machine's load hits both alike); and
+    the servers' CPU µs per request, read from *cpu1* and *cpu2*. Medians of the batches."""
     ctx, cancel = gocontext.with_timeout(
         gocontext.with_value(gocontext.background(), _KEY, "r1"), 3600
     )
@@ -195,9 +275,8 @@ def end_to_end(n: int = 2000) -> tuple[float, float, float, float]:
         with httpx.Client() as plain, httpx.Client(transport=gocontext.http.Transport()) as ours:
             _per_request_us(lambda: plain.get(plain_url), 50)  # warm up both
             _per_request_us(lambda: ours.get(ctx_url, extensions=ext), 50)
-            # Alternate short batches, so drift in the machine's load hits both sides alike.
             bases, fulls, base_cpu, full_cpu = [], [], [], []
-            cpu1, cpu2, k = _cpu_clock(t1), _cpu_clock(t2), n // 20
+            k = max(n // 20, 1)
             for _ in range(20):
                 c = cpu1()
                 bases.append(_per_request_us(lambda: plain.get(plain_url), k))
@@ -207,9 +286,6 @@ def end_to_end(n: int = 2000) -> tuple[float, float, float, float]:
                 full_cpu.append((cpu2() - c) / k * 1e6)
     finally:
         cancel()
-        for s, t in ((s1, t1), (s2, t2)):
-            s.should_exit = True
-            t.join(5)
     return (
         statistics.median(bases),
         statistics.median(fulls),
@@ -224,8 +300,9 @@ def main(quick: bool = False) -> None:
         **middleware_overhead(n, 5 if quick else 15),
         **transport_overhead(n, 3 if quick else 9),
     }
-    base, full, base_cpu, full_cpu = end_to_end(n)
+    base, full, base_cpu, full_cpu = end_to_end_processes(n)
     figures["end to end, deadline + baggage"] = (full / base - 1) * 100
+    one = end_to_end(n)
     print("\n### HTTP: what gocontext.http adds per request\n")
     print("| what | measured | target | met |\n|---|---:|---:|---|")
     for name, (target, unit) in TARGETS.items():
@@ -233,12 +310,20 @@ def main(quick: bool = False) -> None:
         shown = f"{value:+.1f} %" if unit == "%" else f"{value:.1f} µs"
         verdict = "met" if value <= target else "missed"
         print(f"| {name} | {shown} | <= {target:g} {unit} | {verdict} |")
-    print(f"\nend to end: plain httpx + Starlette {base:,.0f} µs, gocontext.http {full:,.0f} µs")
     print(
-        f"server thread CPU under uvicorn: plain Starlette {base_cpu:,.0f} µs, with "
-        f"ContextMiddleware {full_cpu:,.0f} µs ({full_cpu - base_cpu:+,.0f} µs; for reference)"
+        f"\nend to end, servers in processes of their own: plain httpx + Starlette {base:,.0f} "
+        f"µs, gocontext.http {full:,.0f} µs; server CPU under uvicorn {base_cpu:,.0f} µs and "
+        f"{full_cpu:,.0f} µs ({full_cpu - base_cpu:+,.0f} µs)"
+    )
+    print(
+        f"for reference, servers in this process (one GIL for client and servers): "
+        f"{one[0]:,.0f} µs and {one[1]:,.0f} µs ({(one[1] / one[0] - 1) * 100:+.1f} %); server "
+        f"thread CPU {one[2]:,.0f} µs and {one[3]:,.0f} µs ({one[3] - one[2]:+,.0f} µs)"
     )
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv[1:])
+    if sys.argv[1:2] == [_SERVE_FLAG]:
+        _serve_here(sys.argv[2])
+    else:
+        main(quick="--quick" in sys.argv[1:])
