@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, final
@@ -53,6 +54,7 @@ __all__ = [
     "wait_done",
 ]
 
+_weakref: Final = weakref.ref
 _get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio itself uses it
 _current_task = asyncio.current_task
 _INF = math.inf
@@ -240,8 +242,9 @@ class AsyncioBackend:
             from anyio._core._eventloop import get_async_backend
         backend = get_async_backend("asyncio")
         global _task_states
-        _task_states = _anyio_task_states()
-        if _task_states is not None:
+        states = _anyio_task_states()
+        if states is not None:
+            _task_states = states
             self._parts = NativeCancelScope, _no_deadline
         else:  # pragma: no cover - Python 3.10, or an anyio whose task state looks otherwise
             self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
@@ -252,7 +255,10 @@ def _no_deadline() -> float:  # pragma: no cover - NativeCancelScope knows its o
     return _INF
 
 
-_task_states: Any = None  # anyio's task → TaskState map, once a NativeCancelScope is in use
+# The dict under anyio's task → TaskState WeakKeyDictionary (weak reference → state), once a
+# NativeCancelScope is in use: read directly, it costs no Python call, and nothing at all while
+# no task has anyio state (a plain asyncio program, a request no anyio scope encloses).
+_task_states: dict[Any, Any] = {}
 _SCOPE_FIELDS: Final = frozenset({"_parent_scope", "_shield", "_deadline", "_cancel_called"})
 
 
@@ -270,14 +276,19 @@ def _anyio_task_states() -> Any:
     scope_slots = getattr(getattr(anyio_asyncio, "CancelScope", None), "__slots__", ())
     task_ok = hasattr(asyncio.Task, "_fut_waiter") and hasattr(asyncio.Task, "_must_cancel")
     if (
-        states is None
-        or not hasattr(states, "get")
+        not isinstance(states, weakref.WeakKeyDictionary)
+        or not isinstance(getattr(states, "data", None), dict)
         or "cancel_scope" not in slots
         or not set(scope_slots) >= _SCOPE_FIELDS
         or not task_ok
     ):
         return None  # pragma: no cover - an anyio release that keeps its state otherwise
-    return states
+    return states.data  # type: ignore[attr-defined]  # (checked above: a dict)
+
+
+def _anyio_state(task: object) -> Any:
+    """anyio's TaskState of *task*, or None (``WeakKeyDictionary.get``, without its call)."""
+    return _task_states.get(_weakref(task)) if _task_states else None
 
 
 _NATIVE_CANCEL: Final = "gocontext: the scope's context ended"
@@ -320,7 +331,7 @@ class NativeCancelScope:
         self._active = self._called = False
         self._task = task
         self._loop = loop
-        state = _task_states.get(task)
+        state = _task_states.get(_weakref(task)) if _task_states else None
         cs = self._outer = None if state is None else state.cancel_scope  # the anyio scope around
         # anyio's current_effective_deadline(), read on the way.
         deadline = _INF
@@ -357,7 +368,7 @@ class NativeCancelScope:
 
     def _shielded(self) -> bool:
         """Whether the task is in an anyio shield entered inside this scope."""
-        state = _task_states.get(self._task)
+        state = _anyio_state(self._task)
         cs = None if state is None else state.cancel_scope
         outer = self._outer
         while cs is not None and cs is not outer:
