@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .._ambient import use
-from .._context import Context, background, with_cancel_cause, with_timeout
+from .._context import Context, background, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
 from .._propagation import attach_values
 from ..http._headers import HeaderError
@@ -115,11 +115,12 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
         if max_timeout is not None:
             timeout = max_timeout if timeout is None else min(timeout, max_timeout)
-        ctx, cancel = with_cancel_cause(attach_values(background(), values))
+        parent = attach_values(background(), values) if values else background()
+        if timeout is None:
+            ctx, cancel = with_cancel_cause(parent)
+        else:  # one node: the deadline, and a cancel that takes the disconnect's cause
+            ctx, cancel = timeout_cancel_cause(parent, float(timeout))
         request_ctx: Context = ctx
-        cancel_deadline: Callable[[], None] = _nothing
-        if timeout is not None:
-            request_ctx, cancel_deadline = with_timeout(ctx, timeout)
         key = object()
         watch = _watch(request, key, lambda: cancel(ClientDisconnected("the client disconnected")))
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
@@ -132,23 +133,19 @@ def middleware(*, max_timeout: float | None = None) -> Any:
         except (ContextError, asyncio.CancelledError) as e:
             if isinstance(e, asyncio.CancelledError) and not stop.owns(e):
                 raise
-            if ctx.err() is not None:
+            err = ctx.err()  # the first of the deadline and the client's leaving
+            if isinstance(err, DeadlineExceeded):
+                raise web.HTTPGatewayTimeout(text="deadline exceeded") from None
+            if err is not None:
                 # The client left: nobody reads this answer (aiohttp drops it quietly).
                 return web.Response(status=499, text="client disconnected")
-            if isinstance(request_ctx.err(), DeadlineExceeded):
-                raise web.HTTPGatewayTimeout(text="deadline exceeded") from None
             raise
         finally:
             stop.release()
             stop.disarm()
             if watch is not None:
                 watch.listeners.pop(key, None)
-            cancel_deadline()
             cancel(None)
         return response
 
     return gocontext_middleware
-
-
-def _nothing() -> None:
-    pass
