@@ -20,7 +20,7 @@ from .._context import Context, background, timeout_cancel_cause, with_cancel_ca
 from .._errors import ContextError, DeadlineExceeded, check_real
 from .._propagation import attach_values
 from ..http._headers import HeaderError
-from ..http._middleware import ClientDisconnected, timeout_and_values
+from ..http._middleware import _DEADLINE_SLACK, ClientDisconnected, _passed, timeout_and_values
 from ._task import TaskCanceller
 
 __all__ = ["middleware"]
@@ -89,7 +89,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     ``X-Envoy-Expected-Rq-Timeout-Ms``, the smallest, capped by *max_timeout*, which also
     applies when none is sent) and its ``PropagatedKey`` values (``baggage``); it is ambient
     in the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled
-    with a ``gocontext.http.ClientDisconnected`` cause when the client goes away. The handler
+    with a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms
+    of the deadline, a client leaves for it: the deadline ends the context). The handler
     is cancelled when its context ends: one that ignores its context is still stopped at
     the deadline, and the client gets a 504. A malformed deadline header gets a 400 that says
     what was wrong. A bad *max_timeout* is a ``ValueError``.
@@ -122,7 +123,14 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
         request_ctx: Context = ctx
         key = object()
-        watch = _watch(request, key, lambda: cancel(ClientDisconnected("the client disconnected")))
+
+        def disconnected() -> None:
+            # A client that leaves this close to the deadline leaves for it (its own deadline
+            # fell before ours by the request's transit): the deadline ends the context.
+            if not _passed(ctx.deadline(), _DEADLINE_SLACK):
+                cancel(ClientDisconnected("the client disconnected"))
+
+        watch = _watch(request, key, disconnected)
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
         request._state["gocontext"] = request_ctx
