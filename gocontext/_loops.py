@@ -178,7 +178,8 @@ class AsyncioBackend:
     def __init__(self) -> None:
         # anyio's asyncio cancel scope class and its effective deadline, taken on first use:
         # anyio's detection of the library is skipped after that.
-        self._parts: tuple[Callable[[], Any], Callable[[], float]] | None = None
+        # (the effective deadline is None with a NativeCancelScope, which reads its own)
+        self._parts: tuple[Callable[[], Any], Callable[[], float] | None] | None = None
 
     def here(self) -> object:
         """The running loop: the identity ``mailbox()`` and ``backend_of()`` take."""
@@ -213,11 +214,11 @@ class AsyncioBackend:
         """A new cancel scope for the current task (a ``NativeCancelScope`` where anyio's task
         state can be read, on Python 3.11+; else anyio's own), and the enclosing anyio deadline
         on the loop's clock (inf: none; -inf: an enclosing scope was cancelled)."""
-        parts = self._parts or self._load()
-        if parts[0] is NativeCancelScope:
-            cs = NativeCancelScope()
+        new, deadline = self._parts or self._load()
+        if deadline is None:  # a NativeCancelScope
+            cs = new()
             return cs, cs.enclosing_deadline
-        return parts[0](), parts[1]()
+        return new(), deadline()
 
     def time(self) -> float:
         return asyncio.get_running_loop().time()
@@ -235,24 +236,20 @@ class AsyncioBackend:
     async def sleep(self, done: Done, seconds: float) -> None:
         await _asyncio_wait(done, seconds)
 
-    def _load(self) -> tuple[Callable[[], Any], Callable[[], float]]:
-        try:  # public in recent anyio releases
-            from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]  # 4.10+
-        except ImportError:  # pragma: no cover - anyio releases that keep it private
-            from anyio._core._eventloop import get_async_backend
-        backend = get_async_backend("asyncio")
+    def _load(self) -> tuple[Callable[[], Any], Callable[[], float] | None]:
         global _task_states
         states = _anyio_task_states()
         if states is not None:
             _task_states = states
-            self._parts = NativeCancelScope, _no_deadline
-        else:  # pragma: no cover - Python 3.10, or an anyio whose task state looks otherwise
-            self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
+            self._parts = NativeCancelScope, None
+            return self._parts
+        try:  # pragma: no cover - Python 3.10, or an anyio whose task state looks otherwise
+            from anyio.lowlevel import get_async_backend  # type: ignore[attr-defined]  # 4.10+
+        except ImportError:  # pragma: no cover - anyio releases that keep it private
+            from anyio._core._eventloop import get_async_backend
+        backend = get_async_backend("asyncio")
+        self._parts = type(backend.create_cancel_scope()), backend.current_effective_deadline
         return self._parts
-
-
-def _no_deadline() -> float:  # pragma: no cover - NativeCancelScope knows its own
-    return _INF
 
 
 # The dict under anyio's task → TaskState WeakKeyDictionary (weak reference → state), once a
@@ -284,11 +281,6 @@ def _anyio_task_states() -> Any:
     ):
         return None  # pragma: no cover - an anyio release that keeps its state otherwise
     return states.data  # type: ignore[attr-defined]  # (checked above: a dict)
-
-
-def _anyio_state(task: object) -> Any:
-    """anyio's TaskState of *task*, or None (``WeakKeyDictionary.get``, without its call)."""
-    return _task_states.get(_weakref(task)) if _task_states else None
 
 
 _NATIVE_CANCEL: Final = "gocontext: the scope's context ended"
@@ -331,6 +323,7 @@ class NativeCancelScope:
         self._active = self._called = False
         self._task = task
         self._loop = loop
+        # (WeakKeyDictionary.get, without its call)
         state = _task_states.get(_weakref(task)) if _task_states else None
         cs = self._outer = None if state is None else state.cancel_scope  # the anyio scope around
         # anyio's current_effective_deadline(), read on the way.
@@ -368,7 +361,7 @@ class NativeCancelScope:
 
     def _shielded(self) -> bool:
         """Whether the task is in an anyio shield entered inside this scope."""
-        state = _anyio_state(self._task)
+        state = _task_states.get(_weakref(self._task)) if _task_states else None
         cs = None if state is None else state.cancel_scope
         outer = self._outer
         while cs is not None and cs is not outer:

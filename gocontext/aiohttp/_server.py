@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from .._ambient import use
-from .._context import Context, background, timeout_cancel_cause, with_cancel_cause
+from .._context import background, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
 from .._propagation import attach_values
 from ..http._headers import HeaderError
-from ..http._middleware import _DEADLINE_SLACK, ClientDisconnected, _passed, timeout_and_values
+from ..http._middleware import client_left, timeout_and_values
 from ._task import TaskCanceller
 
 __all__ = ["middleware"]
@@ -121,22 +122,14 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             ctx, cancel = with_cancel_cause(parent)
         else:  # one node: the deadline, and a cancel that takes the disconnect's cause
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
-        request_ctx: Context = ctx
         key = object()
-
-        def disconnected() -> None:
-            # A client that leaves this close to the deadline leaves for it (its own deadline
-            # fell before ours by the request's transit): the deadline ends the context.
-            if not _passed(ctx.deadline(), _DEADLINE_SLACK):
-                cancel(ClientDisconnected("the client disconnected"))
-
-        watch = _watch(request, key, disconnected)
+        watch = _watch(request, key, partial(client_left, ctx, cancel))
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
-        request._state["gocontext"] = request_ctx
-        stop = TaskCanceller(request_ctx)  # a handler that ignores its context is stopped too
+        request._state["gocontext"] = ctx
+        stop = TaskCanceller(ctx)  # a handler that ignores its context is stopped too
         try:
-            with use(request_ctx):
+            with use(ctx):
                 response: web.StreamResponse = await handler(request)
         except (ContextError, asyncio.CancelledError) as e:
             if isinstance(e, asyncio.CancelledError) and not stop.owns(e):

@@ -18,7 +18,7 @@ from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
 from ._headers import HeaderError, parse_baggage, parse_grpc_timeout, parse_timeout_ms
 
-__all__ = ["ClientDisconnected", "ContextMiddleware", "timeout_and_values"]
+__all__ = ["ClientDisconnected", "ContextMiddleware", "client_left", "timeout_and_values"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -414,9 +414,7 @@ class _Exchange:
     def _disconnected(self) -> None:
         if self.state in (_COMPLETE, _TAKEN):
             return  # the response is out: the server says "disconnect" for every later read
-        if _passed(self.ctx.deadline(), _DEADLINE_SLACK):
-            return  # the client left for the deadline, which ends the context in a moment
-        self._cancel(ClientDisconnected("the client disconnected"))
+        client_left(self.ctx, self._cancel)
 
     def _wake(self) -> None:
         # One event serves both waits, never at the same time: the app waits only on an empty
@@ -496,6 +494,14 @@ def _declares_length(start: Message | None) -> bool:
     return start is not None and any(
         name.lower() == b"content-length" for name, _ in start.get("headers", ())
     )
+
+
+def client_left(ctx: Context, cancel: Callable[[BaseException], None]) -> None:
+    """End a request's *ctx* with *cancel* for its client going away, unless the client left
+    for the deadline (within ``_DEADLINE_SLACK`` of it), which ends *ctx* a moment later: the
+    request records one cause for one event, whichever the server happened to see first."""
+    if not _passed(ctx.deadline(), _DEADLINE_SLACK):
+        cancel(ClientDisconnected("the client disconnected"))
 
 
 def _passed(deadline: float | None, slack: float = 0.0) -> bool:
