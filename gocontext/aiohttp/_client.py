@@ -76,9 +76,27 @@ def trace_config() -> aiohttp.TraceConfig:
         >>> config = gocontext.aiohttp.trace_config()
         >>> # aiohttp.ClientSession(trace_configs=[config])
     """
-    config = aiohttp.TraceConfig()
+    config = _TraceConfig()
     config.on_request_start.append(_on_request_start)
     return config
+
+
+class _TraceConfig(aiohttp.TraceConfig):
+    """Ours, told apart from the caller's trace configs by its type (see ``_drop_trace``)."""
+
+
+def _drop_trace(req: aiohttp.ClientRequest) -> None:
+    """Take our trace out of *req*'s once the request has started: it has stamped the headers,
+    and aiohttp would otherwise send it every later event of the request (headers sent, each
+    chunk received, the end: most of what a trace config costs a request). The caller's traces
+    stay. The list is aiohttp's own, shared by the request, its connection and its session;
+    an aiohttp that keeps it elsewhere keeps our trace (it only costs time)."""
+    traces = getattr(req, "_traces", None)
+    if type(traces) is list:
+        for i, trace in enumerate(traces):
+            if type(getattr(trace, "_trace_config", None)) is _TraceConfig:
+                del traces[i]
+                return
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
@@ -150,6 +168,7 @@ async def _middleware(
     ctx = _pending.get()
     if ctx is None:
         ctx = current()
+    _drop_trace(req)
     if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
         return await handler(req)
     watch = _Request(ctx)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .._ambient import use
+from .._ambient import _current
 from .._context import background, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
 from .._propagation import attach_values
@@ -122,15 +122,14 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             ctx, cancel = with_cancel_cause(parent)
         else:  # one node: the deadline, and a cancel that takes the disconnect's cause
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
-        key = object()
-        watch = _watch(request, key, partial(client_left, ctx, cancel))
+        watch = _watch(request, ctx, partial(client_left, ctx, cancel))
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
         request._state["gocontext"] = ctx
         stop = TaskCanceller(ctx)  # a handler that ignores its context is stopped too
+        token = _current.set(ctx)  # (use(ctx), written out: ctx is one of ours)
         try:
-            with use(ctx):
-                response: web.StreamResponse = await handler(request)
+            response: web.StreamResponse = await handler(request)
         except (ContextError, asyncio.CancelledError) as e:
             if isinstance(e, asyncio.CancelledError) and not stop.owns(e):
                 raise
@@ -142,10 +141,11 @@ def middleware(*, max_timeout: float | None = None) -> Any:
                 return web.Response(status=499, text="client disconnected")
             raise
         finally:
+            _current.reset(token)
             stop.release()
             stop.disarm()
             if watch is not None:
-                watch.listeners.pop(key, None)
+                watch.listeners.pop(ctx, None)
             cancel(None)
         return response
 

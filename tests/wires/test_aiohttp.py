@@ -99,6 +99,45 @@ async def test_a_trace_config_alone_sends_the_deadline_and_values(server: Aiohtt
     assert 0 < body["remaining"] <= 30
 
 
+@pytest.mark.parametrize("ending", ["answered", "cancelled"])
+async def test_the_callers_own_trace_configs_see_every_event_of_the_request(
+    server: AiohttpServer, ending: str
+) -> None:
+    # Ours leaves the request's traces once the headers are stamped: the caller's stay, and
+    # see the request start, its headers go, its end (or its exception) and the same
+    # trace_request_ctx that told us the request's context.
+    seen: list[tuple[str, object]] = []
+
+    def record(name: str) -> Any:
+        async def on(session: object, trace_ctx: Any, params: object) -> None:
+            seen.append((name, trace_ctx.trace_request_ctx))
+
+        return on
+
+    config = aiohttp.TraceConfig()
+    for name in ("request_start", "request_headers", "request_end", "request_exception"):
+        signal = getattr(config, f"on_{name}_sent" if name == "request_headers" else f"on_{name}")
+        signal.append(record(name))
+    async with gocontext.aiohttp.client_session(trace_configs=[config]) as session:
+        if ending == "answered":
+            ctx = with_rid("traced")
+            async with session.get(server.url + "/info", trace_request_ctx=ctx) as r:
+                assert (await r.json())["rid"] == "traced"
+            last = "request_end"
+        else:
+            name = rid("traced")
+            ctx, cancel = gocontext.with_cancel(with_rid(name))
+            t = cancel_when_entered(name, cancel)
+            with pytest.raises(gocontext.Canceled):
+                await session.get(server.url + "/wait", trace_request_ctx=ctx)
+            await asyncio.to_thread(t.join, NEVER)
+            last = "request_exception"
+        assert seen == [(name, ctx) for name in ("request_start", "request_headers", last)]
+        async with session.get(server.url + "/ok") as r:  # and again, on the same session
+            assert await r.text() == "ok"
+    assert [name for name, _ in seen[3:]] == ["request_start", "request_headers", "request_end"]
+
+
 @pytest.mark.parametrize("where", ["headers", "body"])
 async def test_cancel_from_another_thread_aborts_the_request_and_the_handler_sees_a_disconnect(
     session: aiohttp.ClientSession, server: AiohttpServer, where: str
