@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # grpc ships no type hints
 import grpc.aio  # type: ignore[import-untyped]  # grpc ships no type hints
 
-from .._ambient import use
+from .._ambient import _current, use
 from .._context import (
-    CancelCausePair,
     Context,
     RichContext,
     background,
+    timeout_cancel_cause,
     with_cancel_cause,
-    with_timeout,
 )
 from .._propagation import _keys, attach_values
 from ..http._headers import parse_baggage
@@ -41,9 +39,10 @@ except ImportError:  # pragma: no cover - without the http extra
 
 __all__ = ["aio_server_interceptor", "context_of", "server_interceptor"]
 
-# The context of every RPC being handled, by its servicer context; guarded by _lock.
+# The context of every RPC being handled, by the id of its servicer context (which the RPC
+# keeps alive until it is removed here: an id is never another's meanwhile). Dict operations
+# are atomic: no lock.
 _contexts: dict[int, RichContext] = {}
-_lock = threading.Lock()
 
 
 def context_of(servicer_context: object) -> RichContext:
@@ -58,8 +57,7 @@ def context_of(servicer_context: object) -> RichContext:
           ...
         LookupError: gocontext.grpc.context_of() found no context: ...
     """
-    with _lock:
-        ctx = _contexts.get(id(servicer_context))
+    ctx = _contexts.get(id(servicer_context))
     if ctx is None:
         raise LookupError(
             "gocontext.grpc.context_of() found no context: is the server's interceptor "
@@ -71,22 +69,29 @@ def context_of(servicer_context: object) -> RichContext:
 
 class _Rpc:
     """One RPC's context and how it ends. ``finished`` is set (once) when the handler is done;
-    the termination callback reads it to tell a finished RPC from a client that left."""
+    the termination callback reads it to tell a finished RPC from a client that left.
+
+    One node: the RPC's deadline, whose cancel takes the cause (a client that left), or a
+    cancel-with-cause node when the RPC has no deadline."""
+
+    __slots__ = ("cancel", "ctx", "finished", "key", "servicer_context")
 
     def __init__(self, servicer_context: Any) -> None:
         self.key = id(servicer_context)
         metadata = servicer_context.invocation_metadata() or ()
-        baggage = ",".join(str(v) for k, v in metadata if k == "baggage")
-        self.pair: CancelCausePair = with_cancel_cause(_values_context(baggage))
-        self.ctx: RichContext = self.pair[0]
-        self.cancel_deadline: Callable[[], None] = _nothing
+        baggage = ",".join([str(v) for k, v in metadata if k == "baggage"])
+        parent = _values_context(baggage)
         left = servicer_context.time_remaining()
-        if left is not None and left < _NO_DEADLINE:
-            self.ctx, self.cancel_deadline = with_timeout(self.pair[0], left)
+        pair = (
+            timeout_cancel_cause(parent, left)
+            if left is not None and left < _NO_DEADLINE
+            else with_cancel_cause(parent)
+        )
+        self.ctx: RichContext = pair[0]
+        self.cancel: Callable[[BaseException | None], None] = pair[1]
         self.finished = False
         self.servicer_context = servicer_context
-        with _lock:
-            _contexts[self.key] = self.ctx
+        _contexts[self.key] = self.ctx
 
     def terminated(self) -> None:
         """gRPC's end-of-RPC callback (any thread)."""
@@ -101,7 +106,7 @@ class _Rpc:
         self.client_left()
 
     def client_left(self) -> None:
-        self.pair[1](ClientDisconnected("the client cancelled the RPC or went away"))
+        self.cancel(ClientDisconnected("the client cancelled the RPC or went away"))
 
     def deadline_passed(self) -> bool:
         left = self.servicer_context.time_remaining()
@@ -109,11 +114,8 @@ class _Rpc:
 
     def end(self) -> None:
         self.finished = True
-        with _lock:
-            if _contexts.get(self.key) is self.ctx:
-                del _contexts[self.key]
-        self.cancel_deadline()
-        self.pair[1](None)
+        _contexts.pop(self.key, None)  # (twice, from two threads, is harmless)
+        self.cancel(None)
 
 
 # The sync server reports "no deadline" as about 2**63 seconds left; anything past ten years
@@ -142,13 +144,33 @@ _values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are at
 _VALUES_CONTEXTS_MAX = 256
 
 
-def _nothing() -> None:
-    pass
+class _Wrapped:
+    """The wrapped handlers an interceptor made, by the handler they wrap: a server hands the
+    same handler object for a method RPC after RPC, so each is wrapped once (a bounded memo,
+    keyed by identity; dict operations are atomic, so at worst a handler is wrapped twice)."""
+
+    __slots__ = ("_made", "_stream", "_unary")
+    _MAX = 1024
+
+    def __init__(self, wrap_unary: Any, wrap_stream: Any) -> None:
+        self._made: dict[int, tuple[Any, Any]] = {}
+        self._unary = wrap_unary
+        self._stream = wrap_stream
+
+    def __call__(self, handler: Any) -> Any:
+        if handler is None:
+            return None
+        made = self._made.get(id(handler))
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = _wrap(handler, self._unary, self._stream)
+        if len(self._made) >= self._MAX:
+            self._made.clear()
+        self._made[id(handler)] = (handler, wrapped)  # (the handler kept: its id stays its own)
+        return wrapped
 
 
 def _wrap(handler: Any, wrap_unary: Any, wrap_stream: Any) -> Any:
-    if handler is None:
-        return None
     if handler.unary_unary is not None:
         return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
     if handler.stream_unary is not None:
@@ -168,10 +190,11 @@ def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
     def run(request: Any, servicer_context: Any) -> Any:
         rpc = _Rpc(servicer_context)
         servicer_context.add_callback(rpc.terminated)
+        token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
         try:
-            with use(rpc.ctx):
-                return behavior(request, servicer_context)
+            return behavior(request, servicer_context)
         finally:
+            _current.reset(token)
             rpc.end()
 
     return run
@@ -198,8 +221,11 @@ def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], An
 
 
 class _SyncServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    def __init__(self) -> None:
+        self._wrapped = _Wrapped(_sync_unary, _sync_stream)
+
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        return _wrap(continuation(handler_call_details), _sync_unary, _sync_stream)
+        return self._wrapped(continuation(handler_call_details))
 
 
 def server_interceptor() -> Any:
@@ -280,14 +306,14 @@ class _Driven:
         self._step.close()
 
     def _run(self, step: Callable[[Any], Any], arg: Any) -> Any:
+        if not self._thrown:  # (whatever the step raises passes as it is)
+            return step(arg)
         try:
             return step(arg)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # (StopIteration too: the handler's step is over)
-            if self._thrown:
-                raise asyncio.CancelledError() from e
-            raise
+            raise asyncio.CancelledError() from e
 
 
 def _when_done(ctx: Context) -> asyncio.Future[None]:
@@ -320,10 +346,11 @@ def _set_done(fut: asyncio.Future[None]) -> None:
 def _aio_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     async def run(request: Any, servicer_context: Any) -> Any:
         rpc = _Rpc(servicer_context)
+        token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
         try:
-            with use(rpc.ctx):
-                return await _Driven(rpc, behavior(request, servicer_context))
+            return await _Driven(rpc, behavior(request, servicer_context))
         finally:
+            _current.reset(token)
             rpc.end()
 
     return run
@@ -352,8 +379,11 @@ def _aio_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
 
 
 class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    def __init__(self) -> None:
+        self._wrapped = _Wrapped(_aio_unary, _aio_stream)
+
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        return _wrap(await continuation(handler_call_details), _aio_unary, _aio_stream)
+        return self._wrapped(await continuation(handler_call_details))
 
 
 def aio_server_interceptor() -> Any:

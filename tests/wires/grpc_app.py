@@ -153,6 +153,18 @@ def _handlers(aio: bool) -> Any:
     return grpc.method_handlers_generic_handler(SERVICE, table)
 
 
+class _Fresh(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    """Serves ``Fresh`` with a handler made afresh for each RPC (as a server may)."""
+
+    def __init__(self, aio: bool) -> None:
+        self.behavior = aio_info if aio else sync_info
+
+    def service(self, handler_call_details: Any) -> Any:
+        if handler_call_details.method != f"/{SERVICE}/Fresh":
+            return None
+        return grpc.unary_unary_rpc_method_handler(self.behavior)
+
+
 class GrpcServer:
     """The service, sync or grpc.aio, until the block ends."""
 
@@ -170,7 +182,7 @@ class GrpcServer:
                 futures.ThreadPoolExecutor(16),
                 interceptors=[gocontext.grpc.server_interceptor()],
             )
-            self.server.add_generic_rpc_handlers((_handlers(aio=False),))
+            self.server.add_generic_rpc_handlers((_handlers(aio=False), _Fresh(aio=False)))
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             self.server.start()
         else:
@@ -182,7 +194,7 @@ class GrpcServer:
                 self.server = grpc.aio.server(
                     interceptors=[gocontext.grpc.aio_server_interceptor()]
                 )
-                self.server.add_generic_rpc_handlers((_handlers(aio=True),))
+                self.server.add_generic_rpc_handlers((_handlers(aio=True), _Fresh(aio=True)))
                 port = self.server.add_insecure_port("127.0.0.1:0")
                 await self.server.start()
                 return int(port)

@@ -66,6 +66,25 @@ def test_deadline_and_propagated_values_reach_the_handler(channel: Any) -> None:
     assert body["same_as_context_of"] is True
 
 
+@pytest.mark.parametrize("name", ["Info", "Fresh"])
+def test_each_rpc_of_a_method_runs_under_its_own_context(channel: Any, name: str) -> None:
+    # "Info": the server hands the same handler RPC after RPC (wrapped once); "Fresh": a new
+    # one each time (wrapped each time). Either way each RPC has its own deadline and values.
+    call = channel.unary_unary(method(name))
+    seen = []
+    for i, timeout in enumerate((30, 300, None)):
+        ctx: gocontext.Context = with_rid(f"r-{i}")
+        if timeout is not None:
+            ctx, cancel = gocontext.with_timeout(ctx, timeout)
+        with gocontext.use(ctx):
+            seen.append(json.loads(call(b"")))
+    assert [body["rid"] for body in seen] == ["r-0", "r-1", "r-2"]
+    assert 0 < seen[0]["remaining"] <= 31 < seen[1]["remaining"] <= 301
+    assert seen[2]["remaining"] is None
+    assert all(body["same_as_context_of"] for body in seen)
+    assert_no_server_context_left()
+
+
 def test_client_streaming_and_bidirectional_calls_carry_the_deadline_and_values(
     channel: Any,
 ) -> None:
