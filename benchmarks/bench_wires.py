@@ -1,25 +1,30 @@
 """Per-call overhead of each wire (requests, aiohttp, gRPC sync and grpc.aio) over loopback,
 against the same client and server without gocontext, measured in one run.
 
-Short rounds of plain, hollow and wired calls alternate (their order turning each round), and
+Each server runs in a process of its own, as a client and a server are deployed (in one
+process they would take turns on one GIL, and a handoff between them costs more than either
+side's work). Short rounds of plain, hollow and wired calls alternate (their order turning each round), and
 the overhead is the median of the rounds' wired/plain ratios: a machine shared with other work
 slows rounds, not one side. "Hollow" is the library's own price for the hooks we use, with
 hooks that do nothing (aiohttp: a trace config, a client and a server middleware; requests
 to aiohttp.web: the server middleware; gRPC: a client and a server interceptor); "ours" is
 what gocontext adds on top of it (wired over hollow).
 
-Run: python benchmarks/bench_wires.py [--quick]
+Run: python -m benchmarks.bench_wires [--quick]
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -139,17 +144,7 @@ def _per_call_us(fn: Callable[[], object], n: int) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
-def _start_three(servers: _Loop) -> tuple[dict[str, str], list[web.AppRunner]]:
-    urls, runners = {}, []
-    for kind in ("plain", "hollow", "wired"):
-        url, runner = servers.run(_start_aiohttp(_aiohttp_app(kind)))
-        urls[kind] = url
-        runners.append(runner)
-    return urls, runners
-
-
-def bench_requests(servers: _Loop, n: int, rounds: int) -> Row:
-    urls, runners = _start_three(servers)
+def bench_requests(urls: dict[str, str], n: int, rounds: int) -> Row:
     plain, hollow, wired = requests.Session(), requests.Session(), requests.Session()
     wired.mount("http://", gocontext.http.RequestsAdapter())
     ctx = _ctx()
@@ -167,8 +162,6 @@ def bench_requests(servers: _Loop, n: int, rounds: int) -> Row:
     finally:
         for session in (plain, hollow, wired):
             session.close()
-        for runner in runners:
-            servers.run(runner.cleanup())
 
 
 async def _hollow_client_middleware(req: Any, handler: Any) -> Any:
@@ -179,8 +172,7 @@ async def _hollow_on_request_start(*args: object) -> None:
     pass
 
 
-def bench_aiohttp(servers: _Loop, n: int, rounds: int) -> Row:
-    urls, runners = _start_three(servers)
+def bench_aiohttp(urls: dict[str, str], n: int, rounds: int) -> Row:
     ctx = _ctx()
     loop = asyncio.new_event_loop()
 
@@ -214,8 +206,6 @@ def bench_aiohttp(servers: _Loop, n: int, rounds: int) -> Row:
         for session in made.values():
             loop.run_until_complete(session.close())
         loop.close()
-        for runner in runners:
-            servers.run(runner.cleanup())
 
 
 def _identity(x: bytes) -> bytes:
@@ -413,20 +403,46 @@ class _HollowAioServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return await continuation(handler_call_details)
 
 
-def bench_grpc_sync(n: int, rounds: int) -> Row:
-    interceptors: dict[str, tuple[list[Any], list[Any]]] = {
-        "plain": ([], []),
-        "hollow": ([_HollowServer()], [_HollowClient()]),
-        "wired": ([gocontext.grpc.server_interceptor()], gocontext.grpc.client_interceptors()),
-    }
-    servers, channels, calls = [], [], {}
-    for kind, (server_side, client_side) in interceptors.items():
-        server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=server_side)
-        server.add_generic_rpc_handlers((_grpc_handlers(aio=False),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        servers.append(server)
-        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), *client_side)
+def _server_interceptors(aio: bool, kind: str) -> list[Any]:
+    if kind == "plain":
+        return []
+    if kind == "hollow":
+        return [_HollowAioServer() if aio else _HollowServer()]
+    return [gocontext.grpc.aio_server_interceptor() if aio else gocontext.grpc.server_interceptor()]
+
+
+def _client_interceptors(aio: bool, kind: str) -> list[Any]:
+    if kind == "plain":
+        return []
+    if kind == "hollow":
+        return [_HollowAioClient() if aio else _HollowClient()]
+    return gocontext.grpc.aio_client_interceptors() if aio else gocontext.grpc.client_interceptors()
+
+
+def _grpc_sync_server(kind: str) -> tuple[Any, str]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(4), interceptors=_server_interceptors(False, kind)
+    )
+    server.add_generic_rpc_handlers((_grpc_handlers(aio=False),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def _start_grpc_aio(kind: str) -> tuple[Any, str]:
+    server = grpc.aio.server(interceptors=_server_interceptors(True, kind))
+    server.add_generic_rpc_handlers((_grpc_handlers(aio=True),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def bench_grpc_sync(targets: dict[str, str], n: int, rounds: int) -> Row:
+    channels, calls = [], {}
+    for kind, target in targets.items():
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(target), *_client_interceptors(False, kind)
+        )
         channels.append(channel)
         calls[kind] = channel.unary_unary("/bench.Hello/Hello")
     ctx = _ctx()
@@ -441,34 +457,18 @@ def bench_grpc_sync(n: int, rounds: int) -> Row:
     finally:
         for channel in channels:
             channel.close()
-        for s in servers:
-            s.stop(None).wait(60)
 
 
-def bench_grpc_aio(servers: _Loop, n: int, rounds: int) -> Row:
-    async def start(interceptors: list[Any]) -> tuple[str, Any]:
-        server = grpc.aio.server(interceptors=interceptors)
-        server.add_generic_rpc_handlers((_grpc_handlers(aio=True),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return f"127.0.0.1:{port}", server
-
-    interceptors: dict[str, tuple[list[Any], list[Any]]] = {
-        "plain": ([], []),
-        "hollow": ([_HollowAioServer()], [_HollowAioClient()]),
-        "wired": (
-            [gocontext.grpc.aio_server_interceptor()],
-            gocontext.grpc.aio_client_interceptors(),
-        ),
-    }
-    started = {kind: servers.run(start(pair[0])) for kind, pair in interceptors.items()}
+def bench_grpc_aio(targets: dict[str, str], n: int, rounds: int) -> Row:
     ctx = _ctx()
     loop = asyncio.new_event_loop()
 
     async def open_channels() -> dict[str, Any]:
         return {
-            kind: grpc.aio.insecure_channel(started[kind][0], interceptors=pair[1] or None)
-            for kind, pair in interceptors.items()
+            kind: grpc.aio.insecure_channel(
+                target, interceptors=_client_interceptors(True, kind) or None
+            )
+            for kind, target in targets.items()
         }
 
     channels = loop.run_until_complete(open_channels())
@@ -490,25 +490,96 @@ def bench_grpc_aio(servers: _Loop, n: int, rounds: int) -> Row:
         for channel in channels.values():
             loop.run_until_complete(channel.close())
         loop.close()
-        for _, server in started.values():
-            servers.run(server.stop(None))
+
+
+_SERVE_FLAG = "--serve"
+_ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("plain", "hollow", "wired")
+
+
+def _serve_here(wire: str, kind: str) -> None:
+    """Run one benchmark server (*wire*: ``aiohttp``, ``grpc`` or ``grpc.aio``) in this
+    process, its address printed on stdout, until stdin closes (the benchmark is over)."""
+    if wire == "grpc":
+        server, address = _grpc_sync_server(kind)
+        print(address, flush=True)
+        sys.stdin.read()
+        server.stop(None).wait(60)
+        return
+
+    async def main() -> None:
+        stop: Callable[[], Awaitable[Any]]
+        if wire == "aiohttp":
+            address, runner = await _start_aiohttp(_aiohttp_app(kind))
+            stop = runner.cleanup
+        else:
+            server, address = await _start_grpc_aio(kind)
+            stop = lambda: server.stop(None)  # noqa: E731 - one line
+        print(address, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await stop()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _servers(wire: str) -> Iterator[dict[str, str]]:
+    """The plain, hollow and wired servers of *wire*, each in a process of its own: their
+    addresses, by kind, until the block ends."""
+    procs = {
+        kind: subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_wires", _SERVE_FLAG, wire, kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(_ROOT),
+        )
+        for kind in KINDS
+    }
+    try:
+        addresses = {kind: p.stdout.readline().strip() for kind, p in procs.items()}  # type: ignore[union-attr]  # piped
+        if not all(addresses.values()):
+            raise RuntimeError(f"a {wire} benchmark server did not start")
+        yield addresses
+    finally:
+        for p in procs.values():
+            p.stdin.close()  # type: ignore[union-attr]  # piped
+        for p in procs.values():
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def main(quick: bool = False) -> None:
     n, rounds = (50, 5) if quick else (100, 21)
+    with _servers("aiohttp") as urls:
+        rows = [
+            (
+                "requests (RequestsAdapter -> aiohttp.web + middleware)",
+                bench_requests(urls, n, rounds),
+            ),
+            (
+                "aiohttp (client_session -> aiohttp.web + middleware)",
+                bench_aiohttp(urls, n, rounds),
+            ),
+        ]
+    with _servers("grpc") as targets:
+        rows.append(
+            (
+                "gRPC sync (client_interceptors -> server_interceptor)",
+                bench_grpc_sync(targets, n, rounds),
+            )
+        )
+    with _servers("grpc.aio") as targets:
+        rows.append(
+            (
+                "grpc.aio (aio_client_interceptors -> aio_server_interceptor)",
+                bench_grpc_aio(targets, n, rounds),
+            )
+        )
     servers = _Loop()
-    rows = [
-        (
-            "requests (RequestsAdapter -> aiohttp.web + middleware)",
-            bench_requests(servers, n, rounds),
-        ),
-        ("aiohttp (client_session -> aiohttp.web + middleware)", bench_aiohttp(servers, n, rounds)),
-        ("gRPC sync (client_interceptors -> server_interceptor)", bench_grpc_sync(n, rounds)),
-        (
-            "grpc.aio (aio_client_interceptors -> aio_server_interceptor)",
-            bench_grpc_aio(servers, n, rounds),
-        ),
-    ]
     trials = 5 if quick else 20
     latencies = [
         ("requests", latency_requests(servers, trials)),
@@ -519,7 +590,8 @@ def main(quick: bool = False) -> None:
     servers.stop()
     out = sys.stdout.write
     out(
-        f"\n### Wires: per-call overhead over loopback, client and server together  "
+        f"\n### Wires: per-call overhead over loopback, client and server together, each server "
+        f"in a process of its own  "
         f"(target: <= {TARGET:.0%} of a no-op call; {rounds} rounds of {n} calls, medians of "
         f"per-round ratios)\n"
     )
@@ -547,4 +619,7 @@ def main(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    if sys.argv[1:2] == [_SERVE_FLAG]:
+        _serve_here(sys.argv[2], sys.argv[3])
+    else:
+        main(quick="--quick" in sys.argv)
