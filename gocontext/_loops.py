@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import threading
+import types
 import weakref
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -56,7 +57,14 @@ __all__ = [
 
 _weakref: Final = weakref.ref
 _get_running_loop = asyncio._get_running_loop  # the quick check, as asyncio itself uses it
-_current_task = asyncio.current_task
+# asyncio.current_task(loop), without its Python frame where it has one (3.10, 3.11: the same
+# lookup in asyncio's own table); from 3.12 it is written in C.
+_current_task: Callable[[asyncio.AbstractEventLoop], Any] = (
+    asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]  # asyncio's private table
+    if isinstance(asyncio.current_task, types.FunctionType)
+    and isinstance(getattr(asyncio.tasks, "_current_tasks", None), dict)
+    else asyncio.current_task
+)
 _INF = math.inf
 _NO_LOOP = "gocontext: no asyncio event loop or trio run in this thread"
 _log = logging.getLogger("gocontext")
@@ -188,8 +196,8 @@ class AsyncioBackend:
             raise RuntimeError(_NO_LOOP)
         return loop
 
-    def here_or_none(self) -> object:
-        return _get_running_loop()
+    # The running loop or None: asyncio's own C function, no frame of ours.
+    here_or_none: Callable[[], object] = staticmethod(_get_running_loop)
 
     def mailbox(self, loop: Any) -> Mailbox:
         """The mailbox of *loop*, from ``here()``."""
@@ -209,6 +217,10 @@ class AsyncioBackend:
     def cancel_scope(self) -> Any:
         """A new cancel scope for the current task (see ``scope_parts``)."""
         return (self._parts or self._load())[0]()
+
+    def cancel_scope_type(self) -> Callable[[], Any]:
+        """What ``cancel_scope`` calls: called in a task, a new cancel scope for it."""
+        return (self._parts or self._load())[0]
 
     def scope_parts(self) -> tuple[Any, float]:
         """A new cancel scope for the current task (a ``NativeCancelScope`` where anyio's task
@@ -494,6 +506,9 @@ class TrioBackend:
 
     def cancel_scope(self) -> Any:
         return _trio().CancelScope()
+
+    def cancel_scope_type(self) -> Callable[[], Any]:
+        return _trio().CancelScope  # type: ignore[no-any-return]  # trio is imported lazily (Any)
 
     def scope_parts(self) -> tuple[Any, float]:
         trio = _trio()

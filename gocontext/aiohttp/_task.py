@@ -15,6 +15,7 @@ from typing import Any
 
 from .._context import Context
 from .._done import CallbackHandle
+from .._loops import _current_task
 
 __all__ = ["TaskCanceller"]
 
@@ -35,7 +36,7 @@ class TaskCanceller:
 
     def __init__(self, ctx: Context) -> None:
         self._loop = asyncio.get_running_loop()
-        task: Any = asyncio.current_task(self._loop)  # (cancelling() is typed from 3.11)
+        task: Any = _current_task(self._loop)  # (cancelling() is typed from 3.11)
         if task is None:  # pragma: no cover - aiohttp runs requests in tasks
             raise RuntimeError("gocontext.aiohttp needs to run in an asyncio task")
         self._task = task

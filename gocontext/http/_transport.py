@@ -279,7 +279,7 @@ class _Watch:
         """Serve *loop* (an asyncio loop or a trio token): a body may be read in another."""
         loops = _loops.backend_of(loop)
         self._put = loops.mailbox(loop).put
-        self._new_scope: Callable[[], Any] = loops.cancel_scope
+        self._new_scope: Callable[[], Any] = loops.cancel_scope_type()
         self._where: Callable[[], object] = loops.here_or_none
         self._loop = loop
 
