@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import threading
 import time
@@ -25,6 +26,9 @@ def fork_child(body: Callable[[], int]) -> int:
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         code = 1
+        # A child still running when exit_code() is about to kill it shows where every thread
+        # is (on stderr, which the test's report shows).
+        faulthandler.dump_traceback_later(NEVER * 0.9)
         try:
             code = body()
         finally:
