@@ -553,7 +553,7 @@ def _servers(wire: str) -> Iterator[dict[str, str]]:
 
 
 def main(quick: bool = False) -> None:
-    n, rounds = (50, 5) if quick else (100, 21)
+    n, rounds = (50, 5) if quick else (300, 31)
     with _servers("aiohttp") as urls:
         rows = [
             (
