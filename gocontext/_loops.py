@@ -214,12 +214,9 @@ class AsyncioBackend:
         its tasks weakly)."""
         return context.run(loop.create_task, fn())  # (create_task(context=) is 3.11+)
 
-    def cancel_scope(self) -> Any:
-        """A new cancel scope for the current task (see ``scope_parts``)."""
-        return (self._parts or self._load())[0]()
-
     def cancel_scope_type(self) -> Callable[[], Any]:
-        """What ``cancel_scope`` calls: called in a task, a new cancel scope for it."""
+        """The cancel scope type: called in a task, a new cancel scope for it (see
+        ``scope_parts``)."""
         return (self._parts or self._load())[0]
 
     def scope_parts(self) -> tuple[Any, float]:
@@ -503,9 +500,6 @@ class TrioBackend:
     ) -> object:
         """Run *fn* in a trio system task, in *context*; return the task."""
         return _trio().lowlevel.spawn_system_task(fn, context=context)
-
-    def cancel_scope(self) -> Any:
-        return _trio().CancelScope()
 
     def cancel_scope_type(self) -> Callable[[], Any]:
         return _trio().CancelScope  # type: ignore[no-any-return]  # trio is imported lazily (Any)
