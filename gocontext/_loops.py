@@ -25,6 +25,8 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, final
 
+from ._mutex import mutex
+
 if TYPE_CHECKING:
     from ._done import Done
 
@@ -133,7 +135,7 @@ class Mailbox:
     def __init__(self, key: object, post: Callable[[Callable[[], object]], object]) -> None:
         self._key = key  # the loop or trio token it serves
         self._post = post  # the loop's thread-safe entry
-        self._lock = threading.Lock()
+        self._lock = mutex()
         # Guarded by _lock: calls not run yet. Non-empty exactly while a _drain is posted (or
         # about to be, by the put() that made it non-empty); _drain takes it whole.
         self._pending: list[Callable[[], object]] = []
