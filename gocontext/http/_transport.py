@@ -79,51 +79,49 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     """
     capped = False
     left = time_left(ctx)
+    value = baggage(ctx, None)  # (first: a context with no values leaves the header alone)
     if left is not None:
-        _set_header(request.headers, b"grpc-timeout", format_grpc_timeout(left))
-        timeouts = dict(request.extensions.get("timeout") or {})
+        extensions = request.extensions
+        timeouts = dict(extensions.get("timeout") or ())
         for k in ("connect", "read", "write", "pool"):
             own = timeouts.get(k)
             if own is None or own > left:
                 timeouts[k] = left
                 capped = True
-        request.extensions = {**request.extensions, "timeout": timeouts}
-    value = baggage(ctx, None)  # (first: a context with no values leaves the header alone)
-    if value is not None:
-        headers = request.headers
-        existing = _pop_header(headers, b"baggage") if _FAST_HEADERS else headers.get("baggage")
-        # (taken out as they are read: no second pass to remove them)
-        if existing:
-            value = baggage(ctx, existing)
-        _set_header(headers, b"baggage", value, taken=_FAST_HEADERS)  # type: ignore[arg-type]  # not None: ctx has values
-    return capped
-
-
-def _pop_header(headers: httpx.Headers, name: bytes) -> str | None:
-    """Remove every *name* header (lowercase bytes); their values joined by commas, or None."""
-    items: list[tuple[bytes, bytes, bytes]] = headers._list
-    found = None
-    for item in items:
-        if item[1] == name:
-            found = [v for _, k, v in items if k == name]
-            items[:] = [item for item in items if item[1] != name]
-            break
-    return None if found is None else b",".join(found).decode("latin-1")
-
-
-def _set_header(headers: httpx.Headers, name: bytes, value: str, taken: bool = False) -> None:
-    """Set the *name* header (lowercase bytes) to *value*, replacing any already there (*taken*:
-    the caller has taken them out already)."""
+        request.extensions = {**extensions, "timeout": timeouts}
+        timeout: str | None = format_grpc_timeout(left)
+    elif value is None:
+        return False
+    else:
+        timeout = None
+    headers = request.headers
     if not _FAST_HEADERS:
-        if value:
-            headers[name.decode()] = value
-        elif name.decode() in headers:
-            del headers[name.decode()]
-        return
-    if not taken:
-        _pop_header(headers, name)
+        if timeout is not None:
+            headers["grpc-timeout"] = timeout
+        if value is not None:
+            existing = headers.get("baggage")
+            headers["baggage"] = baggage(ctx, existing) if existing else value  # type: ignore[assignment]  # not None: ctx has values
+        return capped
+    # One pass over httpx's list takes out the headers we set, keeping the caller's baggage.
+    items: list[tuple[bytes, bytes, bytes]] = headers._list
+    for item in items:
+        name = item[1]
+        if (name == b"grpc-timeout" and timeout is not None) or (name == b"baggage" and value):
+            theirs = [v for _, n, v in items if n == b"baggage"]
+            items[:] = [
+                i
+                for i in items
+                if not (i[1] == b"baggage" and value)
+                and not (i[1] == b"grpc-timeout" and timeout is not None)
+            ]
+            if value and theirs:
+                value = baggage(ctx, b",".join(theirs).decode("latin-1"))
+            break
+    if timeout is not None:
+        items.append((b"grpc-timeout", b"grpc-timeout", timeout.encode("latin-1")))
     if value:
-        headers._list.append((name, name, value.encode("latin-1")))
+        items.append((b"baggage", b"baggage", value.encode("latin-1")))
+    return capped
 
 
 def _raise_as_context_error(e: BaseException, ctx: Context, capped: bool) -> None:

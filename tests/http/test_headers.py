@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gocontext.http._headers import (
     MAX_BAGGAGE_BYTES,
@@ -59,6 +63,22 @@ def test_grpc_timeout_round_trips_without_ever_growing(seconds: float) -> None:
     back = parse_grpc_timeout(text)
     assert back <= seconds
     assert back >= seconds * 0.999999 or seconds < 1e-6
+
+
+@given(st.floats(min_value=0, exclude_min=True, allow_nan=False))
+def test_grpc_timeout_is_the_finest_unit_that_fits_in_eight_digits_rounded_down(
+    seconds: float,
+) -> None:
+    expected = "99999999H"
+    for unit, size in (("n", 1e-9), ("u", 1e-6), ("m", 1e-3), ("S", 1.0), ("M", 60.0)):
+        quotient = seconds / size
+        if quotient < 1e8:
+            expected = f"{math.floor(quotient)}{unit}"
+            break
+    else:
+        if seconds / 3600.0 < 1e8:
+            expected = f"{math.floor(seconds / 3600.0)}H"
+    assert format_grpc_timeout(seconds) == expected
 
 
 def test_grpc_timeout_of_nothing_left_is_zero() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 
 import gocontext
 import gocontext.http
@@ -114,4 +115,33 @@ def test_baggage_and_grpc_timeout_already_on_the_request_are_merged_and_replaced
     assert parse_baggage(sent["baggage"]) == {"user": "ada", "tenant": "té", key.name: "ours"}
     assert len(sent.get_list("grpc-timeout")) == 1
     assert sent["grpc-timeout"] != "99999999H"
+    assert sent["x-other"] == "kept"
+
+
+@pytest.mark.parametrize("carries", ["deadline", "values"])
+def test_a_header_the_context_has_nothing_for_is_left_as_the_caller_set_it(carries: str) -> None:
+    seen: list[httpx.Request] = []
+
+    class Spy(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200)
+
+    key = gocontext.PropagatedKey(f"rid-{uuid.uuid4().hex}")
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    if carries == "deadline":
+        ctx, _ = gocontext.with_timeout(ctx, 30)
+    else:
+        ctx = gocontext.with_value(ctx, key, "ours")
+    headers = [("Baggage", "user=ada"), ("Grpc-Timeout", "5S"), ("x-other", "kept")]
+    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+        client.get("http://127.0.0.1:9/", headers=headers, extensions={"gocontext": ctx})
+    cancel()
+    sent = seen[0].headers
+    if carries == "deadline":
+        assert sent.get_list("baggage") == ["user=ada"]
+        assert len(sent.get_list("grpc-timeout")) == 1 and sent["grpc-timeout"] != "5S"
+    else:
+        assert parse_baggage(sent["baggage"]) == {"user": "ada", key.name: "ours"}
+        assert sent.get_list("grpc-timeout") == ["5S"]
     assert sent["x-other"] == "kept"
