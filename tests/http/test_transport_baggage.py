@@ -19,6 +19,17 @@ from gocontext.http._headers import (
 )
 
 
+class _Spy(httpx.BaseTransport):
+    """Answers 200 at once and keeps every request it was handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        return httpx.Response(200)
+
+
 def size(header: str) -> int:
     return len(header.encode("utf-8"))
 
@@ -67,12 +78,7 @@ def test_the_exact_bound_is_allowed() -> None:
 
 
 def test_a_request_with_a_lone_surrogate_value_is_sent_without_it() -> None:
-    seen: list[httpx.Request] = []
-
-    class Spy(httpx.BaseTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return httpx.Response(200)
+    spy = _Spy()
 
     bad = gocontext.PropagatedKey(f"bad-{uuid.uuid4().hex}")
     good = gocontext.PropagatedKey(f"good-{uuid.uuid4().hex}")
@@ -80,9 +86,9 @@ def test_a_request_with_a_lone_surrogate_value_is_sent_without_it() -> None:
     ctx = gocontext.with_value(ctx, good, "fine")
     huge = gocontext.PropagatedKey(f"huge-{uuid.uuid4().hex}")
     ctx = gocontext.with_value(ctx, huge, "h" * 100_000)
-    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+    with httpx.Client(transport=gocontext.http.Transport(spy)) as client:
         assert client.get("http://127.0.0.1:9/", extensions={"gocontext": ctx}).status_code == 200
-    header = seen[0].headers["baggage"]
+    header = spy.seen[0].headers["baggage"]
     assert size(header) <= MAX_BAGGAGE_BYTES
     got = parse_baggage(header)
     assert got[good.name] == "fine"
@@ -91,12 +97,7 @@ def test_a_request_with_a_lone_surrogate_value_is_sent_without_it() -> None:
 
 
 def test_baggage_and_grpc_timeout_already_on_the_request_are_merged_and_replaced() -> None:
-    seen: list[httpx.Request] = []
-
-    class Spy(httpx.BaseTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return httpx.Response(200)
+    spy = _Spy()
 
     key = gocontext.PropagatedKey(f"rid-{uuid.uuid4().hex}")
     ctx = gocontext.with_value(gocontext.background(), key, "ours")
@@ -107,10 +108,10 @@ def test_baggage_and_grpc_timeout_already_on_the_request_are_merged_and_replaced
         ("Grpc-Timeout", "99999999H"),
         ("x-other", "kept"),
     ]
-    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+    with httpx.Client(transport=gocontext.http.Transport(spy)) as client:
         client.get("http://127.0.0.1:9/", headers=headers, extensions={"gocontext": ctx})
     cancel()
-    sent = seen[0].headers
+    sent = spy.seen[0].headers
     assert sent.get_list("baggage") == [sent["baggage"]]  # one header, merged
     assert parse_baggage(sent["baggage"]) == {"user": "ada", "tenant": "té", key.name: "ours"}
     assert len(sent.get_list("grpc-timeout")) == 1
@@ -120,12 +121,7 @@ def test_baggage_and_grpc_timeout_already_on_the_request_are_merged_and_replaced
 
 @pytest.mark.parametrize("carries", ["deadline", "values"])
 def test_a_header_the_context_has_nothing_for_is_left_as_the_caller_set_it(carries: str) -> None:
-    seen: list[httpx.Request] = []
-
-    class Spy(httpx.BaseTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return httpx.Response(200)
+    spy = _Spy()
 
     key = gocontext.PropagatedKey(f"rid-{uuid.uuid4().hex}")
     ctx, cancel = gocontext.with_cancel(gocontext.background())
@@ -134,10 +130,10 @@ def test_a_header_the_context_has_nothing_for_is_left_as_the_caller_set_it(carri
     else:
         ctx = gocontext.with_value(ctx, key, "ours")
     headers = [("Baggage", "user=ada"), ("Grpc-Timeout", "5S"), ("x-other", "kept")]
-    with httpx.Client(transport=gocontext.http.Transport(Spy())) as client:
+    with httpx.Client(transport=gocontext.http.Transport(spy)) as client:
         client.get("http://127.0.0.1:9/", headers=headers, extensions={"gocontext": ctx})
     cancel()
-    sent = seen[0].headers
+    sent = spy.seen[0].headers
     if carries == "deadline":
         assert sent.get_list("baggage") == ["user=ada"]
         assert len(sent.get_list("grpc-timeout")) == 1 and sent["grpc-timeout"] != "5S"
