@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -281,3 +282,69 @@ def test_a_done_callback_raising_a_base_exception_does_not_stop_later_signals(
     assert isinstance(gocontext.cause(first), gocontext.SignalReceived)  # relayed in order
     stop_first()
     stop_second()
+
+
+def _kick_once_the_main_thread_sleeps_in_its_loop(signum: int) -> threading.Thread:
+    """A thread that waits until the main thread sleeps in its event loop's epoll_wait, then
+    sends *signum* to itself: the signal lands on this thread, and the main thread's sleep is
+    not interrupted by it (as when the system picks another thread, or the signal lands just
+    before the loop blocks)."""
+    main = threading.get_native_id()
+
+    def kick() -> None:
+        with open(f"/proc/self/task/{main}/wchan") as f:
+            while f.read() != "do_epoll_wait":
+                f.seek(0)
+                threading.Event().wait(0.001)  # (polls a condition, bounded by the test)
+        signal.pthread_kill(threading.get_ident(), signum)
+
+    t = threading.Thread(target=kick, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<tid>/wchan")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_signal_delivered_to_another_thread_wakes_the_sleeping_loop(
+    previous: list[int], backend: str
+) -> None:
+    """The handler runs in the main thread only once it runs bytecode: the loop must wake."""
+    outcome: list[object] = []
+
+    async def main() -> None:
+        with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, _):
+            try:
+                async with gocontext.scope(ctx):
+                    kicker = _kick_once_the_main_thread_sleeps_in_its_loop(signal.SIGUSR1)
+                    await anyio.sleep(NEVER)  # the loop sleeps this long unless woken
+                outcome.append("slept it all")
+            except gocontext.Canceled:
+                outcome.append(gocontext.cause(ctx))
+            kicker.join(NEVER)
+
+    anyio.run(main, backend=backend)
+    assert len(outcome) == 1 and isinstance(outcome[0], gocontext.SignalReceived), outcome
+    assert previous == []
+
+
+def test_leaving_gives_the_wakeup_fd_back_and_keeps_one_set_by_someone_else() -> None:
+    async def main() -> tuple[int, int, int]:
+        with gocontext.signal_context(signals=[signal.SIGUSR1]):
+            ours = signal.set_wakeup_fd(-1)  # (taken to look at, then put back)
+            signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
+        after = signal.set_wakeup_fd(-1)
+        theirs_r, theirs_w = socket.socketpair()
+        theirs_w.setblocking(False)
+        with theirs_r, theirs_w:
+            signal.set_wakeup_fd(theirs_w.fileno())
+            try:
+                with gocontext.signal_context(signals=[signal.SIGUSR1]):
+                    during = signal.set_wakeup_fd(theirs_w.fileno())
+            finally:
+                kept = signal.set_wakeup_fd(-1)
+            assert during == kept == theirs_w.fileno()
+        return ours, after, during
+
+    ours, after, _ = anyio.run(main, backend="asyncio")
+    assert ours != -1  # a wake-up fd of ours while the context was on
+    assert after == -1  # given back on leaving
