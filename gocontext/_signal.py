@@ -162,7 +162,12 @@ class _Notifier:
             self._restore()
             cancel(None)
             raise ValueError(f"signal_context() cannot catch {signal.Signals(s).name}: {e}") from e
-        self._waker = _LoopWaker.install()
+        try:
+            self._waker = _LoopWaker.install()
+        except BaseException:  # an interrupt: leave nothing installed
+            self._restore()
+            cancel(None)
+            raise
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Main thread, between two bytecodes: take no lock of ours (see the module docstring).
@@ -217,7 +222,10 @@ class _LoopWaker:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (trio sets its own wake-up fd; a thread's wait polls)
             return None
-        read, write = socket.socketpair()
+        try:
+            read, write = socket.socketpair()
+        except OSError:  # no file descriptors left: the handlers work, as without a waker
+            return None
         read.setblocking(False)
         write.setblocking(False)
         try:

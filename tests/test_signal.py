@@ -348,3 +348,35 @@ def test_leaving_gives_the_wakeup_fd_back_and_keeps_one_set_by_someone_else() ->
     ours, after, _ = anyio.run(main, backend="asyncio")
     assert ours != -1  # a wake-up fd of ours while the context was on
     assert after == -1  # given back on leaving
+
+
+@pytest.mark.parametrize("failure", [OSError(24, "Too many open files"), KeyboardInterrupt()])
+def test_a_failure_to_make_the_loops_wakeup_is_survived_or_leaves_nothing_installed(
+    previous: list[int], monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """Out of file descriptors: the context works without the wake-up. An interrupt right
+    there: it goes on, and the handlers are the previous ones again."""
+
+    def socketpair() -> tuple[socket.socket, socket.socket]:
+        raise failure
+
+    before = handler_of(signal.SIGUSR1)
+
+    async def main() -> object:
+        monkeypatch.setattr(gocontext._signal.socket, "socketpair", socketpair)  # type: ignore[attr-defined]
+        try:
+            with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, _):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                await ctx.done()
+                return gocontext.cause(ctx)
+        finally:
+            monkeypatch.undo()
+
+    if isinstance(failure, OSError):
+        assert isinstance(anyio.run(main, backend="asyncio"), gocontext.SignalReceived)
+        assert previous == []
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            anyio.run(main, backend="asyncio")
+    assert handler_of(signal.SIGUSR1) == before
+    assert signal.set_wakeup_fd(-1) == -1
