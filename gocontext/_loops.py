@@ -25,8 +25,6 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, final
 
-from ._mutex import mutex
-
 if TYPE_CHECKING:
     from ._done import Done
 
@@ -135,7 +133,7 @@ class Mailbox:
     def __init__(self, key: object, post: Callable[[Callable[[], object]], object]) -> None:
         self._key = key  # the loop or trio token it serves
         self._post = post  # the loop's thread-safe entry
-        self._lock = mutex()
+        self._lock = threading.Lock()  # (one per loop: a mutex() is a class of its own)
         # Guarded by _lock: calls not run yet. Non-empty exactly while a _drain is posted (or
         # about to be, by the put() that made it non-empty); _drain takes it whole.
         self._pending: list[Callable[[], object]] = []

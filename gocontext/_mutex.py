@@ -8,7 +8,9 @@ keyword; ``__exit__`` packs its three into a tuple. A mutex here is a one-slot q
 while another thread has it; leaving puts it back. Its class keeps the queue's two bound
 methods, which the lookup returns as they are, and both parse their arguments the fast way:
 0.9k instructions (1.1k on 3.12, 0.8k on 3.13). The tree lock is taken on every registration
-and every watched end: that difference is a sixth of a watched cancel.
+and every watched end: that difference is a sixth of a watched cancel. Each mutex is a class
+of its own (5 µs to make, freed by the cycle collector): for a process-wide lock, not one per
+object.
 
 What it keeps of a lock: one holder at a time; a waiter blocks without spinning, with the GIL
 released; a signal's exception raised while waiting leaves the token where it was (as a lock's

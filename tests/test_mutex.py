@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gocontext import _loops, _tree
+from gocontext import _tree
 from gocontext._mutex import mutex
 
 from .conftest import NEVER
@@ -127,8 +127,6 @@ def test_a_signal_that_raises_while_waiting_for_it_leaves_it_with_its_holder() -
         pass
 
 
-def test_the_tree_lock_and_the_mailboxes_use_it() -> None:
-    """The hot locks are mutexes (a fork gives the child a new, free one: see test_fork)."""
+def test_the_tree_lock_is_one() -> None:
+    """The hot lock is a mutex (a fork gives the child a new, free one: see test_fork)."""
     assert type(_tree._lock).__name__ == "mutex"
-    box = _loops.Mailbox(object(), lambda fn: None)
-    assert type(box._lock).__name__ == "mutex"
