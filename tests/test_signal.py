@@ -350,6 +350,25 @@ def test_leaving_gives_the_wakeup_fd_back_and_keeps_one_set_by_someone_else() ->
     assert after == -1  # given back on leaving
 
 
+def test_under_trio_its_own_wakeup_fd_stays_in_place() -> None:
+    """trio wakes on signals by itself: signal_context() leaves its wake-up fd as it is."""
+
+    def look() -> int:
+        fd = signal.set_wakeup_fd(-1)  # (taken to look at, then put back as trio set it)
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        return fd
+
+    async def main() -> tuple[int, int, int]:
+        trios = look()
+        with gocontext.signal_context(signals=[signal.SIGUSR1]):
+            during = look()
+        return trios, during, look()
+
+    trios, during, after = anyio.run(main, backend="trio")
+    assert trios != -1
+    assert during == after == trios
+
+
 @pytest.mark.parametrize("failure", [OSError(24, "Too many open files"), KeyboardInterrupt()])
 def test_a_failure_to_make_the_loops_wakeup_is_survived_or_leaves_nothing_installed(
     previous: list[int], monkeypatch: pytest.MonkeyPatch, failure: BaseException
