@@ -45,6 +45,7 @@ __all__ = [
     "Backend",
     "Mailbox",
     "NativeCancelScope",
+    "StepScope",
     "backend",
     "backend_of",
     "broken_handle",
@@ -219,6 +220,12 @@ class AsyncioBackend:
         ``scope_parts``)."""
         return (self._parts or self._load())[0]
 
+    def step_scope(self, loop: Any) -> StepScope | None:
+        """One cancel scope that a request's steps in *loop* enter in turn (a ``StepScope``),
+        or None where ``cancel_scope_type()`` is not a ``NativeCancelScope``: then each step
+        makes its own."""
+        return StepScope(loop) if (self._parts or self._load())[1] is None else None
+
     def scope_parts(self) -> tuple[Any, float]:
         """A new cancel scope for the current task (a ``NativeCancelScope`` where anyio's task
         state can be read, on Python 3.11+; else anyio's own), and the enclosing anyio deadline
@@ -295,7 +302,6 @@ def _anyio_task_states() -> Any:
 _NATIVE_CANCEL: Final = "gocontext: the scope's context ended"
 
 
-@final
 class NativeCancelScope:
     """A cancel scope of one asyncio task made of ``Task.cancel()`` and ``uncancel()``, as
     ``asyncio.timeout()`` is (Python 3.11+), with anyio's rules: a cancel is delivered at the
@@ -430,6 +436,54 @@ class NativeCancelScope:
             del context, rest
 
 
+@final
+class StepScope(NativeCancelScope):
+    """A ``NativeCancelScope`` that the steps of one request (sending it, then each read of
+    its body) enter in turn, one at a time, each in the task that runs it: made once per
+    request, where a scope per step cost an object and a walk of anyio's scopes for a deadline
+    that a step does not need. Once cancelled it stays cancelled: every later step is cancelled
+    at its first checkpoint.
+
+    Example:
+        >>> import asyncio
+        >>> from gocontext._loops import StepScope
+        >>> async def steps() -> str:
+        ...     cs = StepScope(asyncio.get_running_loop())
+        ...     with cs:
+        ...         await asyncio.sleep(0)  # a step that finishes
+        ...     with cs:
+        ...         cs.cancel()
+        ...         await asyncio.sleep(60)  # cancelled here: the scope takes its own cancel
+        ...     return "both steps left"
+        >>> asyncio.run(steps())
+        'both steps left'
+    """
+
+    __slots__ = ()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:  # (not NativeCancelScope's)
+        self._loop = loop
+        self._active = self._called = False
+        self._task = self._outer = None
+
+    def __enter__(self) -> StepScope:
+        if self._active:
+            raise RuntimeError("a StepScope serves one step at a time")
+        task = _current_task(self._loop)
+        if task is None:
+            raise RuntimeError("gocontext: a cancel scope needs an asyncio task")
+        self._task = task
+        # (WeakKeyDictionary.get, without its call)
+        state = _task_states.get(_weakref(task)) if _task_states else None
+        self._outer = None if state is None else state.cancel_scope  # the anyio scope around
+        self._at_enter = task.cancelling()
+        self._sent = 0
+        self._active = True
+        if self._called:  # at the step's first checkpoint
+            self._loop.call_soon(self._deliver)
+        return self
+
+
 def _set_result(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -503,6 +557,9 @@ class TrioBackend:
 
     def cancel_scope_type(self) -> Callable[[], Any]:
         return _trio().CancelScope  # type: ignore[no-any-return]  # trio is imported lazily (Any)
+
+    def step_scope(self, token: Any) -> None:
+        """None: a trio cancel scope is entered once, so each step makes its own."""
 
     def scope_parts(self) -> tuple[Any, float]:
         trio = _trio()
