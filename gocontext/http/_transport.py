@@ -264,20 +264,37 @@ class _Watch:
     that begins after the end raises at once. A framework's own cancellation passes untouched.
     """
 
-    __slots__ = ("_capped", "_cs", "_ctx", "_handle", "_loop", "_new_scope", "_put", "_where")
+    __slots__ = (
+        "_capped",
+        "_cs",
+        "_ctx",
+        "_handle",
+        "_loop",
+        "_new_scope",
+        "_put",
+        "_step",
+        "_where",
+    )
 
     def __init__(self, ctx: Context, capped: bool) -> None:
         self._ctx = ctx
         self._capped = capped
         self._cs: Any = None
-        self._bind(_running_loop())
+        self._bind()
         self._handle = ctx.done().add_callback(self._fire)
 
-    def _bind(self, loop: Any) -> None:
-        """Serve *loop* (an asyncio loop or a trio token): a body may be read in another."""
-        loops = _loops.backend_of(loop)
+    def _bind(self) -> None:
+        """Serve the running asyncio loop or trio run: a body may be read in another."""
+        try:
+            loops = _loops.backend()
+            loop = loops.here()
+        except RuntimeError:
+            raise RuntimeError(
+                "gocontext.http.AsyncTransport needs a running asyncio or trio loop"
+            ) from None
         self._put = loops.mailbox(loop).put
         self._new_scope: Callable[[], Any] = loops.cancel_scope_type()
+        self._step: Any = loops.step_scope(loop)  # one scope for every step, where it can be
         self._where: Callable[[], object] = loops.here_or_none
         self._loop = loop
 
@@ -294,8 +311,10 @@ class _Watch:
         if err is not None:
             raise err
         if self._where() is not self._loop:
-            self._bind(_running_loop())
-        cs = self._new_scope()
+            self._bind()
+        cs = self._step
+        if cs is None:
+            cs = self._new_scope()
         cs.__enter__()
         self._cs = cs
 
@@ -303,54 +322,65 @@ class _Watch:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         cs, self._cs = self._cs, None
-        swallowed = cs.__exit__(et, e, tb)  # trio's says True for a clean exit too
         if e is None:
+            cs.__exit__(None, None, None)  # (trio's says True for a clean exit too)
             return
-        if swallowed:
+        if cs.__exit__(et, e, tb):
             # Our cancellation interrupted the step (nothing else cancels this scope): raise
             # the context's error in its place. A framework's cancellation is never swallowed.
             raise self._ctx.err() or _Aborted("the request's context ended") from None
-        _raise_as_context_error(e, self._ctx, self._capped)
+        if et is not StopAsyncIteration:  # (a body's end)
+            _raise_as_context_error(e, self._ctx, self._capped)
 
     def close(self) -> None:
         self._handle.cancel()
-
-
-def _running_loop() -> Any:
-    """The running asyncio loop, or the running trio run's token."""
-    try:
-        return _loops.backend().here()
-    except RuntimeError:
-        raise RuntimeError(
-            "gocontext.http.AsyncTransport needs a running asyncio or trio loop"
-        ) from None
 
 
 class _AsyncBoundedStream(httpx.AsyncByteStream):
     """A response body whose every read is bounded by the request's context.
 
     Its own iterator, not an async generator: trio registers every async generator with its
-    run as it starts, a cost per response for nothing here.
+    run as it starts, a cost per response for nothing here. Once the body has ended, the
+    watch ends and this stream lets go of it (and of the inner stream once closed): httpx's
+    response and its stream refer to each other, a cycle that only the garbage collector
+    frees, and whatever this stream still held would wait for it too (and make it run
+    sooner, at a cost to every request).
     """
 
     __slots__ = ("_inner", "_it", "_watch")
 
     def __init__(self, inner: Any, watch: _Watch) -> None:
-        self._inner = inner
-        self._watch = watch
+        self._inner: Any = inner
+        self._watch: _Watch | None = watch
         self._it: Any = None
 
     def __aiter__(self) -> _AsyncBoundedStream:
-        self._it = self._inner.__aiter__()
+        if self._inner is not None:
+            self._it = self._inner.__aiter__()
         return self
 
     async def __anext__(self) -> bytes:
-        with self._watch:
-            return await self._it.__anext__()  # type: ignore[no-any-return]  # httpx's: Any
+        watch = self._watch
+        if watch is None:  # ended or closed (httpx raises StreamClosed before asking)
+            raise StopAsyncIteration
+        try:
+            with watch:
+                return await self._it.__anext__()  # type: ignore[no-any-return]  # httpx's: Any
+        except StopAsyncIteration:
+            self._end_watch()
+            raise
+
+    def _end_watch(self) -> None:
+        self._it = None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
 
     async def aclose(self) -> None:
-        self._watch.close()
-        await self._inner.aclose()
+        self._end_watch()
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.aclose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""One async request's watch over its steps (sending it, then each read of its body), under
+asyncio and trio: the steps take turns under one registration on the context, a cancel reaches
+the step in flight and every later one, a framework's cancellation of one step leaves the next
+alone, and the watch ends, and lets go of the context, as soon as the body has ended."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import gocontext
+import gocontext.http
+from gocontext import _context, _loops
+from gocontext.http._transport import _Watch
+
+from ..conftest import NEVER
+from .conftest import Server
+
+pytestmark = pytest.mark.anyio
+
+
+def _cancel_when(entered: threading.Event, cancel: Any) -> threading.Thread:
+    def run() -> None:
+        if entered.wait(NEVER):
+            cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+async def test_steps_take_turns_and_a_cancel_reaches_the_step_in_flight_and_every_later_one() -> (
+    None
+):
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    watch = _Watch(ctx, False)
+    try:
+        for _ in range(3):  # steps that finish leave nothing behind for the next
+            with watch:
+                await anyio.sleep(0)
+        assert _context.watcher_count(ctx) == 1  # one registration for every step
+        entered = threading.Event()
+        t = _cancel_when(entered, cancel)
+        with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+            with watch:
+                entered.set()
+                await anyio.sleep(NEVER)
+        t.join(NEVER)
+        with pytest.raises(gocontext.Canceled):  # a step after the end raises at once
+            with watch:
+                pytest.fail("the step ran")
+        await anyio.sleep(0)  # and the task has no cancellation left pending
+    finally:
+        watch.close()
+    assert _context.watcher_count(ctx) == 0
+
+
+async def test_a_framework_cancellation_of_one_step_passes_and_leaves_the_next_alone() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    watch = _Watch(ctx, False)
+    try:
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            with watch:
+                await anyio.sleep(NEVER)
+            pytest.fail("the framework's cancellation was swallowed")
+        assert outer.cancelled_caught
+        with anyio.fail_after(NEVER):
+            with watch:  # the next step is neither cancelled nor left cancelling
+                await anyio.sleep(0.01)
+        assert ctx.err() is None
+    finally:
+        watch.close()
+        cancel()
+
+
+async def test_steps_in_other_tasks_are_each_cancelled_in_their_own_task() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    watch = _Watch(ctx, False)
+    entered = threading.Event()
+    errors: list[BaseException] = []
+
+    async def step(block: bool) -> None:
+        try:
+            with watch:
+                if block:
+                    entered.set()
+                    await anyio.sleep(NEVER)
+                else:
+                    await anyio.sleep(0)
+        except gocontext.Canceled as e:
+            errors.append(e)
+
+    try:
+        with anyio.fail_after(NEVER):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(step, False)
+            t = _cancel_when(entered, cancel)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(step, True)
+            t.join(NEVER)
+    finally:
+        watch.close()
+    assert [type(e) for e in errors] == [gocontext.Canceled]
+
+
+def _garbage_per_request(client: httpx.AsyncClient, url: str, ext: dict[str, Any]) -> Any:
+    """Objects that each request leaves for the garbage collector (cycles), on average."""
+
+    async def count() -> float:
+        await client.get(url, extensions=ext)  # connected, warm
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                r = await client.get(url, extensions=ext)
+                assert r.status_code == 200
+            del r
+            return gc.collect() / 20
+        finally:
+            gc.enable()
+
+    return count()
+
+
+async def test_a_finished_request_leaves_the_garbage_collector_no_more_than_httpx_does(
+    server: Server,
+) -> None:
+    # httpx's response and its stream refer to each other: whatever our body wrapper still
+    # holds once the response is closed (the watch, its scope, the registration's handle, the
+    # inner iterator) would wait for the collector too, and make it run sooner.
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+    url = f"{server.url}/info"
+    with anyio.fail_after(NEVER):
+        async with httpx.AsyncClient() as plain:
+            theirs = await _garbage_per_request(plain, url, {})
+        async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+            ours = await _garbage_per_request(client, url, {"gocontext": ctx})
+    assert ours <= theirs + 1, (ours, theirs)  # + the wrapper itself
+    assert _context.watcher_count(ctx) == 0
+    cancel()
+
+
+class _Closing(httpx.AsyncByteStream):
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def __aiter__(self) -> Any:
+        yield b"hello"
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_the_inner_body_is_closed_once_after_its_end() -> None:
+    streams: list[_Closing] = []
+
+    class Inner(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            streams.append(_Closing())
+            return httpx.Response(200, stream=streams[-1])
+
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(Inner())) as client:
+        r = await client.get("http://127.0.0.1:9/", extensions={"gocontext": ctx})
+        assert r.content == b"hello"
+        async with client.stream("GET", "http://127.0.0.1:9/", extensions={"gocontext": ctx}) as r:
+            pass  # closed unread
+    assert [s.closed for s in streams] == [1, 1]
+    assert _context.watcher_count(ctx) == 0
+    cancel()
+
+
+async def test_one_scope_serves_every_step_one_at_a_time_where_the_library_allows(
+    anyio_backend: str,
+) -> None:
+    loops = _loops.backend()
+    step = loops.step_scope(loops.here())
+    if anyio_backend == "trio" or not _loops.HAS_CANCELLING:
+        assert step is None  # a trio scope (or anyio's, on 3.10) is entered once: one a step
+        return
+    assert isinstance(step, _loops.StepScope)
+    with step, pytest.raises(RuntimeError, match="one step at a time"):
+        with step:
+            pass
+    with step:  # and again, once the step has left
+        await anyio.sleep(0)
