@@ -692,7 +692,7 @@ class Transport(httpx.BaseTransport):
             raise
         finally:
             _current.reset(token)
-        response.stream = _SyncBoundedStream(response.stream, ctx, errors, aborter, handle)
+        response.stream = _SyncBoundedStream(response.stream, ctx, capped, aborter, handle)
         return response
 
     def close(self) -> None:
@@ -700,23 +700,28 @@ class Transport(httpx.BaseTransport):
 
 
 class _SyncBoundedStream(httpx.SyncByteStream):
+    """A blocking response body whose every read is bounded by the request's context.
+
+    Once closed, it lets go of what it held (see ``_AsyncBoundedStream``): httpx's response
+    and its stream refer to each other, and would carry it all to the garbage collector.
+    """
+
+    __slots__ = ("_aborter", "_capped", "_ctx", "_handle", "_inner")
+
     def __init__(
-        self,
-        inner: Any,
-        ctx: Context,
-        errors: _ContextErrors,
-        aborter: _Aborter,
-        handle: CallbackHandle,
+        self, inner: Any, ctx: Context, capped: bool, aborter: _Aborter, handle: CallbackHandle
     ) -> None:
-        self._inner = inner
+        self._inner: Any = inner
         self._ctx = ctx
-        self._errors = errors
-        self._aborter = aborter
-        self._handle = handle
+        self._capped = capped
+        self._aborter: _Aborter | None = aborter
+        self._handle: CallbackHandle | None = handle
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._aborter is None:  # closed (httpx raises StreamClosed before asking)
+            return
         it = iter(self._inner)
-        ctx, errors, aborter = self._ctx, self._errors, self._aborter
+        ctx, capped, aborter = self._ctx, self._capped, self._aborter
         while True:
             token = _current.set(aborter)  # around each read: the reader may switch
             try:
@@ -724,7 +729,7 @@ class _SyncBoundedStream(httpx.SyncByteStream):
             except StopIteration:
                 return
             except BaseException as e:  # what `with errors:` does, without two calls a chunk
-                _raise_as_context_error(e, ctx, errors._capped)
+                _raise_as_context_error(e, ctx, capped)
                 raise
             finally:
                 _current.reset(token)
@@ -734,8 +739,13 @@ class _SyncBoundedStream(httpx.SyncByteStream):
             yield chunk
 
     def close(self) -> None:
+        aborter, handle, inner = self._aborter, self._handle, self._inner
+        if aborter is None:
+            return
+        self._aborter = self._handle = self._inner = None
         # Finish first: from here on a cancel must not touch the connection, which closing the
         # stream may hand back to the pool for another request.
-        self._aborter.finish()
-        self._handle.cancel()
-        self._inner.close()
+        aborter.finish()
+        if handle is not None:
+            handle.cancel()
+        inner.close()

@@ -1,7 +1,8 @@
 """One async request's watch over its steps (sending it, then each read of its body), under
 asyncio and trio: the steps take turns under one registration on the context, a cancel reaches
-the step in flight and every later one, a framework's cancellation of one step leaves the next
-alone, and the watch ends, and lets go of the context, as soon as the body has ended."""
+the step in flight and every later one, and a framework's cancellation of one step leaves the
+next alone. A finished request, async or blocking, leaves nothing of ours to the garbage
+collector but the body wrapper, and its inner body is closed once."""
 
 from __future__ import annotations
 
@@ -142,6 +143,32 @@ async def test_a_finished_request_leaves_the_garbage_collector_no_more_than_http
         async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
             ours = await _garbage_per_request(client, url, {"gocontext": ctx})
     assert ours <= theirs + 1, (ours, theirs)  # + the wrapper itself
+    assert _context.watcher_count(ctx) == 0
+    cancel()
+
+
+def test_a_finished_blocking_request_leaves_the_garbage_collector_no_more_than_httpx_does(
+    server: Server,
+) -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 3600)
+    url = f"{server.url}/info"
+
+    def per_request(client: httpx.Client, ext: dict[str, Any]) -> float:
+        client.get(url, extensions=ext)  # connected, warm
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                assert client.get(url, extensions=ext).status_code == 200
+            return gc.collect() / 20
+        finally:
+            gc.enable()
+
+    with httpx.Client() as plain:
+        theirs = per_request(plain, {})
+    with httpx.Client(transport=gocontext.http.Transport()) as client:
+        ours = per_request(client, {"gocontext": ctx})
+    assert ours <= theirs + 1, (ours, theirs)  # + the body wrapper itself
     assert _context.watcher_count(ctx) == 0
     cancel()
 
