@@ -271,6 +271,8 @@ def end(node: Node, state: State) -> None:
                     node._state = a or state
                     _epoch += 1  # (nothing between the look, the store and this: see the module)
                     committed = True
+                    if d is not None:
+                        d._node = _ENDED  # (see _Ended)
                 else:
                     return
             elif fn is not None:
@@ -281,6 +283,7 @@ def end(node: Node, state: State) -> None:
                 _epoch += 1  # (no call between the check, the store and this: see the module)
                 committed = True
                 d._watchers = None  # type: ignore[union-attr]  # (d is not None: fn was found in it)
+                d._node = _ENDED  # type: ignore[union-attr]  # (see _Ended)
                 if a is None and (up := node._up) is not None:
                     # _unwatch_locked(up, node), its common case written out: up keeps other
                     # watchers, so nothing further up changes. (Cut short by an interrupt, it
@@ -424,6 +427,7 @@ def _settle_locked(ending: _Ending, again: bool) -> None:
         if d is None:
             stack.pop()
             continue
+        d._node = _ENDED  # (see _Ended)
         if d._links is not None:
             if ending.links is None:
                 ending.links = []
@@ -537,7 +541,7 @@ def ext_locked(node: Node) -> NodeDone:
 
 def _new_done(node: Node) -> NodeDone:
     d = NodeDone()  # (no __init__: the type's C constructor, then the fields)
-    d._node = node
+    d._node = node if node._state is None else _ENDED
     d._watchers = d._links = None
     return d
 
@@ -720,6 +724,28 @@ class NodeDone(Done):
 
     def __repr__(self) -> str:
         return f"<gocontext.Done of {self._node._chain()} is_set={self.is_set()}>"
+
+
+@final
+class _Ended(Node):
+    """What the ``NodeDone`` of an ended node refers to in the node's place: a node that has
+    always ended. A node and its ``NodeDone`` refer to each other, a cycle that only the
+    garbage collector would free; once the node has ended, all its ``Done`` needs to know
+    is that (``is_set()``, and a callback or waiter registered later runs or wakes at once),
+    so the end breaks the cycle, and an ended context whose ``done()`` was asked for, with
+    whatever values it holds, is freed as soon as nothing refers to it.
+    """
+
+    __slots__ = ()
+
+    def _chain(self) -> str:
+        return "an ended context"
+
+
+_ENDED: Final = _Ended()
+_ENDED._up = _ENDED._tag = _ENDED._end = _ENDED._done = None
+_ENDED._state = CANCELED
+_ENDED._done = _new_done(_ENDED)
 
 
 def watcher_count(node: Node) -> int:

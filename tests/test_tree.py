@@ -350,3 +350,61 @@ def test_a_walk_never_tags_over_the_nodes_own_end() -> None:
     assert _tree._look_up(ctx) is not None
     assert isinstance(ctx.err(), gocontext.Canceled)
     assert ctx.done().is_set()
+
+
+def _ended_after(how: str) -> tuple[weakref.ref[gocontext.Context], gocontext.Done]:
+    """End a context whose done() was asked for, the way *how* says; drop it; return a weak
+    reference to it and its Done."""
+    parent, cancel_parent = gocontext.with_cancel(gocontext.background())
+    parent = gocontext.with_value(parent, "payload", bytearray(1 << 20))  # what a request holds
+    if how == "timeout":
+        ctx, cancel = gocontext.with_timeout(parent, NEVER * 100)
+    else:
+        ctx, cancel = gocontext.with_cancel(parent)
+    done = ctx.done()
+    if how == "one callback":
+        done.add_callback(lambda: None)
+    elif how in ("two callbacks", "parent ends"):
+        done.add_callback(lambda: None)
+        done.add_callback(lambda: None)
+    if how == "asked after the end":
+        cancel()
+        done = ctx.done()
+    elif how == "parent ends":
+        cancel_parent()  # handed down to ctx, which is watched
+    else:
+        cancel()
+    ref = weakref.ref(ctx)
+    return ref, done
+
+
+_HOW = ["done only", "one callback", "two callbacks", "parent ends", "timeout"]
+
+
+@pytest.mark.parametrize("how", [*_HOW, "asked after the end"])
+def test_an_ended_context_is_freed_without_the_garbage_collector(how: str) -> None:
+    # A node and its Done refer to each other: the end breaks that cycle, so a request's
+    # context (and the values it holds) goes as soon as nothing refers to it.
+    gc.collect()
+    gc.disable()
+    try:
+        ref, done = _ended_after(how)
+        assert ref() is None
+        assert done.is_set()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("how", _HOW)
+def test_the_done_of_a_freed_context_still_answers_and_runs_what_comes_later(how: str) -> None:
+    ref, done = _ended_after(how)
+    gc.collect()
+    assert ref() is None
+    assert done.is_set()
+    assert done.wait(0) is True
+    assert done.wait() is True
+    ran: list[int] = []
+    handle = done.add_callback(lambda: ran.append(1))  # runs at once, here
+    assert ran == [1]
+    assert handle.cancel() is False
+    assert "is_set=True" in repr(done)
