@@ -363,6 +363,10 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
         watch = self._watch
         if watch is None:  # ended or closed (httpx raises StreamClosed before asking)
             raise StopAsyncIteration
+        err = watch._ctx.err()
+        if err is not None:  # it ended between two reads: the inner iterator is finished
+            await self._finish_it()  # here, not left suspended for the garbage collector
+            raise err
         try:
             with watch:
                 return await self._it.__anext__()  # type: ignore[no-any-return]  # httpx's: Any
@@ -376,11 +380,21 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
         if watch is not None:
             watch.close()
 
+    async def _finish_it(self) -> None:
+        """Finish the inner iterator if a read left it suspended (a body read in part)."""
+        it, self._it = self._it, None
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
     async def aclose(self) -> None:
-        self._end_watch()
-        inner, self._inner = self._inner, None
-        if inner is not None:
-            await inner.aclose()
+        try:
+            await self._finish_it()
+        finally:
+            self._end_watch()
+            inner, self._inner = self._inner, None
+            if inner is not None:
+                await inner.aclose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 asyncio and trio: the steps take turns under one registration on the context, a cancel reaches
 the step in flight and every later one, and a framework's cancellation of one step leaves the
 next alone. A finished request, async or blocking, leaves nothing of ours to the garbage
-collector but the body wrapper, and its inner body is closed once."""
+collector but the body wrapper, and its inner body is closed once. A body read in part, because
+the context ended between two reads or because it was closed, has its iterator finished there
+and then, not left suspended for the collector."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pytest
 import gocontext
 import gocontext.http
 from gocontext import _context, _loops
-from gocontext.http._transport import _Watch
+from gocontext.http._transport import _AsyncBoundedStream, _Watch
 
 from ..conftest import NEVER
 from .conftest import Server
@@ -217,3 +219,80 @@ async def test_one_scope_serves_every_step_one_at_a_time_where_the_library_allow
             pass
     with step:  # and again, once the step has left
         await anyio.sleep(0)
+
+
+class _Recorded(httpx.AsyncByteStream):
+    """A body of two chunks whose iterator says when it was left unfinished."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def __aiter__(self) -> Any:
+        try:
+            yield b"one"
+            yield b"two"
+            self.events.append("exhausted")
+        finally:
+            self.events.append("finalized")
+
+    async def aclose(self) -> None:
+        self.events.append("closed")
+
+
+async def _client_reading(
+    ctx: gocontext.Context, between_reads: Any
+) -> tuple[_Recorded, BaseException | None]:
+    body = _Recorded()
+
+    class Inner(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, stream=body)
+
+    raised: BaseException | None = None
+    gc.disable()  # what is left unfinished must not be finished by the collector either
+    try:
+        async with (
+            httpx.AsyncClient(transport=gocontext.http.AsyncTransport(Inner())) as client,
+            client.stream("GET", "http://127.0.0.1:9/", extensions={"gocontext": ctx}) as r,
+        ):
+            try:
+                async for _chunk in r.aiter_raw():
+                    await between_reads()
+            except gocontext.Canceled as e:
+                raised = e
+    finally:
+        gc.enable()
+    return body, raised
+
+
+async def test_a_cancel_between_two_reads_of_a_body_finishes_its_iterator() -> None:
+    # The caller works between reads (an await of its own): the cancel lands there, and the
+    # next read raises Canceled, with the body's iterator finished, not left suspended for
+    # the garbage collector (trio warns of that, and its cleanup would run there).
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    async def cancel_between_reads() -> None:
+        cancel()
+        await anyio.sleep(0)
+
+    body, raised = await _client_reading(ctx, cancel_between_reads)
+    assert isinstance(raised, gocontext.Canceled)
+    assert body.events == ["finalized", "closed"]
+
+
+async def test_a_body_read_in_part_has_its_iterator_finished_when_it_is_closed() -> None:
+    # (At the body's own level: httpx's iterators above it are httpx's to finish.)
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    body = _Recorded()
+    stream = _AsyncBoundedStream(body, _Watch(ctx, False))
+    gc.disable()
+    try:
+        async for chunk in stream:
+            assert chunk == b"one"
+            break
+        await stream.aclose()
+    finally:
+        gc.enable()
+    assert body.events == ["finalized", "closed"]
+    assert _context.watcher_count(ctx) == 0
+    cancel()
