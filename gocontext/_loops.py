@@ -446,9 +446,11 @@ class StepScope(NativeCancelScope):
 
     Example:
         >>> import asyncio
-        >>> from gocontext._loops import StepScope
+        >>> from gocontext._loops import ASYNCIO
         >>> async def steps() -> str:
-        ...     cs = StepScope(asyncio.get_running_loop())
+        ...     cs = ASYNCIO.step_scope(asyncio.get_running_loop())
+        ...     if cs is None:  # Python 3.10: no native scope (each step makes anyio's)
+        ...         return "both steps left"
         ...     with cs:
         ...         await asyncio.sleep(0)  # a step that finishes
         ...     with cs:
