@@ -679,6 +679,7 @@ class NodeDone(Done):
     """The done signal of a node, and the node's registrations.
 
     Fields (guarded by ``_lock``):
+    - ``_node``: the node while it is live; ``_ENDED`` once it has ended (see ``_Ended``).
     - ``_watchers``: None or a dict of what is registered on the node: callback handles (to
       their functions), waiting threads' locks and watched child nodes (to ``_CHILD``).
       Non-empty only while the node is live, and then the node is itself registered with its
