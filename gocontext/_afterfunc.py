@@ -97,21 +97,17 @@ def _serve_one() -> bool:
 
 
 def after_fork_in_child() -> None:
-    """Forget the parent's pool threads in a forked child; start afresh for queued work.
+    """Forget the parent's pool in a forked child: its threads, and the functions queued in it.
 
-    Called by the tree's at-fork hook, after the tree lock is renewed (queued functions may
-    use the tree as soon as they run).
+    A function queued at the fork belongs to an end that happened in the parent, and the
+    parent runs it: run in the child as well, its effects would happen twice (once more per
+    child), and it could wait forever on a lock that a parent thread held at the fork. A
+    context that ends in the child runs its functions in the child, in a pool started afresh.
+
+    Called by the tree's at-fork hook, after the tree lock is renewed.
     """
     global _lock, _threads, _idle, _queue
     _lock = threading.Lock()
-    pending: list[Callable[[], object]] = []
-    while True:
-        try:
-            pending.append(_queue.get_nowait())
-        except queue.Empty:
-            break
     _queue = queue.SimpleQueue()
     _threads = 0
     _idle = 0
-    for fn in pending:
-        submit(fn)

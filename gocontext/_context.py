@@ -558,7 +558,9 @@ def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
 
     No thread waits while *ctx* is live; ``fn`` never runs in ``cancel()``'s caller. ``stop()``
     returns True if it prevented ``fn`` from running (False if ``fn`` has started or was already
-    stopped), and is safe to race with the cancel.
+    stopped), and is safe to race with the cancel. A function waiting for a worker when the
+    process forks runs in the parent only; a context that ends in the child runs its functions
+    there.
 
     Example:
         >>> import gocontext, threading

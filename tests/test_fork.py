@@ -116,8 +116,7 @@ def test_a_fork_while_a_thread_holds_the_tree_lock_with_deadlines_due() -> None:
             held.set()
             release.wait(NEVER)
 
-    # Work queued in the after_func pool at fork time: the child starts a pool thread for it
-    # while the at-fork hooks run, which hands the interpreter to the child's timer thread.
+    # Work queued in the after_func pool at fork time (the parent's, which the child drops).
     busy, busy_cancel = gocontext.with_cancel(gocontext.background())
     gate = threading.Event()
     for _ in range(_afterfunc._MAX_THREADS + 4):
@@ -144,3 +143,46 @@ def test_a_fork_while_a_thread_holds_the_tree_lock_with_deadlines_due() -> None:
         holder.join(NEVER)
     assert first.done().wait(NEVER) and second.done().wait(NEVER)
     assert codes == [0] * 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_functions_queued_at_a_fork_run_in_the_parent_only() -> None:
+    # An after_func queued when the process forks belongs to an end that happened in the
+    # parent. Run in the child too, its effect would happen twice, and it could wait forever
+    # on a lock a parent thread held at the fork (every pool thread of the child stuck so, the
+    # child's own after_funcs never ran: seen under load).
+    read_end, write_end = os.pipe()
+    gate = threading.Event()
+    busy, busy_cancel = gocontext.with_cancel(gocontext.background())
+    for _ in range(_afterfunc._MAX_THREADS):  # every pool thread taken until the gate opens
+        gocontext.after_func(busy, lambda: gate.wait(NEVER))
+    # Queued behind them (first in, first out): it cannot run before the gate opens.
+    gocontext.after_func(busy, lambda: os.write(write_end, b"%d\n" % os.getpid()))
+    busy_cancel()
+
+    def child() -> int:
+        ran = threading.Event()
+        ctx, cancel = gocontext.with_cancel(gocontext.background())
+        gocontext.after_func(ctx, ran.set)
+        cancel()
+        if not ran.wait(NEVER):
+            return 2
+        # Every queued function has been taken and run once the pool is idle.
+        wait_until(lambda: _afterfunc._queue.empty() and _afterfunc._idle == _afterfunc.threads())
+        return 0
+
+    try:
+        code = exit_code(fork_child(child))
+    finally:
+        gate.set()
+    try:
+        parent = os.getpid()
+        assert code == 0
+        line = os.read(read_end, 64)  # the parent's run of the marker (blocks until it ran)
+        os.close(write_end)
+        rest = b""
+        while chunk := os.read(read_end, 64):
+            rest += chunk
+        assert (line + rest).split() == [b"%d" % parent]
+    finally:
+        os.close(read_end)

@@ -43,8 +43,9 @@ def test_forks_under_load() -> None:
             if i % 2:
                 cancel()
 
-    # A backlog in the after_func pool at every fork: the child's pool restarts threads while
-    # the at-fork hooks run, which hands the interpreter to the child's new timer thread.
+    # A backlog in the after_func pool at every fork (churn's functions queue behind these):
+    # the child must drop it, not run the parent's functions, which wait on the semaphore's lock
+    # that a parent thread may hold at the fork, until every pool thread of the child is stuck.
     gate = threading.Event()
     backlog, release_backlog = gocontext.with_cancel(gocontext.background())
     for _ in range(_afterfunc._MAX_THREADS + 4):
