@@ -478,11 +478,7 @@ class StepScope(NativeCancelScope):
         # (WeakKeyDictionary.get, without its call)
         state = _task_states.get(_weakref(task)) if _task_states else None
         self._outer = None if state is None else state.cancel_scope  # the anyio scope around
-        self._at_enter = task.cancelling()
-        self._sent = 0
-        self._active = True
-        if self._called:  # at the step's first checkpoint
-            self._loop.call_soon(self._deliver)
+        NativeCancelScope.__enter__(self)  # the rest, for this step's task
         return self
 
 
