@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
+from . import _wakeup
 from ._async import _framework_cause, _is_cancellation
 from ._context import (
     _BACKGROUND,
@@ -506,6 +507,9 @@ class TaskGroup:
     ) -> None:
         """Run ``fn(g.ctx, *args)`` in a new worker thread of the group; never blocks.
 
+        While it runs, an asyncio loop in the main thread wakes for a signal (Ctrl-C) wherever
+        the system delivers it, *fn*'s thread included, as a trio run always does.
+
         Example:
             >>> import anyio, gocontext
             >>> async def main():
@@ -596,9 +600,13 @@ class TaskGroup:
             finally:
                 mark_finished()
 
+        wakeup = None
         try:
             if self._stopping:  # cancelled between go_thread() and this task's first step
                 return
+            # While fn runs, a signal may be handed to its thread: the main thread's loop must
+            # wake.
+            wakeup = _wakeup.hold()
             t = threading.Thread(
                 target=run, name=f"gocontext.TaskGroup-{next(_names)}", daemon=True
             )
@@ -633,6 +641,8 @@ class TaskGroup:
             if raised:
                 self._fail(raised[0])
         finally:
+            if wakeup is not None:
+                _wakeup.release(wakeup)
             self._release()
 
     def _fail(self, e: BaseException) -> None:

@@ -8,27 +8,22 @@ is started by ``signal_context()`` itself, never in a handler, and lives as long
 
 A handler only runs once the main thread runs bytecode. A signal that the system hands to
 another thread, or that lands just before the main thread blocks, leaves an asyncio loop asleep
-in its selector: asyncio wakes on signals only for its own ``add_signal_handler``. So inside a
-running asyncio loop ``signal_context()`` gives the loop a wake-up: a socket pair whose write
-end is the interpreter's signal wake-up fd (``signal.set_wakeup_fd``) and whose read end the
-loop watches (trio, uvloop and asyncio's own signal handlers set one of their own: theirs is
-kept).
+in its selector. So inside a running asyncio loop ``signal_context()`` holds the loop's signal
+wake-up (``_wakeup``) for as long as it lasts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import queue
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, final
 
+from . import _wakeup
 from ._context import (
     _BACKGROUND,
     CancelPair,
@@ -154,7 +149,7 @@ class _Notifier:
         self._cancel = cancel
         self._spent = False
         self._previous: dict[int, _Handler] = {}
-        self._waker: _LoopWaker | None = None
+        self._waker: _wakeup.LoopWakeup | None = None
         try:
             for s in sigs:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -163,7 +158,7 @@ class _Notifier:
             cancel(None)
             raise ValueError(f"signal_context() cannot catch {signal.Signals(s).name}: {e}") from e
         try:
-            self._waker = _LoopWaker.install()
+            self._waker = _wakeup.hold()
         except BaseException:  # an interrupt: leave nothing installed
             self._restore()
             cancel(None)
@@ -190,7 +185,7 @@ class _Notifier:
             self._restore()
         waker, self._waker = self._waker, None
         if waker is not None:
-            waker.close()
+            _wakeup.release(waker)
 
     def _restore(self) -> None:
         """Put back the previous handlers that ours still stands in for (main thread only).
@@ -201,73 +196,6 @@ class _Notifier:
         for s, h in list(self._previous.items()):
             if signal.getsignal(s) == self._handle:  # someone else's handler stays
                 signal.signal(s, signal.SIG_DFL if h is None else h)
-
-
-@final
-class _LoopWaker:
-    """Wakes the asyncio loop running in the main thread when a signal arrives, wherever the
-    system delivers it, so the loop runs bytecode and Python runs the handler."""
-
-    __slots__ = ("_loop", "_read", "_write")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, read: socket.socket, write: socket.socket):
-        self._loop = loop
-        self._read = read
-        self._write = write
-
-    @classmethod
-    def install(cls) -> _LoopWaker | None:
-        """The waker of the asyncio loop running here (the main thread), if it needs one."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (trio sets its own wake-up fd; a thread's wait polls)
-            return None
-        try:
-            read, write = socket.socketpair()
-        except OSError:  # no file descriptors left: the handlers work, as without a waker
-            return None
-        read.setblocking(False)
-        write.setblocking(False)
-        try:
-            theirs = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
-        except BaseException:
-            read.close()
-            write.close()
-            raise
-        waker = cls(loop, read, write)
-        if theirs != -1:  # the loop has one already (uvloop, add_signal_handler): keep it
-            signal.set_wakeup_fd(theirs)
-            waker.close()
-            return None
-        try:
-            loop.add_reader(read.fileno(), waker._drain)
-        except NotImplementedError:  # pragma: no cover - a loop that cannot watch a socket
-            waker.close()
-            return None
-        except BaseException:
-            waker.close()
-            raise
-        return waker
-
-    def _drain(self) -> None:  # in the loop: the handler itself runs at the next bytecode
-        with contextlib.suppress(OSError):
-            while self._read.recv(4096):
-                pass
-
-    def close(self) -> None:
-        """Give the wake-up fd back and stop watching; from the main thread now, from another
-        at the loop's next turn (a closed loop watches nothing: its sockets just close)."""
-        if threading.current_thread() is not threading.main_thread():
-            with contextlib.suppress(RuntimeError):  # a closed loop
-                self._loop.call_soon_threadsafe(self.close)
-            return
-        if not self._loop.is_closed():
-            self._loop.remove_reader(self._read.fileno())
-        current = signal.set_wakeup_fd(-1)
-        if current not in (self._write.fileno(), -1):  # set since by someone else: theirs stays
-            signal.set_wakeup_fd(current)
-        self._read.close()
-        self._write.close()
 
 
 def _forward(previous: _Handler, signum: int, frame: FrameType | None) -> None:

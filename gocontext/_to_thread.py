@@ -9,6 +9,7 @@ from typing import TypeVar
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
+from . import _wakeup
 from ._async import _framework_cause
 from ._context import _BACKGROUND, Context, check_context, with_cancel, with_cancel_cause
 from ._errors import ContextError, describe
@@ -35,7 +36,8 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
     be from cleanup code running in the task. A task cancelled before *fn* started (already
     cancelled, or waiting for a worker thread) goes on at once, and *fn* never runs. An
     interrupt reaching the task (trio's ``KeyboardInterrupt``) also cancels ``child_ctx`` and
-    waits for *fn*.
+    waits for *fn*. While *fn* runs, an asyncio loop in the main thread wakes for a signal
+    (Ctrl-C) wherever the system delivers it, *fn*'s thread included, as a trio run always does.
 
     Example:
         >>> import anyio, gocontext
@@ -85,7 +87,10 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
             with anyio.CancelScope(shield=True):
                 await wait_done(finished.done())
 
+    wakeup = None
     try:
+        # While fn runs, a signal may be handed to its thread: the main thread's loop must wake.
+        wakeup = _wakeup.hold()
         # A copy made here, in the task: what fn sees does not depend on the backend's habits.
         call = contextvars.copy_context().run
         return await anyio.to_thread.run_sync(call, run, abandon_on_cancel=True)
@@ -104,3 +109,5 @@ async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args:
         raise
     finally:
         cancel_child(None)
+        if wakeup is not None:
+            _wakeup.release(wakeup)

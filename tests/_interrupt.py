@@ -4,10 +4,20 @@ wait for it, and never leave it behind."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+
+import gocontext
 
 from .conftest import NEVER
+
+T = TypeVar("T")
 
 
 def spawn(code: str) -> subprocess.Popen[str]:
@@ -55,3 +65,36 @@ def read_lines(proc: subprocess.Popen[str], prefix: str, count: int) -> list[str
         if line.startswith(prefix):
             lines.append(line.strip())
     return lines
+
+
+def wakeup_fd() -> int:
+    """The interpreter's signal wake-up fd, looked at (set to -1, then put back); main thread."""
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    return fd
+
+
+async def while_a_thread_runs(look: Callable[[], T], how: str = "to_thread") -> T:
+    """What ``look()`` returns, called in the task while a thread of ours runs a function
+    (``to_thread()`` or ``TaskGroup.go_thread()``) that waits until it has."""
+    started, mark_started = gocontext.with_cancel(gocontext.background())
+    go_on = threading.Event()
+
+    def fn(ctx: gocontext.Context) -> None:
+        mark_started()
+        go_on.wait(NEVER)
+
+    async def in_group() -> None:
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.go_thread(fn)
+
+    async with anyio.create_task_group() as tg:
+        if how == "to_thread":
+            tg.start_soon(gocontext.to_thread, gocontext.background(), fn)
+        else:
+            tg.start_soon(in_group)
+        await started.done()
+        try:
+            return look()
+        finally:
+            go_on.set()

@@ -9,11 +9,13 @@ import time
 import warnings
 from collections.abc import Callable
 
+import anyio
 import pytest
 
 import gocontext
 from gocontext import _afterfunc, _timer
 
+from ._interrupt import wakeup_fd, while_a_thread_runs
 from .conftest import NEVER
 
 FORKS = 10
@@ -186,3 +188,14 @@ def test_functions_queued_at_a_fork_run_in_the_parent_only() -> None:
         assert (line + rest).split() == [b"%d" % parent]
     finally:
         os.close(read_end)
+
+
+def test_a_child_forked_while_the_loop_holds_its_signal_wakeup_does_not_share_it() -> None:
+    """The wake-up's socket pair is the parent's: the child's signals must not write to it."""
+
+    def fork_and_look() -> tuple[int, int]:
+        return wakeup_fd(), exit_code(fork_child(lambda: 0 if wakeup_fd() == -1 else 3))
+
+    held, code = anyio.run(while_a_thread_runs, fork_and_look, backend="asyncio")
+    assert held != -1  # the parent's loop held it at the fork
+    assert code == 0  # 3: the child still had the parent's wake-up fd

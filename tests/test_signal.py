@@ -21,7 +21,7 @@ import pytest
 import gocontext
 from gocontext import _tree
 
-from ._interrupt import expect_line, finish, reap, spawn
+from ._interrupt import expect_line, finish, reap, spawn, wakeup_fd, while_a_thread_runs
 from .conftest import NEVER
 
 
@@ -289,7 +289,7 @@ def _kick_once_the_main_thread_sleeps_in_its_loop(signum: int) -> threading.Thre
     sends *signum* to itself: the signal lands on this thread, and the main thread's sleep is
     not interrupted by it (as when the system picks another thread, or the signal lands just
     before the loop blocks)."""
-    main = threading.get_native_id()
+    main = threading.main_thread().native_id
 
     def kick() -> None:
         with open(f"/proc/self/task/{main}/wchan") as f:
@@ -353,16 +353,11 @@ def test_leaving_gives_the_wakeup_fd_back_and_keeps_one_set_by_someone_else() ->
 def test_under_trio_its_own_wakeup_fd_stays_in_place() -> None:
     """trio wakes on signals by itself: signal_context() leaves its wake-up fd as it is."""
 
-    def look() -> int:
-        fd = signal.set_wakeup_fd(-1)  # (taken to look at, then put back as trio set it)
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-        return fd
-
     async def main() -> tuple[int, int, int]:
-        trios = look()
+        trios = wakeup_fd()
         with gocontext.signal_context(signals=[signal.SIGUSR1]):
-            during = look()
-        return trios, during, look()
+            during = wakeup_fd()
+        return trios, during, wakeup_fd()
 
     trios, during, after = anyio.run(main, backend="trio")
     assert trios != -1
@@ -382,7 +377,7 @@ def test_a_failure_to_make_the_loops_wakeup_is_survived_or_leaves_nothing_instal
     before = handler_of(signal.SIGUSR1)
 
     async def main() -> object:
-        monkeypatch.setattr(gocontext._signal.socket, "socketpair", socketpair)  # type: ignore[attr-defined]
+        monkeypatch.setattr(socket, "socketpair", socketpair)
         try:
             with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, _):
                 os.kill(os.getpid(), signal.SIGUSR1)
@@ -399,3 +394,165 @@ def test_a_failure_to_make_the_loops_wakeup_is_survived_or_leaves_nothing_instal
             anyio.run(main, backend="asyncio")
     assert handler_of(signal.SIGUSR1) == before
     assert signal.set_wakeup_fd(-1) == -1
+
+
+# --------------------------------------------------------------------------------------------
+# A loop that waits for a thread of ours wakes for a signal, wherever the system delivers it
+
+
+def _handler_runs_while_the_loop_waits_for_a_thread(how: str, backend: str) -> bool:
+    """Run, in a thread of ours, code that sends SIGUSR1 to its own thread once the main
+    thread sleeps in its loop, then waits for the handler, which only the main thread runs."""
+    ran = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        ran.set()
+
+    def work(ctx: gocontext.Context) -> bool:
+        _kick_once_the_main_thread_sleeps_in_its_loop(signal.SIGUSR1).join(NEVER)
+        return ran.wait(NEVER)  # False: the main thread slept through the signal
+
+    async def main() -> bool:
+        if how == "to_thread":
+            return await gocontext.to_thread(gocontext.background(), work)
+        out: list[bool] = []
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.go_thread(lambda ctx: out.append(work(ctx)))
+        return out[0]
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        return anyio.run(main, backend=backend)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<tid>/wchan")
+@pytest.mark.parametrize("how", ["to_thread", "go_thread"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_signal_handler_runs_while_the_loop_waits_for_a_thread(backend: str, how: str) -> None:
+    """Ctrl-C while a thread runs: the handler (asyncio's runner cancels its main task there)
+    runs at once, though the system handed the signal to another thread than the main one,
+    or the signal landed just before the loop went to sleep."""
+    assert _handler_runs_while_the_loop_waits_for_a_thread(how, backend)
+
+
+@pytest.mark.parametrize("how", ["to_thread", "go_thread"])
+def test_waiting_for_a_thread_gives_the_wakeup_fd_back_and_keeps_one_set_by_someone_else(
+    how: str,
+) -> None:
+    async def wait_for_thread() -> int:
+        return await while_a_thread_runs(wakeup_fd, how)
+
+    async def main() -> tuple[int, int, int, int]:
+        before = wakeup_fd()
+        during = await wait_for_thread()
+        after = wakeup_fd()
+        theirs_r, theirs_w = socket.socketpair()
+        theirs_w.setblocking(False)
+        with theirs_r, theirs_w:
+            signal.set_wakeup_fd(theirs_w.fileno())
+            try:
+                kept = await wait_for_thread()
+            finally:
+                signal.set_wakeup_fd(-1)
+            assert kept == theirs_w.fileno()
+        return before, during, after, kept
+
+    before, during, after, _ = anyio.run(main, backend="asyncio")
+    assert before == after == -1
+    assert during != -1  # the loop's own, for the time of the wait
+
+
+CTRL_C_IN_A_WORKER = textwrap.dedent(
+    """
+    import faulthandler, signal, sys, threading, anyio, gocontext
+
+    faulthandler.dump_traceback_later({never}, exit=True)  # a hang shows where, then fails
+
+    def work(ctx):
+        main = threading.main_thread().native_id
+        with open(f"/proc/self/task/{{main}}/wchan") as f:
+            while f.read() != "do_epoll_wait":  # until the loop sleeps
+                f.seek(0)
+                threading.Event().wait(0.001)
+        print("ready", flush=True)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # Ctrl-C, on this thread
+        ctx.done().wait()  # only the interrupt, through ctx, ends this
+        print("told", flush=True)
+
+    async def main():
+        await gocontext.to_thread(gocontext.background(), work)
+        print("not interrupted", flush=True)
+
+    try:
+        anyio.run(main, backend="{backend}")
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<tid>/wchan")
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio's runner: a CancelledError")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_handed_to_a_worker_thread_ends_the_program(backend: str) -> None:
+    proc = spawn(CTRL_C_IN_A_WORKER.format(backend=backend, never=NEVER))
+    try:
+        expect_line(proc, "ready")
+        expect_line(proc, "told")  # asyncio's runner cancelled its main task: ctx ended
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert out.split() == ["KeyboardInterrupt"], (out, err)
+
+
+def test_the_wakeup_fd_stays_while_anything_still_needs_it() -> None:
+    """Two threads waited for at once, and a signal_context(): the fd goes back after the last."""
+
+    async def main() -> list[int]:
+        seen: list[int] = []
+        with gocontext.signal_context(signals=[signal.SIGUSR1]) as (_, stop):
+            seen.append(wakeup_fd())
+            started = [gocontext.with_cancel(gocontext.background()) for _ in range(2)]
+            ended = [gocontext.with_cancel(gocontext.background()) for _ in range(2)]
+            go_on = [threading.Event() for _ in range(2)]
+
+            def fn(ctx: gocontext.Context, i: int) -> None:
+                started[i][1]()
+                go_on[i].wait(NEVER)
+
+            async def wait_for(i: int) -> None:
+                await gocontext.to_thread(gocontext.background(), fn, i)
+                ended[i][1]()
+
+            async with anyio.create_task_group() as tg:
+                for i in range(2):
+                    tg.start_soon(wait_for, i)
+                    await started[i][0].done()
+                stop()  # the context lets go; the waits still hold it
+                seen.append(wakeup_fd())
+                go_on[0].set()
+                await ended[0][0].done()
+                seen.append(wakeup_fd())  # one wait is over, the other is not
+                go_on[1].set()
+        seen.append(wakeup_fd())
+        return seen
+
+    seen = anyio.run(main, backend="asyncio")
+    assert seen[0] != -1
+    assert seen[1] == seen[2] == seen[0]
+    assert seen[3] == -1
+
+
+def test_under_uvloop_its_own_wakeup_fd_stays_while_a_thread_is_waited_for() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> tuple[int, int, int]:
+        before = wakeup_fd()  # (uvloop's)
+        during = await while_a_thread_runs(wakeup_fd)
+        return before, during, wakeup_fd()
+
+    before, during, after = uvloop.run(main())
+    assert before != -1
+    assert during == after == before
