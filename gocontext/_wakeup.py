@@ -105,6 +105,13 @@ def _install(loop: asyncio.AbstractEventLoop) -> LoopWakeup | None:
 
 
 def _make(loop: asyncio.AbstractEventLoop) -> LoopWakeup | None:
+    # The pairs of loops closed since are closed now: a loop is collected only by the garbage
+    # collector (its own cycles), and a test suite that makes a loop per test would otherwise
+    # keep two descriptors for each until then.
+    for old, w in list(_of_loop.items()):
+        if w is not None and w is not _installed and old.is_closed():
+            del _of_loop[old]
+            _close(w._read, w._write)
     try:
         read, write = socket.socketpair()
     except OSError:  # no file descriptors left: signals act as they would without us
@@ -132,9 +139,10 @@ def _make(loop: asyncio.AbstractEventLoop) -> LoopWakeup | None:
 
 
 def _close(read: socket.socket, write: socket.socket) -> None:
-    if _current_thread() is _main_thread():  # (a hold cut short by an interrupt in _install)
+    fd = write.fileno()  # -1 once closed
+    if fd != -1 and _current_thread() is _main_thread():  # (a hold cut short in _install)
         current = signal.set_wakeup_fd(-1)
-        if current != write.fileno():
+        if current != fd:
             signal.set_wakeup_fd(current)
     read.close()
     write.close()

@@ -5,6 +5,8 @@ In this process only SIGUSR1 and SIGUSR2 are sent; SIGINT and SIGTERM go to subp
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import signal
 import socket
@@ -556,3 +558,21 @@ def test_under_uvloop_its_own_wakeup_fd_stays_while_a_thread_is_waited_for() -> 
     before, during, after = uvloop.run(main())
     assert before != -1
     assert during == after == before
+
+
+def test_a_closed_loops_wakeup_sockets_are_closed_by_the_next_loop() -> None:
+    """A loop per test, each waiting for a thread: descriptors do not pile up until a
+    garbage collection frees the loops."""
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        if before is None:
+            pytest.skip("needs /proc/self/fd")
+        for _ in range(20):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(while_a_thread_runs(wakeup_fd))
+            loop.close()
+        after = len(os.listdir("/proc/self/fd"))
+    finally:
+        gc.enable()
+    assert after - before <= 2, (before, after)  # the last loop's pair, at most
