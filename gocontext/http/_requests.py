@@ -6,11 +6,13 @@ timeouts and goes out as ``Grpc-Timeout``; ``PropagatedKey`` values go out in ``
 
 While in flight, a cancel or a passed deadline from any thread must wake a thread blocked in a
 socket call. The adapter's connection pools remember which connections each request holds
-(from the moment the pool hands one out until it takes it back); the context's done-callback
-shuts those sockets down, the blocked call fails, and the failure is raised as the context's
-error. urllib3 drops a connection that failed, so the pool stays healthy. A connect that is
-itself blocked (a peer that never answers a SYN) cannot be shut down from another thread: it
-runs in slices of a tenth of a second, and an abort ends it at the next slice.
+(from the moment the pool hands one out until it takes it back, or until urllib3 closes it
+after a failure); the context's done-callback shuts those sockets down, the blocked call
+fails, and the failure is raised as the context's error. urllib3 drops a connection that
+failed, so the pool stays healthy. A new connection's socket is registered before it connects
+(``_connect``: one handshake, however long it takes), so an abort interrupts a connect too. A
+request waiting for a free connection of a full blocking pool (``pool_block=True``) is woken
+by the abort as well.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -27,14 +30,21 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    EmptyPoolError,
+    NameResolutionError,
+    NewConnectionError,
+)
 from urllib3.util import Timeout
+from urllib3.util.connection import allowed_gai_family
 
 from .. import _timer
 from .._ambient import current, use
 from .._context import Context, check_context
 from .._done import CallbackHandle
 from .._errors import ContextError, DeadlineExceeded
+from . import _connect
 from ._headers import format_grpc_timeout
 from ._outgoing import baggage, time_left
 
@@ -45,9 +55,12 @@ class _Aborter:
     """The connections one request holds, and the switch that shuts their sockets down.
 
     ``lock`` guards every field. ``conns`` holds a connection from the pool's ``_get_conn`` to
-    its ``_put_conn``: once back in the pool the connection may serve another request, so it
-    is forgotten (under the lock) before the pool can hand it out again. The context's
-    callback is removed when the last connection goes back and ``send`` has returned.
+    its ``_put_conn``, or to its ``close()`` (urllib3 closes a connection that failed and puts
+    back None): once back in the pool the connection may serve another request, so it is
+    forgotten (under the lock) before the pool can hand it out again. ``connecting`` holds the
+    sockets of new connections still connecting; ``waiting`` the pool queue the request waits
+    on for a free connection, if any. The context's callback is removed when the last
+    connection is let go and ``send`` has returned.
     """
 
     def __init__(self) -> None:
@@ -55,6 +68,8 @@ class _Aborter:
         self.aborted = False
         self.sending = True
         self.conns: set[HTTPConnection] = set()
+        self.connecting: set[socket.socket] = set()
+        self.waiting: Any = None
         self.handle: CallbackHandle | None = None
 
     def attach(self, conn: HTTPConnection) -> bool:
@@ -63,6 +78,18 @@ class _Aborter:
                 return False
             self.conns.add(conn)
             return True
+
+    def attach_socket(self, sock: socket.socket) -> None:
+        """Register a new connection's socket before it connects (``_connect.connect``)."""
+        with self.lock:
+            if not self.aborted:
+                self.connecting.add(sock)
+                return
+        raise _connect.ConnectAborted("the request's context ended")
+
+    def detach_socket(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.connecting.discard(sock)
 
     def detach(self, conn: HTTPConnection) -> None:
         with self.lock:
@@ -84,14 +111,17 @@ class _Aborter:
         # another request) between the check and the shutdown.
         with self.lock:
             self.aborted = True
-            for conn in self.conns:
-                sock = conn.sock
+            socks = [conn.sock for conn in self.conns]
+            socks.extend(self.connecting)
+            for sock in socks:
                 if sock is not None:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
+            waiting = self.waiting
+        if waiting is not None:  # wake the wait for a free connection (see _PoolMixin)
+            with waiting.not_empty:
+                waiting.not_empty.notify_all()
 
-
-_CONNECT_SLICE = 0.1  # a blocked connect is retried in slices this long, checking for an abort
 
 _current: contextvars.ContextVar[tuple[_Aborter, Context] | None] = contextvars.ContextVar(
     "gocontext.http.requests_aborter", default=None
@@ -99,38 +129,64 @@ _current: contextvars.ContextVar[tuple[_Aborter, Context] | None] = contextvars.
 
 
 class _ConnMixin:
-    """A connection that, once connected, checks whether its request was aborted meanwhile
-    (the abort found no socket to shut down then)."""
+    """A connection whose connect an abort interrupts, that lets go of its request's aborter
+    when urllib3 closes it, and that checks once connected whether its request was aborted
+    meanwhile (where the connect was not ours to interrupt)."""
 
     _gocontext_aborter: _Aborter | None = None
     sock: socket.socket | None
     timeout: Any
+    host: str
+    port: int
+    source_address: tuple[str, int] | None
+    socket_options: Any
+    _dns_host: str
 
     def _new_conn(self) -> socket.socket:
-        # A blocked connect cannot be shut down from another thread: connect in slices,
-        # checking for an abort between them, within the connect timeout.
         aborter = self._gocontext_aborter
-        if aborter is None:
+        if aborter is None or not _connect.HAS_POLL:
             return super()._new_conn()  # type: ignore[misc, no-any-return]  # urllib3's connection classes are partly typed
         own = self.timeout
         limit = own if isinstance(own, (int, float)) else None
-        end = None if limit is None else _timer.now() + limit
+        host = self._dns_host
+        if host.startswith("["):  # as urllib3's create_connection
+            host = host.strip("[]")
+        sock: socket.socket | None = None
+
+        def attach(s: socket.socket) -> None:
+            nonlocal sock
+            if sock is not None:
+                aborter.detach_socket(sock)
+            sock = s
+            aborter.attach_socket(s)
+
         try:
-            while True:
-                if aborter.aborted:
-                    raise NewConnectionError(self, "the request's context ended")  # type: ignore[arg-type]  # urllib3 types the pool, we are its connection
-                left = None if end is None else end - _timer.now()
-                if left is not None and left <= 0:
-                    raise ConnectTimeoutError(self, f"connect timed out (timeout={own})")
-                self.timeout = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
-                try:
-                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]  # urllib3's connection classes are partly typed
-                except ConnectTimeoutError:
-                    continue
-                sock.settimeout(limit if limit is not None else socket.getdefaulttimeout())
-                return sock
+            connected = _connect.connect(
+                host,
+                self.port,
+                limit,
+                attach=attach,
+                aborted=lambda: aborter.aborted,
+                family=allowed_gai_family(),
+                source_address=self.source_address,
+                socket_options=self.socket_options,
+            )
+        except _connect.ConnectAborted as e:
+            raise NewConnectionError(self, "the request's context ended") from e  # type: ignore[arg-type]  # urllib3 types the pool, we are its connection
+        except socket.gaierror as e:
+            raise NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]  # as above
+        except TimeoutError as e:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={own})"
+            ) from e
+        except OSError as e:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e  # type: ignore[arg-type]  # as above
         finally:
-            self.timeout = own
+            if sock is not None:
+                aborter.detach_socket(sock)
+        connected.settimeout(limit if limit is not None else socket.getdefaulttimeout())
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return connected
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]  # urllib3's connection classes are partly typed
@@ -141,6 +197,15 @@ class _ConnMixin:
                     with contextlib.suppress(OSError):
                         self.sock.shutdown(socket.SHUT_RDWR)
 
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]  # urllib3's connection classes are partly typed
+        finally:
+            aborter = self._gocontext_aborter
+            if aborter is not None:  # a failed connection, dropped: urllib3 puts back None
+                self._gocontext_aborter = None
+                aborter.detach(self)  # type: ignore[arg-type]  # we are its HTTPConnection
+
 
 class _Conn(_ConnMixin, HTTPConnection):
     pass
@@ -150,20 +215,55 @@ class _HTTPSConn(_ConnMixin, HTTPSConnection):
     pass
 
 
+class _NoConnection(EmptyPoolError):
+    """The request's context ended before it got a connection of the pool. urllib3 takes an
+    ``EmptyPoolError`` to mean that nothing was taken, and so puts nothing back: from any other
+    error it would put back a slot it never took (and a blocking pool then refuses the next
+    connection given back with ``FullPoolError``). ``send`` raises the context's error."""
+
+
 class _PoolMixin:
     """Connection pools that tell the current request's aborter which connections it holds."""
 
+    block: bool
+    pool: Any
+
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]  # urllib3's pool classes are partly typed
         held = _current.get()
+        if held is not None and self.block:
+            self._wait_for_a_free_slot(held[0], timeout)
+        conn = super()._get_conn(timeout)  # type: ignore[misc]  # urllib3's pool classes are partly typed
         if held is not None:
-            aborter, ctx = held
+            aborter = held[0]
             if not aborter.attach(conn):
                 self._put_conn(conn)
-                err = ctx.err()
-                raise err if err is not None else DeadlineExceeded()
+                raise _NoConnection(self, "the request's context ended")  # type: ignore[arg-type]  # the mixin is a pool
             conn._gocontext_aborter = aborter
         return conn
+
+    def _wait_for_a_free_slot(self, aborter: _Aborter, timeout: float | None) -> None:
+        """A full blocking pool: wait, as its queue's ``get()`` would, until a connection (or
+        a slot for a new one) is free, the pool timeout passes, or the request is aborted
+        (``abort()`` wakes this wait). The slot itself is taken by urllib3's ``_get_conn``
+        after: another request may take it first, and that one then waits as urllib3 does."""
+        q = self.pool
+        if q is None or not hasattr(q, "not_empty"):  # closed, or a queue laid out otherwise
+            return
+        end = None if timeout is None else _timer.now() + timeout
+        with aborter.lock:
+            aborter.waiting = q
+        try:
+            with q.not_empty:
+                while not q._qsize():
+                    if aborter.aborted:
+                        raise _NoConnection(self, "the request's context ended")  # type: ignore[arg-type]  # the mixin is a pool
+                    left = None if end is None else end - _timer.now()
+                    if left is not None and left <= 0:
+                        return  # urllib3's own get() raises EmptyPoolError
+                    q.not_empty.wait(left)
+        finally:
+            with aborter.lock:
+                aborter.waiting = None
 
     def _put_conn(self, conn: Any) -> None:
         aborter = getattr(conn, "_gocontext_aborter", None)

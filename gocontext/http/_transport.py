@@ -26,12 +26,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import contextvars
-import errno
-import math
-import os
-import select
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +40,7 @@ from .._ambient import current
 from .._context import _NEVER, Context, check_context
 from .._done import CallbackHandle
 from .._errors import DeadlineExceeded
+from . import _connect as _connect_mod
 from ._headers import format_grpc_timeout
 from ._outgoing import baggage, time_left
 
@@ -53,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncTransport", "Transport"]
 
-_HAS_POLL = hasattr(select, "poll")  # not on Windows: connects there go through httpcore
 
 _EXTENSION = "gocontext"  # the request extension that carries a context
 
@@ -492,11 +487,6 @@ def _dequeue(pool: httpcore.ConnectionPool, extensions: object) -> None:
 _current: contextvars.ContextVar[_Aborter | None] = contextvars.ContextVar(
     "gocontext.http.aborter", default=None
 )
-# How long a connect waits between looks at the abort flag, on systems where shutting down a
-# connecting socket does not wake poll() (Linux wakes it at once). The handshake goes on across
-# slices: the socket is the same one.
-_CONNECT_SLICE = 0.1
-_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN}
 
 
 class _AbortableStream(httpcore.NetworkStream):
@@ -548,66 +538,31 @@ def _connect(
     local_address: str | None,
     socket_options: Iterable[Any] | None,
 ) -> socket.socket:
-    """``socket.create_connection`` as httpcore's SyncBackend uses it, abortable by *aborter*.
-
-    One handshake per address, however long it takes: each socket is registered with the
-    aborter before ``connect()``, which runs non-blocking and is waited on in poll() slices.
-    Name resolution is not abortable (nor bounded by *timeout*, as in httpcore).
-    """
-    end = None if timeout is None else time.monotonic() + timeout
+    """``socket.create_connection`` as httpcore's SyncBackend uses it, abortable by *aborter*
+    (see ``_connect``: one handshake per address, however long it takes)."""
     try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        sock = _connect_mod.connect(
+            host,
+            port,
+            timeout,
+            attach=aborter.attach,
+            aborted=lambda: aborter.aborted,
+            source_address=None if local_address is None else (local_address, 0),
+        )
+    except _connect_mod.ConnectAborted as e:
+        raise _Aborted(str(e)) from e.__cause__
+    except TimeoutError as e:
+        raise httpcore.ConnectTimeout("timed out") from e
     except OSError as e:
         raise httpcore.ConnectError(str(e)) from e
-    error: Exception = httpcore.ConnectError(f"getaddrinfo returned nothing for {host!r}")
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            aborter.attach(sock)
-            if local_address is not None:
-                sock.bind((local_address, 0))
-            _wait_connected(sock, address, end, aborter)
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except _Aborted:
-            sock.close()
-            raise
-        except OSError as e:
-            sock.close()
-            if aborter.aborted:
-                raise _Aborted("the request's context ended") from e
-            error = httpcore.ConnectError(str(e))
-            error.__cause__ = e
-        except BaseException:
-            sock.close()
-            raise
-        else:
-            return sock
-    raise error
-
-
-def _wait_connected(
-    sock: socket.socket, address: Any, end: float | None, aborter: _Aborter
-) -> None:
-    sock.setblocking(False)
-    code = sock.connect_ex(address)
-    if code in _IN_PROGRESS:
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        while True:
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                raise httpcore.ConnectTimeout("timed out")
-            wait = _CONNECT_SLICE if left is None else min(left, _CONNECT_SLICE)
-            ready = poller.poll(math.ceil(wait * 1000))
-            if aborter.aborted:
-                raise _Aborted("the request's context ended")
-            if ready:
-                break
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if code:
-        raise OSError(code, os.strerror(code))
+    try:
+        for option in socket_options or ():  # (after the connect, as httpcore sets them)
+            sock.setsockopt(*option)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _registered(connected: httpcore.NetworkStream) -> _AbortableStream:
@@ -640,7 +595,7 @@ class _AbortableBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         aborter = _current.get()
-        if aborter is not None and type(self._inner) is _SyncBackend and _HAS_POLL:
+        if aborter is not None and type(self._inner) is _SyncBackend and _connect_mod.HAS_POLL:
             sock = _connect(aborter, host, port, timeout, local_address, socket_options)
             connected = _AbortableStream(_SyncStream(sock))
             connected._aborter = aborter  # the socket is registered already

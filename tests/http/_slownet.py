@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 _CLONE_NEWNET = 0x40000000
 _TUNSETIFF = 0x400454CA
@@ -137,8 +138,10 @@ class SlowNet:
                 os.write(self._fd, heapq.heappop(due)[2])
 
 
-def serve_http(listener: socket.socket, stop: threading.Event) -> threading.Thread:
-    """Answer every connection on *listener* with ``200 ok`` until *stop* is set."""
+def serve(
+    listener: socket.socket, stop: threading.Event, answer: Callable[[socket.socket], None]
+) -> threading.Thread:
+    """Accept every connection on *listener* and ``answer(conn)`` it, until *stop* is set."""
 
     def run() -> None:
         listener.settimeout(0.05)
@@ -149,14 +152,37 @@ def serve_http(listener: socket.socket, stop: threading.Event) -> threading.Thre
                 continue
             with conn:
                 conn.settimeout(30)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                answer(conn)
 
     t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _answer_ok(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+def serve_http(listener: socket.socket, stop: threading.Event) -> threading.Thread:
+    """Answer every connection on *listener* with ``200 ok`` until *stop* is set."""
+    return serve(listener, stop, _answer_ok)
+
+
+def cancel_at_the_first_syn(
+    net: SlowNet, cancel: Callable[[], object], bound: float
+) -> threading.Thread:
+    """A thread that calls ``cancel()`` once *net* has seen a connection request."""
+
+    def run() -> None:
+        assert net.syn_seen.wait(bound)
+        cancel()
+
+    t = threading.Thread(target=run)
     t.start()
     return t

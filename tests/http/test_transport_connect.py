@@ -22,7 +22,7 @@ import gocontext
 import gocontext.http
 
 from ..conftest import NEVER
-from ._slownet import LOCAL, PEER, SlowNet, serve_http
+from ._slownet import LOCAL, PEER, SlowNet, cancel_at_the_first_syn, serve_http
 
 T = TypeVar("T")
 DELAY = 0.15  # seconds each packet spends on the way: a 300 ms handshake
@@ -121,12 +121,7 @@ def test_a_cancel_from_another_thread_interrupts_a_handshake(
     net.drop_syn = True  # the peer never answers: only the cancel can end the connect
     ctx, cancel = gocontext.with_cancel(gocontext.background())
 
-    def cancel_once_the_syn_is_out() -> None:
-        assert net.syn_seen.wait(NEVER)
-        cancel()
-
-    canceller = threading.Thread(target=cancel_once_the_syn_is_out)
-    canceller.start()
+    canceller = cancel_at_the_first_syn(net, cancel, NEVER)
     with pytest.raises(gocontext.Canceled):
         in_namespace(net, lambda: get(port, ctx, None))
     canceller.join(NEVER)

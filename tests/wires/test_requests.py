@@ -18,6 +18,11 @@ import gocontext.http
 from gocontext import _context
 
 from ..conftest import NEVER
+from ..http._slownet import PEER, SlowNet, cancel_at_the_first_syn, serve
+from ..http.test_transport_connect import (
+    in_namespace,
+    slownet,  # noqa: F401 - the fixture
+)
 from .conftest import (
     BOARD,
     SECRET,
@@ -257,7 +262,7 @@ def test_cancel_aborts_a_request_blocked_connecting_to_a_peer_that_never_answers
 
     t = threading.Thread(target=call)
     t.start()
-    assert wait_until_in(t, "create_connection"), "the request never started connecting"
+    assert wait_until_in(t, "_wait_connected"), "the request never started connecting"
     cancel()
     t.join(NEVER)
     alive = t.is_alive()
@@ -267,3 +272,120 @@ def test_cancel_aborts_a_request_blocked_connecting_to_a_peer_that_never_answers
     assert not alive, "the cancel did not end a blocked connect"
     assert len(raised) == 1
     assert isinstance(raised[0], gocontext.Canceled)
+
+
+# --------------------------------------------------------------------------------------------
+# Connecting: a refused port, a slow handshake; failed requests; waiting for a pooled connection
+
+
+def test_a_refused_connection_fails_at_once_as_with_the_plain_adapter(
+    session: requests.Session,
+) -> None:
+    """No timeout and a far deadline: a refused connect is a ConnectionError, not a retry
+    until the deadline."""
+    refusing = tcp_socket()  # bound, not listening: a connect is refused
+    port = refusing.getsockname()[1]
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), NEVER)
+    with refusing, pytest.raises(requests.ConnectionError) as raised:
+        gocontext.http.request(ctx, session, "GET", f"http://127.0.0.1:{port}/")
+    cancel()
+    assert not isinstance(raised.value, requests.Timeout), raised.value
+    assert not isinstance(raised.value, gocontext.DeadlineExceeded)
+
+
+def test_a_handshake_slower_than_a_slice_connects_with_one_attempt(
+    slownet: tuple[SlowNet, int],  # noqa: F811 - the fixture
+) -> None:
+    """A peer 150 ms away (a 300 ms handshake) is reached, with one connection request. (The
+    deadline, far off, only bounds the test.)"""
+    net, port = slownet
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), NEVER)
+
+    def get() -> int:
+        with requests.Session() as s:
+            s.mount("http://", gocontext.http.RequestsAdapter())
+            return gocontext.http.request(ctx, s, "GET", f"http://{PEER}:{port}/").status_code
+
+    assert in_namespace(net, get) == 200
+    cancel()
+    assert net.syns == 1
+
+
+def test_a_cancel_from_another_thread_interrupts_a_slow_handshake(
+    slownet: tuple[SlowNet, int],  # noqa: F811 - the fixture
+) -> None:
+    net, port = slownet
+    net.drop_syn = True  # the peer never answers: only the cancel can end the connect
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    canceller = cancel_at_the_first_syn(net, cancel, NEVER)
+    with requests.Session() as s, pytest.raises(gocontext.Canceled):
+        s.mount("http://", gocontext.http.RequestsAdapter())
+        in_namespace(net, lambda: gocontext.http.request(ctx, s, "GET", f"http://{PEER}:{port}/"))
+    canceller.join(NEVER)
+
+
+def test_failed_requests_leave_nothing_registered_on_their_context(
+    session: requests.Session,
+) -> None:
+    """A peer that closes without answering: each failure lets go of the context (its
+    callback) and of the dropped connection."""
+    listener = tcp_socket()
+    listener.listen(16)
+    stop = threading.Event()
+    closer = serve(listener, stop, lambda conn: None)  # closed at once, unanswered
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    try:
+        with requests.Session() as s:
+            s.mount("http://", gocontext.http.RequestsAdapter(max_retries=0))
+            for _ in range(20):
+                with pytest.raises(requests.ConnectionError):
+                    gocontext.http.request(ctx, s, "GET", url, timeout=NEVER)
+            assert _context.watcher_count(ctx) == 0
+    finally:
+        stop.set()
+        closer.join(NEVER)
+        listener.close()
+        cancel()
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_request_waiting_for_a_pooled_connection_ends_with_its_context(
+    http_server: Uvicorn, how: str
+) -> None:
+    """pool_block=True, one connection, held by a streamed response: the second request waits
+    for it until its context ends, not until the first lets go."""
+    with requests.Session() as s:
+        s.mount("http://", gocontext.http.RequestsAdapter(pool_maxsize=1, pool_block=True))
+        holding = gocontext.http.request(
+            gocontext.background(), s, "GET", http_server.url + "/ok", stream=True
+        )
+        if how == "cancel":
+            ctx, cancel = gocontext.with_cancel(gocontext.background())
+        else:
+            ctx, cancel = gocontext.with_timeout(gocontext.background(), 0.2)
+        raised: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                gocontext.http.request(ctx, s, "GET", http_server.url + "/ok")
+            except BaseException as e:
+                raised.append(e)
+
+        t = threading.Thread(target=call)
+        t.start()
+        if how == "cancel":
+            assert wait_until_in(t, "_get_conn"), "the request never waited for a connection"
+            cancel()
+        t.join(NEVER)
+        alive = t.is_alive()
+        holding.close()  # lets the connection go: a request still waiting gets it now
+        t.join(NEVER)
+        cancel()
+        assert not alive, "the request waited for the connection, not for its context"
+        expected = gocontext.Canceled if how == "cancel" else gocontext.DeadlineExceeded
+        assert len(raised) == 1 and isinstance(raised[0], expected), raised
+        assert _context.watcher_count(ctx) == 0
+        r = gocontext.http.request(gocontext.background(), s, "GET", http_server.url + "/ok")
+        assert r.text == "ok"  # the pool still serves
