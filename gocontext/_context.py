@@ -1181,6 +1181,8 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
             if ctx._state is None:
                 d._links = tuple(handles)
                 handles = []
+        if _tree._deferred:
+            _tree._run_deferred()
     finally:
         # It ended while being linked, or linking failed: release what it registered.
         _tree.raise_first(_tree.call_all([h.cancel for h in handles], "releasing a registration"))

@@ -17,16 +17,18 @@ released; a signal's exception raised while waiting leaves the token where it wa
 ``acquire`` does); and ``with`` itself, entered and left by the interpreter, so no signal
 handler runs between taking the token and the protected block (``lock.acquire()`` followed by
 ``try:`` leaves that window open: an exception raised there keeps the lock for good). Like a
-lock, it is not reentrant.
+lock, it is not reentrant: ``held(m)`` (the queue's ``empty``, a C call) lets a caller that
+may be running inside the holder (a signal handler, a finalizer) look before it blocks.
 """
 
 from __future__ import annotations
 
 from _queue import SimpleQueue  # the C type itself, whatever patches the `queue` module
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
-__all__ = ["mutex"]
+__all__ = ["held", "mutex"]
 
 
 def mutex() -> AbstractContextManager[None]:
@@ -50,7 +52,23 @@ def mutex() -> AbstractContextManager[None]:
         "__exit__": tokens.put,  # put(item, block, timeout) given (type, value, traceback):
         # puts the token back (the exception type, or None: any object is a token) and
         # returns None, so an exception from the block goes on
+        "held": tokens.empty,  # (a bound builtin: see held())
         "__doc__": "A mutex (see gocontext._mutex).",
         "__repr__": lambda self: f"<gocontext mutex {'free' if tokens.qsize() else 'held'}>",
     }
     return cast("AbstractContextManager[None]", type("mutex", (), namespace)())
+
+
+def held(m: AbstractContextManager[None]) -> Callable[[], bool]:
+    """A function that tells whether *m* is held now (by any thread).
+
+    Example:
+        >>> m = mutex()
+        >>> is_held = held(m)
+        >>> with m:
+        ...     is_held()
+        True
+        >>> is_held()
+        False
+    """
+    return cast("Callable[[], bool]", type(m).held)  # type: ignore[attr-defined]  # set in mutex()

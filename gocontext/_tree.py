@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from . import _afterfunc, _timer
 from ._done import CallbackHandle, Done, handoffs
 from ._errors import Canceled, ContextError, DeadlineExceeded, describe
-from ._mutex import mutex
+from ._mutex import held, mutex
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -80,6 +82,7 @@ State = tuple[type[ContextError], "BaseException | None"]
 CANCELED: Final[State] = (Canceled, None)
 
 _lock = mutex()  # `with _lock:` at half the cost of a threading.Lock's (see _mutex)
+_lock_held = held(_lock)
 _epoch = 0  # bumped under _lock by every end, right after the state is stored (see above)
 _CHILD: Final = object()  # in a watchers dict: the key is a watched child node, not a handle
 
@@ -137,6 +140,8 @@ class Node:
         if d is None:
             with _lock:
                 d = ext_locked(self)
+            if _deferred:
+                _run_deferred()
         return d
 
     def _cancel(self) -> None:
@@ -218,6 +223,84 @@ def _look_up(node: Node) -> State | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Code that interrupts the tree lock's holder in its own thread
+#
+# A finalizer run by the garbage collector (at any allocation) and a signal handler (between
+# two bytecodes) run inside whatever the thread was doing, a block under `_lock` included. If
+# such code cancels a context, it must not wait for a lock that its own thread holds further
+# down the stack: it would wait for good. So an entry point that finds the lock held asks
+# `_reentrant()`, which looks down the stack for a frame of ours inside a `with _lock:` block
+# (by line: the blocks' lines are read from the source once, when first needed; with no
+# source to read, nothing is found, as before). Only then is an end left in `_deferred`, to
+# run as the block is left (each block is followed by a look at `_deferred`: one global load
+# on the paths that take the lock); a handle's removal likewise. These two are what such code
+# does (stop something; stop watching); the look costs a C call, so the other entry points
+# (a first `done()`, a registration: they must answer now, and could not be deferred) do not
+# make it, and such code must not call them (docs/semantics.md).
+
+_deferred: list[Callable[[], object]] = []
+_locked_lines: dict[str, frozenset[int]] | None = None
+
+
+def _reentrant() -> bool:
+    """Whether a frame below the caller's, in this thread, is inside a ``with _lock:`` block:
+    the caller interrupted the lock's holder (see above). Called only while the lock is held."""
+    lines = _locked_lines if _locked_lines is not None else _find_locked_lines()
+    f: Any = sys._getframe(2)
+    while f is not None:
+        inside = lines.get(f.f_code.co_filename)
+        if inside is not None and f.f_lineno in inside:
+            return True
+        f = f.f_back
+    return False
+
+
+def _find_locked_lines() -> dict[str, frozenset[int]]:
+    """The lines of the bodies of the ``with _lock:`` blocks of this module and ``_context``,
+    read from their source: a ``with`` line, then every line indented deeper."""
+    global _locked_lines
+    found: dict[str, frozenset[int]] = {}
+    for name in (__name__, __package__ + "._context"):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        try:
+            with open(path or "", encoding="utf-8") as f:
+                source = f.read().splitlines()
+        except (OSError, ValueError):  # no source: nothing found, as before
+            continue
+        lines: set[int] = set()
+        block = -1  # the indent of the `with` line whose body is being read, or -1
+        for number, text in enumerate(source, 1):
+            stripped = text.lstrip()
+            indent = len(text) - len(stripped)
+            if block >= 0:
+                if not stripped or stripped.startswith("#") or indent > block:
+                    lines.add(number)
+                    continue
+                block = -1
+            if stripped.startswith(("with _lock:", "with _tree._lock:")):
+                block = indent
+        found[path or ""] = frozenset(lines)
+    _locked_lines = found
+    return found
+
+
+def _run_deferred() -> None:
+    """Run what interrupting code left in ``_deferred`` (outside the lock). What one raises is
+    logged: the code that asked for it has returned long since."""
+    while _deferred:
+        try:
+            fn = _deferred.pop(0)
+        except IndexError:  # another thread took the last one
+            return
+        try:
+            fn()
+        except BaseException as e:
+            _log.error(
+                "gocontext: a cancel asked for by a signal handler or finalizer raised", exc_info=e
+            )
+
+
+# --------------------------------------------------------------------------------------------
 # Ending a node
 
 
@@ -235,6 +318,9 @@ def end(node: Node, state: State) -> None:
     every callback runs; the first interrupt goes out of here after that.
     """
     global _epoch
+    if _lock_held() and _reentrant():
+        _deferred.append(functools.partial(end, node, state))
+        return
     ending = interrupt = entry = call = None
     fn: Any = None
     unwatch: Node | None = None
@@ -308,6 +394,9 @@ def end(node: Node, state: State) -> None:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
         interrupt = e
+    finally:
+        if _deferred:  # left by code that interrupted the block above (see _reentrant)
+            _run_deferred()
     # What is left once the end is committed runs in this loop, all of it inside the try: an
     # interrupt landing anywhere leaves the rest to the next turn, never skips it. (Python 3.10
     # checks for signals at every jump it takes, so no branch stands between here and the try.)
@@ -317,6 +406,8 @@ def end(node: Node, state: State) -> None:
                 with _lock:
                     _unwatch_locked(unwatch, node)
                 unwatch = None
+                if _deferred:
+                    _run_deferred()
                 continue
             if fn is not None:  # the one callback: call_all((fn,)) written out
                 call, fn = fn, None
@@ -474,6 +565,8 @@ def _finish(ending: _Ending) -> BaseException | None:
     if not ending.settled:
         with _lock:
             _settle_locked(ending, True)
+        if _deferred:
+            _run_deferred()
     # Our own releases, one at a time and each dropped only once done (doing one twice is
     # harmless), so an interrupt in the middle of one leaves it to the next call.
     entries = ending.entries
@@ -660,8 +753,15 @@ class _Handle:
     _node: Node
 
     def cancel(self) -> bool:
-        with _lock:
-            return _unwatch_locked(self._node, self)
+        if _lock_held() and _reentrant():
+            _deferred.append(self.cancel)  # removed once the interrupted code lets go
+            return False
+        try:
+            with _lock:
+                return _unwatch_locked(self._node, self)
+        finally:
+            if _deferred:
+                _run_deferred()
 
 
 class _SpentHandle:
@@ -714,6 +814,8 @@ class NodeDone(Done):
             s = _watch_locked(self._node, handle, lock)
         if s is not None:  # ended already: nothing was registered
             lock.release()
+        if _deferred:
+            _run_deferred()
 
     def _register(self, value: object) -> _Handle | None:
         """Register *value* on the node; its handle, or None if the node has ended."""
@@ -721,6 +823,8 @@ class NodeDone(Done):
         handle._node = self._node
         with _lock:
             s = _watch_locked(self._node, handle, value)
+        if _deferred:
+            _run_deferred()
         return handle if s is None else None
 
     def __repr__(self) -> str:
@@ -755,7 +859,10 @@ def watcher_count(node: Node) -> int:
     if d is None:
         return 0
     with _lock:
-        return len(d._watchers or ())
+        n = len(d._watchers or ())
+    if _deferred:
+        _run_deferred()
+    return n
 
 
 def _after_fork_in_child() -> None:
@@ -763,8 +870,10 @@ def _after_fork_in_child() -> None:
     # thread may have held it at fork time), then the timer, whose new thread may end nodes
     # (and so take the tree lock) at once, then the after_func pool, whose queued functions
     # may do the same.
-    global _lock
+    global _lock, _lock_held
     _lock = mutex()
+    _lock_held = held(_lock)
+    _deferred.clear()  # (the parent's: its own thread runs them there)
     handoffs.clear()  # (no waker waits in the child: its thread is not there)
     _timer.after_fork_in_child()
     _afterfunc.after_fork_in_child()
