@@ -239,6 +239,7 @@ def _look_up(node: Node) -> State | None:
 # make it, and such code must not call them (docs/semantics.md).
 
 _deferred: list[Callable[[], object]] = []
+_INTERRUPTS: Final = (KeyboardInterrupt, SystemExit)  # what a callback raises that goes on
 _locked_lines: dict[str, frozenset[int]] | None = None
 
 
@@ -429,9 +430,9 @@ def end(node: Node, state: State) -> None:
             call = None
             _log.exception("gocontext: a done callback raised")
         except BaseException as e:
-            if interrupt is None:
+            if interrupt is None and isinstance(e, _INTERRUPTS):
                 interrupt = e
-            else:
+            else:  # (asyncio's CancelledError, GeneratorExit: a callback's, logged)
                 _log.error("gocontext: a done callback raised", exc_info=e)
     if interrupt is not None:
         raise_first(interrupt)
@@ -707,7 +708,9 @@ def _unwatch_locked(node: Node, key: object) -> bool:
 def call_all(fns: Iterable[Callable[[], object]], what: str) -> BaseException | None:
     """Call every fn whatever any of them raises; return the first BaseException to re-raise.
 
-    An Exception is logged. A KeyboardInterrupt or SystemExit (from a fn, or from a signal
+    An Exception is logged, and so is any other BaseException that is not an interrupt
+    (asyncio's ``CancelledError`` read from a cancelled future, ``GeneratorExit``): it is the
+    fn's own, not its caller's. A KeyboardInterrupt or SystemExit (from a fn, or from a signal
     handler running between two of them) does not stop the rest: the first is returned, for
     the caller to raise once its work is complete; any later one is logged.
     """
@@ -721,9 +724,9 @@ def call_all(fns: Iterable[Callable[[], object]], what: str) -> BaseException | 
                 except Exception:
                     _log.exception("gocontext: %s raised", what)
         except BaseException as e:
-            if interrupt is None:
+            if interrupt is None and isinstance(e, _INTERRUPTS):
                 interrupt = e
-            else:
+            else:  # (asyncio's CancelledError, GeneratorExit: a fn's, logged)
                 _log.error("gocontext: %s raised", what, exc_info=e)
             continue  # with the next fn: the iterator remembers where it was
         return interrupt

@@ -3,6 +3,7 @@ parent breaks halfway, forgotten children over a user-written parent, and number
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -178,3 +179,25 @@ def test_a_huge_int_is_a_value_error_naming_the_call(
     with pytest.raises(ValueError, match=rf"^{name}\(\) .*(timeout|deadline).*too large"):
         call(huge)
     assert _timer.timer.pending() == before
+
+
+@pytest.mark.parametrize("callbacks", [1, 3])
+@pytest.mark.parametrize("kind", [asyncio.CancelledError, GeneratorExit])
+def test_a_callback_raising_a_base_exception_that_is_no_interrupt_is_logged_not_raised(
+    log_records: queue.Queue[logging.LogRecord], kind: type[BaseException], callbacks: int
+) -> None:
+    """A callback reading a cancelled future's result() raises CancelledError: its own, not
+    the canceller's (which, in an asyncio task, would look cancelled by its framework)."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ran: list[int] = []
+
+    def hostile() -> None:
+        raise kind("from a done callback")
+
+    ctx.done().add_callback(hostile)
+    for i in range(callbacks - 1):
+        ctx.done().add_callback(lambda i=i: ran.append(i))
+    cancel()  # returns
+    assert ran == list(range(callbacks - 1))
+    record = log_records.get(timeout=NEVER)
+    assert record.exc_info is not None and isinstance(record.exc_info[1], kind)
