@@ -3,12 +3,16 @@ middleware that aborts the request when the context ends.
 
 A request's context is ``trace_request_ctx=ctx`` when that is a context, else the ambient one.
 The trace config (on its own, or installed by ``client_session()``) refuses a done context and
-sends the time left as ``Grpc-Timeout`` and ``PropagatedKey`` values in ``baggage``. The
-middleware (installed by ``client_session()``; aiohttp's trace signals cannot replace an
-exception, so a trace config alone cannot raise ``Canceled``) registers once on the context:
-while connecting, sending and waiting for headers, the context's end cancels the request's
-task; once headers are in, it makes every read of the body raise its error and closes the
-connection, so the pool keeps only healthy connections.
+sends the time left as ``Grpc-Timeout`` and ``PropagatedKey`` values in ``baggage``. aiohttp
+tells traces a request's start once, then makes its hops (each redirect, and a retry of a GET
+whose kept-alive connection was dropped) from the headers stamped there: so the time left is
+stamped again for each hop after the first, by the middleware, which runs for each hop, or, by
+a trace config alone, at each redirect. The middleware (installed by ``client_session()``;
+aiohttp's trace signals cannot replace an exception, so a trace config alone cannot raise
+``Canceled``) registers once per hop on the context: while connecting, sending and waiting for
+headers, the context's end cancels the request's task; once headers are in, it makes every
+read of the body raise its error and closes the connection, so the pool keeps only healthy
+connections.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ async def _on_request_start(
     params: aiohttp.TraceRequestStartParams,
 ) -> None:
     ctx = _context_of(trace_config_ctx.trace_request_ctx)
-    headers = params.headers
+    headers = params.headers  # (aiohttp makes every hop of the request from these)
     left = time_left(ctx)
     if left is not None:
         headers["Grpc-Timeout"] = format_grpc_timeout(left)
@@ -64,12 +68,26 @@ async def _on_request_start(
     # signal at every end, and harmless, since only the middleware reads it)
 
 
+async def _on_request_redirect(
+    session: aiohttp.ClientSession,
+    trace_config_ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    """The time left now, for the hop the redirect leads to (only a trace without our
+    middleware hears of it: the middleware takes the trace out at the first hop)."""
+    left = time_left(_context_of(trace_config_ctx.trace_request_ctx))
+    if left is not None:
+        params.headers["Grpc-Timeout"] = format_grpc_timeout(left)
+
+
 def trace_config() -> aiohttp.TraceConfig:
     """An aiohttp ``TraceConfig`` that sends each request's deadline and values.
 
     A request's context is ``trace_request_ctx=ctx``, else ``gocontext.current()``; a done
-    context raises its error and sends nothing. On its own it cannot abort a request in flight
-    (use ``client_session()`` for that).
+    context raises its error and sends nothing. The time left is sent again at each redirect
+    (not with aiohttp's retry of a GET on a new connection: it tells traces nothing there). On
+    its own it cannot abort a request in flight (use ``client_session()`` for that, which also
+    sends the time left with every hop).
 
     Example:
         >>> import aiohttp, gocontext.aiohttp
@@ -78,6 +96,7 @@ def trace_config() -> aiohttp.TraceConfig:
     """
     config = _TraceConfig()
     config.on_request_start.append(_on_request_start)
+    config.on_request_redirect.append(_on_request_redirect)
     return config
 
 
@@ -85,18 +104,21 @@ class _TraceConfig(aiohttp.TraceConfig):
     """Ours, told apart from the caller's trace configs by its type (see ``_drop_trace``)."""
 
 
-def _drop_trace(req: aiohttp.ClientRequest) -> None:
-    """Take our trace out of *req*'s once the request has started: it has stamped the headers,
-    and aiohttp would otherwise send it every later event of the request (headers sent, each
-    chunk received, the end: most of what a trace config costs a request). The caller's traces
-    stay. The list is aiohttp's own, shared by the request, its connection and its session;
-    an aiohttp that keeps it elsewhere keeps our trace (it only costs time)."""
+def _drop_trace(req: aiohttp.ClientRequest) -> bool:
+    """Take our trace out of *req*'s once the request has started, and say whether it was
+    there: it is, at the request's first hop only. It has stamped the headers, and aiohttp
+    would otherwise send it every later event of the request (headers sent, each chunk
+    received, the end: most of what a trace config costs a request). The caller's traces
+    stay. The list is aiohttp's own, shared by the request's hops, their connections and its
+    session; an aiohttp that keeps it elsewhere keeps our trace (it only costs time), and every
+    hop is stamped again."""
     traces = getattr(req, "_traces", None)
     if type(traces) is list:
         for i, trace in enumerate(traces):
             if type(getattr(trace, "_trace_config", None)) is _TraceConfig:
                 del traces[i]
-                return
+                return True
+    return False
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
@@ -168,7 +190,18 @@ async def _middleware(
     ctx = _pending.get()
     if ctx is None:
         ctx = current()
-    _drop_trace(req)
+    if not _drop_trace(req):
+        # A later hop (a redirect, or a retry on a new connection), made from the headers the
+        # trace stamped at the start: it gets the time left now (a done context sends it not).
+        try:
+            left = time_left(ctx)
+        except ContextError as e:
+            passing = _passing(e)
+            if passing is e:
+                raise
+            raise passing from e.__cause__
+        if left is not None:
+            req.headers["Grpc-Timeout"] = format_grpc_timeout(left)
     if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
         return await handler(req)
     watch = _Request(ctx)

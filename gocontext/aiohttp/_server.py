@@ -10,6 +10,7 @@ when the connection is lost, cancels the context of the request it is serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -83,6 +84,28 @@ def _watch(request: web.Request, key: object, fn: Callable[[], None]) -> _Watch 
     return proto
 
 
+def _started(request: web.Request) -> bool:
+    """Whether the handler's response is under way: prepared (its status and headers held by
+    the writer until the first chunk, or sent) or partly written."""
+    writer: Any = request.writer
+    if writer.output_size:
+        return True
+    # (aiohttp holds a prepared response's head back to send it with the first chunk; an
+    # aiohttp that keeps it elsewhere wrote it at once, and output_size counts it)
+    return getattr(writer, "_headers_buf", None) is not None
+
+
+def _cut(request: web.Request) -> None:
+    """End a response under way where it stands: what was written goes out, then the
+    connection closes, so the client sees the body stop short (no last chunk, or fewer bytes
+    than its Content-Length), never a second response written into it."""
+    send_headers = getattr(request.writer, "send_headers", None)
+    if send_headers is not None:  # a head held back goes out: the response was under way
+        with contextlib.suppress(ConnectionError):
+            send_headers()
+    request.protocol.force_close()
+
+
 def middleware(*, max_timeout: float | None = None) -> Any:
     """An ``aiohttp.web`` middleware that runs each request under its own context.
 
@@ -93,8 +116,11 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     with a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms
     of the deadline, a client leaves for it: the deadline ends the context). The handler
     is cancelled when its context ends: one that ignores its context is still stopped at
-    the deadline, and the client gets a 504. A malformed deadline header gets a 400 that says
-    what was wrong. A bad *max_timeout* is a ``ValueError``.
+    the deadline, and the client gets a 504 (on a connection then closed, so a late write by
+    a task the handler left behind goes nowhere). A response already under way (prepared, or
+    partly written) is cut there instead: the connection closes, the client sees its body
+    stop short, and nothing is logged. A malformed deadline header gets a 400 that says what
+    was wrong. A bad *max_timeout* is a ``ValueError``.
 
     Example:
         >>> import aiohttp.web, gocontext.aiohttp
@@ -134,12 +160,18 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             if isinstance(e, asyncio.CancelledError) and not stop.owns(e):
                 raise
             err = ctx.err()  # the first of the deadline and the client's leaving
+            if err is None:
+                raise
+            if _started(request):
+                _cut(request)  # (the answer below then goes nowhere, quietly)
             if isinstance(err, DeadlineExceeded):
-                raise web.HTTPGatewayTimeout(text="deadline exceeded") from None
-            if err is not None:
-                # The client left: nobody reads this answer (aiohttp drops it quietly).
-                return web.Response(status=499, text="client disconnected")
-            raise
+                answer = web.HTTPGatewayTimeout(text="deadline exceeded")
+                # The connection closes after it: a write to the request by a task the
+                # handler left behind goes nowhere, never into the next response.
+                answer.force_close()
+                raise answer from None
+            # The client left: nobody reads this answer (aiohttp drops it quietly).
+            return web.Response(status=499, text="client disconnected")
         finally:
             _current.reset(token)
             stop.release()

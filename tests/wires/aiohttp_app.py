@@ -4,16 +4,34 @@ on a free port of 127.0.0.1; the handlers report to the shared board."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 import gocontext
 import gocontext.aiohttp
 
-from .._servers import tcp_socket
+from .._servers import RID, tcp_socket
 from ..conftest import NEVER
 from .conftest import BOARD, info_of
+
+# What the handlers below that take part in a test's steps saw, per request id (in arrival
+# order for a request sent more than once), and what a late writer's write ended with.
+SEEN: dict[str, list[str | None]] = {}
+LATE: dict[str, BaseException | None] = {}
+_LATE_DONE: dict[str, threading.Event] = {}
+_detached: set[asyncio.Task[None]] = set()  # (the loop holds its tasks weakly)
+
+
+def rid_of(request: web.Request) -> str:
+    return str(request["gocontext"].value(RID))
+
+
+def released(rid: str) -> threading.Event:
+    """Set by a test to let handler *rid* go on."""
+    return BOARD.event(BOARD.release, rid)
 
 
 async def info(request: web.Request) -> web.Response:
@@ -38,6 +56,14 @@ async def body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def prepared(request: web.Request) -> web.StreamResponse:
+    """Prepares its response (aiohttp holds the head back until a first chunk), then parks."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await BOARD.park()
+    return response
+
+
 async def ignore(request: web.Request) -> web.Response:
     """Ignores its context: the middleware's scope must still stop it at the deadline."""
     await asyncio.sleep(NEVER)
@@ -48,13 +74,102 @@ async def ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def redirect(request: web.Request) -> web.Response:
+    """Records the deadline header it got, waits for the test, then redirects to /info."""
+    rid = rid_of(request)
+    SEEN.setdefault(rid, []).append(request.headers.get("grpc-timeout"))
+    BOARD.enter(rid)
+    await asyncio.to_thread(released(rid).wait, NEVER)
+    raise web.HTTPFound("/info")
+
+
+async def drop_once(request: web.Request) -> web.Response:
+    """The first time (per request id): records the deadline header, waits for the test, then
+    drops the connection unanswered, as a keep-alive connection closed by the server under a
+    request does. Again: answers with the deadline header it got."""
+    rid = rid_of(request)
+    seen = SEEN.setdefault(rid, [])
+    seen.append(request.headers.get("grpc-timeout"))
+    if len(seen) > 1:
+        return web.Response(text=str(seen[-1]))
+    BOARD.enter(rid)
+    await asyncio.to_thread(released(rid).wait, NEVER)
+    request.protocol.force_close()
+    return web.Response(text="never sent")
+
+
+async def late(request: web.Request) -> web.Response:
+    """Parks until its context ends; a task it started writes a response to the request once
+    the test lets it, after the middleware answered (a late response, that must go nowhere)."""
+    rid = rid_of(request)
+
+    async def write_late() -> None:
+        await asyncio.to_thread(released(rid).wait, NEVER)
+        try:
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"late chunk\n")
+            await response.write_eof()
+        except Exception as e:
+            LATE[rid] = e
+        else:
+            LATE[rid] = None
+        BOARD.event(_LATE_DONE, rid).set()
+
+    task = asyncio.ensure_future(write_late())
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    await BOARD.park()
+    return web.Response(text="ended")
+
+
+def late_write(rid: str) -> BaseException | None:
+    """What the late write of handler *rid* ended with (None: it went out), once it has."""
+    assert BOARD.event(_LATE_DONE, rid).wait(NEVER), f"the late write of {rid} never ended"
+    return LATE[rid]
+
+
+class Finished:
+    """The status each request's response was logged with, once aiohttp is done with it
+    (written, or dropped with its connection): aiohttp's access log, keyed by request id."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.status: dict[str, int] = {}
+
+    def record(self, rid: str, status: int) -> None:
+        with self.lock:
+            self.status[rid] = status
+        BOARD.event(_FINISHED, rid).set()
+
+    def wait(self, rid: str) -> int:
+        assert BOARD.event(_FINISHED, rid).wait(NEVER), f"request {rid} never finished"
+        with self.lock:
+            return self.status[rid]
+
+
+_FINISHED: dict[str, threading.Event] = {}
+FINISHED = Finished()
+
+
+class _AccessLog(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        ctx = request.get("gocontext")
+        if ctx is not None:
+            FINISHED.record(str(ctx.value(RID)), response.status)
+
+
 def make_app(max_timeout: float | None = None) -> web.Application:
     app = web.Application(middlewares=[gocontext.aiohttp.middleware(max_timeout=max_timeout)])
     app.router.add_get("/info", info)
     app.router.add_get("/wait", wait)
     app.router.add_get("/body", body)
+    app.router.add_get("/prepared", prepared)
     app.router.add_get("/ignore", ignore)
     app.router.add_get("/ok", ok)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/drop-once", drop_once)
+    app.router.add_get("/late", late)
     return app
 
 
@@ -67,7 +182,12 @@ class AiohttpServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self.runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=logging.getLogger("tests.wires.aiohttp.access"),
+            access_log_class=_AccessLog,
+        )
         self.thread = threading.Thread(target=self.loop.run_forever)
 
     def __enter__(self) -> AiohttpServer:

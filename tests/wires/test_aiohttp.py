@@ -5,7 +5,10 @@ the handler, the pool stays healthy. aiohttp runs on asyncio only: these tests h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,10 +20,11 @@ import gocontext
 import gocontext.aiohttp
 import gocontext.http
 from gocontext import _context
+from gocontext.http._headers import parse_grpc_timeout
 from gocontext.http._middleware import _DEADLINE_SLACK
 
-from ..conftest import NEVER
-from .aiohttp_app import AiohttpServer, make_app
+from ..conftest import NEVER, FakeClock
+from .aiohttp_app import FINISHED, SEEN, AiohttpServer, late_write, make_app, released
 from .conftest import (
     BOARD,
     RID,
@@ -290,3 +294,190 @@ def test_middleware_rejects_a_bad_max_timeout() -> None:
     for wrong in ("5", True):
         with pytest.raises(TypeError, match=r"gocontext.aiohttp.middleware\(\).*max_timeout"):
             gocontext.aiohttp.middleware(max_timeout=wrong)  # type: ignore[arg-type]
+
+
+# -- a response under way at the context's end, on the wire --------------------------------
+
+
+@contextlib.contextmanager
+def raw_connection(server: AiohttpServer) -> Iterator[socket.socket]:
+    """A plain socket to *server*: the test sees the bytes on the wire as they are."""
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=NEVER)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def raw_get(path: str, name: str, grpc_timeout: str | None = None) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: test", f"baggage: {RID.name}={name}"]
+    if grpc_timeout is not None:
+        lines.append(f"Grpc-Timeout: {grpc_timeout}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_until(conn: socket.socket, end: bytes) -> bytes:
+    """What the server sent up to and including *end* (which must come within NEVER)."""
+    data = b""
+    while end not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    assert data.endswith(end), f"more than expected: {data!r}"
+    return data
+
+
+def read_to_close(conn: socket.socket) -> tuple[bytes, bool]:
+    """What the server sends until it closes the connection, and whether it did (within
+    NEVER: a connection left open is a failure the caller reports with what came)."""
+    data = b""
+    try:
+        while chunk := conn.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return data, False
+    return data, True
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("path", ["/body", "/prepared"])
+def test_a_started_stream_is_cut_at_the_deadline_without_a_second_response(
+    server: AiohttpServer, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """The response is prepared, a first chunk written or not: at the deadline the body stops
+    and the connection closes, so the client sees an incomplete body (no last chunk), not a
+    504 written into it; the handler's context ends with DeadlineExceeded; nothing is logged."""
+    name = rid("cut")
+    with caplog.at_level(logging.ERROR), raw_connection(server) as conn:
+        conn.sendall(raw_get(path, name, "1S"))
+        if path == "/body":
+            head = read_until(conn, b"first chunk\n\r\n")
+        BOARD.wait_entered(name)  # parked on its context's end: the deadline is next
+        fake_clock.advance(2)
+        if path == "/prepared":  # (aiohttp held the head back: it goes out with the cut)
+            head = read_until(conn, b"\r\n\r\n")
+        rest, closed = read_to_close(conn)
+        assert (rest, closed) == (b"", True)
+        BOARD.wait_ended(name)
+        assert FINISHED.wait(name) == 504  # aiohttp is done with it
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert isinstance(BOARD.errors[name], gocontext.DeadlineExceeded), BOARD.causes[name]
+    assert errors_logged(caplog) == []
+
+
+async def test_an_aiohttp_client_sees_the_cut_stream_as_an_incomplete_body(
+    server: AiohttpServer, fake_clock: FakeClock
+) -> None:
+    name = rid("cut-aiohttp")
+    headers = {"grpc-timeout": "1S", "baggage": f"{RID.name}={name}"}
+    async with aiohttp.ClientSession() as plain:  # no gocontext: the server alone cuts it
+        async with plain.get(server.url + "/body", headers=headers) as r:
+            assert r.status == 200
+            with anyio.fail_after(NEVER):
+                assert await r.content.readline() == b"first chunk\n"
+            await asyncio.to_thread(BOARD.wait_entered, name)
+            fake_clock.advance(2)
+            with anyio.fail_after(NEVER), pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+    await asyncio.to_thread(BOARD.wait_ended, name)
+    assert isinstance(BOARD.errors[name], gocontext.DeadlineExceeded), BOARD.causes[name]
+
+
+def test_a_client_that_leaves_mid_stream_ends_the_context_and_nothing_is_logged(
+    server: AiohttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = rid("leaves-mid-stream")
+    with caplog.at_level(logging.ERROR):
+        with raw_connection(server) as conn:
+            conn.sendall(raw_get("/body", name))
+            read_until(conn, b"first chunk\n\r\n")
+            BOARD.wait_entered(name)
+        cause = BOARD.wait_ended(name)
+        FINISHED.wait(name)
+    assert isinstance(cause, gocontext.http.ClientDisconnected)
+    assert errors_logged(caplog) == []
+
+
+def test_a_late_response_after_the_504_goes_nowhere(
+    server: AiohttpServer, fake_clock: FakeClock
+) -> None:
+    """A handler's task that outlives it and writes to the request after the middleware's 504
+    has gone out: those bytes must never reach the connection (the next response on it would
+    be a stranger's)."""
+    name = rid("late")
+    with raw_connection(server) as conn:
+        conn.sendall(raw_get("/late", name, "1S"))
+        BOARD.wait_entered(name)
+        fake_clock.advance(2)
+        answer = read_until(conn, b"deadline exceeded")
+        BOARD.wait_ended(name)
+        assert FINISHED.wait(name) == 504
+        released(name).set()
+        outcome = late_write(name)
+        rest, closed = read_to_close(conn)
+    assert answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert (rest, closed) == (b"", True)
+    assert isinstance(outcome, ConnectionError), outcome
+
+
+# -- every hop of a request is sent the time left when it goes ------------------------------
+
+
+@pytest.mark.parametrize("how", ["client_session", "trace_config"])
+async def test_each_hop_of_a_redirect_is_sent_the_time_left_then(
+    server: AiohttpServer, fake_clock: FakeClock, how: str
+) -> None:
+    name = rid("redirect")
+    ctx, cancel = gocontext.with_timeout(with_rid(name), 3)
+    if how == "client_session":
+        made = gocontext.aiohttp.client_session()
+    else:
+        made = aiohttp.ClientSession(trace_configs=[gocontext.aiohttp.trace_config()])
+    async with made as session:
+
+        async def call() -> Any:
+            async with session.get(server.url + "/redirect", trace_request_ctx=ctx) as r:
+                return await r.json()
+
+        task = asyncio.ensure_future(call())
+        await asyncio.to_thread(BOARD.wait_entered, name)
+        fake_clock.advance(1.5)  # the first hop took 1.5 s: 1.5 s are left
+        released(name).set()
+        with anyio.fail_after(NEVER):
+            body = await task
+    cancel()
+    first = SEEN[name][0]
+    assert first is not None and parse_grpc_timeout(first) == 3
+    assert body["grpc-timeout"] is not None
+    assert parse_grpc_timeout(body["grpc-timeout"]) == 1.5
+    assert body["remaining"] == 1.5
+
+
+async def test_a_retry_on_a_dropped_connection_is_sent_the_time_left_then(
+    session: aiohttp.ClientSession, server: AiohttpServer, fake_clock: FakeClock
+) -> None:
+    """aiohttp sends a GET again, on a new connection, when the server drops the one it went on
+    unanswered; the second attempt is a hop of its own."""
+    await assert_pool_healthy(session, server)  # a kept-alive connection for the GET to take
+    name = rid("retry")
+    ctx, cancel = gocontext.with_timeout(with_rid(name), 3)
+
+    async def call() -> str:
+        async with session.get(server.url + "/drop-once", trace_request_ctx=ctx) as r:
+            return await r.text()
+
+    task = asyncio.ensure_future(call())
+    await asyncio.to_thread(BOARD.wait_entered, name)
+    fake_clock.advance(1.5)
+    released(name).set()
+    with anyio.fail_after(NEVER):
+        await task
+    cancel()
+    first, again = SEEN[name]
+    assert first is not None and parse_grpc_timeout(first) == 3
+    assert again is not None and parse_grpc_timeout(again) == 1.5
+    await assert_pool_healthy(session, server)
