@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -19,6 +22,8 @@ from gocontext.http._headers import (
     parse_timeout_ms,
 )
 from gocontext.http._middleware import timeout_and_values as incoming_deadline
+
+from ..conftest import NEVER
 
 
 @pytest.mark.parametrize(
@@ -186,3 +191,32 @@ def test_baggage_formats_merges_and_escapes() -> None:
     assert out == "user=ada;p=1,request-id=a%20b%2Cc%3Bd%25"
     assert parse_baggage(out)["request-id"] == "a b,c;d%"
     assert format_baggage({}, None) == ""
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        "k=" + "a" * 4000 + '"',  # a long value, then a character no value may hold
+        "k=" + "a" * 4000 + "%zz",  # then a bad escape
+        "k=" + "%41" * 1300 + ";\x00",  # escapes, then properties (accepted as they come)
+        "k" * 4000 + "=v x",  # a long key, then garbage
+    ],
+)
+def test_a_hostile_baggage_member_is_read_in_one_pass(member: str) -> None:
+    """A value's characters each match one way: a member that fails to match fails at once,
+    whatever its length (a nested repetition would try every way to split the run: 2^n). A
+    hang is a failure at the bound, in a child process (the regex engine holds the GIL)."""
+    code = (
+        "from gocontext.http._headers import parse_baggage\n"
+        f"print(sorted(parse_baggage({member!r})))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=NEVER,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.strip() in ("[]", "['k']"), out.stdout
