@@ -15,7 +15,11 @@ from .._errors import DeadlineExceeded
 from .._propagation import outgoing_values
 from ._headers import format_baggage
 
-__all__ = ["baggage", "time_left"]
+__all__ = ["baggage", "deadline_passed", "time_left"]
+
+# A timeout that the deadline set fires at the deadline, and the deadline's own timer may
+# mark the context a moment later: this close to it, a timeout is the deadline's doing.
+_DEADLINE_SLACK = 0.005
 
 
 def time_left(ctx: Context) -> float | None:
@@ -79,3 +83,19 @@ def baggage(ctx: Context, existing: str | None) -> str | None:
 # operations are atomic: threads share it without a lock, at worst formatting twice).
 _formatted: dict[tuple[tuple[str, str], ...], str] = {}
 _FORMATTED_MAX = 256
+
+
+def deadline_passed(ctx: Context) -> bool:
+    """Whether *ctx*'s deadline has passed (or is a few ms away): a timeout of a call whose
+    timeouts were capped by it is the deadline's doing only then, not when a timeout the caller
+    set shorter fires.
+
+    Example:
+        >>> import gocontext
+        >>> ctx, cancel = gocontext.with_timeout(gocontext.background(), 60)
+        >>> deadline_passed(ctx), deadline_passed(gocontext.background())
+        (False, False)
+        >>> cancel()
+    """
+    deadline = ctx.deadline()
+    return deadline is not None and _timer.now() >= deadline - _DEADLINE_SLACK

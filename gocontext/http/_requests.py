@@ -46,7 +46,7 @@ from .._done import CallbackHandle
 from .._errors import ContextError, DeadlineExceeded
 from . import _connect
 from ._headers import format_grpc_timeout
-from ._outgoing import baggage, time_left
+from ._outgoing import baggage, deadline_passed, time_left
 
 __all__ = ["RequestsAdapter", "request"]
 
@@ -338,8 +338,8 @@ def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
     err = ctx.err()
     if err is not None:
         return err
-    if binding and isinstance(e, requests.Timeout):
-        return DeadlineExceeded()
+    if binding and isinstance(e, requests.Timeout) and deadline_passed(ctx):
+        return DeadlineExceeded()  # (a timeout of the request's own, shorter, stays as it is)
     return e
 
 

@@ -42,7 +42,7 @@ from .._done import CallbackHandle
 from .._errors import DeadlineExceeded
 from . import _connect as _connect_mod
 from ._headers import format_grpc_timeout
-from ._outgoing import baggage, time_left
+from ._outgoing import baggage, deadline_passed, time_left
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -123,14 +123,15 @@ def _raise_as_context_error(e: BaseException, ctx: Context, capped: bool) -> Non
     """Raise the transport failure *e* as the context's error if the context caused it.
 
     An ``httpx.HTTPError`` (or our own ``_Aborted`` signal) after the context ended becomes
-    ``ctx.err()``; a timeout that the context's deadline imposed (*capped*) becomes
-    ``DeadlineExceeded``. Returns for anything else: the caller lets *e* pass unchanged.
+    ``ctx.err()``; a timeout that the context's deadline imposed (*capped*, and the deadline
+    has come) becomes ``DeadlineExceeded``. Returns for anything else: the caller lets *e*
+    pass unchanged.
     """
     if not isinstance(e, (httpx.HTTPError, _Aborted)):
         return
     err: BaseException | None = ctx.err()
-    if err is None and capped and isinstance(e, httpx.TimeoutException):
-        err = DeadlineExceeded()
+    if err is None and capped and isinstance(e, httpx.TimeoutException) and deadline_passed(ctx):
+        err = DeadlineExceeded()  # (a timeout of the request's own, shorter, stays as it is)
     if err is None:
         if isinstance(e, _Aborted):  # pragma: no cover - only raised once ctx has ended
             raise httpx.NetworkError(str(e)) from e

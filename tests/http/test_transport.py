@@ -98,6 +98,34 @@ def test_the_requests_own_timeout_stays_when_it_is_shorter(server: Server) -> No
     assert 0.4 < seen[1]["read"] <= 0.5
 
 
+# A deadline far off caps the timeouts the request leaves unset (here connect: None), not its
+# own 0.2 s read timeout: when that fires, it is the request's own, an httpx timeout.
+_OWN_READ = httpx.Timeout(0.2, connect=None)
+
+
+def test_the_requests_own_timeout_firing_is_no_deadline_exceeded(server: Server) -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), NEVER * 3)
+    with (
+        httpx.Client(transport=gocontext.http.Transport(), timeout=_OWN_READ) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.get(f"{server.url}/wait", extensions={"gocontext": ctx})
+    assert ctx.err() is None
+    cancel()
+
+
+async def test_async_the_requests_own_timeout_firing_is_no_deadline_exceeded(
+    server: Server,
+) -> None:
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), NEVER * 3)
+    transport = gocontext.http.AsyncTransport()
+    async with httpx.AsyncClient(transport=transport, timeout=_OWN_READ) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(f"{server.url}/wait", extensions={"gocontext": ctx})
+    assert ctx.err() is None
+    cancel()
+
+
 def test_sync_cancel_from_another_thread_aborts_a_request_waiting_for_headers(
     server: Server,
 ) -> None:

@@ -389,3 +389,15 @@ def test_a_request_waiting_for_a_pooled_connection_ends_with_its_context(
         assert _context.watcher_count(ctx) == 0
         r = gocontext.http.request(gocontext.background(), s, "GET", http_server.url + "/ok")
         assert r.text == "ok"  # the pool still serves
+
+
+def test_the_requests_own_timeout_firing_is_no_deadline_exceeded(
+    session: requests.Session, http_server: Uvicorn
+) -> None:
+    """A far deadline caps the connect timeout left unset, not the request's own 0.2 s read
+    timeout: when that fires, it is the request's, a requests timeout."""
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), NEVER * 3)
+    with pytest.raises(requests.ReadTimeout):
+        gocontext.http.request(ctx, session, "GET", http_server.url + "/wait", timeout=(None, 0.2))
+    assert ctx.err() is None
+    cancel()
