@@ -30,6 +30,7 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpcore
 import httpx
 from httpcore._backends.sync import SyncBackend as _SyncBackend
@@ -377,8 +378,23 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
             watch.close()
 
     async def _finish_it(self) -> None:
-        """Finish the inner iterator if a read left it suspended (a body read in part)."""
+        """Finish the inner iterator if a read left it suspended (a body read in part).
+
+        httpx's and httpcore's body iterators are async generators nested in one another:
+        closing the outer one leaves the inner ones suspended, for the garbage collector to
+        finish (trio warns of each). So the iterator is first read on in a scope cancelled
+        from the start: a read meets the cancel at its first checkpoint, before any I/O, and
+        every generator of the chain ends with it, as a cancel inside a read ends them. Reads
+        that need no checkpoint (chunks already received) are dropped on the way.
+        """
         it, self._it = self._it, None
+        if it is None:
+            return
+        with anyio.CancelScope() as cs:
+            cs.cancel()
+            with contextlib.suppress(Exception):  # it ends, one way or another (its end too)
+                while True:
+                    await it.__anext__()
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import warnings
 from typing import Any
 
 import anyio
@@ -230,6 +231,7 @@ class _Recorded(httpx.AsyncByteStream):
     async def __aiter__(self) -> Any:
         try:
             yield b"one"
+            await anyio.sleep(0)  # the next chunk waits for the network: a checkpoint
             yield b"two"
             self.events.append("exhausted")
         finally:
@@ -296,3 +298,27 @@ async def test_a_body_read_in_part_has_its_iterator_finished_when_it_is_closed()
     assert body.events == ["finalized", "closed"]
     assert _context.watcher_count(ctx) == 0
     cancel()
+
+
+async def test_a_cancel_between_two_reads_of_a_real_body_finishes_httpcores_generators(
+    server: Server,
+) -> None:
+    """httpcore reads a body through nested async generators: closing the outer one leaves
+    the inner ones suspended, for the garbage collector to finish (trio warns of each). A
+    cancel between two reads must end them all, as one inside a read does."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport()) as client:
+            with pytest.raises(gocontext.Canceled):
+                async with client.stream(
+                    "GET", f"{server.url}/stream", extensions={"gocontext": ctx}
+                ) as r:
+                    async for _ in r.aiter_raw():
+                        cancel()  # between this read and the next
+            gc.collect()
+            await anyio.sleep(0)  # (trio finishes collected generators in a system task)
+            r2 = await client.get(f"{server.url}/info")
+        assert r2.status_code == 200
+    unfinished = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unfinished == []
