@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, NamedTuple
 
 import grpc  # type: ignore[import-untyped]  # grpc ships no type hints
@@ -375,117 +375,127 @@ def client_interceptors() -> list[Any]:
 # grpc.aio
 
 
-class _Canceller:
-    """Cancels an aio call from whatever thread ends the context, and remembers it did: a
-    ``CancelledError`` is ours to translate only then, and only if the task itself is not
-    being cancelled (a framework cancellation always passes through untouched)."""
+class _AioCall:
+    """An aio call under its context from the moment it is made: the context's end cancels it
+    (from whatever thread or task ends it; for a cancel: at a passed deadline gRPC's own, the
+    same, ends the call, so the server sees which), and what it answers, awaited or read,
+    raises the context's error when that is what ended it.
 
-    def __init__(self, call: Any, ctx: Context) -> None:
-        self.call = call
-        self.ctx = ctx
-        self.loop = asyncio.get_running_loop()
-        self.fired = False
+    A ``CancelledError`` is ours to translate only if we cancelled the call and the task
+    itself is not being cancelled (a framework cancellation always passes through untouched).
+    grpc.aio needs a client-streaming call itself back from the interceptor (the caller's
+    ``write()`` goes through it): this stands in for it, and passes the rest to the call.
+    """
 
-    def __call__(self) -> None:
+    __slots__ = ("_binding", "_call", "_ctx", "_fired", "_handle", "_loop")
+
+    def __init__(self, call: Any, ctx: Context, binding: bool) -> None:
+        self._call = call
+        self._ctx = ctx
+        self._binding = binding
+        self._loop = asyncio.get_running_loop()
+        self._fired = False  # we cancelled the call (only ever set in the loop's thread)
+        self._handle = ctx.done().add_callback(self._on_done)
+
+    def _on_done(self) -> None:  # in whatever thread ended the context
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to cancel
-            self.loop.call_soon_threadsafe(self._cancel)
+            self._loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
-        if isinstance(self.ctx.err(), DeadlineExceeded):
-            return  # gRPC's own deadline, the same, ends the call: the server sees which
-        self.fired = True
-        self.call.cancel()
+        if isinstance(self._ctx.err(), DeadlineExceeded):
+            return
+        self._fired = True
+        self._call.cancel()
 
-    def owns(self, e: BaseException) -> bool:
-        if not isinstance(e, asyncio.CancelledError):
-            return True
-        task = asyncio.current_task()
-        cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
-        return self.fired and not (cancelling is not None and cancelling())
+    def released_when_done(self) -> _AioCall:
+        """Self, unwatched once the call is done (whether or not anyone reads its answer)."""
+        self._call.add_done_callback(lambda _: self._handle.cancel())
+        return self
 
-    def raise_translated(self, e: BaseException, binding: bool) -> None:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            return (yield from self._call.__await__())
+        except ContextError:
+            raise
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            self._raise_translated(e)
+            raise
+        finally:
+            self._handle.cancel()
+
+    async def responses(self) -> AsyncIterator[Any]:
+        """The streamed answers."""
+        call = self._call
+        try:
+            async for response in call:
+                yield response
+            # A call we cancelled just stops yielding: say why.
+            done = self._ctx.err()
+            if done is not None and await call.code() == grpc.StatusCode.CANCELLED:
+                raise done
+        except ContextError:
+            raise
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            self._raise_translated(e)
+            raise
+        finally:
+            self._handle.cancel()
+            call.cancel()  # (a consumer that stops early ends the call, as gRPC's iterator does)
+
+    def _raise_translated(self, e: BaseException) -> None:
         """Raise the context's error for *e* (a gRPC error or a cancellation) if the context
         is what ended the call; return if *e* is to pass through as it is."""
-        if not self.owns(e):
-            return
-        err = _translate(e, self.ctx, binding)
+        if isinstance(e, asyncio.CancelledError):
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
+            if not self._fired or (cancelling is not None and cancelling()):
+                return
+        err = _translate(e, self._ctx, self._binding)
         if err is not e:
             raise err from e
 
 
-class _AioBase:
-    async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx = current()
-        out = _outgoing(ctx, details)
-        call = await continuation(_aio_details(details, out), request)
-        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
-            return await call
-        canceller = _Canceller(call, ctx)
-        handle = ctx.done().add_callback(canceller)
-        try:
-            return await call
-        except ContextError:
-            raise
-        except (grpc.RpcError, asyncio.CancelledError) as e:
-            canceller.raise_translated(e, out.binding)
-            raise
-        finally:
-            handle.cancel()
-
-    async def _stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx = current()
-        out = _outgoing(ctx, details)
-        call = await continuation(_aio_details(details, out), request)
-        return _aio_responses(call, ctx, out.binding)
+async def _aio_call(continuation: Any, details: Any, request: Any) -> tuple[Any, _AioCall | None]:
+    """Make the call under the ambient context: the call, and the call watched (None when
+    the context can never end: nothing to watch, nothing to translate)."""
+    ctx = current()
+    out = _outgoing(ctx, details)
+    call = await continuation(_aio_details(details, out), request)
+    if ctx.done() is _NEVER:
+        return call, None
+    return call, _AioCall(call, ctx, out.binding)
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
+# A unary answer is awaited here (grpc.aio takes it as the call's answer); a client-streaming
+# call goes back watched; streamed answers go back as their reader.
 
 
-class _AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await self._unary(continuation, details, request)
+        call, watched = await _aio_call(continuation, details, request)
+        return await (call if watched is None else watched)
 
 
-class _AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        # grpc.aio needs the call itself back here (its writes go through it), so the error
-        # stays gRPC's own; the context still sends its deadline and values and cancels it.
-        ctx = current()
-        call = await continuation(_aio_details(details, _outgoing(ctx, details)), request)
-        handle = ctx.done().add_callback(_Canceller(call, ctx))
-        call.add_done_callback(lambda _: handle.cancel())
-        return call
+        call, watched = await _aio_call(continuation, details, request)
+        return call if watched is None else watched.released_when_done()
 
 
-class _AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await self._stream(continuation, details, request)
+        call, watched = await _aio_call(continuation, details, request)
+        return call if watched is None else watched.released_when_done().responses()
 
 
-class _AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await self._stream(continuation, details, request)
-
-
-async def _aio_responses(call: Any, ctx: Context, binding: bool) -> AsyncIterator[Any]:
-    canceller = _Canceller(call, ctx)
-    handle = ctx.done().add_callback(canceller)
-    try:
-        async for response in call:
-            yield response
-        # A call we cancelled just stops yielding: say why.
-        done = ctx.err()
-        if done is not None and await call.code() == grpc.StatusCode.CANCELLED:
-            raise done
-    except ContextError:
-        raise
-    except (grpc.RpcError, asyncio.CancelledError) as e:
-        canceller.raise_translated(e, binding)
-        raise
-    finally:
-        handle.cancel()
-        call.cancel()  # (a consumer that stops early ends the call, as gRPC's iterator does)
+        call, watched = await _aio_call(continuation, details, request)
+        return call if watched is None else watched.released_when_done().responses()
 
 
 def aio_client_interceptors() -> list[Any]:
@@ -494,10 +504,9 @@ def aio_client_interceptors() -> list[Any]:
     A call's context is ``gocontext.current()``. A done context sends nothing; the deadline
     goes out as gRPC's own (a smaller ``timeout`` of the call's own still applies) and
     ``PropagatedKey`` values in ``baggage`` metadata; a cancel from any thread or task cancels
-    the call and raises ``Canceled``, a passed deadline ``DeadlineExceeded``; unary and
-    streamed responses alike. A client-streaming call (stream in, one answer) is cancelled
-    too, but raises gRPC's own error: grpc.aio needs its call object back from the
-    interceptor. (grpc.aio runs on asyncio only.)
+    the call at once (read or not yet) and raises ``Canceled``, a passed deadline
+    ``DeadlineExceeded``; unary, client-streaming, server-streaming and bidirectional calls
+    alike. (grpc.aio runs on asyncio only.)
 
     Example:
         >>> import grpc.aio, gocontext.grpc

@@ -6,12 +6,17 @@ and ``context_of(servicer_context)`` finds it. It ends when the RPC ends: ``Canc
 handler is done, ``Canceled`` with a ``ClientDisconnected`` cause when the client cancelled or
 went away first, ``DeadlineExceeded`` when the deadline passed (which wins a tie: gRPC reports
 a passed deadline as a termination too).
+
+On a ``grpc.aio`` server a sync handler runs, as grpc.aio runs it, in the server's thread pool,
+wrapped as on the sync server; the end of the RPC's task tells it that the RPC ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -24,8 +29,10 @@ from .._context import (
     RichContext,
     background,
     timeout_cancel_cause,
+    with_cancel,
     with_cancel_cause,
 )
+from .._done import Done
 from .._propagation import _keys, attach_values
 from ..http._headers import parse_baggage
 
@@ -94,16 +101,21 @@ class _Rpc:
         _contexts[self.key] = self.ctx
 
     def terminated(self) -> None:
-        """gRPC's end-of-RPC callback (any thread)."""
+        """The sync server's end-of-RPC callback (a thread of gRPC's)."""
+        if not self.ended():
+            # Wait for our timer, so the handler, stopped next, sees why.
+            self.ctx.done().wait(_TIMER_SLACK)
+
+    def ended(self) -> bool:
+        """The RPC ended (any thread; never blocks): end the context, and return True, unless
+        the deadline passed, which our own timer ends it with a moment after gRPC's."""
         if self.finished:
             self.end()
-            return
+            return True
         if self.deadline_passed():
-            # Our own timer ends the context with DeadlineExceeded, a moment after gRPC's:
-            # wait for it, so the handler, stopped next, sees why.
-            self.ctx.done().wait(_TIMER_SLACK)
-            return
+            return False
         self.client_left()
+        return True
 
     def client_left(self) -> None:
         self.cancel(ClientDisconnected("the client cancelled the RPC or went away"))
@@ -149,13 +161,12 @@ class _Wrapped:
     same handler object for a method RPC after RPC, so each is wrapped once (a bounded memo,
     keyed by identity; dict operations are atomic, so at worst a handler is wrapped twice)."""
 
-    __slots__ = ("_made", "_stream", "_unary")
+    __slots__ = ("_made", "_wrap")
     _MAX = 1024
 
-    def __init__(self, wrap_unary: Any, wrap_stream: Any) -> None:
+    def __init__(self, wrap: Callable[[Any], Any]) -> None:
         self._made: dict[int, tuple[Any, Any]] = {}
-        self._unary = wrap_unary
-        self._stream = wrap_stream
+        self._wrap = wrap
 
     def __call__(self, handler: Any) -> Any:
         if handler is None:
@@ -163,14 +174,14 @@ class _Wrapped:
         made = self._made.get(id(handler))
         if made is not None and made[0] is handler:
             return made[1]
-        wrapped = _wrap(handler, self._unary, self._stream)
+        wrapped = self._wrap(handler)
         if len(self._made) >= self._MAX:
             self._made.clear()
         self._made[id(handler)] = (handler, wrapped)  # (the handler kept: its id stays its own)
         return wrapped
 
 
-def _wrap(handler: Any, wrap_unary: Any, wrap_stream: Any) -> Any:
+def _wrap(wrap_unary: Any, wrap_stream: Any, handler: Any) -> Any:
     if handler.unary_unary is not None:
         return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
     if handler.stream_unary is not None:
@@ -183,13 +194,23 @@ def _wrap(handler: Any, wrap_unary: Any, wrap_stream: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# sync
+# sync (and sync handlers on a grpc.aio server)
 
 
-def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def run(request: Any, servicer_context: Any) -> Any:
-        rpc = _Rpc(servicer_context)
+def _until_the_rpc_ends(rpc: _Rpc, servicer_context: Any, rpc_over: Done | None) -> None:
+    """End *rpc*'s context when the RPC ends: gRPC's own callback on the sync server; on a
+    grpc.aio server, whose sync servicer context has no such callback, *rpc_over* (see
+    ``_InPool``)."""
+    if rpc_over is None:
         servicer_context.add_callback(rpc.terminated)
+    else:
+        rpc_over.add_callback(rpc.ended)  # (in the loop's thread: ended() never blocks)
+
+
+def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def run(request: Any, servicer_context: Any, rpc_over: Done | None = None) -> Any:
+        rpc = _Rpc(servicer_context)
+        _until_the_rpc_ends(rpc, servicer_context, rpc_over)
         token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
         try:
             return behavior(request, servicer_context)
@@ -200,10 +221,10 @@ def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
     return run
 
 
-def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def run(request: Any, servicer_context: Any) -> Iterator[Any]:
+def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def run(request: Any, servicer_context: Any, rpc_over: Done | None = None) -> Iterator[Any]:
         rpc = _Rpc(servicer_context)
-        servicer_context.add_callback(rpc.terminated)
+        _until_the_rpc_ends(rpc, servicer_context, rpc_over)
         try:
             with use(rpc.ctx):
                 responses = behavior(request, servicer_context)
@@ -222,7 +243,7 @@ def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], An
 
 class _SyncServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     def __init__(self) -> None:
-        self._wrapped = _Wrapped(_sync_unary, _sync_stream)
+        self._wrapped = _Wrapped(functools.partial(_wrap, _sync_unary, _sync_stream))
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         return self._wrapped(continuation(handler_call_details))
@@ -378,19 +399,70 @@ def _aio_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
     return run
 
 
+def _aio_wrap(handler: Any) -> Any:
+    """Wrap *handler* to run as grpc.aio runs it: in the RPC's task when it is async (grpc's
+    test, ``_is_async_handler``: a coroutine or async generator function, or an awaitable),
+    else in the server's thread pool, with a sync servicer context. Our wrapper is of the
+    same kind, so grpc.aio runs it the same way: the async one, or the sync server's (bound to
+    each RPC, see ``_InPool``)."""
+    behavior = (
+        handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
+    )
+    if behavior is None or (
+        inspect.isawaitable(behavior)
+        or inspect.iscoroutinefunction(behavior)
+        or inspect.isasyncgenfunction(behavior)
+    ):
+        return _wrap(_aio_unary, _aio_stream, handler)
+    return _InPool(_wrap(_sync_unary, _sync_stream, handler))
+
+
+_BEHAVIORS = ("unary_unary", "stream_unary", "unary_stream", "stream_stream")
+
+
+class _InPool:
+    """A sync handler's wrapped handler on a grpc.aio server, bound to each RPC in turn.
+
+    grpc.aio runs it in its thread pool, where no callback says the RPC ended (the sync
+    servicer context's callbacks run once a unary handler has returned, a stream's never).
+    The end of the task gRPC runs the RPC in does (gRPC cancels it when the client leaves or
+    the deadline passes), handed to the thread through a ``Done`` of our own.
+    """
+
+    __slots__ = ("_field", "_handler", "_run")
+
+    def __init__(self, handler: Any) -> None:
+        self._handler = handler
+        self._field = next(f for f in _BEHAVIORS if getattr(handler, f) is not None)
+        self._run = getattr(handler, self._field)
+
+    def bind(self) -> Any:
+        """The handler for the RPC whose task is running (an interceptor runs in it)."""
+        over, end = with_cancel(background())
+        task = asyncio.current_task()
+        assert task is not None  # (an interceptor runs in the RPC's task)
+        task.add_done_callback(lambda _: end())
+        run = functools.partial(self._run, rpc_over=over.done())
+        return self._handler._replace(**{self._field: run})
+
+
 class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     def __init__(self) -> None:
-        self._wrapped = _Wrapped(_aio_unary, _aio_stream)
+        self._wrapped = _Wrapped(_aio_wrap)
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        return self._wrapped(await continuation(handler_call_details))
+        handler = self._wrapped(await continuation(handler_call_details))
+        if type(handler) is _InPool:
+            return handler.bind()
+        return handler
 
 
 def aio_server_interceptor() -> Any:
     """A ``grpc.aio.ServerInterceptor`` that runs each RPC's handler under its own context.
 
-    For ``grpc.aio.server(interceptors=[...])``; unary and streaming handlers (async
-    functions and async generators). Otherwise as ``server_interceptor()``.
+    For ``grpc.aio.server(interceptors=[...])``; unary and streaming handlers, async (run in
+    the RPC's task) or sync (run in the server's ``migration_thread_pool``, as grpc.aio runs
+    them). Otherwise as ``server_interceptor()``.
 
     Example:
         >>> import grpc.aio, gocontext.grpc

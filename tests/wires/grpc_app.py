@@ -1,5 +1,6 @@
 """A gRPC service behind gocontext's server interceptors, sync (a thread pool) or grpc.aio (a
-thread with its own loop), on a free port of 127.0.0.1. Generic handlers, bytes in and out."""
+thread with its own loop; its handlers async, or sync ones that grpc.aio runs in its thread
+pool), on a free port of 127.0.0.1. Generic handlers, bytes in and out."""
 
 from __future__ import annotations
 
@@ -38,11 +39,15 @@ def sync_info(request: bytes, servicer_context: Any) -> bytes:
 
 
 def _sync_until_the_rpc_ends(servicer_context: Any) -> None:
-    """An answer after the context ended must not beat the client's own deadline: wait."""
+    """An answer after the context ended must not beat the client's own deadline: wait for
+    gRPC to end the RPC. grpc.aio's sync servicer context says nothing when the RPC ends (its
+    add_callback() returns None): answer a passed deadline as gRPC does instead."""
     ended = threading.Event()
-    if not servicer_context.add_callback(ended.set):
-        return
-    ended.wait(NEVER)
+    added = servicer_context.add_callback(ended.set)
+    if added:
+        ended.wait(NEVER)
+    elif added is None and isinstance(gocontext.current().err(), gocontext.DeadlineExceeded):
+        servicer_context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
 
 async def _aio_until_the_rpc_ends(servicer_context: Any) -> None:
@@ -62,17 +67,31 @@ def sync_wait(request: bytes, servicer_context: Any) -> bytes:
 
 
 def sync_wait_stream(request: bytes, servicer_context: Any) -> Iterator[bytes]:
+    # Nothing is yielded once the context has ended: grpc.aio's thread would wait forever to
+    # hand a second answer to a consumer its cancelled RPC no longer runs.
     ctx = gocontext.current()
     rid = _rid()
     yield b"first"
     with BOARD.inside(rid, ctx):
         ctx.done().wait(NEVER)
     _sync_until_the_rpc_ends(servicer_context)
-    yield b"never"
+
+
+def sync_wait_in(requests: Iterator[bytes], servicer_context: Any) -> bytes:
+    return sync_wait(b"", servicer_context)
+
+
+def sync_wait_both(requests: Iterator[bytes], servicer_context: Any) -> Iterator[bytes]:
+    yield from sync_wait_stream(b"", servicer_context)
 
 
 def sync_ok(request: bytes, servicer_context: Any) -> bytes:
     return b"ok"
+
+
+def sync_thread(request: bytes, servicer_context: Any) -> bytes:
+    """The name of the thread running this handler."""
+    return threading.current_thread().name.encode()
 
 
 async def aio_info(request: bytes, servicer_context: Any) -> bytes:
@@ -93,6 +112,17 @@ async def aio_wait_stream(request: bytes, servicer_context: Any) -> AsyncIterato
         await ctx.done()
     await _aio_until_the_rpc_ends(servicer_context)
     yield b"never"
+
+
+async def aio_wait_in(requests: AsyncIterator[bytes], servicer_context: Any) -> bytes:
+    return await aio_wait(b"", servicer_context)
+
+
+async def aio_wait_both(
+    requests: AsyncIterator[bytes], servicer_context: Any
+) -> AsyncIterator[bytes]:
+    async for response in aio_wait_stream(b"", servicer_context):
+        yield response
 
 
 async def aio_ok(request: bytes, servicer_context: Any) -> bytes:
@@ -140,6 +170,8 @@ def _handlers(aio: bool) -> Any:
             "Task": unary(aio_task),
             "Collect": grpc.stream_unary_rpc_method_handler(aio_collect),
             "Echo": grpc.stream_stream_rpc_method_handler(aio_echo),
+            "WaitIn": grpc.stream_unary_rpc_method_handler(aio_wait_in),
+            "WaitBoth": grpc.stream_stream_rpc_method_handler(aio_wait_both),
         }
     else:
         table = {
@@ -147,8 +179,11 @@ def _handlers(aio: bool) -> Any:
             "Wait": unary(sync_wait),
             "WaitStream": stream(sync_wait_stream),
             "Ok": unary(sync_ok),
+            "Thread": unary(sync_thread),
             "Collect": grpc.stream_unary_rpc_method_handler(sync_collect),
             "Echo": grpc.stream_stream_rpc_method_handler(sync_echo),
+            "WaitIn": grpc.stream_unary_rpc_method_handler(sync_wait_in),
+            "WaitBoth": grpc.stream_stream_rpc_method_handler(sync_wait_both),
         }
     return grpc.method_handlers_generic_handler(SERVICE, table)
 
@@ -166,7 +201,8 @@ class _Fresh(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc's classes ar
 
 
 class GrpcServer:
-    """The service, sync or grpc.aio, until the block ends."""
+    """The service until the block ends: "sync" (grpc.server), "aio" (grpc.aio.server, async
+    handlers) or "aio-sync" (grpc.aio.server, the sync handlers, run in its thread pool)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -174,6 +210,7 @@ class GrpcServer:
         self.target = ""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
+        self.pool: futures.ThreadPoolExecutor | None = None
         self.server: Any = None
 
     def __enter__(self) -> GrpcServer:
@@ -190,11 +227,15 @@ class GrpcServer:
             self.thread = threading.Thread(target=loop.run_forever)
             self.thread.start()
 
+            aio = self.kind == "aio"
+            self.pool = None if aio else futures.ThreadPoolExecutor(8)
+
             async def start() -> int:
                 self.server = grpc.aio.server(
-                    interceptors=[gocontext.grpc.aio_server_interceptor()]
+                    migration_thread_pool=self.pool,
+                    interceptors=[gocontext.grpc.aio_server_interceptor()],
                 )
-                self.server.add_generic_rpc_handlers((_handlers(aio=True), _Fresh(aio=True)))
+                self.server.add_generic_rpc_handlers((_handlers(aio), _Fresh(aio)))
                 port = self.server.add_insecure_port("127.0.0.1:0")
                 await self.server.start()
                 return int(port)
@@ -212,6 +253,8 @@ class GrpcServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(NEVER)
         self.loop.close()
+        if self.pool is not None:
+            self.pool.shutdown()  # (a handler's thread left waiting fails the test: a timeout)
 
 
 def method(name: str) -> str:
