@@ -87,7 +87,10 @@ class Group:
 
     A Ctrl-C (``KeyboardInterrupt``) while the block waits on exit cancels ``g.ctx`` with it as
     cause, waits for the functions and re-raises it; a second Ctrl-C stops the waiting at once
-    (the worker threads are daemon threads, so a stuck one cannot keep the process alive).
+    (the worker threads are daemon threads, so a stuck one cannot keep the process alive). If
+    the body had raised, ``g.ctx``'s cause stays the body's exception, and the Ctrl-C is raised
+    in its place with the body's exception as its ``__context__``, as Python chains an
+    exception raised while another is handled (a second Ctrl-C has the first as its own).
     Thread-safe: ``go()`` may be called from the functions themselves. A group is entered once.
 
     Example:
@@ -334,27 +337,49 @@ class Group:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # The first Ctrl-C (the body's own, or one out of the cancel or the wait: a cancel is
+        # committed before its callbacks run, as in _tree.end) cancels g.ctx and the waiting
+        # goes on; a second one leaves at once, raised during the first (its __context__).
+        handled = sys.exc_info()[1]  # e if the body raised: what an exception here chains to
+        interrupt = e if isinstance(e, KeyboardInterrupt) else None
         try:
+            try:
+                if e is not None:
+                    self._cancel(e)
+                self._wait()
+            except KeyboardInterrupt as i:
+                if interrupt is not None or _ctrl_cs(i, handled) > 1:
+                    raise  # a second Ctrl-C (perhaps landing while the first came out)
+                interrupt = i
+                self._cancel(i)  # (g.ctx is already done, unless it landed before the cancel)
+                self._wait()
+            if interrupt is not None and interrupt is not e:
+                raise interrupt  # raised while the body's exception is handled: its __context__
             if e is not None:
-                self._cancel(e)
-                self._wait()  # a Ctrl-C here (a second one, or the first) goes straight out
                 if e is self._refusal and self._first is not None:
                     raise self._first  # go() refused because a function failed: say which
                 return
-            try:
-                self._wait()
-            except KeyboardInterrupt as interrupt:
-                self._cancel(interrupt)
-                self._wait()  # a second Ctrl-C leaves at once
-                raise
             first = self._first
             if first is not None:
                 raise first
         finally:
+            interrupt = None  # (no reference cycle through this frame)
             self._cancel(None)
             if self._wake is not None:
                 self._wake.cancel()
                 self._wake = None
+
+
+def _ctrl_cs(e: BaseException, handled: BaseException | None) -> int:
+    """The KeyboardInterrupts in *e*'s ``__context__`` chain back to *handled* (what was being
+    handled when the chain began): two when a second Ctrl-C landed while the first was on its
+    way out, in a ``finally`` or in an ``except`` that cleans up and re-raises."""
+    n = 0
+    x: BaseException | None = e
+    while x is not None and x is not handled:
+        n += isinstance(x, KeyboardInterrupt)
+        x = x.__context__
+    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +410,10 @@ class TaskGroup:
     cancel scope, ``task.cancel()``) cancels ``g.ctx`` with a ``FrameworkCancelled`` cause and
     propagates untouched, unless a function failed too: then, as in anyio's and trio's task
     groups, the error wins and is raised. A thread is never abandoned: on cancellation the
-    group waits for it to return (it should watch ``g.ctx``). A group is entered once.
+    group waits for it to return (it should watch ``g.ctx``). A ``KeyboardInterrupt`` raised
+    while the exit cancels ``g.ctx`` (by a done callback, say) is raised once every task and
+    thread is waited for, with the body's exception, if any, as its ``__context__``. A group is
+    entered once.
 
     Example:
         >>> import anyio, gocontext
@@ -660,23 +688,54 @@ class TaskGroup:
             self._tg.cancel_scope.cancel()
 
     def _stop(self, cause: BaseException | None) -> None:
-        if cause is not None:
-            self._cancel(cause)
-        self._stopping = True
-        self._pending.clear()
+        try:
+            if cause is not None:
+                self._cancel(cause)  # runs done callbacks, which may raise a BaseException
+        finally:
+            self._stopping = True
+            self._pending.clear()
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        failed = False
+        interrupt: BaseException | None = None
         try:
-            if e is not None and not _cancellation_only(e):
-                # The body failed: stop everything, wait, and let its exception go on (kept
-                # out of the anyio group, which would wrap it).
-                self._halt(e)
+            # An interrupt out of the cancel (a done callback's, a Ctrl-C) comes once the cancel
+            # is committed: as in _tree.end, the work goes on (the anyio group is exited, every
+            # member waited for) and the interrupt is raised after, with e as its __context__.
+            if e is not None:
+                failed = not _cancellation_only(e)
+                if failed:
+                    self._halt(e)
+                else:
+                    self._stop(_framework_cause(e))
+        except BaseException as i:
+            interrupt = i
+        try:
+            return await self._exit(failed, et, e, tb)
+        finally:
+            if interrupt is not None:
+                try:
+                    raise interrupt
+                finally:
+                    interrupt = None  # (no reference cycle through this frame)
+
+    async def _exit(
+        self,
+        failed: bool,
+        et: type[BaseException] | None,
+        e: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Exit the anyio group (g.ctx and the tasks are cancelled if the block's body failed or
+        was cancelled), then say what the block raises."""
+        try:
+            if failed:
+                # Wait, and let the body's exception go on (kept out of the anyio group, which
+                # would wrap it).
                 await self._tg.__aexit__(None, None, None)
                 return False
-            if e is not None:
-                self._stop(_framework_cause(e))
             try:
                 swallowed = await self._tg.__aexit__(et, e, tb)
             except BaseException as raised:

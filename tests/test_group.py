@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -247,6 +249,48 @@ def test_go_waiting_for_a_slot_raises_the_parents_error_when_the_parent_ends() -
     assert g.errors == []
 
 
+def hold_until_waited_for(g: gocontext.Group, left: threading.Event) -> None:
+    """Return once the block's exit waits for the functions, or once the block was left
+    without waiting (*left*, set by the test): a handshake, not a hope."""
+    deadline = time.monotonic() + NEVER
+    while g._state == "open" and not left.is_set():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the block neither waited nor left"
+        time.sleep(0.001)
+
+
+def test_an_interrupt_out_of_the_exits_cancel_still_waits_and_keeps_the_bodys_exception() -> None:
+    """A done callback raising KeyboardInterrupt stands for a Ctrl-C landing in the cancel."""
+    boom = ValueError("the body failed")
+    left = threading.Event()
+    finished = threading.Event()
+    saw: list[tuple[BaseException | None, bool]] = []
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt("in the exit's cancel")
+
+    def fn(ctx: gocontext.Context, g: gocontext.Group) -> None:
+        try:
+            assert ctx.done().wait(NEVER)
+            hold_until_waited_for(g, left)
+            saw.append((gocontext.cause(ctx), left.is_set()))
+        finally:
+            finished.set()
+
+    with pytest.raises(KeyboardInterrupt, match="in the exit's cancel") as raised:
+        try:
+            with gocontext.Group(gocontext.background()) as g:
+                g.ctx.done().add_callback(ctrl_c)
+                g.go(fn, g)
+                raise boom
+        finally:
+            left.set()
+    assert finished.wait(NEVER)
+    assert saw == [(boom, False)]  # told why, and waited for before the block was left
+    assert raised.value.__context__ is boom  # the body's exception is not lost
+    assert gocontext.cause(g.ctx) is boom
+    assert g.errors == []
+
+
 def test_no_thread_outlives_the_block() -> None:
     before = set(threading.enumerate())
     with pytest.raises(ZeroDivisionError):
@@ -365,3 +409,96 @@ def test_a_failure_racing_the_start_of_its_siblings_always_stops_them_all() -> N
                     g.go(failing if i == round_ % 4 else sibling)  # within the limit
         assert raised.value is boom
         assert all(c is boom for c in causes)
+
+
+AFTER_A_BODY_ERROR = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time, gocontext
+
+    STUCK = {stuck}
+
+    def say(line):  # one write per line: lines from threads never interleave
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+    def on_sigint(signum, frame):  # Python's own handler, which says it ran once it has
+        try:  # (a second Ctrl-C may land in here: then it is raised during the first)
+            raise KeyboardInterrupt
+        finally:
+            os.write(1, b"sigint\\n")
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+    def fn(ctx):
+        ctx.done().wait()
+        while g._state == "open":  # until the exit waits: past its cancel, whose end() keeps
+            time.sleep(0.001)  # the first interrupt for after its work and drops a second
+        say(f"stopped {{gocontext.cause(ctx)!r}}")
+        if STUCK:
+            threading.Event().wait()  # ignores the cancel: only a second Ctrl-C gets out
+        os.read(0, 1)  # held until the test has sent its Ctrl-C
+        say("finished")
+
+    try:
+        with gocontext.Group(gocontext.background()) as g:
+            g.go(fn)
+            raise ValueError("the body failed")
+    except BaseException as e:
+        chain = []
+        while e is not None:
+            chain.append(repr(e))
+            e = e.__context__
+        say("left with " + " <- ".join(chain))
+    """
+)
+
+
+def spawn_with_stdin(code: str) -> subprocess.Popen[str]:
+    """``spawn()``, with a pipe to the child's stdin as well."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_ctrl_c_after_the_body_raised_waits_for_the_functions_and_keeps_both_exceptions() -> None:
+    proc = spawn_with_stdin(AFTER_A_BODY_ERROR.format(stuck=False))
+    try:
+        assert proc.stdin is not None
+        read_lines(proc, "stopped ValueError('the body failed')", 1)  # the exit has cancelled
+        proc.send_signal(signal.SIGINT)
+        read_lines(proc, "sigint", 1)  # the Ctrl-C was raised in the exit's thread
+        with contextlib.suppress(BrokenPipeError):  # (a child that left at once has ended)
+            proc.stdin.write("go on\n")
+            proc.stdin.flush()
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+        proc.stdin.close()
+    assert out.splitlines() == [
+        "finished",
+        "left with KeyboardInterrupt() <- ValueError('the body failed')",
+    ], (out, err)
+    assert proc.returncode == 0, err
+
+
+def test_a_second_ctrl_c_after_the_body_raised_stops_the_waiting_and_keeps_all_three() -> None:
+    proc = spawn_with_stdin(AFTER_A_BODY_ERROR.format(stuck=True))
+    try:
+        read_lines(proc, "stopped ValueError('the body failed')", 1)
+        proc.send_signal(signal.SIGINT)
+        read_lines(proc, "sigint", 1)
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+        proc.stdin.close()
+    assert out.splitlines() == [
+        "sigint",
+        "left with KeyboardInterrupt() <- KeyboardInterrupt() <- ValueError('the body failed')",
+    ], (out, err)
+    assert proc.returncode == 0, err

@@ -145,6 +145,55 @@ async def test_the_bodys_exception_cancels_everything_waits_and_propagates_itsel
     assert gocontext.cause(g.ctx) is boom
 
 
+def ctrl_c() -> None:
+    """A done callback that stands for a Ctrl-C landing while the group cancels its context."""
+    raise KeyboardInterrupt("in the exit's cancel")
+
+
+async def stop_when_told(ctx: gocontext.Context, finished: list[BaseException | None]) -> None:
+    """A task that only the group's context stops (not a cancel scope), at a checkpoint."""
+    with anyio.CancelScope(shield=True):
+        await ctx.done()
+        await anyio.sleep(0)  # a step of cleanup the exit must wait for
+    finished.append(gocontext.cause(ctx))
+
+
+async def test_an_interrupt_out_of_the_exits_cancel_after_the_body_raised_still_waits() -> None:
+    boom = RuntimeError("the body failed")
+    finished: list[BaseException | None] = []
+    thread = ThreadWaiter()
+
+    with pytest.raises(KeyboardInterrupt, match="in the exit's cancel") as raised:
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.ctx.done().add_callback(ctrl_c)
+            g.go(stop_when_told, finished)
+            g.go_thread(thread)
+            await anyio.to_thread.run_sync(thread.started.wait, NEVER)
+            await anyio.wait_all_tasks_blocked()
+            raise boom
+    assert finished == [boom]  # the task was waited for
+    assert thread.saw == [boom]  # and the thread
+    assert raised.value.__context__ is boom  # the body's exception is not lost
+    assert gocontext.cause(g.ctx) is boom
+
+
+async def test_an_interrupt_out_of_the_exits_cancel_after_an_outer_cancel_still_waits() -> None:
+    """Only the body is cancelled (the task is shielded): the exit's cancel meets the callback."""
+    finished: list[BaseException | None] = []
+
+    with pytest.raises(KeyboardInterrupt, match="in the exit's cancel") as raised:
+        with anyio.CancelScope() as outer:
+            async with gocontext.TaskGroup(gocontext.background()) as g:
+                g.ctx.done().add_callback(ctrl_c)
+                g.go(stop_when_told, finished)
+                await anyio.wait_all_tasks_blocked()
+                outer.cancel()
+                await anyio.sleep(NEVER)
+    assert [type(c) for c in finished] == [FrameworkCancelled]  # the task was waited for
+    assert isinstance(raised.value.__context__, anyio.get_cancelled_exc_class())
+    assert not outer.cancelled_caught
+
+
 async def test_a_framework_cancellation_cancels_the_context_and_propagates_untouched() -> None:
     thread = ThreadWaiter()
 
