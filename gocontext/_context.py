@@ -9,7 +9,17 @@ Values. Each ``with_value`` copies its parent's values into one dict (up to ``_M
 past that a new dict starts, and a lookup that misses in it continues at the parent through
 ``_NEXT``), so a lookup is one dict probe for the first 64 values of a chain, and one more per
 further 64; that dict's ``get`` is the context's ``value`` itself when nothing continues. The
-price is memory: a chain of n values holds about n * min(n, 64) / 2 dict entries.
+price is memory: a chain of n values holds about n * min(n, 64) / 2 dict entries. A merge's
+lookup asks its parents in order, in the same loop (no recursion at any depth).
+
+Links. A merge, and a node under a parent that is not ours, learns of its parent's end through
+a callback on the parent's done signal (``_link``): the tree hands nothing down across it. As
+ending a node runs its callbacks, a chain of links would end in one nested call per link; so
+the first link callback in a thread runs the ends that the chain queues in a loop, batch by
+batch, before it returns (``_parent_done``), and a cancel reaches a chain of any depth before
+``cancel()`` returns. One consequence: a done callback that runs in that loop and cancels
+another context sees the contexts linked to that one end after the callback returns, not
+before its ``cancel()`` does (deriving from an ended context still gives an ended one).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta, timezone
 from typing import (
@@ -624,11 +635,14 @@ def _check_foreign(ctx: object, fname: str, name: str = "parent") -> None:
         return
     try:
         ok = ctx is not None and isinstance(ctx, Context)
+        # A class has the protocol's methods too, unbound: `with_cancel(MyContext)`.
+        cls = isinstance(ctx, type)
     except Exception:  # a hostile __getattr__ or __class__
-        ok = False
-    if not ok:
+        ok = cls = False
+    if not ok or cls:
         call = f"{fname}()" if fname.replace(".", "").isidentifier() else fname
-        raise TypeError(f"{call} needs a Context as {name}, got {describe(ctx)}")
+        got = f"the class {ctx.__qualname__}, not an instance" if cls else describe(ctx)  # type: ignore[attr-defined]  # a class
+        raise TypeError(f"{call} needs a Context as {name}, got {got}")
 
 
 _WALL_CLOCK_GAP = 10 * 365.25 * 86400.0  # a monotonic deadline further off is a time.time()
@@ -1005,11 +1019,7 @@ class _MergeValues:
         self._parents = parents
 
     def value(self, key: object, /) -> object:
-        for p in self._parents:
-            v = p.value(key)
-            if v is not None:
-                return v
-        return None
+        return _value_after({_NEXT: self}, key)
 
 
 _OURS: Final = frozenset(
@@ -1063,26 +1073,48 @@ def _chain_of(ctx: Context) -> str:
 
 
 def _value_after(vals: dict[object, object], key: Hashable) -> object:
-    """Continue a value lookup that missed in *vals*: through ``_NEXT`` links, in a loop."""
+    """Continue a value lookup that missed in *vals*: through ``_NEXT`` links, in a loop.
+
+    A merge's parents are asked in order, each to the end of its own chain before the next
+    (what ``_MergeValues.value`` would do, one call deeper per merge): the ones still to ask
+    wait in ``rest``, last first, so a chain of merges of any depth costs no recursion.
+    """
     n = vals.get(_NEXT)
-    while n is not None:
-        t = type(n)
-        if t is _ForeignValueContext:
-            v = n._vals.get(key, _MISSING)  # type: ignore[attr-defined]  # a _ForeignValueContext
-            if v is not _MISSING:
-                return v
-            n = n._parent  # type: ignore[attr-defined]  # a _ForeignValueContext
-        elif t in _OURS:
-            if key is _CANCEL_KEY:  # answered by n itself, at once
-                return n.value(key)  # type: ignore[attr-defined]  # one of ours
-            vals = n._vals  # type: ignore[attr-defined]  # one of ours
-            v = vals.get(key, _MISSING)
-            if v is not _MISSING:
-                return v
-            n = vals.get(_NEXT)
-        else:  # a user-written context, or a merge's parents
-            return n.value(key)  # type: ignore[attr-defined]  # a context, or a merge's values
-    return None
+    rest: list[object] | None = None
+    while True:
+        v: object = None
+        while n is not None:
+            t = type(n)
+            if t is _ForeignValueContext:
+                v = n._vals.get(key, _MISSING)  # type: ignore[attr-defined]  # a _ForeignValueContext
+                if v is not _MISSING:
+                    break
+                n = n._parent  # type: ignore[attr-defined]  # a _ForeignValueContext
+            elif t in _OURS:
+                if key is _CANCEL_KEY:  # answered by n itself, at once
+                    return n.value(key)  # type: ignore[attr-defined]  # one of ours
+                vals = n._vals  # type: ignore[attr-defined]  # one of ours
+                v = vals.get(key, _MISSING)
+                if v is not _MISSING:
+                    break
+                n = vals.get(_NEXT)
+            elif t is _MergeValues:
+                parents = n._parents  # type: ignore[attr-defined]  # a _MergeValues
+                if len(parents) > 1:
+                    if rest is None:
+                        rest = []
+                    rest.extend(reversed(parents[1:]))
+                n = parents[0]
+            else:  # a user-written context
+                v = n.value(key)  # type: ignore[attr-defined]  # a context
+                break
+        else:
+            v = None
+        if v is not None:
+            return v
+        if not rest:  # (a value stored as None is None: only a merge asks on after it)
+            return None
+        n = rest.pop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1171,7 +1203,12 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
     others is released before the error goes out: a failed call leaves nothing behind.
     """
     handles: list[CallbackHandle] = []
+    ends = _link_ends
+    outer = ends.queue
     try:
+        # A parent that has ended runs the callback at once: it must end ctx before this
+        # returns, even here inside a link's end (a node's callback deriving from it).
+        ends.queue = None
         for p in parents:
             handles.append(_add_callback(p, functools.partial(_parent_done, ctx, p), fname))
             if ctx._state is not None:
@@ -1184,6 +1221,7 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
         if _tree._deferred:
             _tree._run_deferred()
     finally:
+        ends.queue = outer
         # It ended while being linked, or linking failed: release what it registered.
         _tree.raise_first(_tree.call_all([h.cancel for h in handles], "releasing a registration"))
 
@@ -1210,7 +1248,53 @@ def _add_callback(
     return handle  # type: ignore[no-any-return]  # a user-written Done's handle, checked above
 
 
+class _LinkEnds(threading.local):
+    """Per thread: the ends handed down through links that wait for the outermost one."""
+
+    # None, or the calls that end linked nodes, appended while the outermost _parent_done of
+    # this thread runs the ones before them (it sets and clears the field).
+    queue: list[Callable[[], object]] | None = None
+
+
+_link_ends: Final = _LinkEnds()
+
+
 def _parent_done(ctx: _CancelContext, parent: Context) -> None:
+    """*parent*, which *ctx* is linked to, has ended: end *ctx* too (the link's callback).
+
+    Called inside another link's end (its node's callbacks run in it), it only queues the
+    end: the outermost call in this thread runs the queue, so a chain of links is ended in a
+    loop, not in one nested end per link. The queue runs as a node's callbacks do
+    (``_tree.call_all``): an exception is logged, an interrupt does not stop the rest and
+    goes out once the queue is empty.
+    """
+    ends = _link_ends
+    queue = ends.queue
+    if queue is not None:
+        queue.append(functools.partial(_end_linked, ctx, parent))
+        return
+    queue = [functools.partial(_end_linked, ctx, parent)]
+    interrupt: BaseException | None = None
+    try:
+        while True:
+            # One batch at a time, each in a list of its own: what the batch's ends queue
+            # (or a signal handler or finalizer running meanwhile) goes to the next one.
+            ends.queue = []
+            later = _tree.call_all(queue, "a done callback")
+            if interrupt is None:
+                interrupt = later
+            elif later is not None:
+                _log.error("gocontext: a done callback raised", exc_info=later)
+            queue = ends.queue
+            if not queue:  # (falls through to the store: nothing can queue in between)
+                ends.queue = None
+                break
+    finally:
+        ends.queue = None
+    _tree.raise_first(interrupt)
+
+
+def _end_linked(ctx: _CancelContext, parent: Context) -> None:
     if type(parent) in _OURS:
         s = state_of(parent if type(parent)._node else parent._up)  # type: ignore[attr-defined, arg-type]  # parent is one of ours
     else:

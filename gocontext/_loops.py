@@ -129,32 +129,66 @@ class Mailbox:
     watch makes 10,000 calls, and a wake-up is a system call plus a GIL hand-off each.
     """
 
-    __slots__ = ("_key", "_lock", "_pending", "_post")
+    __slots__ = ("_key", "_lock", "_pending", "_post", "_posted")
 
     def __init__(self, key: object, post: Callable[[Callable[[], object]], object]) -> None:
         self._key = key  # the loop or trio token it serves
         self._post = post  # the loop's thread-safe entry
         self._lock = threading.Lock()  # (one per loop: a mutex() is a class of its own)
-        # Guarded by _lock: calls not run yet. Non-empty exactly while a _drain is posted (or
-        # about to be, by the put() that made it non-empty); _drain takes it whole.
+        # Guarded by _lock: calls not run yet; _drain takes the list whole.
         self._pending: list[Callable[[], object]] = []
+        # Guarded by _lock: True from the put() that posts a _drain until a drain takes the
+        # calls; while it is True a drain is on its way and takes every call put meanwhile. A
+        # post that fails sets it back, so the next put() posts. (A drain that finds nothing
+        # to take, one posted twice, costs a wake-up, no more.)
+        self._posted = False
 
     def put(self, fn: Callable[[], object]) -> None:
-        """Run ``fn()`` soon in the loop; callable from any thread, never blocks for long."""
+        """Run ``fn()`` soon in the loop; callable from any thread, never blocks for long.
+
+        An interrupt (a Ctrl-C) landing in the loop's entry goes out of here after one more
+        try at posting; if that fails too, the call goes with the next put() to this loop.
+        """
+        posting = False
+        try:
+            with self._lock:
+                self._pending.append(fn)
+                if self._posted:  # a drain is on its way and will take this one too
+                    return
+                self._posted = posting = True  # (two stores: no signal between them)
+            self._post(self._drain)
+        except BaseException as e:
+            if not posting:
+                raise
+            self._post_failed(e)
+
+    def _post_failed(self, error: BaseException) -> None:
+        """The post of a drain raised *error*; raise it, unless the loop is gone.
+
+        A RuntimeError is a closed loop or a finished trio run: nobody is left to run the
+        calls, and they are dropped. Anything else (a KeyboardInterrupt, a SystemExit) may
+        have landed before or after the drain was scheduled: the mailbox is first set back
+        so that the next put() posts, then the post is tried once more (a drain that finds
+        nothing costs a wake-up, no more), so the interrupted call gets through too.
+        """
         with self._lock:
-            pending = self._pending
-            pending.append(fn)
-            if len(pending) > 1:  # a drain is on its way and will take this one too
+            self._posted = False
+            if isinstance(error, RuntimeError):
+                self._pending = []
                 return
         try:
             self._post(self._drain)
-        except RuntimeError:  # a closed loop or a finished trio run: nobody is left to run it
+        except RuntimeError:
             with self._lock:
                 self._pending = []
+        except BaseException as again:
+            _log.error("gocontext: a hand-off to the event loop failed", exc_info=again)
+        raise error
 
     def _drain(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
+            self._posted = False
         for fn in batch:
             try:
                 fn()

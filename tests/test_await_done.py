@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Callable
 
 import anyio
 import pytest
 import trio
 
 import gocontext
-from gocontext import _context
+from gocontext import _context, _loops
 
 from .conftest import NEVER
 
@@ -208,3 +209,62 @@ def test_ending_a_context_after_its_waiters_loop_closed_is_quiet(
     assert not task.done()
     task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
     task.get_coro().close()
+
+
+class InterruptedPost:
+    """A loop's thread-safe entry (``call_soon_threadsafe``, ``run_sync_soon``) into which a
+    Ctrl-C lands once: *lands* "before" it scheduled the call, or "after" it did."""
+
+    def __init__(self, post: Callable[[Callable[[], object]], object], lands: str) -> None:
+        self.post = post
+        self.lands = lands
+        self.armed = False
+
+    def __call__(self, fn: Callable[[], object]) -> object:
+        if not self.armed:
+            return self.post(fn)
+        self.armed = False
+        if self.lands == "after":
+            self.post(fn)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("lands", ["before", "after"])
+async def test_a_ctrl_c_in_a_hand_off_to_the_loop_loses_no_wake_up(lands: str) -> None:
+    """The interrupt goes out of cancel(); the wake-up it interrupted and every later one
+    still reach the loop."""
+    backend = _loops.backend()
+    key = backend.here()
+    post = InterruptedPost(backend.mailbox(key)._post, lands)
+    _loops._mailboxes.last = _loops.Mailbox(key, post)  # the mailbox this loop's waits use
+    woke: list[int] = []
+
+    async def waiter(ctx: gocontext.Context, i: int, event: anyio.Event) -> None:
+        await ctx.done()
+        woke.append(i)
+        event.set()
+
+    def cancel_interrupted(cancel: Callable[[], None]) -> None:
+        post.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            cancel()
+        assert not post.armed
+
+    try:
+        with anyio.fail_after(NEVER):
+            async with anyio.create_task_group() as tg:
+                events = []
+                for i in range(4):
+                    ctx, cancel = gocontext.with_cancel(gocontext.background())
+                    events.append(anyio.Event())
+                    tg.start_soon(waiter, ctx, i, events[-1])
+                    await anyio.wait_all_tasks_blocked()
+                    if i == 0:
+                        await anyio.to_thread.run_sync(cancel_interrupted, cancel)
+                    else:
+                        await anyio.to_thread.run_sync(cancel)
+                        await events[-1].wait()  # a later wake-up gets through
+                await events[0].wait()  # and so does the interrupted one
+    finally:
+        _loops._mailboxes.last = None
+    assert sorted(woke) == [0, 1, 2, 3]

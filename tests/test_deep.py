@@ -98,6 +98,98 @@ def test_dropping_a_deep_chain_does_not_overflow_the_stack() -> None:
     assert ref() is None
 
 
+def merge_chain(top: gocontext.Context, depth: int) -> list[gocontext.Context]:
+    """``merge(merge(...merge(top)))``, *depth* merges, each linked to the last."""
+    chain = [top]
+    for _ in range(depth):
+        chain.append(gocontext.merge(chain[-1])[0])
+    return chain[1:]
+
+
+def foreign_chain(top: gocontext.Context, depth: int) -> list[gocontext.Context]:
+    """``with_cancel_cause(OtherContext(...))``, *depth* levels, each linked to the last
+    through a parent that is not ours."""
+    chain = [top]
+    for _ in range(depth):
+        chain.append(gocontext.with_cancel_cause(OtherContext(chain[-1]))[0])
+    return chain[1:]
+
+
+CHAINS = {"merges": merge_chain, "foreign parents": foreign_chain}
+
+
+@pytest.mark.parametrize("kind", list(CHAINS))
+def test_a_cancel_reaches_the_end_of_a_deep_linked_chain(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    top, cancel = gocontext.with_cancel_cause(gocontext.background())
+    chain = CHAINS[kind](top, DEEP)
+    ran: list[int] = []
+    chain[-1].done().add_callback(lambda: ran.append(1))
+    why = KeyError("why")
+    cancel(why)
+    assert [i for i, ctx in enumerate(chain) if ctx.err() is None] == []
+    assert isinstance(chain[-1].err(), gocontext.Canceled)
+    assert gocontext.cause(chain[-1]) is why
+    assert chain[-1].done().is_set()
+    assert ran == [1]
+    assert not [r for r in caplog.records if r.name == "gocontext"]
+
+
+def test_value_through_a_deep_merge_chain() -> None:
+    key = gocontext.Key[str]("k")
+    top = gocontext.with_value(gocontext.background(), key, "v")
+    deepest = merge_chain(top, DEEP)[-1]
+    assert deepest.value(key) == "v"
+    assert deepest.value("missing") is None
+    # each merge asks its parents in order: the first that has the key answers
+    other = gocontext.with_value(gocontext.background(), "other", "o")
+    both, _ = gocontext.merge(deepest, other)
+    assert merge_chain(both, 1000)[-1].value("other") == "o"
+    assert merge_chain(both, 1000)[-1].value(key) == "v"
+
+
+def test_a_deep_linked_chain_ends_whole_whatever_its_callbacks_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A callback raising deep in the chain is logged, a Ctrl-C in one goes out of cancel()
+    once the whole chain has ended, and every callback runs once."""
+    top, cancel = gocontext.with_cancel(gocontext.background())
+    chain = merge_chain(top, 3000)
+    ran: list[int] = []
+
+    def interrupt() -> None:
+        ran.append(1000)
+        raise KeyboardInterrupt
+
+    def fail() -> None:
+        ran.append(2000)
+        raise ValueError("a callback's bug")
+
+    chain[1000].done().add_callback(interrupt)
+    chain[2000].done().add_callback(fail)
+    chain[-1].done().add_callback(lambda: ran.append(len(chain)))
+    with pytest.raises(KeyboardInterrupt):
+        cancel()
+    assert [i for i, ctx in enumerate(chain) if ctx.err() is None] == []
+    assert sorted(ran) == [1000, 2000, len(chain)]
+    assert len([r for r in caplog.records if r.name == "gocontext"]) == 1
+
+
+def test_a_callback_deep_in_a_linked_chain_sees_what_it_derives_from_an_ended_context() -> None:
+    top, cancel = gocontext.with_cancel(gocontext.background())
+    chain = merge_chain(top, 2000)
+    seen: list[object] = []
+
+    def derive() -> None:
+        seen.append(type(gocontext.merge(top)[0].err()))
+        seen.append(type(gocontext.with_cancel(OtherContext(top))[0].err()))
+
+    chain[-1].done().add_callback(derive)
+    cancel()
+    assert seen == [gocontext.Canceled, gocontext.Canceled]
+
+
 def lines_run(fn: Callable[[], object]) -> int:
     """How many lines of gocontext's own code ``fn()`` runs: a count, independent of speed."""
     count = 0

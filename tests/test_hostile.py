@@ -121,6 +121,7 @@ HOSTILE: list[object] = [
     BadHandleContext(PARENT),
     ValueError("a cause"),
     print,
+    OtherContext,  # a Context class where an instance belongs
 ]
 
 
@@ -227,3 +228,34 @@ def test_cancel_refuses_an_argument_and_leaves_the_context_live() -> None:
             assert ctx.err() is None
         cancel()
         assert isinstance(ctx.err(), gocontext.Canceled)
+
+
+# name, the argument, how to pass a context class as it
+CLASS_CALLS: list[tuple[str, str, Callable[[Any], object]]] = [
+    ("with_cancel", "parent", lambda c: gocontext.with_cancel(c)),
+    ("with_cancel_cause", "parent", lambda c: gocontext.with_cancel_cause(c)),
+    ("with_timeout", "parent", lambda c: gocontext.with_timeout(c, 1)),
+    ("with_deadline", "parent", lambda c: gocontext.with_deadline(c, 1e8)),
+    ("with_value", "parent", lambda c: gocontext.with_value(c, "k", 1)),
+    ("without_cancel", "parent", lambda c: gocontext.without_cancel(c)),
+    ("merge", "parent", lambda c: gocontext.merge(PARENT, c)),
+    ("after_func", "ctx", lambda c: gocontext.after_func(c, print)),
+    ("cause", "ctx", lambda c: gocontext.cause(c)),
+    ("use", "ctx", lambda c: gocontext.use(c)),
+    ("Group", "parent", lambda c: gocontext.Group(c)),
+]
+
+
+@pytest.mark.parametrize(("name", "arg", "call"), CLASS_CALLS, ids=[c[0] for c in CLASS_CALLS])
+def test_a_context_class_in_place_of_a_context_is_refused_by_name(
+    name: str, arg: str, call: Callable[[Any], object]
+) -> None:
+    """``with_cancel(MyContext)``: the class has the protocol's methods, but unbound."""
+    pending = _timer.timer.pending()
+    with pytest.raises(TypeError) as info:
+        clean_up(call(OtherContext))
+    message = str(info.value)
+    assert f"{name}() needs a Context as {arg}" in message, message
+    assert "OtherContext" in message and "class" in message, message
+    assert _context.watcher_count(PARENT) == 0
+    assert _timer.timer.pending() == pending

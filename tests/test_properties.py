@@ -2,7 +2,9 @@
 
 Rule: a node ends at the first event that reaches it (its own cancel or deadline, or one of an
 ancestor's, not across without_cancel), with that event's error and cause, and never changes
-after; callbacks registered on it run exactly once, when it ends.
+after; callbacks registered on it run exactly once, when it ends. A parent may also be reached
+through a link (``merge(parent)``, or a parent that is not ours wrapping it), and a tree may end
+in a chain hundreds of links deep.
 """
 
 from __future__ import annotations
@@ -12,8 +14,43 @@ from hypothesis import strategies as st
 
 import gocontext
 
-from .conftest import FakeClock
-from .strategies import Event, Tree, event_lists, trees
+from .conftest import FakeClock, OtherContext
+from .strategies import KINDS, Event, Tree, trees
+
+# Linked kinds: "merge" is merge(parent) (its cancel takes no cause), "foreign" is
+# with_cancel_cause(OtherContext(parent)).
+LINKED = ("merge", "foreign")
+CAUSED = ("cancel", "foreign")  # the kinds whose cancel takes a cause (unless plain)
+
+
+@st.composite
+def linked_trees(draw: st.DrawFn, tail: int = 0) -> Tree:
+    """A tree of ``trees()`` with linked kinds among the others, and a chain of up to *tail*
+    more nodes under its last node, mostly linked (deep enough to overflow a stack that
+    nested one frame per link; no without_cancel in it, which would cut it short)."""
+    tree = draw(trees())
+    kinds = [tree.kinds[0]] + [draw(st.sampled_from(KINDS + LINKED)) for _ in tree.kinds[1:]]
+    n = len(kinds)
+    length = draw(st.integers(0, tail))
+    chained = LINKED * 6 + tuple(k for k in KINDS if k != "without_cancel")
+    more = draw(st.lists(st.sampled_from(chained), min_size=length, max_size=length))
+    watched = draw(st.lists(st.booleans(), min_size=length, max_size=length))
+    return Tree(
+        tree.parents + tuple(range(n - 1, n - 1 + len(more))),
+        tuple(kinds + more),
+        tree.timeouts + (3,) * len(more),
+        tree.watched + tuple(watched),
+    )
+
+
+@st.composite
+def event_lists(draw: st.DrawFn, tree: Tree) -> list[Event]:
+    cancelable = [i for i, k in enumerate(tree.kinds) if k not in ("value", "without_cancel")]
+    one = st.one_of(
+        st.builds(Event, st.just("cancel"), st.sampled_from(cancelable)),
+        st.builds(Event, st.just("advance"), st.integers(1, 3)),
+    )
+    return draw(st.lists(one, max_size=12))
 
 
 class Cause(Exception):
@@ -36,6 +73,10 @@ def build(
             ctx = gocontext.with_value(parent, "node", i)
         elif kind == "without_cancel":
             ctx = gocontext.without_cancel(parent)
+        elif kind == "merge":
+            ctx, cancels[i] = gocontext.merge(parent)
+        elif kind == "foreign":
+            ctx, cancels[i] = gocontext.with_cancel_cause(OtherContext(parent))
         else:
             ctx, cancels[i] = gocontext.with_timeout_cause(
                 parent, float(tree.timeouts[i]), Cause(f"deadline {i}")
@@ -80,7 +121,7 @@ def model(
     now = start
     for ev in events:
         if ev.kind == "cancel":  # a timeout's cancel takes no cause (Go's CancelFunc)
-            cause = tree.kinds[ev.arg] == "cancel" and ev.arg not in plain
+            cause = tree.kinds[ev.arg] in CAUSED and ev.arg not in plain
             why = f"cancel {ev.arg}" if cause else "context canceled"
             end(ev.arg, ("Canceled", why))
         else:
@@ -98,7 +139,7 @@ def model(
 def test_every_descendant_of_an_ended_node_ends_with_the_first_cause_and_no_other(
     fake_clock: FakeClock, data: st.DataObject
 ) -> None:
-    tree = data.draw(trees())
+    tree = data.draw(linked_trees(tail=1200))
     events = data.draw(event_lists(tree))
     start = fake_clock.t
     ctxs, cancels = build(tree, fake_clock)
@@ -112,7 +153,7 @@ def test_every_descendant_of_an_ended_node_ends_with_the_first_cause_and_no_othe
 
             ctxs[i].done().add_callback(bump)
     for ev in events:
-        if ev.kind == "cancel" and tree.kinds[ev.arg] == "cancel":
+        if ev.kind == "cancel" and tree.kinds[ev.arg] in CAUSED:
             cancels[ev.arg](Cause(f"cancel {ev.arg}"))  # type: ignore[operator]
         elif ev.kind == "cancel":
             cancels[ev.arg]()  # type: ignore[operator]
@@ -147,7 +188,7 @@ def test_what_a_node_reports_between_events_is_never_stale(
     be dropped when anything ends), in a random order (deep nodes first, or their ancestors),
     and each answer must be the model's at that moment; half the cancelable nodes are plain
     with_cancel (cancelled without the lock when nothing watches them)."""
-    tree = data.draw(trees())
+    tree = data.draw(linked_trees())
     events = data.draw(event_lists(tree))
     n = len(tree.kinds)
     plain = frozenset(i for i in range(n) if tree.kinds[i] == "cancel" and data.draw(st.booleans()))
@@ -159,7 +200,7 @@ def test_what_a_node_reports_between_events_is_never_stale(
     for step in range(len(events) + 1):
         if step:
             ev = events[step - 1]
-            if ev.kind == "cancel" and tree.kinds[ev.arg] == "cancel" and ev.arg not in plain:
+            if ev.kind == "cancel" and tree.kinds[ev.arg] in CAUSED and ev.arg not in plain:
                 cancels[ev.arg](Cause(f"cancel {ev.arg}"))  # type: ignore[operator]
             elif ev.kind == "cancel":
                 cancels[ev.arg]()  # type: ignore[operator]
