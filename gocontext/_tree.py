@@ -395,9 +395,6 @@ def end(node: Node, state: State) -> None:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
         interrupt = e
-    finally:
-        if _deferred:  # left by code that interrupted the block above (see _reentrant)
-            _run_deferred()
     # What is left once the end is committed runs in this loop, all of it inside the try: an
     # interrupt landing anywhere leaves the rest to the next turn, never skips it. (Python 3.10
     # checks for signals at every jump it takes, so no branch stands between here and the try.)
@@ -434,6 +431,10 @@ def end(node: Node, state: State) -> None:
                 interrupt = e
             else:  # (asyncio's CancelledError, GeneratorExit: a callback's, logged)
                 _log.error("gocontext: a done callback raised", exc_info=e)
+    # Left by code that interrupted the locked block above (see _reentrant): run once the
+    # end is complete, not between its commit and the loop (no branch may stand there).
+    if _deferred:
+        _run_deferred()
     if interrupt is not None:
         raise_first(interrupt)
 
