@@ -35,6 +35,7 @@ from .._context import (
 from .._done import Done
 from .._propagation import _keys, attach_values
 from ..http._headers import parse_baggage
+from ..http._middleware import _DEADLINE_SLACK
 
 try:  # the same cause as the HTTP wires, when the http extra is there
     from ..http._middleware import ClientDisconnected
@@ -121,8 +122,11 @@ class _Rpc:
         self.cancel(ClientDisconnected("the client cancelled the RPC or went away"))
 
     def deadline_passed(self) -> bool:
+        """Whether the deadline has passed, or is so close that a client leaving now left for
+        it (its cancel at its own deadline reaches us a moment before ours): one cause for
+        one event, whichever the server happened to see first, as ``ContextMiddleware``."""
         left = self.servicer_context.time_remaining()
-        return left is not None and left <= 0
+        return left is not None and left <= _DEADLINE_SLACK
 
     def end(self) -> None:
         self.finished = True

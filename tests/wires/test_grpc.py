@@ -328,12 +328,9 @@ async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer, 
             with pytest.raises(gocontext.DeadlineExceeded):
                 await answer(await start_waiting_call(ch, kind), kind)
         cause = await anyio.to_thread.run_sync(BOARD.wait_ended, name)
-        if kind in ("unary", "stream-out"):
-            assert isinstance(cause, gocontext.DeadlineExceeded)
-        else:
-            # Known gap: with a request stream, the server now and then sees the client's
-            # cancel at the deadline before its own deadline (ClientDisconnected).
-            assert BOARD.errors[name] is not None
+        # (the client's cancel at its deadline may reach the server a moment before the
+        # server's own deadline: that is still the deadline's doing)
+        assert isinstance(cause, gocontext.DeadlineExceeded), cause
         with anyio.fail_after(NEVER):
             assert await ch.unary_unary(method("Ok"))(b"") == b"ok"
 
