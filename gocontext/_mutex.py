@@ -17,18 +17,23 @@ released; a signal's exception raised while waiting leaves the token where it wa
 ``acquire`` does); and ``with`` itself, entered and left by the interpreter, so no signal
 handler runs between taking the token and the protected block (``lock.acquire()`` followed by
 ``try:`` leaves that window open: an exception raised there keeps the lock for good). Like a
-lock, it is not reentrant: ``held(m)`` (the queue's ``empty``, a C call) lets a caller that
-may be running inside the holder (a signal handler, a finalizer) look before it blocks.
+lock, it is not reentrant. A caller that may be running inside the holder (a signal handler,
+a finalizer) enters ``attempt(m)`` instead: the same token, taken by the queue's
+``get_nowait``, so a held mutex raises ``Busy`` at once rather than blocking. On the path
+where the mutex is free, that costs what ``with m:`` costs, where a look first (``held(m)``,
+the queue's ``empty``) would cost a call more.
 """
 
 from __future__ import annotations
 
-from _queue import SimpleQueue  # the C type itself, whatever patches the `queue` module
+from _queue import Empty, SimpleQueue  # the C types, whatever patches the `queue` module
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
-__all__ = ["held", "mutex"]
+__all__ = ["Busy", "attempt", "held", "mutex"]
+
+Busy = Empty  # what entering ``attempt(m)`` raises while *m* is held
 
 
 def mutex() -> AbstractContextManager[None]:
@@ -45,6 +50,12 @@ def mutex() -> AbstractContextManager[None]:
     """
     tokens: SimpleQueue[None] = SimpleQueue()
     tokens.put(None)
+    now: dict[str, Any] = {
+        "__slots__": (),
+        "__enter__": tokens.get_nowait,  # takes the token, or raises Empty (Busy) at once
+        "__exit__": tokens.put,
+        "__doc__": "An attempt at a mutex (see gocontext._mutex.attempt).",
+    }
     namespace: dict[str, Any] = {
         "__slots__": (),
         # Bound builtins are not descriptors: the `with` lookup returns them as they are.
@@ -53,6 +64,7 @@ def mutex() -> AbstractContextManager[None]:
         # puts the token back (the exception type, or None: any object is a token) and
         # returns None, so an exception from the block goes on
         "held": tokens.empty,  # (a bound builtin: see held())
+        "attempt": type("attempt", (), now)(),
         "__doc__": "A mutex (see gocontext._mutex).",
         "__repr__": lambda self: f"<gocontext mutex {'free' if tokens.qsize() else 'held'}>",
     }
@@ -72,3 +84,23 @@ def held(m: AbstractContextManager[None]) -> Callable[[], bool]:
         False
     """
     return cast("Callable[[], bool]", type(m).held)  # type: ignore[attr-defined]  # set in mutex()
+
+
+def attempt(m: AbstractContextManager[None]) -> AbstractContextManager[None]:
+    """*m*, entered without waiting: ``with attempt(m):`` runs its block holding *m* if *m* is
+    free, and raises ``Busy`` (before the block) if any thread holds it.
+
+    Example:
+        >>> m = mutex()
+        >>> with attempt(m):
+        ...     try:
+        ...         with attempt(m):
+        ...             pass
+        ...     except Busy:
+        ...         "busy"
+        'busy'
+        >>> with m:
+        ...     "free again"
+        'free again'
+    """
+    return cast("AbstractContextManager[None]", type(m).attempt)  # type: ignore[attr-defined]  # set in mutex()

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from . import _afterfunc, _timer
 from ._done import CallbackHandle, Done, handoffs
 from ._errors import Canceled, ContextError, DeadlineExceeded, describe
-from ._mutex import held, mutex
+from ._mutex import Busy, attempt, mutex
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -82,7 +82,7 @@ State = tuple[type[ContextError], "BaseException | None"]
 CANCELED: Final[State] = (Canceled, None)
 
 _lock = mutex()  # `with _lock:` at half the cost of a threading.Lock's (see _mutex)
-_lock_held = held(_lock)
+_locking = attempt(_lock)  # `with _locking:` takes it, or raises Busy at once
 _epoch = 0  # bumped under _lock by every end, right after the state is stored (see above)
 _CHILD: Final = object()  # in a watchers dict: the key is a watched child node, not a handle
 
@@ -228,15 +228,17 @@ def _look_up(node: Node) -> State | None:
 # A finalizer run by the garbage collector (at any allocation) and a signal handler (between
 # two bytecodes) run inside whatever the thread was doing, a block under `_lock` included. If
 # such code cancels a context, it must not wait for a lock that its own thread holds further
-# down the stack: it would wait for good. So an entry point that finds the lock held asks
-# `_reentrant()`, which looks down the stack for a frame of ours inside a `with _lock:` block
-# (by line: the blocks' lines are read from the source once, when first needed; with no
-# source to read, nothing is found, as before). Only then is an end left in `_deferred`, to
-# run as the block is left (each block is followed by a look at `_deferred`: one global load
-# on the paths that take the lock); a handle's removal likewise. These two are what such code
-# does (stop something; stop watching); the look costs a C call, so the other entry points
-# (a first `done()`, a registration: they must answer now, and could not be deferred) do not
-# make it, and such code must not call them (docs/semantics.md).
+# down the stack: it would wait for good. So an end and a handle's removal enter the lock as
+# `with _locking:` (see _mutex.attempt: the same lock, taken without waiting, at the cost of
+# `with _lock:`), and only when that finds it held (Busy) ask `_reentrant()`, which looks
+# down the stack for a frame of ours inside a locked block (by line: the blocks' lines are
+# read from the source once, when first needed; with no source to read, nothing is found, as
+# before). Only then is the work left in `_deferred`, to run as the block is left (each block
+# is followed by a look at `_deferred`: one global load on the paths that take the lock);
+# else it waits for the other thread and tries again. These two are what such code does
+# (stop something; stop watching); the other entry points (a first `done()`, a
+# registration: they must answer now, and could not be deferred) do not look, and such code
+# must not call them (docs/semantics.md).
 
 _deferred: list[Callable[[], object]] = []
 _INTERRUPTS: Final = (KeyboardInterrupt, SystemExit)  # what a callback raises that goes on
@@ -245,7 +247,7 @@ _locked_lines: dict[str, frozenset[int]] | None = None
 
 def _reentrant() -> bool:
     """Whether a frame below the caller's, in this thread, is inside a ``with _lock:`` block:
-    the caller interrupted the lock's holder (see above). Called only while the lock is held."""
+    the caller interrupted the lock's holder (see above). Called when the lock was found held."""
     lines = _locked_lines if _locked_lines is not None else _find_locked_lines()
     f: Any = sys._getframe(2)
     while f is not None:
@@ -278,7 +280,7 @@ def _find_locked_lines() -> dict[str, frozenset[int]]:
                     lines.add(number)
                     continue
                 block = -1
-            if stripped.startswith(("with _lock:", "with _tree._lock:")):
+            if stripped.startswith(("with _lock:", "with _locking:", "with _tree._lock:")):
                 block = indent
         found[path or ""] = frozenset(lines)
     _locked_lines = found
@@ -319,78 +321,97 @@ def end(node: Node, state: State) -> None:
     every callback runs; the first interrupt goes out of here after that.
     """
     global _epoch
-    if _lock_held() and _reentrant():
-        _deferred.append(functools.partial(end, node, state))
-        return
     ending = interrupt = entry = call = None
     fn: Any = None
     unwatch: Node | None = None
     committed = bare = False
     try:
-        with _lock:  # (not acquire(): a signal between acquire() and try would keep the lock)
-            if node._state is not None:
-                return
-            a: State | None = None  # the nearest ended ancestor's end, as in Node._cancel
-            n = node._up
-            while n is not None and n._tag is not _epoch:
-                a = n._state or n._end
-                if a is not None:
-                    break
-                n = n._up
-            d = node._done
-            if d is None:
-                bare = True
-            elif d._links is None:
-                w = d._watchers
-                if not w:
-                    bare = True
-                elif len(w) == 1 and not node._has_entry:
-                    (fn,) = w.values()
-                    if fn is _CHILD or type(fn) is _LockType:
-                        fn = None
-            if bare:
-                # Nothing registered (any more), nothing linked: the end is the store, and
-                # the timer entry taken with it. No _Ending.
-                if node._has_entry:
-                    entry = node._entry
-                    node._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
-                if node._state is None:  # (else a lock-free Node._cancel came first: see there)
-                    node._state = a or state
-                    _epoch += 1  # (nothing between the look, the store and this: see the module)
-                    committed = True
-                    if d is not None:
-                        d._node = _ENDED  # (see _Ended)
-                else:
-                    return
-            elif fn is not None:
-                # The commonest watched node (a scope's, an HTTP call's, a to_thread's): one
-                # callback, nothing to hand down, nothing to release. No _Ending: once the
-                # end is committed, all that is left is the call below.
-                node._state = a or state
-                _epoch += 1  # (no call between the check, the store and this: see the module)
-                committed = True
-                d._watchers = None  # type: ignore[union-attr]  # (d is not None: fn was found in it)
-                d._node = _ENDED  # type: ignore[union-attr]  # (see _Ended)
-                if a is None and (up := node._up) is not None:
-                    # _unwatch_locked(up, node), its common case written out: up keeps other
-                    # watchers, so nothing further up changes. (Cut short by an interrupt, it
-                    # is done again below: `unwatch` is cleared only once it is done.)
-                    unwatch = up
-                    uw = up._done._watchers  # type: ignore[union-attr]  # node is registered on up
-                    if uw is not None and len(uw) > 1:
-                        uw.pop(node, None)
+        while True:  # (no jump back but after Busy)
+            try:
+                with _locking:  # the lock, or Busy at once (see _reentrant)
+                    if node._state is not None:
+                        return
+                    a: State | None = None  # the nearest ended ancestor's end, as in Node._cancel
+                    n = node._up
+                    while n is not None and n._tag is not _epoch:
+                        a = n._state or n._end
+                        if a is not None:
+                            break
+                        n = n._up
+                    d = node._done
+                    if d is None:
+                        bare = True
+                    elif d._links is None:
+                        w = d._watchers
+                        if not w:
+                            bare = True
+                        elif len(w) == 1 and not node._has_entry:
+                            (fn,) = w.values()
+                            if fn is _CHILD or type(fn) is _LockType:
+                                fn = None
+                    if bare:
+                        # Nothing registered (any more), nothing linked: the end is the store, and
+                        # the timer entry taken with it. No _Ending.
+                        if node._has_entry:
+                            entry = node._entry
+                            node._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
+                        if (
+                            node._state is None
+                        ):  # (else a lock-free Node._cancel came first: see there)
+                            node._state = a or state
+                            _epoch += (
+                                1  # (nothing between the look, the store and this: see the module)
+                            )
+                            committed = True
+                            if d is not None:
+                                d._node = _ENDED  # (see _Ended)
+                        else:
+                            return
+                    elif fn is not None:
+                        # The commonest watched node (a scope's, an HTTP call's, a to_thread's): one
+                        # callback, nothing to hand down, nothing to release. No _Ending: once the
+                        # end is committed, all that is left is the call below.
+                        node._state = a or state
+                        _epoch += (
+                            1  # (no call between the check, the store and this: see the module)
+                        )
+                        committed = True
+                        d._watchers = None  # type: ignore[union-attr]  # (d is not None: fn was found in it)
+                        d._node = _ENDED  # type: ignore[union-attr]  # (see _Ended)
+                        if a is None and (up := node._up) is not None:
+                            # _unwatch_locked(up, node), its common case written out: up keeps
+                            # other watchers, so nothing further up changes. (Cut short by an
+                            # interrupt, it is done again below: `unwatch` is cleared only once
+                            # it is done.)
+                            unwatch = up
+                            uw = up._done._watchers  # type: ignore[union-attr]  # node is registered on up
+                            if uw is not None and len(uw) > 1:
+                                uw.pop(node, None)
+                            else:
+                                _unwatch_locked(up, node)
+                            unwatch = None
                     else:
-                        _unwatch_locked(up, node)
-                    unwatch = None
-            else:
-                ending = _Ending(node, a or state, a is None and node._up is not None)
-                if node._state is None:  # (else a lock-free Node._cancel came first: see there)
-                    node._state = ending.state  # committed: from here on, the end completes
-                    _epoch += 1  # (nothing between the look, the store and this: see the module)
-                    committed = True
-                    _settle_locked(ending, False)
-                else:
+                        ending = _Ending(node, a or state, a is None and node._up is not None)
+                        if (
+                            node._state is None
+                        ):  # (else a lock-free Node._cancel came first: see there)
+                            node._state = ending.state  # committed: from here on, the end completes
+                            _epoch += (
+                                1  # (nothing between the look, the store and this: see the module)
+                            )
+                            committed = True
+                            _settle_locked(ending, False)
+                        else:
+                            return
+                break
+            except Busy:
+                if committed:  # (raised by a signal handler inside the block: an interrupt)
+                    raise
+                if _reentrant():  # this thread holds the lock, further down the stack
+                    _deferred.append(functools.partial(end, node, state))
                     return
+                with _lock:  # another thread holds it: wait for it, then try again
+                    pass
     except BaseException as e:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
@@ -757,15 +778,24 @@ class _Handle:
     _node: Node
 
     def cancel(self) -> bool:
-        if _lock_held() and _reentrant():
-            _deferred.append(self.cancel)  # removed once the interrupted code lets go
-            return False
-        try:
-            with _lock:
-                return _unwatch_locked(self._node, self)
-        finally:
+        while True:  # (as in end())
+            try:
+                with _locking:
+                    removed = _unwatch_locked(self._node, self)
+            except Busy:
+                if _reentrant():  # (not in a finally below: the lock is held down the stack)
+                    _deferred.append(self.cancel)  # removed once the interrupted code lets go
+                    return False
+                with _lock:
+                    pass
+                continue
+            except BaseException:
+                if _deferred:
+                    _run_deferred()
+                raise
             if _deferred:
                 _run_deferred()
+            return removed
 
 
 class _SpentHandle:
@@ -874,9 +904,9 @@ def _after_fork_in_child() -> None:
     # thread may have held it at fork time), then the timer, whose new thread may end nodes
     # (and so take the tree lock) at once, then the after_func pool, whose queued functions
     # may do the same.
-    global _lock, _lock_held
+    global _lock, _locking
     _lock = mutex()
-    _lock_held = held(_lock)
+    _locking = attempt(_lock)
     _deferred.clear()  # (the parent's: its own thread runs them there)
     handoffs.clear()  # (no waker waits in the child: its thread is not there)
     _timer.after_fork_in_child()

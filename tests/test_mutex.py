@@ -6,11 +6,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
+import gocontext
 from gocontext import _tree
-from gocontext._mutex import mutex
+from gocontext._done import CallbackHandle
+from gocontext._mutex import Busy, attempt, mutex
 
 from .conftest import NEVER
 
@@ -125,6 +128,91 @@ def test_a_signal_that_raises_while_waiting_for_it_leaves_it_with_its_holder() -
     assert not entered
     with m:  # the holder gave it back, and nobody else holds it
         pass
+
+
+def test_an_attempt_takes_the_same_token_or_raises_busy_at_once() -> None:
+    m = mutex()
+    holding, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with m:
+            holding.set()
+            leave.wait(NEVER)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(NEVER)
+    ran = False
+    with pytest.raises(Busy):
+        with attempt(m):  # held by the other thread: no wait, no entry
+            ran = True
+    assert not ran
+    leave.set()
+    t.join(NEVER)
+    with attempt(m):  # free now: taken, and so held
+        with pytest.raises(Busy):
+            with attempt(m):
+                pass
+    with m:  # given back on leaving
+        pass
+
+
+def test_ends_and_removals_that_find_the_tree_lock_busy_wait_and_lose_nothing() -> None:
+    """Threads that end watched children of one parent and remove callbacks at once keep
+    finding the tree lock held by one another (the path that waits and tries again)."""
+    parent, cancel_parent = gocontext.with_cancel(gocontext.background())
+    ran: list[int] = []
+    kids = []
+    for i in range(2000):
+        ctx, cancel = gocontext.with_cancel(parent)
+        ctx.done().add_callback(lambda i=i: ran.append(i))
+        kept = ctx.done().add_callback(lambda: ran.append(-1))
+        kids.append((cancel, kept))
+    go = threading.Barrier(4)
+
+    def work(part: list[tuple[Callable[[], None], CallbackHandle]]) -> None:
+        go.wait(NEVER)
+        for cancel, kept in part:
+            assert kept.cancel()
+            cancel()
+
+    threads = [threading.Thread(target=work, args=(kids[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(NEVER)
+    assert sorted(ran) == list(range(2000))  # each ran once, no removed one ran
+    assert gocontext._context.watcher_count(parent) == 0
+    cancel_parent()
+
+
+def test_an_end_and_a_removal_that_find_the_tree_lock_held_wait_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread holds the tree lock: a cancel and a callback's removal find it busy,
+    ask whether they interrupted its holder (no), wait, then do their work."""
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    ran: list[str] = []
+    ctx.done().add_callback(lambda: ran.append("ended"))
+    kept = ctx.done().add_callback(lambda: ran.append("removed one ran"))
+    asked = threading.Semaphore(0)
+    reentrant = _tree._reentrant
+
+    def asking() -> bool:
+        asked.release()
+        return reentrant()
+
+    monkeypatch.setattr(_tree, "_reentrant", asking)
+    removed: list[bool] = []
+    for step in (lambda: removed.append(kept.cancel()), cancel):
+        with _tree._lock:
+            t = threading.Thread(target=step)
+            t.start()
+            assert asked.acquire(timeout=NEVER)  # it found the lock held, and asks
+            assert ran == [] and ctx.err() is None  # and waits
+        t.join(NEVER)
+    assert removed == [True] and ran == ["ended"]
+    assert ctx.err() is not None
 
 
 def test_the_tree_lock_is_one() -> None:
