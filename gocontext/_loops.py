@@ -186,14 +186,35 @@ class Mailbox:
         raise error
 
     def _drain(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-            self._posted = False
-        for fn in batch:
+        """Run the calls put so far. A Ctrl-C landing in one of them (or between two) goes
+        out of here once the rest have run: each is a wake-up that a task is waiting for."""
+        interrupt: BaseException | None = None
+        batch: list[Callable[[], object]] | None = None
+        i = 0  # the next call to run: kept across an interrupt, so none is run twice
+        while True:
             try:
-                fn()
-            except Exception:  # pragma: no cover - our calls do not raise; one must not stop all
-                _log.exception("gocontext: a call handed to the event loop failed")
+                if batch is None:  # (taken in here: an interrupt as the lock is let go keeps it)
+                    with self._lock:
+                        batch, self._pending = self._pending, []
+                        self._posted = False
+                while i < len(batch):
+                    fn = batch[i]
+                    i += 1
+                    try:
+                        fn()
+                    except Exception:  # pragma: no cover - our calls do not raise
+                        _log.exception("gocontext: a call handed to the event loop failed")
+                break
+            except BaseException as e:
+                if interrupt is None:
+                    interrupt = e
+                else:  # pragma: no cover - a second Ctrl-C within one batch
+                    _log.error("gocontext: an interrupt while handing calls over", exc_info=e)
+        if interrupt is not None:
+            try:
+                raise interrupt
+            finally:
+                interrupt = None
 
 
 _mailboxes = threading.local()  # .last: the mailbox of the loop this thread ran last

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -268,3 +270,53 @@ async def test_a_ctrl_c_in_a_hand_off_to_the_loop_loses_no_wake_up(lands: str) -
     finally:
         _loops._mailboxes.last = None
     assert sorted(woke) == [0, 1, 2, 3]
+
+
+def _batch_with_a_ctrl_c(box: _loops.Mailbox, ran: list[int]) -> None:
+    """Hand *box* one batch: a real Ctrl-C (SIGINT, to Python's own handler) in its first
+    call, then two calls that must still run."""
+    box.put(lambda: signal.raise_signal(signal.SIGINT))
+    box.put(lambda: ran.append(1))
+    box.put(lambda: ran.append(2))
+
+
+@pytest.fixture
+def python_sigint_handler() -> Iterator[None]:
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.usefixtures("python_sigint_handler")
+def test_a_ctrl_c_in_a_batch_handed_to_an_asyncio_loop_loses_none_of_its_calls() -> None:
+    """The interrupt goes out of the loop, after every other call of the batch has run."""
+    loop = asyncio.new_event_loop()
+    ran: list[int] = []
+    _batch_with_a_ctrl_c(_loops.Mailbox(loop, loop.call_soon_threadsafe), ran)
+    sleeper = loop.create_task(asyncio.sleep(NEVER))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(sleeper)
+        assert ran == [1, 2]
+    finally:
+        sleeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(sleeper)
+        loop.close()
+
+
+@pytest.mark.usefixtures("python_sigint_handler")
+def test_a_ctrl_c_in_a_batch_handed_to_a_trio_run_loses_none_of_its_calls() -> None:
+    """trio runs the calls with the interrupt held off, and raises it in the run after."""
+    ran: list[int] = []
+
+    async def main() -> None:
+        backend = _loops.backend()
+        _batch_with_a_ctrl_c(backend.mailbox(backend.here()), ran)
+        await trio.sleep(NEVER)
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main)
+    assert ran == [1, 2]
