@@ -47,6 +47,7 @@ from typing import (
 from . import _afterfunc, _timer, _tree
 from ._done import CallbackHandle, Done
 from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
+from ._mutex import Busy
 from ._tree import CANCELED, Node, end, ext_locked, state_of
 
 if TYPE_CHECKING:
@@ -1213,11 +1214,16 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
             handles.append(_add_callback(p, functools.partial(_parent_done, ctx, p), fname))
             if ctx._state is not None:
                 break
-        with _tree._lock:
-            d = ext_locked(ctx)  # (before looking at _state: see _tree._watch_locked)
-            if ctx._state is None:
-                d._links = tuple(handles)
-                handles = []
+        while True:  # (the tree lock, or Busy at once: see _tree.end)
+            try:
+                with _tree._locking:
+                    d = ext_locked(ctx)  # (before looking at _state: see _tree._watch_locked)
+                    if ctx._state is None:
+                        d._links = tuple(handles)
+                        handles = []
+                break
+            except Busy:
+                _tree._wait_unless_reentrant(f"{fname}()")
         if _tree._deferred:
             _tree._run_deferred()
     finally:

@@ -138,8 +138,13 @@ class Node:
     def done(self) -> Done:
         d = self._done
         if d is None:
-            with _lock:
-                d = ext_locked(self)
+            while True:  # (as in end(): the lock, or Busy at once)
+                try:
+                    with _locking:
+                        d = ext_locked(self)
+                    break
+                except Busy:
+                    _wait_unless_reentrant("done()")
             if _deferred:
                 _run_deferred()
         return d
@@ -236,9 +241,10 @@ def _look_up(node: Node) -> State | None:
 # before). Only then is the work left in `_deferred`, to run as the block is left (each block
 # is followed by a look at `_deferred`: one global load on the paths that take the lock);
 # else it waits for the other thread and tries again. These two are what such code does
-# (stop something; stop watching); the other entry points (a first `done()`, a
-# registration: they must answer now, and could not be deferred) do not look, and such code
-# must not call them (docs/semantics.md).
+# (stop something; stop watching). The other entry points (a first `done()`, a
+# registration, a link) must answer now and cannot be deferred: they enter the same way,
+# and raise a RuntimeError where they would wait for good (`_wait_unless_reentrant`;
+# docs/semantics.md).
 
 _deferred: list[Callable[[], object]] = []
 _INTERRUPTS: Final = (KeyboardInterrupt, SystemExit)  # what a callback raises that goes on
@@ -256,6 +262,21 @@ def _reentrant() -> bool:
             return True
         f = f.f_back
     return False
+
+
+def _wait_unless_reentrant(call: str) -> None:
+    """For an entry point that registers, having found the lock held (Busy): wait for the
+    other thread to let go of it, or, if the holder is this thread further down the stack,
+    raise: a registration answers now and cannot be left for later, and waiting would be
+    for good."""
+    if _reentrant():
+        raise RuntimeError(
+            f"gocontext: {call} was called from a signal handler or a finalizer that "
+            "interrupted gocontext in this thread while it held its lock; from there only "
+            "cancel() and a callback handle's cancel() may be called"
+        )
+    with _lock:
+        pass
 
 
 def _find_locked_lines() -> dict[str, frozenset[int]]:
@@ -280,7 +301,7 @@ def _find_locked_lines() -> dict[str, frozenset[int]]:
                     lines.add(number)
                     continue
                 block = -1
-            if stripped.startswith(("with _lock:", "with _locking:", "with _tree._lock:")):
+            if stripped.startswith(("with _lock:", "with _locking:", "with _tree._lock")):
                 block = indent
         found[path or ""] = frozenset(lines)
     _locked_lines = found
@@ -844,8 +865,13 @@ class NodeDone(Done):
         handle = _Handle()
         handle._node = self._node
         held.append(handle)  # before the registration: an interrupt after it finds it
-        with _lock:
-            s = _watch_locked(self._node, handle, lock)
+        while True:
+            try:
+                with _locking:
+                    s = _watch_locked(self._node, handle, lock)
+                break
+            except Busy:
+                _wait_unless_reentrant("done().wait()")
         if s is not None:  # ended already: nothing was registered
             lock.release()
         if _deferred:
@@ -855,8 +881,13 @@ class NodeDone(Done):
         """Register *value* on the node; its handle, or None if the node has ended."""
         handle = _Handle()  # (no __init__: the type's C constructor, then the field)
         handle._node = self._node
-        with _lock:
-            s = _watch_locked(self._node, handle, value)
+        while True:
+            try:
+                with _locking:
+                    s = _watch_locked(self._node, handle, value)
+                break
+            except Busy:
+                _wait_unless_reentrant("a registration on done() (add_callback(), await)")
         if _deferred:
             _run_deferred()
         return handle if s is None else None

@@ -36,13 +36,27 @@ seen = []
 inside = []
 
 
+fresh, _ = gocontext.with_cancel(gocontext.background())  # no done() asked yet
+
+
 def act():
     inside.append(repr(_tree._lock))  # "held" when this runs inside the library
-    if how == "cancel":
-        cancel_victim()
-        seen.append(victim.err())
-    else:
-        seen.append(held.cancel())
+    try:
+        if how == "cancel":
+            cancel_victim()
+            seen.append(victim.err())
+        elif how == "unregister":
+            seen.append(held.cancel())
+        elif how == "first done()":
+            fresh.done()
+        elif how == "add_callback":
+            victim.done().add_callback(lambda: None)
+        elif how == "wait":
+            victim.done().wait(0.001)
+        elif how == "merge":
+            gocontext.merge(victim, fresh)
+    except RuntimeError as e:
+        seen.append(str(e))
 
 
 if via == "signal":
@@ -86,3 +100,28 @@ def test_code_that_interrupts_the_library_in_its_thread_never_hangs_it(how: str,
     # ended, or the callback removed: not there and then, but as the lock was let go
     end = "Canceled('context canceled') 0" if how == "cancel" else "None 1"
     assert out.stdout.rstrip().endswith(end), out.stdout
+
+
+@pytest.mark.parametrize("via", ["finalizer", "signal"])
+@pytest.mark.parametrize("how", ["first done()", "add_callback", "wait", "merge"])
+def test_a_registration_from_code_that_interrupts_the_library_raises_rather_than_hangs(
+    how: str, via: str
+) -> None:
+    """A registration cannot be left for later (it answers now), nor made while the
+    interrupted code is half way through the registry: it raises a RuntimeError that says
+    so, and the interrupted code then goes on as it was."""
+    if via == "signal" and sys.platform == "win32":
+        pytest.skip("needs SIGUSR1")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-c", SCENARIO.format(never=NEVER), how, via],
+        capture_output=True,
+        text=True,
+        timeout=NEVER * 3,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, (out.stdout, out.stderr[-3000:])
+    assert "held" in out.stdout, out.stdout
+    assert "signal handler or a finalizer" in out.stdout, out.stdout
+    assert out.stdout.rstrip().endswith("None 2"), out.stdout  # the victim as it was
