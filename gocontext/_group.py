@@ -13,6 +13,7 @@ import collections
 import contextvars
 import inspect
 import itertools
+import logging
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ from ._context import (
     with_cancel_cause,
 )
 from ._loops import wait_done
+
+_log = logging.getLogger("gocontext")
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -448,6 +451,7 @@ class TaskGroup:
         "_ctx",
         "_errors",
         "_first",
+        "_interrupt",
         "_limit",
         "_loop_thread",
         "_pending",
@@ -468,6 +472,10 @@ class TaskGroup:
         self._stopping = False
         self._errors: list[BaseException] = []
         self._first: BaseException | None = None
+        # The first interrupt out of a cancel of g.ctx (a done callback's, a Ctrl-C landing
+        # there) made by a member or the exit: kept out of the anyio group (which would wrap
+        # it) and raised by __aexit__ once every member is waited for.
+        self._interrupt: BaseException | None = None
         self._threads: list[threading.Thread] = []
 
     @property
@@ -682,7 +690,7 @@ class TaskGroup:
     def _halt(self, cause: BaseException) -> None:
         """Cancel g.ctx first (so the tasks' finally blocks see it), then the tasks."""
         try:
-            self._cancel(cause)  # runs done callbacks, which may raise a BaseException
+            self._cancel_ctx(cause)
         finally:
             self._stop(None)
             self._tg.cancel_scope.cancel()
@@ -690,10 +698,21 @@ class TaskGroup:
     def _stop(self, cause: BaseException | None) -> None:
         try:
             if cause is not None:
-                self._cancel(cause)  # runs done callbacks, which may raise a BaseException
+                self._cancel_ctx(cause)
         finally:
             self._stopping = True
             self._pending.clear()
+
+    def _cancel_ctx(self, cause: BaseException) -> None:
+        """Cancel g.ctx; an interrupt out of its done callbacks is kept (see _interrupt), so
+        the member or exit that cancels goes on with its own stop path."""
+        try:
+            self._cancel(cause)
+        except BaseException as i:
+            if self._interrupt is None:
+                self._interrupt = i
+            else:  # pragma: no cover - a second Ctrl-C among the callbacks
+                _log.error("gocontext: an interrupt while a TaskGroup stopped", exc_info=i)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -715,6 +734,9 @@ class TaskGroup:
         try:
             return await self._exit(failed, et, e, tb)
         finally:
+            if interrupt is None:
+                interrupt = self._interrupt
+            self._interrupt = None
             if interrupt is not None:
                 try:
                     raise interrupt

@@ -177,6 +177,37 @@ async def test_an_interrupt_out_of_the_exits_cancel_after_the_body_raised_still_
     assert gocontext.cause(g.ctx) is boom
 
 
+@pytest.mark.parametrize("member", ["task", "thread"])
+async def test_an_interrupt_out_of_a_members_own_failure_leaves_the_block_bare(
+    member: str,
+) -> None:
+    """The failing member's cancel of the group meets a Ctrl-C (a done callback stands for
+    it): it goes out of the block as itself, not in an exception group, once every member is
+    waited for; the failure is kept in ``g.errors``."""
+    boom = ValueError("a member failed")
+    finished: list[BaseException | None] = []
+
+    async def failing_task(ctx: gocontext.Context) -> None:
+        raise boom
+
+    def failing_thread(ctx: gocontext.Context) -> None:
+        raise boom
+
+    with pytest.raises(KeyboardInterrupt, match="in the exit's cancel"):
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.ctx.done().add_callback(ctrl_c)
+            g.go(stop_when_told, finished)
+            await anyio.wait_all_tasks_blocked()
+            if member == "task":
+                g.go(failing_task)
+            else:
+                g.go_thread(failing_thread)
+            await anyio.sleep(NEVER)
+    assert finished == [boom]  # the sibling was stopped by the failure, and waited for
+    assert boom in g.errors
+    assert gocontext.cause(g.ctx) is boom
+
+
 async def test_an_interrupt_out_of_the_exits_cancel_after_an_outer_cancel_still_waits() -> None:
     """Only the body is cancelled (the task is shielded): the exit's cancel meets the callback."""
     finished: list[BaseException | None] = []
