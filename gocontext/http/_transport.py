@@ -4,10 +4,11 @@ A request's context is ``request.extensions["gocontext"]`` when given, else the 
 Before sending: a done context sends nothing; the time left becomes a ``Grpc-Timeout`` header
 and caps every httpx timeout; ``PropagatedKey`` values go out in ``baggage``. While in flight:
 
-- ``AsyncTransport`` registers on the context once per request and runs each step (headers,
-  then every body chunk) in a cancel scope that the context's end cancels, from any thread,
-  so the step is interrupted at once and httpcore drops the connection. A connection that a
-  cancelled request leaves stranded in httpcore's pool is taken out of it.
+- ``AsyncTransport`` registers on the context once per request, and the context's end, from
+  any thread, interrupts the step in flight (headers, then every body chunk) at once, so
+  httpcore drops the connection: under asyncio each step runs in a cancel scope that the end
+  cancels; under trio the end aborts the wait the step's task is blocked in. A connection that
+  a cancelled request leaves stranded in httpcore's pool is taken out of it.
 - ``Transport`` (blocking) registers on the context for the request's lifetime; a cancel or a
   deadline shuts down the sockets the request is using (a connecting socket included: new
   connections are made here, one handshake each), which wakes the blocked thread with an
@@ -27,8 +28,9 @@ import _thread
 import contextlib
 import contextvars
 import socket
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import httpcore
@@ -39,7 +41,7 @@ from httpcore._backends.sync import SyncStream as _SyncStream
 from .. import _loops
 from .._ambient import current
 from .._context import _NEVER, Context, check_context
-from .._done import CallbackHandle
+from .._done import CallbackHandle, Done
 from .._errors import DeadlineExceeded
 from . import _connect as _connect_mod
 from ._headers import format_grpc_timeout
@@ -47,6 +49,9 @@ from ._outgoing import baggage, deadline_passed, time_left
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["AsyncTransport", "Transport"]
 
@@ -58,6 +63,9 @@ _EXTENSION = "gocontext"  # the request extension that carries a context
 # Headers._list; its public get and set re-detect the encoding of every header on each call
 # (about 1 µs each). Where that list is as described, our two headers go straight into it.
 _FAST_HEADERS = getattr(httpx.Headers({"a": "b"}), "_list", None) == [(b"a", b"a", b"b")]
+
+_TIMEOUT_KINDS = ("connect", "read", "write", "pool")  # httpx's timeout extension
+_NO_TIMEOUTS: dict[str, float | None] = {}
 
 
 def _request_context(request: httpx.Request) -> Context:
@@ -78,13 +86,21 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
     value = baggage(ctx, None)  # (first: a context with no values leaves the header alone)
     if left is not None:
         extensions = request.extensions
-        timeouts = dict(extensions.get("timeout") or ())
-        for k in ("connect", "read", "write", "pool"):
-            own = timeouts.get(k)
-            if own is None or own > left:
-                timeouts[k] = left
-                capped = True
-        request.extensions = {**extensions, "timeout": timeouts}
+        own: Any = extensions.get("timeout") or _NO_TIMEOUTS
+        for k in _TIMEOUT_KINDS:
+            t = own.get(k)
+            if t is None or t > left:
+                break
+        else:  # every timeout of its own is shorter: the request stays as it is
+            own = None
+        if own is not None:
+            timeouts = dict(own)
+            for k in _TIMEOUT_KINDS:
+                t = timeouts.get(k)
+                if t is None or t > left:
+                    timeouts[k] = left
+            capped = True
+            request.extensions = {**extensions, "timeout": timeouts}
         timeout: str | None = format_grpc_timeout(left)
     elif value is None:
         return False
@@ -193,17 +209,20 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._loop: _Loop | None = None  # of the last request that needed a watch
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
         capped = _prepare(request, ctx)
-        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+        done = ctx.done()
+        if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
             try:
                 return await self._inner.handle_async_request(request)
             except BaseException:
                 await _release_stranded(self._inner)
                 raise
-        watch = _Watch(ctx, capped)
+        watch = _Watch(ctx, capped, self._loop, done)
+        self._loop = watch._bound
         try:
             with watch:
                 response = await self._inner.handle_async_request(request)
@@ -250,18 +269,48 @@ async def _release_stranded(inner: httpx.AsyncBaseTransport) -> None:
     await pool._close_connections([*stranded, *closing])  # shielded by httpcore
 
 
+class _Loop:
+    """What a request's watch needs of the event loop running it: made once per loop and
+    transport, not once per request (``_Watch`` checks it is the running one)."""
+
+    __slots__ = ("backend", "key", "new_scope", "put", "trio", "where")
+
+    def __init__(self) -> None:
+        try:
+            backend = _loops.backend()
+            key = backend.here()
+        except RuntimeError:
+            raise RuntimeError(
+                "gocontext.http.AsyncTransport needs a running asyncio or trio loop"
+            ) from None
+        self.backend: _loops.Backend = backend
+        self.key = key  # the asyncio loop, or the trio run's token
+        self.put = backend.mailbox(key).put
+        self.where: Callable[[], object] = backend.here_or_none
+        self.trio = _trio_interrupter() if backend is _loops.TRIO else None
+        self.new_scope: Callable[[], Any] = backend.cancel_scope_type()
+
+
 class _Watch:
     """One async request's watch on its context: each step (``with watch:`` around an await)
-    runs in a cancel scope that the context's end cancels, from any thread; a transport
-    failure the context caused is raised as its error, as ``_ContextErrors`` does.
+    is interrupted when the context ends, from any thread; a transport failure the context
+    caused is raised as its error, as ``_ContextErrors`` does.
 
     One registration on the context for the request's lifetime (until ``close()``), not one
-    per step; the end reaches the request's event loop through its mailbox and cancels the
-    step in flight there, if any (``_cs``, read and written in the loop's thread only). A step
-    that begins after the end raises at once. A framework's own cancellation passes untouched.
+    per step; the end reaches the request's event loop through its mailbox and interrupts the
+    step in flight there, if any (read and written in the loop's thread only). A step that
+    begins after the end raises at once. A framework's own cancellation passes untouched.
+
+    Under asyncio each step runs in a cancel scope that the end cancels. Under trio, where a
+    cancel scope costs more than the rest of the request's watch, a step only records its task
+    (``_task``, and ``_status``, the task's cancel status as the step began), and the end
+    interrupts that task where it blocks, as trio delivers a KeyboardInterrupt: its wait is
+    aborted and ``_Interrupted`` raised there, at each blocking point until the step is left,
+    never inside a shield entered within the step (see ``_TrioInterrupter``).
     """
 
     __slots__ = (
+        "_bound",
         "_capped",
         "_cs",
         "_ctx",
@@ -269,36 +318,48 @@ class _Watch:
         "_loop",
         "_new_scope",
         "_put",
+        "_status",
         "_step",
+        "_task",
+        "_trio",
         "_where",
     )
 
-    def __init__(self, ctx: Context, capped: bool) -> None:
+    def __init__(
+        self, ctx: Context, capped: bool, loop: _Loop | None = None, done: Done | None = None
+    ) -> None:
         self._ctx = ctx
         self._capped = capped
         self._cs: Any = None
-        self._bind()
-        self._handle = ctx.done().add_callback(self._fire)
+        self._task: Any = None
+        self._status: Any = None
+        self._bind(loop)
+        self._handle = (ctx.done() if done is None else done).add_callback(self._fire)
 
-    def _bind(self) -> None:
-        """Serve the running asyncio loop or trio run: a body may be read in another."""
-        try:
-            loops = _loops.backend()
-            loop = loops.here()
-        except RuntimeError:
-            raise RuntimeError(
-                "gocontext.http.AsyncTransport needs a running asyncio or trio loop"
-            ) from None
-        self._put = loops.mailbox(loop).put
-        self._new_scope: Callable[[], Any] = loops.cancel_scope_type()
-        self._step: Any = loops.step_scope(loop)  # one scope for every step, where it can be
-        self._where: Callable[[], object] = loops.here_or_none
-        self._loop = loop
+    def _bind(self, loop: _Loop | None = None) -> None:
+        """Serve the running asyncio loop or trio run (*loop*, if it is the one running): a
+        body may be read in another."""
+        if loop is None or loop.where() is not loop.key:
+            loop = _Loop()
+        self._bound = loop
+        self._put = loop.put
+        self._where = loop.where
+        self._loop = loop.key
+        self._trio = loop.trio
+        if loop.trio is None:
+            self._new_scope = loop.new_scope
+            self._step = loop.backend.step_scope(loop.key)  # one scope for every step, if it can
 
     def _fire(self) -> None:  # in the thread that ends ctx
         self._put(self._cancel)
 
     def _cancel(self) -> None:  # in the loop's thread
+        if self._trio is not None:
+            task = self._task
+            if task is not None:  # a step is in flight
+                self._trio.interrupt(task, self._status)
+                self._put(self._cancel)  # again, until the step is left
+            return
         cs = self._cs
         if cs is not None:
             cs.cancel()
@@ -309,6 +370,11 @@ class _Watch:
             raise err
         if self._where() is not self._loop:
             self._bind()
+        trio = self._trio
+        if trio is not None:
+            task = self._task = trio.current_task()
+            self._status = task._cancel_status
+            return
         cs = self._step
         if cs is None:
             cs = self._new_scope()
@@ -318,19 +384,94 @@ class _Watch:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        cs, self._cs = self._cs, None
-        if e is None:
-            cs.__exit__(None, None, None)  # (trio's says True for a clean exit too)
-            return
-        if cs.__exit__(et, e, tb):
-            # Our cancellation interrupted the step (nothing else cancels this scope): raise
-            # the context's error in its place. A framework's cancellation is never swallowed.
-            raise self._ctx.err() or _Aborted("the request's context ended") from None
+        if self._trio is not None:
+            self._task = self._status = None
+            if e is None:
+                return
+            if _interrupted(e):
+                # The context's end interrupted the step: raise its error in its place.
+                raise self._ctx.err() or _Aborted("the request's context ended") from None
+        else:
+            cs, self._cs = self._cs, None
+            if e is None:
+                cs.__exit__(None, None, None)  # (trio's says True for a clean exit too)
+                return
+            if cs.__exit__(et, e, tb):
+                # Our cancellation interrupted the step (nothing else cancels this scope):
+                # raise the context's error in its place. A framework's cancellation is never
+                # swallowed.
+                raise self._ctx.err() or _Aborted("the request's context ended") from None
         if et is not StopAsyncIteration:  # (a body's end)
             _raise_as_context_error(e, self._ctx, self._capped)
 
     def close(self) -> None:
         self._handle.cancel()
+
+
+class _Interrupted(BaseException):
+    """Raised where a trio task blocks inside a step whose context ended: never escapes to
+    users (``_Watch`` raises the context's error in its place). A ``BaseException``, as a
+    cancellation is, so that ``except Exception`` does not take it for a failure."""
+
+
+def _raise_interrupted() -> NoReturn:
+    raise _Interrupted("the request's context ended")
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether *e* is ``_Interrupted``, or a group of nothing else (a nursery inside the step
+    that the interrupt stopped, trio's own ``open_tcp_stream`` for one)."""
+    if isinstance(e, _Interrupted):
+        return True
+    return isinstance(e, BaseExceptionGroup) and e.split(_Interrupted)[1] is None
+
+
+class _TrioInterrupter:
+    """What ``_Watch`` needs of trio to interrupt a task: its current task, and the abort of
+    the task's wait, through the parts of trio's task that deliver a KeyboardInterrupt
+    (``_abort_func``, ``_attempt_abort``) and that say where the task is in its cancel
+    scopes (``_cancel_status``, each status's ``_parent`` and ``_scope``)."""
+
+    __slots__ = ("current_task",)
+
+    def __init__(self, current_task: Callable[[], Any]) -> None:
+        self.current_task = current_task
+
+    def interrupt(self, task: Any, entered: Any) -> None:
+        """Abort *task*'s wait with ``_Interrupted`` if it is blocked, and not in a shield
+        entered since its cancel status was *entered*; else do nothing (call again later).
+        In the trio thread."""
+        if task._abort_func is None:  # running, or at a checkpoint that cannot be aborted
+            return
+        status = task._cancel_status
+        while status is not entered:
+            if status is None or status._scope.shield:
+                return
+            status = status._parent
+        task._attempt_abort(_raise_interrupted)
+
+
+_trio_parts: list[_TrioInterrupter | None] = []  # once known: [the interrupter or None]
+
+
+def _trio_interrupter() -> _TrioInterrupter | None:
+    """The interrupter, in a trio task, if trio's task is laid out as it expects; else None
+    (and each step runs in a cancel scope of its own)."""
+    if _trio_parts:
+        return _trio_parts[0]
+    import trio
+
+    current_task = trio.lowlevel.current_task
+    task = current_task()
+    status = getattr(task, "_cancel_status", None)
+    ok = (
+        callable(getattr(task, "_attempt_abort", None))
+        and hasattr(task, "_abort_func")
+        and hasattr(status, "_parent")
+        and isinstance(getattr(getattr(status, "_scope", None), "shield", None), bool)
+    )
+    _trio_parts.append(_TrioInterrupter(current_task) if ok else None)
+    return _trio_parts[0]
 
 
 class _AsyncBoundedStream(httpx.AsyncByteStream):
@@ -401,7 +542,8 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         try:
-            await self._finish_it()
+            if self._it is not None:
+                await self._finish_it()
         finally:
             self._end_watch()
             inner, self._inner = self._inner, None
@@ -663,10 +805,11 @@ class Transport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
         capped = _prepare(request, ctx)
-        if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+        done = ctx.done()
+        if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
             return self._inner.handle_request(request)
         aborter = _Aborter(self._pool, request.extensions)
-        handle = ctx.done().add_callback(aborter.abort)
+        handle = done.add_callback(aborter.abort)
         errors = _ContextErrors(ctx, capped)
         token = _current.set(aborter)
         try:

@@ -113,6 +113,72 @@ async def test_steps_in_other_tasks_are_each_cancelled_in_their_own_task() -> No
     assert [type(e) for e in errors] == [gocontext.Canceled]
 
 
+async def test_a_cancel_waits_for_a_shield_inside_the_step_then_interrupts_it() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    watch = _Watch(ctx, False)
+    events: list[str] = []
+    try:
+        with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+            with watch:
+                with anyio.CancelScope(shield=True):
+                    t = threading.Thread(target=cancel)
+                    t.start()
+                    await ctx.done()  # ended, the end on its way to this step
+                    for _ in range(3):  # waits in the shield: the interrupt lands in none
+                        await anyio.sleep(0.01)
+                    events.append("shielded work done")
+                t.join(NEVER)
+                await anyio.sleep(NEVER)  # the first wait outside the shield is interrupted
+                events.append("not interrupted")
+    finally:
+        watch.close()
+    assert events == ["shielded work done"]
+
+
+async def test_a_step_that_waits_again_after_the_interrupt_is_interrupted_again() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    watch = _Watch(ctx, False)
+    entered = threading.Event()
+    t = _cancel_when(entered, cancel)
+    try:
+        with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+            with watch:
+                try:
+                    entered.set()
+                    await anyio.sleep(NEVER)
+                finally:
+                    await anyio.sleep(NEVER)  # cleanup that waits, unshielded
+    finally:
+        t.join(NEVER)
+        watch.close()
+
+
+async def test_a_task_group_inside_the_step_is_stopped_with_it() -> None:
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+    watch = _Watch(ctx, False)
+    entered = threading.Event()
+    t = _cancel_when(entered, cancel)
+    stopped: list[str] = []
+
+    async def child() -> None:
+        try:
+            entered.set()
+            await anyio.sleep(NEVER)
+        finally:
+            stopped.append("child")
+
+    try:
+        with anyio.fail_after(NEVER), pytest.raises(gocontext.Canceled):
+            with watch:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(child)
+    finally:
+        t.join(NEVER)
+        watch.close()
+    assert stopped == ["child"]
+    await anyio.sleep(0)  # and the task has no cancellation left pending
+
+
 def _garbage_per_request(client: httpx.AsyncClient, url: str, ext: dict[str, Any]) -> Any:
     """Objects that each request leaves for the garbage collector (cycles), on average."""
 
