@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
+from multidict import istr
 
 from .._ambient import current
 from .._context import _NEVER, _OURS, Context
@@ -35,6 +36,10 @@ from ..http._outgoing import baggage, time_left
 from ._task import TaskCanceller
 
 __all__ = ["client_session", "trace_config"]
+
+# The header names as multidict keys, made once (a str key is made into one at every use).
+_GRPC_TIMEOUT = istr("Grpc-Timeout")
+_BAGGAGE = istr("baggage")
 
 # The context of the request being sent by this task, from the trace's request start to the
 # middleware (aiohttp runs both in the caller's task, in that order, before the request ends).
@@ -60,10 +65,10 @@ async def _on_request_start(
     headers = params.headers  # (aiohttp makes every hop of the request from these)
     left = time_left(ctx)
     if left is not None:
-        headers["Grpc-Timeout"] = format_grpc_timeout(left)
-    value = baggage(ctx, headers.get("baggage"))
+        headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
+    value = baggage(ctx, headers.get(_BAGGAGE))
     if value is not None:
-        headers["baggage"] = value
+        headers[_BAGGAGE] = value
     _pending.set(ctx)  # (every request sets it afresh; left set afterwards: cheaper than a
     # signal at every end, and harmless, since only the middleware reads it)
 
@@ -77,7 +82,7 @@ async def _on_request_redirect(
     middleware hears of it: the middleware takes the trace out at the first hop)."""
     left = time_left(_context_of(trace_config_ctx.trace_request_ctx))
     if left is not None:
-        params.headers["Grpc-Timeout"] = format_grpc_timeout(left)
+        params.headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
 
 
 def trace_config() -> aiohttp.TraceConfig:
@@ -201,7 +206,7 @@ async def _middleware(
                 raise
             raise passing from e.__cause__
         if left is not None:
-            req.headers["Grpc-Timeout"] = format_grpc_timeout(left)
+            req.headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
     if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
         return await handler(req)
     watch = _Request(ctx)

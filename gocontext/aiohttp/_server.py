@@ -12,35 +12,85 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDictProxy, istr
 
 from .._ambient import _current
-from .._context import background, timeout_cancel_cause, with_cancel_cause
+from .._context import Context, background, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
-from .._propagation import attach_values
-from ..http._headers import HeaderError
+from .._propagation import _keys, attach_values
+from ..http._headers import HeaderError, parse_grpc_timeout, parse_timeout_ms
 from ..http._middleware import client_left, timeout_and_values
 from ._task import TaskCanceller
 
 __all__ = ["middleware"]
 
 Handler = Callable[[web.Request], Any]
+Cancel = Callable[[BaseException | None], None]
+
+_GRPC_TIMEOUT = istr("Grpc-Timeout")
+_MS_HEADERS = (istr("Connect-Timeout-Ms"), istr("X-Envoy-Expected-Rq-Timeout-Ms"))
+_BAGGAGE = istr("baggage")
+
+
+def _timeout_and_baggage(request: web.Request) -> tuple[float | None, str]:
+    """The smallest timeout the request's headers ask for (seconds, or None) and its
+    ``baggage`` value ("" when none), read from aiohttp's parsed headers: a lookup by name
+    each, not a walk over every header. A malformed deadline raises the ``HeaderError`` that
+    ``timeout_and_values`` raises for the raw headers."""
+    headers: CIMultiDictProxy[str] = request.headers
+    timeout: float | None = None
+    try:
+        for value in headers.getall(_GRPC_TIMEOUT, ()):
+            t = parse_grpc_timeout(value)
+            if timeout is None or t < timeout:
+                timeout = t
+        for name in _MS_HEADERS:
+            for value in headers.getall(name, ()):
+                t = parse_timeout_ms(name, value)
+                if timeout is None or t < timeout:
+                    timeout = t
+    except HeaderError:
+        timeout_and_values(request.raw_headers)  # (the same error, said of the first bad one)
+        raise
+    baggage = headers.getall(_BAGGAGE, ())
+    return timeout, ",".join(baggage) if len(baggage) != 1 else baggage[0]
+
+
+def _values_context(request: web.Request, baggage: str) -> Context:
+    """``background()`` with the propagated values of the request's ``baggage`` (*baggage*,
+    its value). Such a context never ends and never changes, so the one made for a value
+    serves every request that sends it (a bounded memo, keyed also by how many keys are
+    declared: a key declared since may keep a value the memo's context dropped)."""
+    if not baggage:
+        return background()
+    key = (baggage, len(_keys))
+    ctx = _values_contexts.get(key)
+    if ctx is None:
+        if len(_values_contexts) >= _VALUES_CONTEXTS_MAX:
+            _values_contexts.clear()
+        values = timeout_and_values(request.raw_headers)[1]  # (read from the bytes sent)
+        ctx = _values_contexts[key] = attach_values(background(), values)
+    return ctx
+
+
+_values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are atomic)
+_VALUES_CONTEXTS_MAX = 256
 
 
 class _Watch(asyncio.Protocol):
     """Forwards every event to the connection's protocol and reports its loss first.
 
-    Only the loop's thread touches it; ``listeners`` holds the disconnect callbacks of the
-    requests being served on this connection.
+    Only the loop's thread touches it; ``listeners`` holds the contexts of the requests being
+    served on this connection, with their cancels.
     """
 
     def __init__(self, inner: asyncio.BaseProtocol) -> None:
         self.inner: Any = inner
         self.lost = False
-        self.listeners: dict[object, Callable[[], None]] = {}
+        self.listeners: dict[Context, Cancel] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inner.connection_made(transport)
@@ -61,8 +111,8 @@ class _Watch(asyncio.Protocol):
         self.lost = True
         listeners, self.listeners = self.listeners, {}
         try:
-            for fn in listeners.values():
-                fn()
+            for ctx, cancel in listeners.items():
+                client_left(ctx, cancel)
         finally:
             self.inner.connection_lost(exc)
 
@@ -70,17 +120,18 @@ class _Watch(asyncio.Protocol):
         return getattr(self.inner, name)
 
 
-def _watch(request: web.Request, key: object, fn: Callable[[], None]) -> _Watch | None:
-    """Call *fn* when the request's connection is lost (at once if it is); None if it is."""
+def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
+    """End *ctx* with *cancel* as ``client_left`` does when the request's connection is lost
+    (at once if it is); None if it is."""
     transport = request.transport
     if transport is None or transport.is_closing():
-        fn()
+        client_left(ctx, cancel)
         return None
     proto = transport.get_protocol()
-    if not isinstance(proto, _Watch):
+    if type(proto) is not _Watch:
         proto = _Watch(proto)
         transport.set_protocol(proto)
-    proto.listeners[key] = fn
+    proto.listeners[ctx] = cancel
     return proto
 
 
@@ -138,17 +189,17 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     @web.middleware
     async def gocontext_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            timeout, values = timeout_and_values(request.raw_headers)
+            timeout, baggage = _timeout_and_baggage(request)
         except HeaderError as e:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
         if max_timeout is not None:
             timeout = max_timeout if timeout is None else min(timeout, max_timeout)
-        parent = attach_values(background(), values) if values else background()
+        parent = _values_context(request, baggage)
         if timeout is None:
             ctx, cancel = with_cancel_cause(parent)
         else:  # one node: the deadline, and a cancel that takes the disconnect's cause
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
-        watch = _watch(request, ctx, partial(client_left, ctx, cancel))
+        watch = _watch(request, ctx, cancel)
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
         request._state["gocontext"] = ctx
