@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, NamedTuple
 
@@ -64,8 +65,13 @@ def _outgoing(ctx: Context, details: Any) -> _Outgoing:
     if left is not None and (timeout is None or timeout > left):
         timeout, binding = left, True
     metadata = details.metadata
-    pairs = () if metadata is None else tuple(metadata)
-    existing = ",".join(str(v) for k, v in pairs if k == "baggage") or None
+    if not metadata:  # (none, or empty: grpc.aio hands an empty Metadata)
+        value = baggage(ctx, None)
+        if value is not None:
+            metadata = (("baggage", value),)
+        return _Outgoing(timeout, metadata, binding)
+    pairs = tuple(metadata)
+    existing = ",".join([str(v) for k, v in pairs if k == "baggage"]) or None
     value = baggage(ctx, existing)
     if value is not None:
         metadata = [*((k, v) for k, v in pairs if k != "baggage"), ("baggage", value)]
@@ -123,9 +129,10 @@ def _on_cancel(ctx: Context, cancel: Callable[[], object]) -> Callable[[], None]
 _blocking_code: tuple[Any, int] | None = None
 
 
-def _blocking_thunk(continuation: Callable[..., Any]) -> Any:
+def _blocking_owner(continuation: Callable[..., Any]) -> Any:
     """For the continuation of a blocking unary call (``stub.Method(request)``, ``with_call``),
-    the function that gives the next layer's callable by method name; else None.
+    grpc's intercepted callable, whose ``_thunk`` gives the next layer's callable by method
+    name; else None.
 
     grpc hands an interceptor of a blocking call only a continuation that blocks until the
     call is over, leaving nothing to cancel. Its closure holds the intercepted callable, whose
@@ -146,10 +153,10 @@ def _blocking_thunk(continuation: Callable[..., Any]) -> Any:
         except ValueError:
             return None
     try:
-        thunk = continuation.__closure__[known[1]].cell_contents._thunk  # type: ignore[index]  # grpc's closure cell, found by name above
-    except (AttributeError, IndexError, TypeError, ValueError):
+        owner = continuation.__closure__[known[1]].cell_contents  # type: ignore[index]  # grpc's closure cell, found by name above
+    except (IndexError, TypeError, ValueError):
         return None
-    return thunk if callable(thunk) else None
+    return owner if callable(getattr(owner, "_thunk", None)) else None
 
 
 # The channel's own callables whose blocking call goes through ``_channel.segregated_call``.
@@ -161,56 +168,98 @@ _SEGREGATED = tuple(
 _CANCELLED = getattr(getattr(cygrpc, "StatusCode", None), "cancelled", None)
 
 
-class _Watched:
-    """Stands in for a channel's core for one blocking call: the call it makes is cancelled
-    when the context ends (for a cancel; a passed deadline is gRPC's own to end)."""
+class _Watching:
+    """One blocking call under its context: the call, once made, is cancelled when the
+    context ends (for a cancel; a passed deadline is gRPC's own to end)."""
 
-    __slots__ = ("_core", "_ctx", "handle")
+    __slots__ = ("call", "ctx", "handle")
 
-    def __init__(self, core: Any, ctx: Context) -> None:
-        self._core = core
-        self._ctx = ctx
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.call: Any = None
         self.handle: Any = None
+
+    def on_done(self) -> None:  # in whatever thread ended the context
+        if not isinstance(self.ctx.err(), DeadlineExceeded):
+            self.call.cancel(_CANCELLED, "Locally cancelled by context")
+
+
+# The blocking call this thread is making through a ``_WatchedCore`` (set around the call).
+_watching: contextvars.ContextVar[_Watching | None] = contextvars.ContextVar(
+    "gocontext.grpc.watching", default=None
+)
+
+
+class _WatchedCore:
+    """Stands in for a channel's core in a channel callable of our own (see ``_callable``):
+    the blocking call it makes for a watched call (``_watching``, in the caller's thread) is
+    handed to that call's context."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
 
     def segregated_call(self, *args: Any, **kwargs: Any) -> Any:
         call = self._core.segregated_call(*args, **kwargs)
-        self.handle = self._ctx.done().add_callback(
-            _on_cancel(self._ctx, lambda: call.cancel(_CANCELLED, "Locally cancelled by context"))
-        )
+        watching = _watching.get()
+        if watching is not None:
+            watching.call = call
+            watching.handle = watching.ctx.done().add_callback(watching.on_done)
         return call
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._core, name)
 
 
-def _blocking_call(
-    thunk: Callable[[Any], Any], ctx: Context, details: Any, out: _Outgoing, request: Any
-) -> Any:
+def _callable(owner: Any, method: Any) -> Any:
+    """The next layer's callable for *method*, made by *owner*'s ``_thunk``. When it is the
+    channel's own, its core is put behind a ``_WatchedCore``, and it is kept on *owner* for
+    the calls after (grpc makes one per call, the same each time: a stub's method keeps its
+    callable, as a caller without interceptors keeps the channel's)."""
+    kept = getattr(owner, "_gocontext_callable", None)
+    if kept is not None and kept[0] == method:
+        return kept[1]
+    callable_ = owner._thunk(method)
+    if _SEGREGATED and _CANCELLED is not None and isinstance(callable_, _SEGREGATED):
+        callable_._channel = _WatchedCore(callable_._channel)
+        with contextlib.suppress(AttributeError):  # (one without a __dict__ keeps none)
+            owner._gocontext_callable = (method, callable_)
+    return callable_
+
+
+def _blocking_call(owner: Any, ctx: Context, details: Any, out: _Outgoing, request: Any) -> Any:
     """Make a blocking call in this thread, cancelable: the next layer's callable, when it is
-    the channel's own, makes it with its core behind a ``_Watched``, which hands the call to
-    the context's done-callback. Else the same call as a future (a thread hop per call)."""
-    callable_ = thunk(details.method)
-    kwargs = {
-        "timeout": out.timeout,
-        "metadata": out.metadata,
-        "credentials": details.credentials,
-        "wait_for_ready": getattr(details, "wait_for_ready", None),
-        "compression": getattr(details, "compression", None),
-    }
-    if not (_SEGREGATED and _CANCELLED is not None and isinstance(callable_, _SEGREGATED)):
-        return _watch_future(callable_.future(request, **kwargs), ctx, out)
-    watched = _Watched(callable_._channel, ctx)
-    callable_._channel = watched  # (a callable of its own: the channel makes one per call)
+    the channel's own, makes it with its core behind a ``_WatchedCore``, which hands the call
+    to the context's done-callback. Else the same call as a future (a thread hop per call)."""
+    callable_ = _callable(owner, details.method)
+    wait_for_ready = getattr(details, "wait_for_ready", None)
+    compression = getattr(details, "compression", None)
+    if type(getattr(callable_, "_channel", None)) is not _WatchedCore:
+        outcome = callable_.future(
+            request,
+            timeout=out.timeout,
+            metadata=out.metadata,
+            credentials=details.credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        return _watch_future(outcome, ctx, out)
+    watching = _Watching(ctx)
+    token = _watching.set(watching)
     try:
-        _, call = callable_.with_call(request, **kwargs)
+        _, call = callable_.with_call(
+            request, out.timeout, out.metadata, details.credentials, wait_for_ready, compression
+        )
     except grpc.RpcError as e:
         err = _translate(e, ctx, out.binding)
         if err is e:
             return e  # (as grpc's continuation does: the error is the outcome)
         raise err from e
     finally:
-        if watched.handle is not None:
-            watched.handle.cancel()
+        _watching.reset(token)
+        if watching.handle is not None:
+            watching.handle.cancel()
     return call  # (grpc's rendezvous of an answered call: its result() is the response)
 
 
@@ -233,9 +282,9 @@ class _SyncInterceptor(
         out = _outgoing(ctx, details)
         if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
             return continuation(_sync_details(details, out), request)
-        thunk = _blocking_thunk(continuation)
-        if thunk is not None:
-            return _blocking_call(thunk, ctx, details, out, request)
+        owner = _blocking_owner(continuation)
+        if owner is not None:
+            return _blocking_call(owner, ctx, details, out, request)
         return _watch_future(continuation(_sync_details(details, out), request), ctx, out)
 
     def _stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
@@ -458,44 +507,53 @@ class _AioCall:
             raise err from e
 
 
-async def _aio_call(continuation: Any, details: Any, request: Any) -> tuple[Any, _AioCall | None]:
-    """Make the call under the ambient context: the call, and the call watched (None when
-    the context can never end: nothing to watch, nothing to translate)."""
+def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
+    """The ambient context, what a call sends under it, and the call's details with that."""
     ctx = current()
     out = _outgoing(ctx, details)
-    call = await continuation(_aio_details(details, out), request)
-    if ctx.done() is _NEVER:
-        return call, None
-    return call, _AioCall(call, ctx, out.binding)
+    return ctx, out, _aio_details(details, out)
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
 # A unary answer is awaited here (grpc.aio takes it as the call's answer); a client-streaming
-# call goes back watched; streamed answers go back as their reader.
+# call goes back watched; streamed answers go back as their reader. A context that can never
+# end leaves the call as it is: nothing to watch, nothing to translate.
 
 
 class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        call, watched = await _aio_call(continuation, details, request)
-        return await (call if watched is None else watched)
+        ctx, out, new_details = _aio_prepare(details)
+        call = await continuation(new_details, request)
+        if ctx.done() is _NEVER:
+            return await call
+        return await _AioCall(call, ctx, out.binding)
 
 
 class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        call, watched = await _aio_call(continuation, details, request)
-        return call if watched is None else watched.released_when_done()
+        ctx, out, new_details = _aio_prepare(details)
+        call = await continuation(new_details, request)
+        if ctx.done() is _NEVER:
+            return call
+        return _AioCall(call, ctx, out.binding).released_when_done()
 
 
 class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        call, watched = await _aio_call(continuation, details, request)
-        return call if watched is None else watched.released_when_done().responses()
+        ctx, out, new_details = _aio_prepare(details)
+        call = await continuation(new_details, request)
+        if ctx.done() is _NEVER:
+            return call
+        return _AioCall(call, ctx, out.binding).released_when_done().responses()
 
 
 class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        call, watched = await _aio_call(continuation, details, request)
-        return call if watched is None else watched.released_when_done().responses()
+        ctx, out, new_details = _aio_prepare(details)
+        call = await continuation(new_details, request)
+        if ctx.done() is _NEVER:
+            return call
+        return _AioCall(call, ctx, out.binding).released_when_done().responses()
 
 
 def aio_client_interceptors() -> list[Any]:

@@ -40,8 +40,9 @@ from urllib3.util import Timeout
 from urllib3.util.connection import allowed_gai_family
 
 from .. import _timer
-from .._ambient import current, use
-from .._context import Context, check_context
+from .._ambient import _current as _ambient
+from .._ambient import current
+from .._context import Context, as_rich, check_context
 from .._done import CallbackHandle
 from .._errors import ContextError, DeadlineExceeded
 from . import _connect
@@ -62,6 +63,8 @@ class _Aborter:
     on for a free connection, if any. The context's callback is removed when the last
     connection is let go and ``send`` has returned.
     """
+
+    __slots__ = ("aborted", "connecting", "conns", "handle", "lock", "sending", "waiting")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -402,9 +405,8 @@ class RequestsAdapter(HTTPAdapter):
         if value is not None:
             request.headers["baggage"] = value
         aborter = _Aborter()
-        handle = ctx.done().add_callback(aborter.abort)
-        with aborter.lock:
-            aborter.handle = handle
+        # (no lock: the handle is read only once ``sent()`` has run, in this thread)
+        aborter.handle = ctx.done().add_callback(aborter.abort)
         token = _current.set((aborter, ctx))
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)  # type: ignore[arg-type]  # requests types these loosely
@@ -456,5 +458,8 @@ def request(
             f"{url!r}, got {type(adapter).__name__}: "
             f'session.mount("http://", gocontext.http.RequestsAdapter())'
         )
-    with use(ctx):
+    token = _ambient.set(as_rich(ctx))  # (use(ctx), written out: ctx is checked above)
+    try:
         return session.request(method, url, **kwargs)
+    finally:
+        _ambient.reset(token)
