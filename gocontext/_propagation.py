@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, final
 
-from ._context import Context, Key, with_value
+from ._context import Context, Key, background, with_value
 
 __all__ = [
     "PropagatedKey",
     "attach_values",
     "outgoing_values",
+    "values_context",
 ]
 
 # A baggage key is an RFC 7230 token.
@@ -97,3 +98,26 @@ def attach_values(parent: Context, values: Mapping[str, str]) -> Context:
         if key is not None and isinstance(v, str):
             ctx = with_value(ctx, key, v)
     return ctx
+
+
+def values_context(baggage: str, values: Callable[[], Mapping[str, str]]) -> Context:
+    """``background()`` with the propagated values of an incoming ``baggage`` value;
+    *values* reads them (called only when this value is new here).
+
+    Such a context never ends and never changes, so the one made for a value serves every
+    request that sends it: a bounded memo, keyed also by how many keys are declared (a key
+    declared since may keep a value the memo's context dropped).
+    """
+    if not baggage:
+        return background()
+    key = (baggage, len(_keys))
+    ctx = _values_contexts.get(key)
+    if ctx is None:
+        if len(_values_contexts) >= VALUES_CONTEXTS_MAX:
+            _values_contexts.clear()
+        ctx = _values_contexts[key] = attach_values(background(), values())
+    return ctx
+
+
+_values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are atomic)
+VALUES_CONTEXTS_MAX = 256  # baggage values kept by values_context()

@@ -18,9 +18,9 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, istr
 
 from .._ambient import _current
-from .._context import Context, background, timeout_cancel_cause, with_cancel_cause
+from .._context import Context, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
-from .._propagation import _keys, attach_values
+from .._propagation import values_context
 from ..http._headers import HeaderError, parse_grpc_timeout, parse_timeout_ms
 from ..http._middleware import client_left, timeout_and_values
 from ._task import TaskCanceller
@@ -60,24 +60,9 @@ def _timeout_and_baggage(request: web.Request) -> tuple[float | None, str]:
 
 
 def _values_context(request: web.Request, baggage: str) -> Context:
-    """``background()`` with the propagated values of the request's ``baggage`` (*baggage*,
-    its value). Such a context never ends and never changes, so the one made for a value
-    serves every request that sends it (a bounded memo, keyed also by how many keys are
-    declared: a key declared since may keep a value the memo's context dropped)."""
-    if not baggage:
-        return background()
-    key = (baggage, len(_keys))
-    ctx = _values_contexts.get(key)
-    if ctx is None:
-        if len(_values_contexts) >= _VALUES_CONTEXTS_MAX:
-            _values_contexts.clear()
-        values = timeout_and_values(request.raw_headers)[1]  # (read from the bytes sent)
-        ctx = _values_contexts[key] = attach_values(background(), values)
-    return ctx
-
-
-_values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are atomic)
-_VALUES_CONTEXTS_MAX = 256
+    """The context of the request's propagated values (*baggage*, its ``baggage`` value),
+    read from the bytes sent when the value is new (see ``values_context``)."""
+    return values_context(baggage, lambda: timeout_and_values(request.raw_headers)[1])
 
 
 class _Watch(asyncio.Protocol):

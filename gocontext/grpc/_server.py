@@ -33,7 +33,7 @@ from .._context import (
     with_cancel_cause,
 )
 from .._done import Done
-from .._propagation import _keys, attach_values
+from .._propagation import values_context
 from ..http._headers import parse_baggage
 from ..http._middleware import _DEADLINE_SLACK
 
@@ -88,7 +88,7 @@ class _Rpc:
         self.key = id(servicer_context)
         metadata = servicer_context.invocation_metadata() or ()
         baggage = ",".join([str(v) for k, v in metadata if k == "baggage"])
-        parent = _values_context(baggage)
+        parent = values_context(baggage, lambda: parse_baggage(baggage))
         left = servicer_context.time_remaining()
         pair = (
             timeout_cancel_cause(parent, left)
@@ -138,26 +138,6 @@ class _Rpc:
 # is no deadline.
 _NO_DEADLINE = 10 * 365 * 24 * 3600.0
 _TIMER_SLACK = 0.5  # at most this long between gRPC's deadline and our timer's (never reached)
-
-
-def _values_context(baggage: str) -> Context:
-    """``background()`` with the propagated values of a ``baggage`` value. Such a context
-    never ends and never changes, so the one made for a value serves every RPC that sends
-    it (a bounded memo, keyed also by how many keys are declared: a key declared since may
-    keep a value the memo's context dropped)."""
-    if not baggage:
-        return background()
-    key = (baggage, len(_keys))
-    ctx = _values_contexts.get(key)
-    if ctx is None:
-        if len(_values_contexts) >= _VALUES_CONTEXTS_MAX:
-            _values_contexts.clear()
-        ctx = _values_contexts[key] = attach_values(background(), parse_baggage(baggage))
-    return ctx
-
-
-_values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are atomic)
-_VALUES_CONTEXTS_MAX = 256
 
 
 class _Wrapped:

@@ -11,6 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 import gocontext
+from gocontext import _propagation
 from gocontext.aiohttp import _server
 from gocontext.http._headers import HeaderError
 from gocontext.http._middleware import timeout_and_values
@@ -84,8 +85,8 @@ def test_a_key_declared_after_its_value_was_first_seen_gets_the_value() -> None:
 
 
 def test_the_values_contexts_kept_are_bounded() -> None:
-    for i in range(2 * _server._VALUES_CONTEXTS_MAX + 3):
+    for i in range(2 * _propagation.VALUES_CONTEXTS_MAX + 3):
         header = f"{RID.name}=r{i}"
         ctx = _server._values_context(request(("baggage", header)), header)
         assert ctx.value(RID) == f"r{i}"
-    assert len(_server._values_contexts) <= _server._VALUES_CONTEXTS_MAX
+    assert len(_propagation._values_contexts) <= _propagation.VALUES_CONTEXTS_MAX
