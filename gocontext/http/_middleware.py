@@ -186,11 +186,13 @@ class ContextMiddleware:
                 timeout = _LONGEST
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
         exchange = _Exchange(receive, send, ctx, cancel)
-        here = _loops.backend().here()  # the asyncio loop, or the trio run's token
         watchers = self._watchers
+        here = _loops.backend().here()  # the asyncio loop, or the trio run's token
         if watchers is None or watchers.loop is not here:
             watchers = self._watchers = _Watchers(here)
-        watchers.add(exchange)
+        watchers._new.append(exchange)  # watchers.add(exchange), by hand (a frame fewer)
+        if watchers._ticking is None:
+            watchers.start_ticking()
         try:
             try:
                 # `async with scope._owning(ctx, cancel) as child:`, by hand (two coroutines
@@ -219,7 +221,9 @@ class ContextMiddleware:
                     exchange.failure = e
         finally:
             exchange.over = True  # a watcher not started yet never will be
-            watchers.drop(exchange)
+            new = watchers._new  # watchers.drop(exchange), by hand
+            if new and new[-1] is exchange:
+                new.pop()
             if exchange.watcher_ended is not None:
                 await exchange.stop_watching()
             cancel(None)  # (the scope ended ctx already, but for a failure around it)
@@ -252,8 +256,12 @@ class _Watchers:
 
     def add(self, exchange: _Exchange) -> None:
         self._new.append(exchange)
-        if self._ticking is None:  # (in a context of its own: it serves every request)
-            self._ticking = self.spawn(self._tick, contextvars.Context())
+        if self._ticking is None:
+            self.start_ticking()
+
+    def start_ticking(self) -> None:
+        """Start the ticking task (in a context of its own: it serves every request)."""
+        self._ticking = self.spawn(self._tick, contextvars.Context())
 
     def drop(self, exchange: _Exchange) -> None:
         """Forget *exchange*, over, if it is the latest to begin (the common case: requests
