@@ -26,6 +26,7 @@ from .._servers import RID, Board, Server
 from ..conftest import NEVER
 
 SECRET = gocontext.Key[str]("secret")
+ROUNDING = 0.001  # seconds a deadline may lose crossing the wire (its header is in whole units)
 
 
 BOARD = Board()
