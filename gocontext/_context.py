@@ -1214,16 +1214,17 @@ def _link(ctx: _CancelContext, parents: tuple[Context, ...], fname: str) -> None
             handles.append(_add_callback(p, functools.partial(_parent_done, ctx, p), fname))
             if ctx._state is not None:
                 break
-        while True:  # (the tree lock, or Busy at once: see _tree.end)
+        locking = _tree._locking  # (the tree lock, or Busy at once: see _tree.end)
+        while True:
             try:
-                with _tree._locking:
+                with locking:
                     d = ext_locked(ctx)  # (before looking at _state: see _tree._watch_locked)
                     if ctx._state is None:
                         d._links = tuple(handles)
                         handles = []
                 break
             except Busy:
-                _tree._wait_unless_reentrant(f"{fname}()")
+                locking = _tree._wait_unless_reentrant(f"{fname}()")
         if _tree._deferred:
             _tree._run_deferred()
     finally:

@@ -57,6 +57,8 @@ from ._errors import Canceled, ContextError, DeadlineExceeded, describe
 from ._mutex import Busy, attempt, mutex
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from ._context import Context
 
 __all__ = [
@@ -138,13 +140,14 @@ class Node:
     def done(self) -> Done:
         d = self._done
         if d is None:
-            while True:  # (as in end(): the lock, or Busy at once)
+            locking = _locking  # (as in end(): the lock, or Busy at once; then waiting for it)
+            while True:
                 try:
-                    with _locking:
+                    with locking:
                         d = ext_locked(self)
                     break
                 except Busy:
-                    _wait_unless_reentrant("done()")
+                    locking = _wait_unless_reentrant("done()")
             if _deferred:
                 _run_deferred()
         return d
@@ -233,14 +236,14 @@ def _look_up(node: Node) -> State | None:
 # A finalizer run by the garbage collector (at any allocation) and a signal handler (between
 # two bytecodes) run inside whatever the thread was doing, a block under `_lock` included. If
 # such code cancels a context, it must not wait for a lock that its own thread holds further
-# down the stack: it would wait for good. So an end and a handle's removal enter the lock as
-# `with _locking:` (see _mutex.attempt: the same lock, taken without waiting, at the cost of
-# `with _lock:`), and only when that finds it held (Busy) ask `_reentrant()`, which looks
+# down the stack: it would wait for good. So an end and a handle's removal enter the lock
+# first as `_locking` (see _mutex.attempt: the same lock, taken without waiting, at the cost
+# of `with _lock:`), and only when that finds it held (Busy) ask `_reentrant()`, which looks
 # down the stack for a frame of ours inside a locked block (by line: the blocks' lines are
 # read from the source once, when first needed; with no source to read, nothing is found, as
 # before). Only then is the work left in `_deferred`, to run as the block is left (each block
 # is followed by a look at `_deferred`: one global load on the paths that take the lock);
-# else it waits for the other thread and tries again. These two are what such code does
+# else they enter `_lock` itself, waiting for the other thread. These two are what such code does
 # (stop something; stop watching). The other entry points (a first `done()`, a
 # registration, a link) must answer now and cannot be deferred: they enter the same way,
 # and raise a RuntimeError where they would wait for good (`_wait_unless_reentrant`;
@@ -264,19 +267,18 @@ def _reentrant() -> bool:
     return False
 
 
-def _wait_unless_reentrant(call: str) -> None:
-    """For an entry point that registers, having found the lock held (Busy): wait for the
-    other thread to let go of it, or, if the holder is this thread further down the stack,
-    raise: a registration answers now and cannot be left for later, and waiting would be
-    for good."""
+def _wait_unless_reentrant(call: str) -> AbstractContextManager[None]:
+    """For an entry point that registers, having found the lock held (Busy): the lock to
+    enter next, waiting for the other thread to let go of it; or, if the holder is this
+    thread further down the stack, raise: a registration answers now and cannot be left for
+    later, and waiting would be for good."""
     if _reentrant():
         raise RuntimeError(
             f"gocontext: {call} was called from a signal handler or a finalizer that "
             "interrupted gocontext in this thread while it held its lock; from there only "
             "cancel() and a callback handle's cancel() may be called"
         )
-    with _lock:
-        pass
+    return _lock
 
 
 def _find_locked_lines() -> dict[str, frozenset[int]]:
@@ -301,7 +303,7 @@ def _find_locked_lines() -> dict[str, frozenset[int]]:
                     lines.add(number)
                     continue
                 block = -1
-            if stripped.startswith(("with _lock:", "with _locking:", "with _tree._lock")):
+            if stripped.startswith(("with _lock:", "with locking:", "with _tree._lock")):
                 block = indent
         found[path or ""] = frozenset(lines)
     _locked_lines = found
@@ -346,10 +348,11 @@ def end(node: Node, state: State) -> None:
     fn: Any = None
     unwatch: Node | None = None
     committed = bare = False
+    locking = _locking  # the lock, or Busy at once (see _reentrant); then waiting for it
     try:
         while True:  # (no jump back but after Busy)
             try:
-                with _locking:  # the lock, or Busy at once (see _reentrant)
+                with locking:
                     if node._state is not None:
                         return
                     a: State | None = None  # the nearest ended ancestor's end, as in Node._cancel
@@ -431,8 +434,9 @@ def end(node: Node, state: State) -> None:
                 if _reentrant():  # this thread holds the lock, further down the stack
                     _deferred.append(functools.partial(end, node, state))
                     return
-                with _lock:  # another thread holds it: wait for it, then try again
-                    pass
+                # Another thread holds it: wait for it, and keep it (let go and tried again,
+                # it may be handed straight to the next waiter, on and on).
+                locking = _lock
     except BaseException as e:
         if not committed:
             raise  # interrupted before the end was committed: nothing happened
@@ -799,16 +803,16 @@ class _Handle:
     _node: Node
 
     def cancel(self) -> bool:
-        while True:  # (as in end())
+        locking = _locking  # (as in end())
+        while True:
             try:
-                with _locking:
+                with locking:
                     removed = _unwatch_locked(self._node, self)
             except Busy:
                 if _reentrant():  # (not in a finally below: the lock is held down the stack)
                     _deferred.append(self.cancel)  # removed once the interrupted code lets go
                     return False
-                with _lock:
-                    pass
+                locking = _lock
                 continue
             except BaseException:
                 if _deferred:
@@ -865,13 +869,14 @@ class NodeDone(Done):
         handle = _Handle()
         handle._node = self._node
         held.append(handle)  # before the registration: an interrupt after it finds it
+        locking = _locking
         while True:
             try:
-                with _locking:
+                with locking:
                     s = _watch_locked(self._node, handle, lock)
                 break
             except Busy:
-                _wait_unless_reentrant("done().wait()")
+                locking = _wait_unless_reentrant("done().wait()")
         if s is not None:  # ended already: nothing was registered
             lock.release()
         if _deferred:
@@ -881,13 +886,14 @@ class NodeDone(Done):
         """Register *value* on the node; its handle, or None if the node has ended."""
         handle = _Handle()  # (no __init__: the type's C constructor, then the field)
         handle._node = self._node
+        locking = _locking
         while True:
             try:
-                with _locking:
+                with locking:
                     s = _watch_locked(self._node, handle, value)
                 break
             except Busy:
-                _wait_unless_reentrant("a registration on done() (add_callback(), await)")
+                locking = _wait_unless_reentrant("a registration on done() (add_callback(), await)")
         if _deferred:
             _run_deferred()
         return handle if s is None else None
