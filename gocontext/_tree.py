@@ -866,26 +866,17 @@ class NodeDone(Done):
 
     def _add_waiter(self, lock: Any, held: list[CallbackHandle]) -> None:
         # Registered as the lock itself: end() releases it under _lock, before any callback.
-        handle = _Handle()
-        handle._node = self._node
-        held.append(handle)  # before the registration: an interrupt after it finds it
-        locking = _locking
-        while True:
-            try:
-                with locking:
-                    s = _watch_locked(self._node, handle, lock)
-                break
-            except Busy:
-                locking = _wait_unless_reentrant("done().wait()")
-        if s is not None:  # ended already: nothing was registered
+        if self._register(lock, held) is None:  # ended already: nothing was registered
             lock.release()
-        if _deferred:
-            _run_deferred()
 
-    def _register(self, value: object) -> _Handle | None:
-        """Register *value* on the node; its handle, or None if the node has ended."""
+    def _register(self, value: object, held: list[CallbackHandle] | None = None) -> _Handle | None:
+        """Register *value* on the node; its handle, or None if the node has ended. The
+        handle goes into *held* (a waiter's) before the registration: an interrupt after it
+        finds it there."""
         handle = _Handle()  # (no __init__: the type's C constructor, then the field)
         handle._node = self._node
+        if held is not None:
+            held.append(handle)
         locking = _locking
         while True:
             try:
@@ -893,7 +884,9 @@ class NodeDone(Done):
                     s = _watch_locked(self._node, handle, value)
                 break
             except Busy:
-                locking = _wait_unless_reentrant("a registration on done() (add_callback(), await)")
+                locking = _wait_unless_reentrant(
+                    "a registration on done() (add_callback(), await, wait())"
+                )
         if _deferred:
             _run_deferred()
         return handle if s is None else None
