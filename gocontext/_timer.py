@@ -159,6 +159,12 @@ class Timer:
             self._take_incoming_locked()
             return sum(1 for e in self._heap if e[2] is not None)
 
+    def live(self) -> list[TimerEntry]:
+        """The live entries the timer holds, in no order (for tests of clean-up)."""
+        with self._lock:
+            self._take_incoming_locked()
+            return [e for e in self._heap if e[2] is not None]
+
     def size(self) -> int:
         """How many entries, live or cleared, the timer holds (for tests of clean-up)."""
         with self._lock:

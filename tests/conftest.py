@@ -21,6 +21,21 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+class NewTimerEntries:
+    """The shared timer's live entries made since this was created.
+
+    Other tests' deadlines may fire meanwhile, so a count of every live entry does not measure
+    what one test left behind: this counts only the entries that were not live at the start.
+    """
+
+    def __init__(self) -> None:
+        self._before = _timer.timer.live()  # kept alive, so that no new entry takes their ids
+        self._ids = {id(e) for e in self._before}
+
+    def count(self) -> int:
+        return sum(1 for e in _timer.timer.live() if id(e) not in self._ids)
+
+
 class FakeClock:
     """The deadline clock, moved by hand: ``advance()`` fires exactly what became due."""
 

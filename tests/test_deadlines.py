@@ -13,7 +13,7 @@ import pytest
 import gocontext
 from gocontext import _timer
 
-from .conftest import NEVER, FakeClock
+from .conftest import NEVER, FakeClock, NewTimerEntries
 
 
 def test_timeout_fires_exactly_at_the_deadline_not_a_tick_early(fake_clock: FakeClock) -> None:
@@ -122,13 +122,13 @@ def test_a_request_context_ends_by_its_deadline_or_by_a_cancel_with_a_cause(
     """What a server makes per request: one node with a deadline whose cancel takes a cause."""
     from gocontext._context import timeout_cancel_cause
 
-    before = _timer.timer.pending()
+    before = NewTimerEntries()
     gone = ConnectionResetError("client went away")
     left, cancel_left = timeout_cancel_cause(gocontext.background(), 1.0)
     cancel_left(gone)
     assert gocontext.cause(left) is gone
     assert isinstance(left.err(), gocontext.Canceled)
-    assert _timer.timer.pending() == before  # the cancel took the timer entry with it
+    assert before.count() == 0  # the cancel took the timer entry with it
     timed, _ = timeout_cancel_cause(gocontext.background(), 1.0)
     fake_clock.advance(1.0)
     assert isinstance(timed.err(), gocontext.DeadlineExceeded)
@@ -144,22 +144,22 @@ def test_a_request_context_ends_by_its_deadline_or_by_a_cancel_with_a_cause(
 
 
 def test_cancel_removes_the_timer_entry() -> None:
-    before = _timer.timer.pending()
+    before = NewTimerEntries()
     pairs = [gocontext.with_timeout(gocontext.background(), 3600) for _ in range(100)]
-    assert _timer.timer.pending() == before + 100
+    assert before.count() == 100
     for _, cancel in pairs:
         cancel()
-    assert _timer.timer.pending() == before
+    assert before.count() == 0
 
 
 def test_parent_cancel_releases_watched_descendant_timers() -> None:
     parent, cancel = gocontext.with_cancel(gocontext.background())
-    before = _timer.timer.pending()
+    before = NewTimerEntries()
     child, _ = gocontext.with_timeout(parent, 3600)
     child.done().add_callback(lambda: None)
-    assert _timer.timer.pending() == before + 1
+    assert before.count() == 1
     cancel()
-    assert _timer.timer.pending() == before
+    assert before.count() == 0
 
 
 def test_real_timer_fires_and_many_timers_share_one_thread() -> None:
@@ -229,16 +229,16 @@ def test_a_forked_child_process_times_out_contexts() -> None:
 
 
 def test_watching_a_timer_child_of_an_ended_parent_then_cancelling_it_releases_the_entry() -> None:
-    before = _timer.timer.pending()
+    before = NewTimerEntries()
     parent, cancel = gocontext.with_cancel(gocontext.background())
     child, cancel_child = gocontext.with_timeout(parent, 3600)
-    assert _timer.timer.pending() == before + 1
+    assert before.count() == 1
     cancel()  # nothing watches child yet: it learns of this when asked
     ran: list[int] = []
     child.done().add_callback(lambda: ran.append(1))
     assert ran == [1]
     cancel_child()
-    assert _timer.timer.pending() == before
+    assert before.count() == 0
 
 
 # ---- deadlines as aware datetimes, and the wall-clock float refused ----------------------------

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import gocontext
-from gocontext import _afterfunc, _context, _timer
+from gocontext import _afterfunc, _context
 
-from .conftest import NEVER, OtherContext
+from .conftest import NEVER, NewTimerEntries, OtherContext
 
 
 @pytest.fixture
@@ -175,10 +175,10 @@ BG = gocontext.background()
 def test_a_huge_int_is_a_value_error_naming_the_call(
     name: str, call: Callable[[object], object], huge: int
 ) -> None:
-    before = _timer.timer.pending()
+    before = NewTimerEntries()
     with pytest.raises(ValueError, match=rf"^{name}\(\) .*(timeout|deadline).*too large"):
         call(huge)
-    assert _timer.timer.pending() == before
+    assert before.count() == 0
 
 
 @pytest.mark.parametrize("callbacks", [1, 3])

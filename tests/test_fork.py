@@ -13,10 +13,10 @@ import anyio
 import pytest
 
 import gocontext
-from gocontext import _afterfunc, _timer
+from gocontext import _afterfunc
 
 from ._interrupt import wakeup_fd, while_a_thread_runs
-from .conftest import NEVER
+from .conftest import NEVER, NewTimerEntries
 
 FORKS = 10
 
@@ -130,9 +130,9 @@ def test_a_fork_while_a_thread_holds_the_tree_lock_with_deadlines_due() -> None:
         assert held.wait(NEVER)
         # The parent's timer takes the first due entry and blocks on the held lock; the second
         # stays in the timer, due, when the fork happens.
-        before = _timer.timer.pending()
+        before = NewTimerEntries()
         first, _ = gocontext.with_timeout(gocontext.background(), 0.001)
-        wait_until(lambda: _timer.timer.pending() == before)  # taken by the timer, which is stuck
+        wait_until(lambda: before.count() == 0)  # taken by the timer, which is stuck
         second, _ = gocontext.with_timeout(gocontext.background(), 0.001)
         due = second.deadline()
         assert due is not None

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gocontext
-from gocontext import _context, _timer
+from gocontext import _context
 
-from .conftest import OtherContext
+from .conftest import NewTimerEntries, OtherContext
 
 
 class UserBug(Exception):
@@ -195,7 +195,7 @@ def test_hostile_arguments(c: int, b: int) -> None:
     # (indices, not the objects: hypothesis may hash what it draws, and some do not hash)
     name, fn = CALLS[c]
     bad = HOSTILE[b]
-    pending = _timer.timer.pending()
+    pending = NewTimerEntries()
     if name == "wait" and a_real_wait(bad):
         return  # a valid timeout: the wait would last as asked (tested elsewhere)
     refused: BaseException | None = None
@@ -210,7 +210,7 @@ def test_hostile_arguments(c: int, b: int) -> None:
     if refused is not None:
         assert f"{name}()" in str(refused), (name, bad, refused)
     assert _context.watcher_count(PARENT) == 0, (name, bad)
-    assert _timer.timer.pending() == pending, (name, bad)
+    assert pending.count() == 0, (name, bad)
     ctx, cancel = gocontext.with_timeout(gocontext.with_value(PARENT, "k", 1), 60)
     ctx.done().add_callback(lambda: None)
     assert ctx.err() is None
@@ -251,11 +251,11 @@ def test_a_context_class_in_place_of_a_context_is_refused_by_name(
     name: str, arg: str, call: Callable[[Any], object]
 ) -> None:
     """``with_cancel(MyContext)``: the class has the protocol's methods, but unbound."""
-    pending = _timer.timer.pending()
+    pending = NewTimerEntries()
     with pytest.raises(TypeError) as info:
         clean_up(call(OtherContext))
     message = str(info.value)
     assert f"{name}() needs a Context as {arg}" in message, message
     assert "OtherContext" in message and "class" in message, message
     assert _context.watcher_count(PARENT) == 0
-    assert _timer.timer.pending() == pending
+    assert pending.count() == 0

@@ -21,7 +21,7 @@ import pytest
 import gocontext
 from gocontext import _afterfunc, _context, _timer
 
-from ..conftest import NEVER
+from ..conftest import NEVER, NewTimerEntries
 
 pytestmark = pytest.mark.stress
 
@@ -100,7 +100,7 @@ def storm(seed: int) -> None:
     after_lock = threading.Lock()
     after_all = threading.Condition(after_lock)
     errors: list[BaseException] = []
-    timer_before = _timer.timer.pending()
+    timer_before = NewTimerEntries()
 
     def cause_for(kind: type[gocontext.ContextError], text: str) -> BaseException:
         c = (TimeoutError if kind is gocontext.DeadlineExceeded else ValueError)(text)
@@ -240,7 +240,7 @@ def storm(seed: int) -> None:
             lambda: after_ran[0] == after_expected[0] - after_stopped[0], NEVER
         ), (after_ran[0], after_expected[0], after_stopped[0])
     assert _context.watcher_count(root) == 0
-    assert _timer.timer.pending() == timer_before
+    assert timer_before.count() == 0
 
 
 def test_thread_storms_over_a_shared_tree(quiet_log: list[logging.LogRecord]) -> None:
