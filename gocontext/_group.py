@@ -94,6 +94,9 @@ class Group:
     the body had raised, ``g.ctx``'s cause stays the body's exception, and the Ctrl-C is raised
     in its place with the body's exception as its ``__context__``, as Python chains an
     exception raised while another is handled (a second Ctrl-C has the first as its own).
+    A ``KeyboardInterrupt`` (or any exception) out of ``g.ctx``'s done callbacks while a
+    failing function cancels it, in that function's thread, is raised by the block the same
+    way, once every function has returned; the failure stays in ``errors``.
     Thread-safe: ``go()`` may be called from the functions themselves. A group is entered once.
 
     Example:
@@ -118,7 +121,8 @@ class Group:
     # then only the functions may call go(), "closed" once all have returned), _running
     # (functions started and not yet returned), _errors, _first (None until the first failure,
     # then fixed), _threads (worker threads not yet joined; an insertion-ordered dict used as a
-    # set), _refusal (the last error go() raised instead of starting a function). _idle ends
+    # set), _refusal (the last error go() raised instead of starting a function), _interrupt
+    # (the first exception out of a failing function's cancel of g.ctx). _idle ends
     # once _running is 0 while closing. _limit, _ctx and _cancel are fixed at construction.
     __slots__ = (
         "_cancel",
@@ -127,6 +131,7 @@ class Group:
         "_errors",
         "_first",
         "_idle",
+        "_interrupt",
         "_limit",
         "_lock",
         "_mark_idle",
@@ -149,6 +154,7 @@ class Group:
         self._first: BaseException | None = None
         self._threads: dict[threading.Thread, None] = {}
         self._refusal: BaseException | None = None
+        self._interrupt: BaseException | None = None
         self._wake: Any = None  # the done callback that wakes go() waiting for a slot
         self._idle, self._mark_idle = with_cancel(_BACKGROUND)  # ended once all have returned
 
@@ -295,7 +301,12 @@ class Group:
                 if first:
                     self._first = e
             if first:
-                self._cancel(e)  # outside our lock: done callbacks may take it
+                try:
+                    self._cancel(e)  # outside our lock: done callbacks may take it
+                except BaseException as i:  # out of a done callback (a Ctrl-C landing there):
+                    with self._lock:  # this thread would end with it unheard; the block
+                        if self._interrupt is None:  # raises it once all have returned
+                            self._interrupt = i
         finally:
             with self._cond:
                 self._running -= 1
@@ -344,7 +355,7 @@ class Group:
         # committed before its callbacks run, as in _tree.end) cancels g.ctx and the waiting
         # goes on; a second one leaves at once, raised during the first (its __context__).
         handled = sys.exc_info()[1]  # e if the body raised: what an exception here chains to
-        interrupt = e if isinstance(e, KeyboardInterrupt) else None
+        interrupt: BaseException | None = e if isinstance(e, KeyboardInterrupt) else None
         try:
             try:
                 if e is not None:
@@ -356,6 +367,8 @@ class Group:
                 interrupt = i
                 self._cancel(i)  # (g.ctx is already done, unless it landed before the cancel)
                 self._wait()
+            if interrupt is None:  # (all have returned: nothing writes it any more)
+                interrupt, self._interrupt = self._interrupt, None
             if interrupt is not None and interrupt is not e:
                 raise interrupt  # raised while the body's exception is handled: its __context__
             if e is not None:

@@ -291,6 +291,45 @@ def test_an_interrupt_out_of_the_exits_cancel_still_waits_and_keeps_the_bodys_ex
     assert g.errors == []
 
 
+def test_an_interrupt_out_of_a_functions_own_failure_leaves_the_block_after_all_returned() -> None:
+    """The failing function's cancel of the group meets a Ctrl-C (a done callback stands for
+    it), in its worker thread: the interrupt goes out of the block, once every function has
+    returned, instead of ending that thread unheard; the failure is kept in ``g.errors``."""
+    boom = ValueError("a function failed")
+    sibling_saw: list[BaseException | None] = []
+    unheard: list[BaseException] = []
+    hook = threading.excepthook
+
+    def hear(args: threading.ExceptHookArgs) -> None:
+        assert args.exc_value is not None
+        unheard.append(args.exc_value)
+
+    threading.excepthook = hear
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt("in the failure's cancel")
+
+    def sibling(ctx: gocontext.Context) -> None:
+        assert ctx.done().wait(NEVER)
+        sibling_saw.append(gocontext.cause(ctx))
+
+    def failing(ctx: gocontext.Context) -> None:
+        raise boom
+
+    try:
+        with pytest.raises(KeyboardInterrupt, match="in the failure's cancel"):
+            with gocontext.Group(gocontext.background()) as g:
+                g.ctx.done().add_callback(ctrl_c)
+                g.go(sibling)
+                g.go(failing)
+    finally:
+        threading.excepthook = hook
+    assert unheard == []
+    assert sibling_saw == [boom]  # the sibling was stopped by the failure, and waited for
+    assert g.errors == [boom]
+    assert gocontext.cause(g.ctx) is boom
+
+
 def test_no_thread_outlives_the_block() -> None:
     before = set(threading.enumerate())
     with pytest.raises(ZeroDivisionError):
