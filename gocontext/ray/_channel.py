@@ -8,11 +8,20 @@ that token. Each worker process runs one watcher thread per channel it received 
 long-polling ``Channel.wait`` with the full list of tokens it watches; a channel that has died
 (its owner is gone) ends every context it carried, with a ``ChannelGone`` cause.
 
+Every Ray call costs the same few milliseconds however little it carries, and many more on a
+loaded host, so none is made per context: the owner's done callbacks queue the ends, and a
+sending thread (running while contexts sent through the channel live) passes on in one
+``Channel.end`` call whatever was queued meanwhile; the tokens a worker receives during a poll
+go to the channel in one ``Channel.watch`` hint per slice of it, which cuts the poll short if
+one of them already ended. A thousand contexts cancelled at once thus take a handful of calls,
+not thousands of them queued one behind the other.
+
 Three rules keep this safe under faults:
 
 - No Ray call is ever made under one of our locks, and no finalizer takes one: a finalizer only
   puts a token on a ``SimpleQueue`` (safe from any point a garbage collection can run), and the
-  watcher thread does the rest.
+  watcher thread does the rest; likewise a done callback (which a finalizer's cancel may run)
+  puts an end on its sender's queue, and the sending thread calls the channel.
 - A watch is a lease: every poll carries the full list, and a watcher not heard from for
   ``_LEASE`` seconds (its worker was killed) is forgotten, so the channel returns to its
   baseline. A watcher that comes back re-sends its list; nothing is lost.
@@ -239,21 +248,25 @@ class Channel:
         self.ended: collections.OrderedDict[str, tuple[float, Ending]] = collections.OrderedDict()
         self.watchers: dict[str, _Watching] = {}
 
-    async def end(self, token: str, ending: Ending) -> None:
+    async def end(self, ended: dict[str, Ending]) -> None:
+        """The tokens in *ended* ended, each as its value says."""
         now = time.monotonic()
-        self.ended[token] = (now, ending)
-        self.ended.move_to_end(token)
+        for token, ending in ended.items():
+            self.ended[token] = (now, ending)
+            self.ended.move_to_end(token)
+            for w in self.watchers.values():
+                if token in w.tokens:
+                    w.pending[token] = ending
+                    w.event.set()
         self._trim(now)
-        for w in self.watchers.values():
-            if token in w.tokens:
-                w.pending[token] = ending
-                w.event.set()
 
-    async def watch(self, watcher: str, token: str, version: int) -> None:
-        """A hint that *watcher* now watches *token* (its next wait carries it anyway)."""
+    async def watch(self, watcher: str, tokens: list[str], version: int) -> None:
+        """A hint that *watcher* now watches *tokens*, as of its *version* (its next wait
+        carries them anyway)."""
         w = self._watching(watcher)
-        w.tokens[token] = max(version, w.tokens.get(token, 0))
-        self._note_if_ended(w, token)
+        for token in tokens:
+            w.tokens[token] = max(version, w.tokens.get(token, 0))
+            self._note_if_ended(w, token)
 
     async def wait(
         self, watcher: str, tokens: list[str], version: int, timeout: float
@@ -337,8 +350,12 @@ class _Sender:
         self.channel_id = uuid.uuid4().hex
         self.channel: Any = Channel.remote()  # type: ignore[attr-defined]  # added by @ray.remote
         self.dead = False
-        self.lock = threading.Lock()  # guards tokens; never held across a Ray call
+        self.lock = threading.Lock()  # guards tokens and sending; never held across a Ray call
         self.tokens: weakref.WeakKeyDictionary[Context, str] = weakref.WeakKeyDictionary()
+        # Ends to tell the channel, put by done callbacks (they take no lock of ours), sent in
+        # batches by a thread that runs while contexts sent through this channel live.
+        self.ends: queue.SimpleQueue[tuple[str, Ending]] = queue.SimpleQueue()
+        self.sending = False
         # Pending until the actor dies; Ray then completes it, on a thread of its own.
         self.probe = self.channel.closed.remote()
         self.probe.future().add_done_callback(self._died)
@@ -348,6 +365,29 @@ class _Sender:
 
     def live(self, ray_session: str | None) -> bool:
         return not self.dead and ray_session == self.session
+
+    def send_ends(self) -> None:
+        """The sending thread: one ``Channel.end`` call for every end queued meanwhile."""
+        while True:
+            try:
+                ends = dict([self.ends.get(timeout=_SLICE)])
+            except queue.Empty:
+                ends = {}
+            while True:
+                try:
+                    token, ending = self.ends.get_nowait()
+                except queue.Empty:
+                    break
+                ends.setdefault(token, ending)  # the first end of a token wins, as anywhere
+            live = self.live(session())
+            if ends and live:
+                with contextlib.suppress(Exception):  # Ray shutting down under us
+                    self.channel.end.remote(ends)
+                continue
+            with self.lock:  # an end comes from a sent context, alive: it is in tokens
+                if self.ends.empty() and (not live or not self.tokens):
+                    self.sending = False  # (dead or shut down: what was queued is dropped)
+                    return
 
 
 def _current_sender() -> _Sender:
@@ -384,6 +424,10 @@ def link_for(ctx: Context) -> Link:
         if token is not None:
             return Link(s.channel, s.channel_id, token)
         token = s.tokens[ctx] = uuid.uuid4().hex
+        start = not s.sending
+        s.sending = True
+    if start:
+        spawn(s.send_ends, "gocontext-ray-sender")
     ctx.done().add_callback(_Ended(weakref.ref(ctx), weakref.ref(s), token))
     return Link(s.channel, s.channel_id, token)
 
@@ -401,8 +445,7 @@ def end_copies(ctx: Context, failure: BaseException) -> None:
         return
     original = getattr(failure, "cause", None)  # a RayTaskError's own exception
     shown = original if isinstance(original, BaseException) else failure
-    with contextlib.suppress(Exception):  # Ray shutting down under us
-        s.channel.end.remote(token, Ending(False, repr(shown)[:_CAUSE_MAX]))
+    s.ends.put((token, Ending(False, repr(shown)[:_CAUSE_MAX])))  # ctx is alive: s is sending
 
 
 class _Ended:
@@ -425,9 +468,7 @@ class _Ended:
         c = cause(ctx)
         plain = c is None or (type(c) is type(err) and str(c) == str(err))  # no cause given
         text = None if plain else repr(c)[:_CAUSE_MAX]
-        ending = Ending(isinstance(err, DeadlineExceeded), text)
-        with contextlib.suppress(Exception):  # Ray shutting down under us
-            sender.channel.end.remote(self.token, ending)
+        sender.ends.put((self.token, Ending(isinstance(err, DeadlineExceeded), text)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,11 +481,12 @@ class _Watcher:
         self.channel_id = link.channel_id
         self.session = ray_session
         self.id = uuid.uuid4().hex
-        # Guards contexts, version, running and gone; never held across a Ray call, never
-        # taken by a finalizer (finalizers only put on `dropped`).
+        # Guards contexts, version, fresh, running and gone; never held across a Ray call,
+        # never taken by a finalizer (finalizers only put on `dropped`).
         self.lock = threading.Lock()
         self.contexts: dict[str, weakref.WeakSet[Context]] = {}
         self.version = 0  # counts the tokens added: orders the hints against the polls
+        self.fresh: list[str] = []  # tokens added since the last poll or hint began
         self.running = False
         self.gone: BaseException | None = None  # set once the channel is unreachable
         self.dropped: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -452,12 +494,12 @@ class _Watcher:
     def receive(self, token: str, node: Context) -> None:
         with self.lock:
             gone = self.gone
-            version = start = None
+            start = None
             if gone is None:
                 nodes = self.contexts.get(token)
                 if nodes is None:
                     self.version += 1
-                    version = self.version
+                    self.fresh.append(token)
                     nodes = self.contexts[token] = weakref.WeakSet()
                 nodes.add(node)
                 start = not self.running
@@ -468,9 +510,6 @@ class _Watcher:
         weakref.finalize(node, self.dropped.put, token)
         if start:
             spawn(self._run, "gocontext-ray-watcher")
-        if version is not None and session() == self.session:  # cuts a poll short if ended
-            with contextlib.suppress(Exception):
-                self.channel.watch.remote(self.id, token, version)
 
     def _run(self) -> None:
         idle = 0
@@ -478,6 +517,7 @@ class _Watcher:
             self._forget_dropped()
             with self.lock:
                 tokens, version = list(self.contexts), self.version
+                self.fresh = []
                 idle = 0 if tokens else idle + 1
                 stop = idle > _IDLE_POLLS
                 if stop:
@@ -512,11 +552,17 @@ class _Watcher:
                     end_with(node, kind, c)
 
     def _wait(self, tokens: list[str], version: int) -> dict[str, Ending] | None:
-        """One long poll, waited on in slices; ``None`` once Ray is shutting down."""
+        """One long poll, waited on in slices; ``None`` once Ray is shutting down. After each
+        slice, one hint carries the tokens received meanwhile (it cuts the poll short if one
+        of them ended)."""
         ref = self.channel.wait.remote(self.id, tokens, version, _POLL)
         while not ray.wait([ref], timeout=_SLICE)[0]:
             if session() != self.session:
                 return None
+            with self.lock:
+                fresh, self.fresh, version = self.fresh, [], self.version
+            if fresh:
+                self.channel.watch.remote(self.id, fresh, version)
         ended: dict[str, Ending] = ray.get(ref)
         return ended
 

@@ -98,31 +98,35 @@ def _wait_size(target: int, bound: float) -> int:
 @ray.remote(num_cpus=0, max_retries=0)
 def receive_while_collecting(first: bytes, second: bytes) -> str:
     """Receive one context, then run its finalizers (as a garbage collection would) from inside
-    the first Ray actor call gocontext makes while the next context is being received."""
+    the first Ray actor call gocontext makes once the next context is received: the watcher
+    thread's hint (or poll) that carries it."""
     held = pickle.loads(first)
+    armed, done = threading.Event(), threading.Event()
     fired: list[str] = []
+    original = ray.actor.ActorMethod.remote
 
-    def in_our_ray_call(frame: Any, event: str, arg: object) -> None:
-        if fired or event != "call" or frame.f_code.co_name != "remote":
-            return
-        if not frame.f_globals.get("__name__", "").startswith("ray."):
-            return
-        caller = frame.f_back
+    def remote(self: Any, *args: Any, **kwargs: Any) -> Any:  # in whichever thread calls Ray
+        caller = sys._getframe(1)
         while caller is not None:
             if caller.f_globals.get("__name__") == "gocontext.ray._channel":
-                fired.append(f"{caller.f_code.co_name} -> {frame.f_code.co_name}")
-                for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
-                    if finalizer.peek() is not None and finalizer.peek()[0] is held:
-                        fired.append("finalizer")
-                        finalizer()  # as if the first context were collected right here
-                return
+                if armed.is_set() and not done.is_set():
+                    fired.append(f"{caller.f_code.co_name} -> remote")
+                    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+                        if finalizer.peek() is not None and finalizer.peek()[0] is held:
+                            fired.append("finalizer")
+                            finalizer()  # as if the first context were collected right here
+                    done.set()
+                break
             caller = caller.f_back
+        return original(self, *args, **kwargs)
 
-    sys.setprofile(in_our_ray_call)
+    ray.actor.ActorMethod.remote = remote
     try:
+        armed.set()
         ctx = pickle.loads(second)
+        done.wait(START)
     finally:
-        sys.setprofile(None)
+        ray.actor.ActorMethod.remote = original
     return f"received {ctx.err()}; {fired}"
 
 

@@ -69,7 +69,8 @@ class AsyncWorker:
         return type(ctx.err()).__name__
 
     async def own_cancel(self, ctx: gocontext.Context, tag: int) -> tuple[int, str | None]:
-        await asyncio.wait_for(ctx.done(), NEVER)  # type: ignore[arg-type]
+        # BOUND, not NEVER: a thousand ends cross Ray on a shared, maybe loaded, host
+        await asyncio.wait_for(ctx.done(), BOUND)  # type: ignore[arg-type]
         return tag, ctx.value(RID)
 
 
