@@ -27,7 +27,7 @@ def say(text: str) -> None:
 # 1. Threads: gocontext.Group
 
 
-def fetch_shard(ctx: gocontext.Context, n: int) -> int:
+def fetch_shard(ctx: gocontext.RichContext, n: int) -> int:
     # A blocking worker: does its work in chunks, checking the context between them.
     chunks = 0
     try:

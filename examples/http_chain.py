@@ -96,7 +96,12 @@ def main() -> None:
     B_ENTERED.clear()
     B_STOPPED.clear()
     ctx, cancel = gocontext.with_cancel(request)
-    threading.Thread(target=lambda: B_ENTERED.wait(10) and cancel()).start()
+
+    def cancel_once_b_runs() -> None:
+        if B_ENTERED.wait(10):
+            cancel()
+
+    threading.Thread(target=cancel_once_b_runs).start()
     started = time.monotonic()
     try:
         client.get(f"{a_url}/a", params={"work": "5"}, extensions={"gocontext": ctx})

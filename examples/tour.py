@@ -52,7 +52,7 @@ def part_one() -> None:
     print("    cause:", repr(gocontext.cause(ctx)), "| request id:", ctx.value(REQUEST_ID))
 
 
-def slow_lookup(ctx: gocontext.Context, key: str) -> str:
+def slow_lookup(ctx: gocontext.RichContext, key: str) -> str:
     # Runs in a worker thread; stops as soon as the context ends.
     for _ in range(100):
         ctx.check()
@@ -60,8 +60,8 @@ def slow_lookup(ctx: gocontext.Context, key: str) -> str:
     return key.upper()
 
 
-async def part_two() -> None:
-    print("2. a deadline ends an async scope and the thread it started")
+async def part_two(library: str) -> None:
+    print(f"2. a deadline ends an async scope and the thread it started ({library})")
     parent, cancel = gocontext.with_timeout(gocontext.background(), 0.2)
     started = time.monotonic()
     try:
@@ -75,6 +75,6 @@ async def part_two() -> None:
 
 if __name__ == "__main__":
     part_one()
-    asyncio.run(part_two())
-    trio.run(part_two)
+    asyncio.run(part_two("asyncio"))
+    trio.run(part_two, "trio")
     print("tour done")

@@ -193,8 +193,9 @@ class Aiohttp:
 
 
 def main() -> None:
-    leaf_server = Uvicorn(Starlette(routes=[Route("/leaf", leaf)]))
-    leaf_server.server.config.app = gocontext.http.ContextMiddleware(leaf_server.server.config.app)
+    leaf_server = Uvicorn(
+        gocontext.http.ContextMiddleware(Starlette(routes=[Route("/leaf", leaf)]))
+    )
     leaf_server.start()
     aio_server = Aiohttp(make_aiohttp_app(leaf_server.url + "/leaf"))
     aio_server.start()
@@ -217,7 +218,12 @@ def main() -> None:
         say("2. the client cancels; the cancel reaches every hop")
         root = gocontext.with_value(gocontext.background(), REQUEST_ID, "req-2")
         ctx, cancel = gocontext.with_cancel(root)
-        threading.Thread(target=lambda: (LEAF_ENTERED.wait(WAIT), cancel())).start()
+
+        def cancel_once_the_leaf_runs() -> None:
+            LEAF_ENTERED.wait(WAIT)
+            cancel()
+
+        threading.Thread(target=cancel_once_the_leaf_runs).start()
         try:
             client.get(f"{api.url}/start?mode=wait", extensions={"gocontext": ctx})
         except gocontext.Canceled as e:

@@ -11,7 +11,14 @@ from typing_extensions import TypeVarTuple, Unpack
 
 from . import _wakeup
 from ._async import _framework_cause
-from ._context import _BACKGROUND, Context, check_context, with_cancel, with_cancel_cause
+from ._context import (
+    _BACKGROUND,
+    Context,
+    RichContext,
+    check_context,
+    with_cancel,
+    with_cancel_cause,
+)
 from ._errors import ContextError, describe
 from ._loops import wait_done
 
@@ -21,7 +28,9 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
-async def to_thread(ctx: Context, fn: Callable[[Context, Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+async def to_thread(
+    ctx: Context, fn: Callable[[RichContext, Unpack[Ts]], T], *args: Unpack[Ts]
+) -> T:
     """Run ``fn(child_ctx, *args)`` in a worker thread and return its result.
 
     ``child_ctx`` is a ``with_cancel(ctx)``, cancelled once *fn* returns: *fn* should poll

@@ -91,6 +91,18 @@ async def task_groups(parent: gocontext.Context) -> None:
         assert_type(g.ctx, gocontext.RichContext)
 
 
+async def threads(parent: gocontext.Context) -> None:
+    def lookup(ctx: gocontext.RichContext, key: str) -> str:
+        ctx.check()  # the child context a worker gets is a rich one
+        return key
+
+    def plain(ctx: gocontext.Context, n: int) -> int:
+        return n
+
+    assert_type(await gocontext.to_thread(parent, lookup, "k"), str)
+    assert_type(await gocontext.to_thread(parent, plain, 1), int)
+
+
 def programs() -> None:
     with gocontext.signal_context() as (ctx, stop):
         assert_type(ctx, gocontext.RichContext)
