@@ -94,9 +94,10 @@ class Group:
     the body had raised, ``g.ctx``'s cause stays the body's exception, and the Ctrl-C is raised
     in its place with the body's exception as its ``__context__``, as Python chains an
     exception raised while another is handled (a second Ctrl-C has the first as its own).
-    A ``KeyboardInterrupt`` (or any exception) out of ``g.ctx``'s done callbacks while a
-    failing function cancels it, in that function's thread, is raised by the block the same
-    way, once every function has returned; the failure stays in ``errors``.
+    A ``KeyboardInterrupt`` or ``SystemExit`` out of ``g.ctx``'s done callbacks (a Ctrl-C
+    landing there) while a failing function cancels it, in that function's thread, is raised
+    by the block the same way, once every function has returned; the failure stays in
+    ``errors``.
     Thread-safe: ``go()`` may be called from the functions themselves. A group is entered once.
 
     Example:
@@ -303,7 +304,7 @@ class Group:
             if first:
                 try:
                     self._cancel(e)  # outside our lock: done callbacks may take it
-                except BaseException as i:  # out of a done callback (a Ctrl-C landing there):
+                except BaseException as i:  # an interrupt out of a done callback (a Ctrl-C):
                     with self._lock:  # this thread would end with it unheard; the block
                         if self._interrupt is None:  # raises it once all have returned
                             self._interrupt = i
