@@ -30,6 +30,7 @@ from ._context import (
     CancelCauseFunc,
     Context,
     RichContext,
+    _DeadlineCauseContext,
     check_context,
     with_cancel_cause,
     with_timeout,
@@ -237,9 +238,13 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 self._task = task
                 self._baseline = task.cancelling()
         own = self._own
+        owner = False  # ctx tells this scope of its end as its owner, with no registration
         if own is not None and outer == _INF:
             child: RichContext = ctx  # type: ignore[assignment]  # _owning() takes a RichContext
             self._cancel = own
+            # Nothing but its timer and *own* can end such a node: no ancestor node, no link
+            # (see _DeadlineCauseContext).
+            owner = type(ctx) is _DeadlineCauseContext and ctx._up is None and ctx._done is None
         else:
             child, self._cancel = _child_of(ctx, outer, loops)
         self._mailbox = loops.mailbox(here)
@@ -247,8 +252,16 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.
         try:
-            if ctx.err() is None:
-                self._handle: CallbackHandle | None = ctx.done().add_callback(self._fire)
+            if owner:
+                # Set, then looked at: an end either finds the owner set (and calls it) or
+                # comes before the look (which sees it); both is harmless (cancel() is
+                # idempotent).
+                self._handle: CallbackHandle | None = None
+                ctx._owner = self._fire  # type: ignore[attr-defined]  # a _DeadlineCauseContext
+                if ctx._state is not None:  # type: ignore[attr-defined]  # (the same)
+                    cs.cancel()
+            elif ctx.err() is None:
+                self._handle = ctx.done().add_callback(self._fire)
                 if type(ctx) not in _OURS:  # a user-written Done: check its handle now
                     check_handle(ctx.done(), self._handle)
             else:  # interrupt the body at its first checkpoint, with no round trip via the loop
@@ -259,6 +272,8 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             handle = getattr(self, "_handle", None)
             if handle is not None:
                 unwatch_quietly(handle)
+            elif owner:
+                ctx._owner = None  # type: ignore[attr-defined]  # a _DeadlineCauseContext
             self._cancel(None)
             raise
         self._token: Token[RichContext] = _current.set(child)
@@ -268,7 +283,10 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool:
         handle, cancel = self._handle, self._cancel
-        if handle is not None:
+        if handle is None:
+            if self._own is not None and type(self._ctx) is _DeadlineCauseContext:
+                self._ctx._owner = None  # from here on, ctx ending cannot reach this scope
+        else:
             try:
                 handle.cancel()  # from here on, ctx ending cannot reach this scope
             except Exception as exc:  # a user-written Done's handle: say whose, once the

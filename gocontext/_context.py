@@ -994,13 +994,42 @@ class _DeadlineContext(_CancelContext):
         return f"with_deadline({self._deadline - _timer.now():+.3f}s)"
 
 
+def _cancel_owned(self: _DeadlineCauseContext, cause: BaseException | None = None) -> None:
+    """The ``cancel(cause)`` of a ``_DeadlineCauseContext``: ``_cancel_cause``, then its owner
+    told (see there)."""
+    if self._state is None:
+        try:
+            _cancel_cause(self, cause)
+        finally:  # (even if a Ctrl-C lands in between: an ended node's owner is told)
+            owner = self._owner
+            if owner is not None and self._state is not None:
+                owner()
+
+
 @final
 class _DeadlineCauseContext(_DeadlineContext):
     """A node with a deadline whose cancel takes a cause (what a server makes for a request:
-    its deadline, or the client going away)."""
+    its deadline, or the client going away).
 
-    __slots__ = ()
-    _cancel = _cancel_cause  # takes a cause, as its pair says
+    ``_owner``: None, or a function that ``scope._owning()`` set, which the node's two enders,
+    its timer and its cancel, call once they have ended it (each may call it, and more than
+    once: it must be idempotent). It stands in for a done callback, with no registration
+    under the tree lock, for a node that nothing but these two can end (no ancestor node, no
+    link: ``scope._owning`` looks).
+    """
+
+    __slots__ = ("_owner",)
+    _cancel = _cancel_owned  # takes a cause, as its pair says
+    _owner: Callable[[], object] | None
+
+    def _expire(self) -> None:
+        if self._state is None:
+            try:
+                end(self, (DeadlineExceeded, self._cause))
+            finally:
+                owner = self._owner
+                if owner is not None:
+                    owner()
 
 
 @final
@@ -1173,6 +1202,8 @@ def _with_deadline(
     ctx = kind()
     ctx._cause = cause
     ctx._entry = None
+    if kind is not _DeadlineContext:  # (before the timer can call _expire)
+        ctx._owner = None  # type: ignore[attr-defined]  # kind is _DeadlineCauseContext
     if ours:  # _init_node(), written out as in with_cancel (a tenth of create + cancel)
         ctx._parent = parent
         ctx._up = up

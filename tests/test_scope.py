@@ -910,3 +910,104 @@ async def test_nothing_of_a_finished_scope_is_kept_alive() -> None:
     assert [r() for r in refs] == [None, None]
     assert _context.watcher_count(ctx) == 0
     cancel()
+
+
+# --------------------------------------------------------------------------------------------
+# A scope that owns its context (a server's request): told of the end by the context itself
+
+
+def owned(parent: gocontext.Context | None = None, timeout: float = 3600.0) -> Any:
+    """A request's context and its cancel, as a server makes them."""
+    return _context.timeout_cancel_cause(parent or gocontext.background(), timeout)
+
+
+async def test_an_owned_context_cancelled_from_another_thread_interrupts_the_body() -> None:
+    # (No fail_after around the block: an enclosing deadline would make the scope a child of
+    # its own. The body's sleep is the bound: a body not interrupted reaches the assert.)
+    ctx, cancel = owned()
+    why = ConnectionResetError("client left")
+    reached_after = False
+    with pytest.raises(gocontext.Canceled) as info:
+        async with gocontext.scope._owning(ctx, cancel) as child:
+            assert child is ctx
+            threading.Thread(target=cancel, args=(why,)).start()
+            await anyio.sleep(NEVER)
+            reached_after = True
+    assert not reached_after
+    assert info.value.__cause__ is why
+    assert ctx._owner is None  # nothing of the scope stays reachable from ctx
+    assert ctx._done is None  # nothing was registered on ctx
+
+
+async def test_an_owned_contexts_deadline_interrupts_the_body() -> None:
+    ctx, cancel = owned(timeout=0.02)
+    reached_after = False
+    with pytest.raises(gocontext.DeadlineExceeded):
+        async with gocontext.scope._owning(ctx, cancel):
+            await anyio.sleep(NEVER)
+            reached_after = True
+    assert not reached_after
+    assert ctx._owner is None
+
+
+async def test_an_owned_context_ended_before_the_block_interrupts_its_first_checkpoint() -> None:
+    ctx, cancel = owned()
+    cancel(ConnectionResetError("gone before the handler ran"))
+    reached_after = False
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope._owning(ctx, cancel):
+            await anyio.sleep(0)
+            reached_after = True
+    assert not reached_after
+
+
+async def test_deadlines_landing_as_owned_blocks_begin_always_interrupt_them() -> None:
+    # The timer thread ends each context around the moment the block sets itself as owner:
+    # every ordering must interrupt the body (a lost end would reach the assert).
+    for i in range(100):
+        ctx, cancel = owned(timeout=random.random() * 0.002)
+        reached_after = False
+        with pytest.raises(gocontext.DeadlineExceeded):
+            async with gocontext.scope._owning(ctx, cancel):
+                await anyio.sleep(NEVER)
+                reached_after = True
+        assert not reached_after, i
+
+
+async def test_what_the_handler_registers_on_an_owned_context_sees_its_end_too() -> None:
+    ctx, cancel = owned()
+    seen: list[object] = []
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope._owning(ctx, cancel) as child:
+            inner, _ = gocontext.with_cancel(child)
+            started = anyio.Event()
+
+            async def watch() -> None:
+                started.set()
+                with anyio.CancelScope(shield=True):  # (sees the end, not the interruption)
+                    await inner.done()
+                seen.append(inner.err())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await started.wait()
+                threading.Thread(target=cancel, args=(None,)).start()
+                await anyio.sleep(NEVER)
+    assert len(seen) == 1 and isinstance(seen[0], gocontext.Canceled)
+    assert _context.watcher_count(ctx) == 0
+
+
+async def test_an_owned_context_under_a_parent_that_can_end_is_watched_as_usual() -> None:
+    # Its parent's end reaches it through the tree, not through its own cancel or timer: the
+    # scope registers on it instead of being its owner.
+    parent, cancel_parent = gocontext.with_cancel(gocontext.background())
+    ctx, cancel = owned(parent)
+    reached_after = False
+    with pytest.raises(gocontext.Canceled):
+        async with gocontext.scope._owning(ctx, cancel):
+            threading.Thread(target=cancel_parent).start()
+            await anyio.sleep(NEVER)
+            reached_after = True
+    assert not reached_after
+    assert ctx._owner is None
+    cancel(None)
