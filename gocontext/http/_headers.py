@@ -21,6 +21,7 @@ __all__ = [
     "HeaderError",
     "format_baggage",
     "format_grpc_timeout",
+    "grpc_timeout_of",
     "parse_baggage",
     "parse_grpc_timeout",
     "parse_timeout_ms",
@@ -44,6 +45,14 @@ _MEMBER = re.compile(
     r"[ \t]*(?:;.*)?",
     re.DOTALL,
 )
+# A whole baggage header of plain members (token key, '=', a value of baggage-octets other
+# than '%': nothing to unescape), with no whitespace or properties: parsed by splitting. Bounded
+# in length so that it holds fewer than MAX_BAGGAGE_ENTRIES members (each takes 3 bytes at least).
+_SIMPLE_BAGGAGE = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+=[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*"
+    rb"(?:,[!#$%&'*+\-.^_`|~0-9A-Za-z]+=[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*)*"
+).fullmatch
+_SIMPLE_BAGGAGE_BYTES = 3 * MAX_BAGGAGE_ENTRIES - 1  # at most this long: at most 180 members
 _OWS = " \t"  # HTTP's optional whitespace: nothing else is stripped
 _SHOWN = 64  # characters of a bad header a message echoes
 _SAFE = "!#$&'()*+-./:<=>?@[]^_`{|}~"  # baggage-octets that need no escaping (not , ; % \\ ")
@@ -106,6 +115,27 @@ def parse_grpc_timeout(value: str) -> float:
     return int(digits) * unit
 
 
+_GRPC_UNIT_BYTES = {ord(k): v for k, v in _GRPC_UNITS.items()}
+
+
+def grpc_timeout_of(value: bytes) -> float:
+    """``parse_grpc_timeout`` of a raw header value (a server's bytes, read as latin-1),
+    without decoding it first: what a server reads on every request.
+
+    Example:
+        >>> grpc_timeout_of(b"250m"), grpc_timeout_of(b" 2S ")
+        (0.25, 2.0)
+    """
+    v = value.strip(b" \t")
+    digits = v[:-1]
+    # bytes.isdigit() is ASCII digits only (str.isdigit() also takes other scripts' digits).
+    if 0 < len(digits) <= 8 and digits.isdigit():
+        unit = _GRPC_UNIT_BYTES.get(v[-1])
+        if unit is not None:
+            return int(digits) * unit
+    return parse_grpc_timeout(value.decode("latin-1"))  # (raises the error, said of the text)
+
+
 def parse_timeout_ms(name: str, value: str) -> float:
     """Seconds in a whole-milliseconds header such as ``Connect-Timeout-Ms``.
 
@@ -139,6 +169,14 @@ def parse_baggage(header: str | bytes) -> dict[str, str]:
         {'city': 'Genève'}
     """
     data = header if isinstance(header, bytes) else header.encode("utf-8", "surrogatepass")
+    if len(data) <= _SIMPLE_BAGGAGE_BYTES and _SIMPLE_BAGGAGE(data) is not None:
+        # The common header: plain ASCII members, no whitespace, escapes or properties, few
+        # enough: every member is well formed, and read as it is (the same result as below).
+        simple: dict[str, str] = {}
+        for member in data.decode("ascii").split(","):
+            key, _, value = member.partition("=")
+            simple[key] = value
+        return simple
     if len(data) > MAX_BAGGAGE_BYTES:
         # Keep whole members only: cut after the last comma inside the bound.
         data = data[: data.rfind(b",", 0, MAX_BAGGAGE_BYTES + 1) + 1]

@@ -16,7 +16,7 @@ from .._async import scope
 from .._context import Context, background, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded
 from .._propagation import attach_values
-from ._headers import HeaderError, parse_baggage, parse_grpc_timeout, parse_timeout_ms
+from ._headers import HeaderError, grpc_timeout_of, parse_baggage, parse_timeout_ms
 
 __all__ = ["ClientDisconnected", "ContextMiddleware", "client_left", "timeout_and_values"]
 
@@ -85,7 +85,7 @@ def timeout_and_values(
             if name not in _READ:
                 continue
         if name == _GRPC:
-            t = parse_grpc_timeout(value.decode("latin-1"))
+            t = grpc_timeout_of(value)
         elif name == _BAGGAGE:
             baggage.append(value)
             continue

@@ -8,15 +8,17 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gocontext.http import _headers
 from gocontext.http._headers import (
     MAX_BAGGAGE_BYTES,
     MAX_BAGGAGE_ENTRIES,
     HeaderError,
     format_baggage,
     format_grpc_timeout,
+    grpc_timeout_of,
     parse_baggage,
     parse_grpc_timeout,
     parse_timeout_ms,
@@ -220,3 +222,62 @@ def test_a_hostile_baggage_member_is_read_in_one_pass(member: str) -> None:
         env=env,
     )
     assert out.stdout.strip() in ("[]", "['k']"), out.stdout
+
+
+# The shortcuts a server takes on every request read exactly what the general grammar reads.
+
+_KEYS = st.text(alphabet="ak-_%!", min_size=1, max_size=3) | st.sampled_from(["", " a", "a b"])
+_VALUES = st.lists(
+    st.sampled_from(["a", "1", "%41", "~", "=", "!"])
+    | st.sampled_from(["%zz", "%", " ", '"', ";p", "é", "\\", "\x7f", "%C3%A9", "%ff"]),
+    max_size=4,
+).map("".join)
+_HEADERS = st.lists(
+    st.tuples(_KEYS, _VALUES).map("=".join) | st.sampled_from(["", " ", "a", "a=b ", "\t"]),
+    min_size=1,
+    max_size=5,
+).map(",".join)
+
+
+def _general_baggage(header: bytes) -> dict[str, str]:
+    saved = _headers._SIMPLE_BAGGAGE_BYTES
+    _headers._SIMPLE_BAGGAGE_BYTES = -1  # no header takes the shortcut
+    try:
+        return parse_baggage(header)
+    finally:
+        _headers._SIMPLE_BAGGAGE_BYTES = saved
+
+
+@given(_HEADERS)
+@settings(max_examples=500)
+@example("request-id=r1,user=ada")
+def test_the_plain_baggage_shortcut_reads_what_the_grammar_reads(text: str) -> None:
+    header = text.encode("utf-8")
+    assert parse_baggage(header) == _general_baggage(header)
+
+
+@pytest.mark.parametrize("members", [1, 2, 179, 180, 181, 400])
+def test_the_plain_baggage_shortcut_keeps_the_entry_bound(members: int) -> None:
+    for header in (
+        ",".join(f"k{i}=v" for i in range(members)).encode(),
+        ",".join("k=" for _ in range(members)).encode(),
+    ):
+        got = parse_baggage(header)
+        assert got == _general_baggage(header)
+        assert len(got) <= MAX_BAGGAGE_ENTRIES
+
+
+@given(
+    st.binary(max_size=12)
+    | st.lists(st.sampled_from(list(b" \t09S m\x85")), max_size=12).map(bytes)
+)
+def test_a_raw_grpc_timeout_reads_as_its_text(raw: bytes) -> None:
+    try:
+        expected: object = parse_grpc_timeout(raw.decode("latin-1"))
+    except HeaderError as e:
+        expected = str(e)
+    try:
+        got: object = grpc_timeout_of(raw)
+    except HeaderError as e:
+        got = str(e)
+    assert got == expected
