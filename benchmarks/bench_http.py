@@ -6,8 +6,9 @@
 - transport: what ``Transport`` adds to an httpx request (``bench_transport.transport_overhead``
   when it is there, else the same measure for the blocking client here);
 - end to end: plain ``httpx.Client`` + plain Starlette against ``Transport`` +
-  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches, each
-  uvicorn server in a process of its own, as a client and a server are deployed; beside it,
+  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches (their
+  order turning each round; the overhead is the median of the rounds' ratios), each uvicorn
+  server in a process of its own, as a client and a server are deployed; beside it,
   the server process's CPU per request in each (a real server's share, which the middleware
   row, driving the app alone on a warm loop, understates). For reference, the same with both
   servers in this process: client and servers then take turns on one GIL, handed between
@@ -217,7 +218,9 @@ def _process_cpu(pid: int) -> Callable[[], float]:
     return read
 
 
-def end_to_end_processes(n: int = 2000) -> tuple[float, float, float, float, float, float]:
+def end_to_end_processes(
+    n: int = 2000,
+) -> tuple[float, float, float, float, float, float, float]:
     """``end_to_end``, each server in a process of its own (see the module); then
     ``_same_client_cpu`` against the same two servers."""
     import subprocess
@@ -274,7 +277,7 @@ def _same_client_cpu(
     return statistics.median(out[0]), statistics.median(out[1])
 
 
-def end_to_end(n: int = 2000) -> tuple[float, float, float, float]:
+def end_to_end(n: int = 2000) -> tuple[float, float, float, float, float]:
     """µs per request over loopback: plain httpx + Starlette, then ours with a deadline and
     baggage (medians of alternating batches); and the server thread's CPU µs per request in
     each (what a real server pays, ``middleware_overhead`` measuring the middleware alone)."""
@@ -295,10 +298,12 @@ def _alternate(
     n: int,
     cpu1: Callable[[], float],
     cpu2: Callable[[], float],
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """µs per request: plain httpx to *plain_url*, ours with a deadline and baggage to
-    *ctx_url*, in alternating batches (so drift in the machine's load hits both alike); and
-    the servers' CPU µs per request, read from *cpu1* and *cpu2*. Medians of the batches."""
+    *ctx_url*, in alternating batches whose order turns each round; the servers' CPU µs per
+    request, read from *cpu1* and *cpu2* (medians of the batches); and the median of the
+    rounds' ours/plain ratios, the overhead: a machine whose load drifts slows a round, both
+    sides alike, where a ratio of medians would compare batches run under different loads."""
     ctx, cancel = gocontext.with_timeout(
         gocontext.with_value(gocontext.background(), _KEY, "r1"), 3600
     )
@@ -307,15 +312,27 @@ def _alternate(
         with httpx.Client() as plain, httpx.Client(transport=gocontext.http.Transport()) as ours:
             _per_request_us(lambda: plain.get(plain_url), 50)  # warm up both
             _per_request_us(lambda: ours.get(ctx_url, extensions=ext), 50)
-            bases, fulls, base_cpu, full_cpu = [], [], [], []
+            bases: list[float] = []
+            fulls: list[float] = []
+            base_cpu: list[float] = []
+            full_cpu: list[float] = []
+            ratios: list[float] = []
             k = max(n // 20, 1)
-            for _ in range(20):
+
+            def plain_round() -> None:
                 c = cpu1()
                 bases.append(_per_request_us(lambda: plain.get(plain_url), k))
                 base_cpu.append((cpu1() - c) / k * 1e6)
+
+            def ours_round() -> None:
                 c = cpu2()
                 fulls.append(_per_request_us(lambda: ours.get(ctx_url, extensions=ext), k))
                 full_cpu.append((cpu2() - c) / k * 1e6)
+
+            for i in range(20):
+                for side in (plain_round, ours_round) if i % 2 == 0 else (ours_round, plain_round):
+                    side()
+                ratios.append(fulls[-1] / bases[-1])
     finally:
         cancel()
     return (
@@ -323,6 +340,7 @@ def _alternate(
         statistics.median(fulls),
         statistics.median(base_cpu),
         statistics.median(full_cpu),
+        statistics.median(ratios),
     )
 
 
@@ -332,8 +350,8 @@ def main(quick: bool = False) -> None:
         **middleware_overhead(n, 5 if quick else 15),
         **transport_overhead(n, 3 if quick else 9),
     }
-    base, full, base_cpu, full_cpu, same_plain, same_ours = end_to_end_processes(n)
-    figures["end to end, deadline + baggage"] = (full / base - 1) * 100
+    base, full, base_cpu, full_cpu, ratio, same_plain, same_ours = end_to_end_processes(n)
+    figures["end to end, deadline + baggage"] = (ratio - 1) * 100
     one = end_to_end(n)
     print("\n### HTTP: what gocontext.http adds per request\n")
     print("| what | measured | target | met |\n|---|---:|---:|---|")
@@ -355,7 +373,7 @@ def main(quick: bool = False) -> None:
     )
     print(
         f"for reference, servers in this process (one GIL for client and servers): "
-        f"{one[0]:,.0f} µs and {one[1]:,.0f} µs ({(one[1] / one[0] - 1) * 100:+.1f} %); server "
+        f"{one[0]:,.0f} µs and {one[1]:,.0f} µs ({(one[4] - 1) * 100:+.1f} %); server "
         f"thread CPU {one[2]:,.0f} µs and {one[3]:,.0f} µs ({one[3] - one[2]:+,.0f} µs)"
     )
 
