@@ -180,6 +180,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
     # registration held in _handle is live (it is removed first thing in __aexit__). _cancel
     # ends the child, with a cause.
     __slots__ = (
+        "_at",
         "_baseline",
         "_cancel",
         "_cs",
@@ -200,16 +201,22 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._ctx = ctx
         self._cs: Any = None  # the cancel scope: None until entered, then fixed
         self._own: CancelCauseFunc | None = None
+        self._at: tuple[Backend, object] | None = None  # (backend, here()), if known
 
     @classmethod
-    def _owning(cls, ctx: RichContext, cancel: CancelCauseFunc) -> scope:
+    def _owning(
+        cls, ctx: RichContext, cancel: CancelCauseFunc, at: tuple[Backend, object] | None = None
+    ) -> scope:
         """A scope whose child is *ctx* itself, ended by *cancel*, when no enclosing deadline
         is earlier: for a caller that made *ctx* for this block alone (a server's request),
-        which saves the child node and its registration on *ctx*."""
+        which saves the child node and its registration on *ctx*. *at*: the running loop's
+        backend and ``here()``, if the caller knows them (each look costs a system call on
+        Python 3.10 and 3.11, where asyncio checks the process id)."""
         self = cls.__new__(cls)
         self._ctx = ctx
         self._cs = None
         self._own = cancel
+        self._at = at
         return self
 
     async def __aenter__(self) -> RichContext:
@@ -227,8 +234,12 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         if self._cs is not None:
             raise RuntimeError("gocontext.scope() is entered once: use a new scope(ctx)")
         ctx = self._ctx
-        loops = backend()
-        here = loops.here()
+        at = self._at
+        if at is None:
+            loops = backend()
+            here = loops.here()
+        else:
+            loops, here = at
         cs, outer = loops.scope_parts()
         self._cs = cs
         self._baseline = -1

@@ -187,7 +187,8 @@ class ContextMiddleware:
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
         exchange = _Exchange(receive, send, ctx, cancel)
         watchers = self._watchers
-        here = _loops.backend().here()  # the asyncio loop, or the trio run's token
+        loops = _loops.backend()
+        here = loops.here()  # the asyncio loop, or the trio run's token
         if watchers is None or watchers.loop is not here:
             watchers = self._watchers = _Watchers(here)
         watchers._new.append(exchange)  # watchers.add(exchange), by hand (a frame fewer)
@@ -197,7 +198,7 @@ class ContextMiddleware:
             try:
                 # `async with scope._owning(ctx, cancel) as child:`, by hand (two coroutines
                 # fewer per request)
-                block = scope._owning(ctx, cancel)
+                block = scope._owning(ctx, cancel, (loops, here))
                 scope_["gocontext"] = block._enter()
                 try:
                     await self.app(scope_, exchange.receive, exchange.send)
