@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 from .. import _timer
-from .._context import Context
+from .._context import _NEXT, _OURS, Context
 from .._errors import DeadlineExceeded
-from .._propagation import outgoing_values
+from .._propagation import _keys, outgoing_values
 from ._headers import format_baggage
 
 __all__ = ["baggage", "deadline_passed", "time_left"]
@@ -65,11 +65,27 @@ def baggage(ctx: Context, existing: str | None) -> str | None:
         >>> baggage(gocontext.background(), "user=ada") is None
         True
     """
-    values = outgoing_values(ctx)
-    if not values:
-        return None
-    if existing:
-        return format_baggage(values, existing)
+    vals = ctx._vals if type(ctx) in _OURS else None  # type: ignore[attr-defined]  # ours
+    if vals is None or _NEXT in vals:  # (values found past this context's own dict)
+        values = outgoing_values(ctx)
+        if not values:
+            return None
+        return format_baggage(values, existing) if existing else _format(values)
+    # Every value of *ctx* is in its dict, which never changes (a context's children that add
+    # no value share it): what goes out for it is found once, while no key is declared since.
+    keys = len(_keys)
+    known = _by_values.get(id(vals))
+    if known is None or known[0] is not vals or known[1] != keys:
+        if len(_by_values) >= _BY_VALUES_MAX:
+            _by_values.clear()
+        values = outgoing_values(ctx)
+        known = _by_values[id(vals)] = (vals, keys, values, _format(values) if values else None)
+    if existing and known[2]:
+        return format_baggage(known[2], existing)
+    return known[3]
+
+
+def _format(values: dict[str, str]) -> str:
     key = tuple(values.items())  # (the same values go out call after call: format them once)
     value = _formatted.get(key)
     if value is None:
@@ -83,6 +99,11 @@ def baggage(ctx: Context, existing: str | None) -> str | None:
 # operations are atomic: threads share it without a lock, at worst formatting twice).
 _formatted: dict[tuple[tuple[str, str], ...], str] = {}
 _FORMATTED_MAX = 256
+
+# What goes out for the contexts seen lately, by the id of their values dict (kept here, so
+# its id stays its own): (that dict, how many keys were declared, the values, their baggage).
+_by_values: dict[int, tuple[dict[object, object], int, dict[str, str], str | None]] = {}
+_BY_VALUES_MAX = 256
 
 
 def deadline_passed(ctx: Context) -> bool:

@@ -19,3 +19,23 @@ def test_baggage_stays_right_for_many_values_past_the_memo_bound() -> None:
 def test_a_context_without_values_leaves_the_existing_baggage_alone() -> None:
     assert _outgoing.baggage(gocontext.background(), "other=1") is None
     assert _outgoing.time_left(gocontext.background()) is None
+
+
+def test_baggage_is_remembered_per_values_and_stays_bounded() -> None:
+    for i in range(2 * _outgoing._BY_VALUES_MAX + 3):
+        ctx = gocontext.with_value(gocontext.background(), RID, f"v{i}")
+        child, cancel = gocontext.with_cancel(ctx)  # (shares its parent's values)
+        assert _outgoing.baggage(child, None) == f"test-rid=v{i}"
+        assert _outgoing.baggage(ctx, None) == f"test-rid=v{i}"
+        cancel()
+    assert len(_outgoing._by_values) <= _outgoing._BY_VALUES_MAX
+
+
+def test_baggage_of_values_past_a_contexts_own_dict() -> None:
+    ctx = gocontext.with_value(gocontext.background(), RID, "deep")
+    for i in range(100):  # (past the copy limit: lookups continue in the parents)
+        ctx = gocontext.with_value(ctx, ("filler", i), i)
+    assert _outgoing.baggage(ctx, None) == "test-rid=deep"
+    merged, cancel = gocontext.merge(gocontext.background(), ctx)
+    assert _outgoing.baggage(merged, "other=1") == "other=1,test-rid=deep"
+    cancel()
