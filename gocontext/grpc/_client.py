@@ -56,6 +56,12 @@ class _Outgoing(NamedTuple):
     binding: bool
 
 
+# A NamedTuple's own __new__ is a Python function: the tuple's, with the fields, costs less.
+_new_outgoing: Callable[[type[_Outgoing], tuple[float | None, Any, bool]], _Outgoing] = (
+    tuple.__new__
+)
+
+
 def _outgoing(ctx: Context, details: Any) -> _Outgoing:
     """The call's timeout and metadata under *ctx*; raises the context's error if it is done.
     Metadata without values to add is passed on as it came."""
@@ -69,13 +75,13 @@ def _outgoing(ctx: Context, details: Any) -> _Outgoing:
         value = baggage(ctx, None)
         if value is not None:
             metadata = (("baggage", value),)
-        return _Outgoing(timeout, metadata, binding)
+        return _new_outgoing(_Outgoing, (timeout, metadata, binding))
     pairs = tuple(metadata)
     existing = ",".join([str(v) for k, v in pairs if k == "baggage"]) or None
     value = baggage(ctx, existing)
     if value is not None:
         metadata = [*((k, v) for k, v in pairs if k != "baggage"), ("baggage", value)]
-    return _Outgoing(timeout, metadata, binding)
+    return _new_outgoing(_Outgoing, (timeout, metadata, binding))
 
 
 def _sync_details(details: Any, out: _Outgoing) -> Any:
@@ -131,8 +137,8 @@ _blocking_code: tuple[Any, int] | None = None
 
 def _blocking_owner(continuation: Callable[..., Any]) -> Any:
     """For the continuation of a blocking unary call (``stub.Method(request)``, ``with_call``),
-    grpc's intercepted callable, whose ``_thunk`` gives the next layer's callable by method
-    name; else None.
+    grpc's intercepted callable (whose ``_thunk``, checked by the caller, gives the next
+    layer's callable by method name); else None.
 
     grpc hands an interceptor of a blocking call only a continuation that blocks until the
     call is over, leaving nothing to cancel. Its closure holds the intercepted callable, whose
@@ -153,10 +159,9 @@ def _blocking_owner(continuation: Callable[..., Any]) -> Any:
         except ValueError:
             return None
     try:
-        owner = continuation.__closure__[known[1]].cell_contents  # type: ignore[index]  # grpc's closure cell, found by name above
+        return continuation.__closure__[known[1]].cell_contents  # type: ignore[index]  # grpc's closure cell, found by name above
     except (IndexError, TypeError, ValueError):
         return None
-    return owner if callable(getattr(owner, "_thunk", None)) else None
 
 
 # The channel's own callables whose blocking call goes through ``_channel.segregated_call``.
@@ -233,18 +238,24 @@ def _blocking_call(owner: Any, ctx: Context, details: Any, out: _Outgoing, reque
     the channel's own, makes it with its core behind a ``_WatchedCore``, which hands the call
     to the context's done-callback. Else the same call as a future (a thread hop per call)."""
     callable_ = _callable(owner, details.method)
-    wait_for_ready = getattr(details, "wait_for_ready", None)
-    compression = getattr(details, "compression", None)
     if type(getattr(callable_, "_channel", None)) is not _WatchedCore:
         outcome = callable_.future(
             request,
             timeout=out.timeout,
             metadata=out.metadata,
             credentials=details.credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
+            wait_for_ready=getattr(details, "wait_for_ready", None),
+            compression=getattr(details, "compression", None),
         )
         return _watch_future(outcome, ctx, out)
+    return _watched_call(callable_, ctx, details, out, request)
+
+
+def _watched_call(callable_: Any, ctx: Context, details: Any, out: _Outgoing, request: Any) -> Any:
+    """Make a blocking call in this thread through *callable_*, a channel's own callable whose
+    core is behind a ``_WatchedCore``: the call it makes is handed to the context."""
+    wait_for_ready = getattr(details, "wait_for_ready", None)
+    compression = getattr(details, "compression", None)
     watching = _Watching(ctx)
     token = _watching.set(watching)
     try:
@@ -284,7 +295,11 @@ class _SyncInterceptor(
             return continuation(_sync_details(details, out), request)
         owner = _blocking_owner(continuation)
         if owner is not None:
-            return _blocking_call(owner, ctx, details, out, request)
+            kept = getattr(owner, "_gocontext_callable", None)  # (see _callable)
+            if kept is not None and kept[0] == details.method:
+                return _watched_call(kept[1], ctx, details, out, request)
+            if callable(getattr(owner, "_thunk", None)):
+                return _blocking_call(owner, ctx, details, out, request)
         return _watch_future(continuation(_sync_details(details, out), request), ctx, out)
 
     def _stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:

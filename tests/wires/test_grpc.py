@@ -145,6 +145,22 @@ def test_cancel_from_another_thread_cancels_a_blocking_call(channel: Any) -> Non
     assert_healthy(channel)
 
 
+def test_a_cancel_reaches_every_blocking_call_of_a_kept_callable(channel: Any) -> None:
+    """A stub keeps its method's callable: its calls after the first (made through what the
+    first found and kept) are cancelled as the first is."""
+    wait = channel.unary_unary(method("Wait"))
+    for i in range(3):
+        name = rid(f"kept-{i}")
+        ctx, cancel = gocontext.with_cancel(with_rid(name))
+        t = cancel_when_entered(name, cancel)
+        with gocontext.use(ctx), pytest.raises(gocontext.Canceled):
+            wait(b"", timeout=5)  # (5 s: a bound if it fails)
+        t.join(NEVER)
+        assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+        assert _context.watcher_count(ctx) == 0
+    assert_healthy(channel)
+
+
 @pytest.mark.parametrize("kind", ["unary", "stream-in"])
 def test_a_blocking_call_that_a_cancel_can_reach_stays_in_the_callers_thread(
     channel: Any, kind: str
