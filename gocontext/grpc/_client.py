@@ -522,6 +522,18 @@ class _AioCall:
             raise err from e
 
 
+class _AioUnaryCall(_AioCall):
+    """A unary call under its context that grpc.aio hands on as the call itself (it is a
+    ``grpc.aio.UnaryUnaryCall`` by registration; the call's own methods are passed on): the
+    caller's ``await`` reads the answer through it, with no turn of the loop for our
+    interceptor's task to end in between, as when the interceptor awaited the answer."""
+
+    __slots__ = ()
+
+
+grpc.aio.UnaryUnaryCall.register(_AioUnaryCall)
+
+
 def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
     """The ambient context, what a call sends under it, and the call's details with that."""
     ctx = current()
@@ -530,8 +542,8 @@ def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
-# A unary answer is awaited here (grpc.aio takes it as the call's answer); a client-streaming
-# call goes back watched; streamed answers go back as their reader. A context that can never
+# A unary or client-streaming call goes back watched (grpc.aio hands the unary one on as the
+# call, see _AioUnaryCall); streamed answers go back as their reader. A context that can never
 # end leaves the call as it is: nothing to watch, nothing to translate.
 
 
@@ -540,8 +552,8 @@ class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc
         ctx, out, new_details = _aio_prepare(details)
         call = await continuation(new_details, request)
         if ctx.done() is _NEVER:
-            return await call
-        return await _AioCall(call, ctx, out.binding)
+            return call
+        return _AioUnaryCall(call, ctx, out.binding).released_when_done()
 
 
 class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)

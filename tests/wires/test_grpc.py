@@ -262,7 +262,6 @@ async def test_aio_deadline_and_values_reach_the_handler(server: GrpcServer) -> 
 
 Kind = Literal["unary", "stream-out", "stream-in", "stream-in-writes", "both-ways"]
 KINDS = ["unary", "stream-out", "stream-in", "stream-in-writes", "both-ways"]
-STREAMING = ["stream-out", "stream-in", "stream-in-writes", "both-ways"]
 
 
 async def start_waiting_call(ch: Any, kind: Kind) -> Any:
@@ -312,8 +311,8 @@ async def test_aio_cancel_from_another_thread_cancels_the_call(
         await anyio.to_thread.run_sync(assert_no_server_context_left)
 
 
-@pytest.mark.parametrize("kind", STREAMING)
-async def test_aio_cancel_ends_a_streaming_call_whose_answer_nobody_reads_yet(
+@pytest.mark.parametrize("kind", KINDS)
+async def test_aio_cancel_ends_a_call_whose_answer_nobody_reads_yet(
     server: GrpcServer, kind: Kind
 ) -> None:
     """The call is cancelled when its context is, not when the caller next looks at it: the
