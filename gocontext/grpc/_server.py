@@ -86,8 +86,10 @@ class _Rpc:
 
     def __init__(self, servicer_context: Any) -> None:
         self.key = id(servicer_context)
-        metadata = servicer_context.invocation_metadata() or ()
-        baggage = ",".join([str(v) for k, v in metadata if k == "baggage"])
+        baggage = ""
+        for k, v in servicer_context.invocation_metadata() or ():
+            if k == "baggage":
+                baggage = f"{baggage},{v}" if baggage else str(v)
         parent = values_context(baggage, lambda: parse_baggage(baggage))
         left = servicer_context.time_remaining()
         pair = (
@@ -110,8 +112,7 @@ class _Rpc:
     def ended(self) -> bool:
         """The RPC ended (any thread; never blocks): end the context, and return True, unless
         the deadline passed, which our own timer ends it with a moment after gRPC's."""
-        if self.finished:
-            self.end()
+        if self.finished:  # (the handler's end() has ended it, or is about to)
             return True
         if self.deadline_passed():
             return False
@@ -184,7 +185,7 @@ def _wrap(wrap_unary: Any, wrap_stream: Any, handler: Any) -> Any:
 def _until_the_rpc_ends(rpc: _Rpc, servicer_context: Any, rpc_over: Done | None) -> None:
     """End *rpc*'s context when the RPC ends: gRPC's own callback on the sync server; on a
     grpc.aio server, whose sync servicer context has no such callback, *rpc_over* (see
-    ``_InPool``)."""
+    ``_InPool``). (Written out in ``_sync_unary``.)"""
     if rpc_over is None:
         servicer_context.add_callback(rpc.terminated)
     else:
@@ -194,7 +195,10 @@ def _until_the_rpc_ends(rpc: _Rpc, servicer_context: Any, rpc_over: Done | None)
 def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any, rpc_over: Done | None = None) -> Any:
         rpc = _Rpc(servicer_context)
-        _until_the_rpc_ends(rpc, servicer_context, rpc_over)
+        if rpc_over is None:  # (_until_the_rpc_ends(), written out: once an RPC)
+            servicer_context.add_callback(rpc.terminated)
+        else:
+            rpc_over.add_callback(rpc.ended)
         token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
         try:
             return behavior(request, servicer_context)
