@@ -18,6 +18,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import CoroutineType
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # grpc ships no type hints
@@ -257,6 +258,9 @@ def server_interceptor() -> Any:
 # grpc.aio
 
 
+_NOTHING: Any = object()
+
+
 class _Driven:
     """Awaits a handler's step (its coroutine, or one step of its async generator) in the
     RPC's own task: no task, shield or round trip through the loop of its own.
@@ -268,11 +272,12 @@ class _Driven:
     the step ends cancelled whatever the handler does with it, as the RPC does.
     """
 
-    __slots__ = ("_held", "_rpc", "_step", "_thrown")
+    __slots__ = ("_first", "_held", "_rpc", "_step", "_thrown")
 
-    def __init__(self, rpc: _Rpc, awaitable: Any) -> None:
+    def __init__(self, rpc: _Rpc, awaitable: Any, first: Any = _NOTHING) -> None:
         self._rpc = rpc
         self._step: Any = awaitable.__await__()
+        self._first = first  # what the handler's step yielded already (see _aio_unary)
         self._held: BaseException | None = None  # a cancellation waiting for our timer
         self._thrown = False  # a cancellation went into the handler
 
@@ -283,6 +288,10 @@ class _Driven:
         return self
 
     def __next__(self) -> Any:
+        first = self._first
+        if first is not _NOTHING:  # (the first step, the await's own next())
+            self._first = _NOTHING
+            return first
         return self.send(None)
 
     def send(self, value: Any) -> Any:
@@ -357,7 +366,16 @@ def _aio_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]
         rpc = _Rpc(servicer_context)
         token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
         try:
-            return await _Driven(rpc, behavior(request, servicer_context))
+            step = behavior(request, servicer_context)
+            if type(step) is not CoroutineType:
+                return await _Driven(rpc, step)
+            # The handler's first step, run here as _Driven would (no cancellation can come
+            # in before it suspends): a handler that answers without suspending needs no more.
+            try:
+                first = step.send(None)
+            except StopIteration as e:
+                return e.value
+            return await _Driven(rpc, step, first)
         finally:
             _current.reset(token)
             rpc.end()
