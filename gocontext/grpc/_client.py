@@ -530,6 +530,16 @@ class _AioUnaryCall(_AioCall):
 
     __slots__ = ()
 
+    # What grpc.aio asks of every call, passed on without __getattr__.
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
 
 grpc.aio.UnaryUnaryCall.register(_AioUnaryCall)
 
@@ -549,8 +559,9 @@ def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
 
 class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx, out, new_details = _aio_prepare(details)
-        call = await continuation(new_details, request)
+        ctx = current()  # (_aio_prepare(), written out: the commonest call)
+        out = _outgoing(ctx, details)
+        call = await continuation(_aio_details(details, out), request)
         if ctx.done() is _NEVER:
             return call
         return _AioUnaryCall(call, ctx, out.binding).released_when_done()
