@@ -522,28 +522,6 @@ class _AioCall:
             raise err from e
 
 
-class _AioUnaryCall(_AioCall):
-    """A unary call under its context that grpc.aio hands on as the call itself (it is a
-    ``grpc.aio.UnaryUnaryCall`` by registration; the call's own methods are passed on): the
-    caller's ``await`` reads the answer through it, with no turn of the loop for our
-    interceptor's task to end in between, as when the interceptor awaited the answer."""
-
-    __slots__ = ()
-
-    # What grpc.aio asks of every call, passed on without __getattr__.
-    def cancel(self) -> bool:
-        return bool(self._call.cancel())
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-
-grpc.aio.UnaryUnaryCall.register(_AioUnaryCall)
-
-
 def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
     """The ambient context, what a call sends under it, and the call's details with that."""
     ctx = current()
@@ -552,9 +530,11 @@ def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
-# A unary or client-streaming call goes back watched (grpc.aio hands the unary one on as the
-# call, see _AioUnaryCall); streamed answers go back as their reader. A context that can never
-# end leaves the call as it is: nothing to watch, nothing to translate.
+# A unary answer is awaited here (grpc.aio takes it as the call's answer: handing the call back
+# instead, for the caller's await, measured ~4 % more instructions a call, though it saves a
+# turn of the loop); a client-streaming call goes back watched; streamed answers go back as
+# their reader. A context that can never end leaves the call as it is: nothing to watch,
+# nothing to translate.
 
 
 class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
@@ -563,8 +543,8 @@ class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc
         out = _outgoing(ctx, details)
         call = await continuation(_aio_details(details, out), request)
         if ctx.done() is _NEVER:
-            return call
-        return _AioUnaryCall(call, ctx, out.binding).released_when_done()
+            return await call
+        return await _AioCall(call, ctx, out.binding)
 
 
 class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
