@@ -8,6 +8,7 @@ done, so nothing is sent), then ``baggage(ctx, existing)`` for the header or met
 from __future__ import annotations
 
 import math
+import weakref
 
 from .. import _timer
 from .._context import _NEXT, _OURS, Context
@@ -71,15 +72,25 @@ def baggage(ctx: Context, existing: str | None) -> str | None:
         if not values:
             return None
         return format_baggage(values, existing) if existing else _format(values)
+    if not vals:  # a root's: no values at all
+        return None
     # Every value of *ctx* is in its dict, which never changes (a context's children that add
     # no value share it): what goes out for it is found once, while no key is declared since.
+    # The memo holds a context of that dict weakly, never the dict (its values are the
+    # caller's, to be freed with its contexts): while that context lives, the dict's id is its
+    # own.
     keys = len(_keys)
     known = _by_values.get(id(vals))
-    if known is None or known[0] is not vals or known[1] != keys:
+    if known is None or known[1] != keys or getattr(known[0](), "_vals", None) is not vals:
         if len(_by_values) >= _BY_VALUES_MAX:
             _by_values.clear()
         values = outgoing_values(ctx)
-        known = _by_values[id(vals)] = (vals, keys, values, _format(values) if values else None)
+        known = _by_values[id(vals)] = (
+            weakref.ref(ctx),
+            keys,
+            values,
+            _format(values) if values else None,
+        )
     if existing and known[2]:
         return format_baggage(known[2], existing)
     return known[3]
@@ -100,9 +111,9 @@ def _format(values: dict[str, str]) -> str:
 _formatted: dict[tuple[tuple[str, str], ...], str] = {}
 _FORMATTED_MAX = 256
 
-# What goes out for the contexts seen lately, by the id of their values dict (kept here, so
-# its id stays its own): (that dict, how many keys were declared, the values, their baggage).
-_by_values: dict[int, tuple[dict[object, object], int, dict[str, str], str | None]] = {}
+# What goes out for the contexts seen lately, by the id of their values dict: (a context of
+# that dict, weakly; how many keys were declared; the values; their baggage).
+_by_values: dict[int, tuple[weakref.ref[Context], int, dict[str, str], str | None]] = {}
 _BY_VALUES_MAX = 256
 
 

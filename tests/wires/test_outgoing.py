@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import gocontext
 from gocontext.http import _outgoing
 
@@ -39,3 +42,19 @@ def test_baggage_of_values_past_a_contexts_own_dict() -> None:
     merged, cancel = gocontext.merge(gocontext.background(), ctx)
     assert _outgoing.baggage(merged, "other=1") == "other=1,test-rid=deep"
     cancel()
+
+
+def test_the_baggage_memo_keeps_no_value_alive() -> None:
+    class Big:
+        pass
+
+    big = Big()
+    gone = weakref.ref(big)
+    ctx = gocontext.with_value(gocontext.with_value(gocontext.background(), "blob", big), RID, "r")
+    assert _outgoing.baggage(ctx, None) == "test-rid=r"
+    assert _outgoing.baggage(ctx, None) == "test-rid=r"  # (from the memo)
+    del ctx, big
+    gc.collect()
+    assert gone() is None
+    again = gocontext.with_value(gocontext.background(), RID, "other")  # (may reuse the id)
+    assert _outgoing.baggage(again, None) == "test-rid=other"
