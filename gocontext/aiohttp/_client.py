@@ -1,18 +1,23 @@
-"""The aiohttp client: a trace config that stamps each request with its context, and a client
-middleware that aborts the request when the context ends.
+"""The aiohttp client: a session whose client middleware stamps each request with its context
+and aborts it when the context ends, and a trace config for sessions made elsewhere.
 
 A request's context is ``trace_request_ctx=ctx`` when that is a context, else the ambient one.
-The trace config (on its own, or installed by ``client_session()``) refuses a done context and
-sends the time left as ``Grpc-Timeout`` and ``PropagatedKey`` values in ``baggage``. aiohttp
-tells traces a request's start once, then makes its hops (each redirect, and a retry of a GET
-whose kept-alive connection was dropped) from the headers stamped there: so the time left is
-stamped again for each hop after the first, by the middleware, which runs for each hop, or, by
-a trace config alone, at each redirect. The middleware (installed by ``client_session()``;
-aiohttp's trace signals cannot replace an exception, so a trace config alone cannot raise
-``Canceled``) registers once per hop on the context: while connecting, sending and waiting for
-headers, the context's end cancels the request's task; once headers are in, it makes every
-read of the body raise its error and closes the connection, so the pool keeps only healthy
-connections.
+``client_session()`` needs no trace config: once a session has any, aiohttp makes a trace
+object per request and awaits its signals at every step (about a fifth of a loopback
+request's CPU), where a client middleware costs a call per hop. The session is a
+``ClientSession`` whose ``_request`` hands ``trace_request_ctx`` to the middleware through a
+context variable (the request runs in the caller's task, the middleware inside it); the
+middleware runs for each hop (each redirect, and a retry of a GET whose kept-alive connection
+was dropped), and each hop's headers are made afresh from the request's: so it refuses a done
+context and stamps the time left as ``Grpc-Timeout`` and ``PropagatedKey`` values in
+``baggage`` on every hop. It then registers once per hop on the context: while connecting,
+sending and waiting for headers, the context's end cancels the request's task; once headers
+are in, it makes every read of the body raise its error and closes the connection, so the pool
+keeps only healthy connections.
+
+``trace_config()`` stamps the same headers from aiohttp's trace signals, for a session the
+caller makes (at the start, and again at each redirect). aiohttp's trace signals cannot
+replace an exception, so a trace config alone cannot raise ``Canceled``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import warnings
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -41,8 +47,8 @@ __all__ = ["client_session", "trace_config"]
 _GRPC_TIMEOUT = istr("Grpc-Timeout")
 _BAGGAGE = istr("baggage")
 
-# The context of the request being sent by this task, from the trace's request start to the
-# middleware (aiohttp runs both in the caller's task, in that order, before the request ends).
+# The context given as the request's trace_request_ctx, from the session's _request to its
+# middleware (both run in the caller's task); None: the ambient one.
 _pending: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "gocontext.aiohttp.pending", default=None
 )
@@ -69,8 +75,6 @@ async def _on_request_start(
     value = baggage(ctx, headers.get(_BAGGAGE))
     if value is not None:
         headers[_BAGGAGE] = value
-    _pending.set(ctx)  # (every request sets it afresh; left set afterwards: cheaper than a
-    # signal at every end, and harmless, since only the middleware reads it)
 
 
 async def _on_request_redirect(
@@ -78,8 +82,7 @@ async def _on_request_redirect(
     trace_config_ctx: SimpleNamespace,
     params: aiohttp.TraceRequestRedirectParams,
 ) -> None:
-    """The time left now, for the hop the redirect leads to (only a trace without our
-    middleware hears of it: the middleware takes the trace out at the first hop)."""
+    """The time left now, for the hop the redirect leads to."""
     left = time_left(_context_of(trace_config_ctx.trace_request_ctx))
     if left is not None:
         params.headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
@@ -106,24 +109,8 @@ def trace_config() -> aiohttp.TraceConfig:
 
 
 class _TraceConfig(aiohttp.TraceConfig):
-    """Ours, told apart from the caller's trace configs by its type (see ``_drop_trace``)."""
-
-
-def _drop_trace(req: aiohttp.ClientRequest) -> bool:
-    """Take our trace out of *req*'s once the request has started, and say whether it was
-    there: it is, at the request's first hop only. It has stamped the headers, and aiohttp
-    would otherwise send it every later event of the request (headers sent, each chunk
-    received, the end: most of what a trace config costs a request). The caller's traces
-    stay. The list is aiohttp's own, shared by the request's hops, their connections and its
-    session; an aiohttp that keeps it elsewhere keeps our trace (it only costs time), and every
-    hop is stamped again."""
-    traces = getattr(req, "_traces", None)
-    if type(traces) is list:
-        for i, trace in enumerate(traces):
-            if type(getattr(trace, "_trace_config", None)) is _TraceConfig:
-                del traces[i]
-                return True
-    return False
+    """Ours, told apart from the caller's trace configs by its type: ``client_session()``
+    leaves it out (its middleware does the same work, and more)."""
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
@@ -195,18 +182,21 @@ async def _middleware(
     ctx = _pending.get()
     if ctx is None:
         ctx = current()
-    if not _drop_trace(req):
-        # A later hop (a redirect, or a retry on a new connection), made from the headers the
-        # trace stamped at the start: it gets the time left now (a done context sends it not).
-        try:
-            left = time_left(ctx)
-        except ContextError as e:
-            passing = _passing(e)
-            if passing is e:
-                raise
-            raise passing from e.__cause__
-        if left is not None:
-            req.headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
+    # Every hop's headers are made afresh from the request's: each gets the time left now and
+    # the values (a done context sends nothing).
+    try:
+        left = time_left(ctx)
+    except ContextError as e:
+        passing = _passing(e)
+        if passing is e:
+            raise
+        raise passing from e.__cause__
+    headers = req.headers
+    if left is not None:
+        headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
+    value = baggage(ctx, headers.get(_BAGGAGE))
+    if value is not None:
+        headers[_BAGGAGE] = value
     if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
         return await handler(req)
     watch = _Request(ctx)
@@ -229,15 +219,38 @@ async def _middleware(
     return resp
 
 
+with warnings.catch_warnings():  # (aiohttp discourages subclassing its session, with a warning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    class _Session(aiohttp.ClientSession):
+        """A session that hands each request's ``trace_request_ctx`` to our middleware."""
+
+        async def _request(  # (aiohttp's keywords, passed on)
+            self, method: str, str_or_url: Any, **kwargs: Any
+        ) -> aiohttp.ClientResponse:
+            given = kwargs.get("trace_request_ctx")
+            if given is None and _pending.get() is None:  # the ambient context: nothing to hand
+                return await super()._request(method, str_or_url, **kwargs)
+            ctx: Context | None = None
+            if given is not None and (type(given) in _OURS or isinstance(given, Context)):
+                ctx = given  # (one of ours is told by its type: the protocol check is slow)
+            token = _pending.set(ctx)  # (None: a request made within another's takes its own)
+            try:
+                return await super()._request(method, str_or_url, **kwargs)
+            finally:
+                _pending.reset(token)
+
+
 def client_session(**kwargs: Any) -> aiohttp.ClientSession:
     """An ``aiohttp.ClientSession`` whose requests honour their context.
 
-    Takes ``ClientSession``'s arguments; adds ``trace_config()`` and a client middleware ahead
-    of any given. A request's context is ``trace_request_ctx=ctx``, else
-    ``gocontext.current()``. A done context sends nothing; the deadline and ``PropagatedKey``
-    values go out; a cancel from any thread or task aborts the request in flight, while
-    connecting, waiting for headers or reading the body, with ``Canceled``, a passed deadline
-    with ``DeadlineExceeded``; the connection pool stays healthy. A request given its own
+    Takes ``ClientSession``'s arguments; adds a client middleware ahead of any given (and no
+    trace config: a ``trace_config()`` given is left out, the middleware does its work). A
+    request's context is ``trace_request_ctx=ctx``, else ``gocontext.current()``. A done
+    context sends nothing; the deadline and ``PropagatedKey`` values go out, with every hop;
+    a cancel from any thread or task aborts the request in flight, while connecting, waiting
+    for headers or reading the body, with ``Canceled``, a passed deadline with
+    ``DeadlineExceeded``; the connection pool stays healthy. A request given its own
     ``middlewares=`` replaces the session's, ours included. Call it with a running loop.
 
     Example:
@@ -252,10 +265,6 @@ def client_session(**kwargs: Any) -> aiohttp.ClientSession:
           ...
         gocontext.Canceled: context canceled
     """
-    traces = list(kwargs.pop("trace_configs", None) or ())
+    traces = [t for t in kwargs.pop("trace_configs", None) or () if type(t) is not _TraceConfig]
     middlewares: Sequence[ClientMiddlewareType] = kwargs.pop("middlewares", None) or ()
-    return aiohttp.ClientSession(
-        trace_configs=[trace_config(), *traces],
-        middlewares=(_middleware, *middlewares),
-        **kwargs,
-    )
+    return _Session(trace_configs=traces or None, middlewares=(_middleware, *middlewares), **kwargs)

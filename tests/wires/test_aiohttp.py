@@ -93,6 +93,43 @@ async def test_the_ambient_context_is_used_without_trace_request_ctx(
     assert body["remaining"] is None
 
 
+async def test_client_session_reads_trace_request_ctx_without_a_trace_config(
+    server: AiohttpServer,
+) -> None:
+    # A trace config costs every request a trace object and its signals: the session hands
+    # trace_request_ctx to its middleware itself (and leaves out a trace_config() given).
+    given = gocontext.aiohttp.trace_config()
+    async with gocontext.aiohttp.client_session(
+        trace_configs=[given], headers={"baggage": "user=ada"}
+    ) as session:
+        assert session.trace_configs == []
+        with gocontext.use(with_rid("ambient")):
+            async with session.get(server.url + "/info", trace_request_ctx=with_rid("given")) as r:
+                body = await r.json()
+    assert body["rid"] == "given"
+    assert body["baggage"].count("user=ada") == 1
+
+
+async def test_a_request_made_within_another_takes_its_own_context(server: AiohttpServer) -> None:
+    # The outer request's trace_request_ctx is handed to its own hops only: a request that a
+    # middleware makes while it is under way, without one, goes with the ambient context.
+    inner: list[Any] = []
+
+    async def fetch_first(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        if req.url.path == "/ok":
+            async with session.get(server.url + "/info") as r:
+                inner.append(await r.json())
+        return await handler(req)  # type: ignore[no-any-return]
+
+    with gocontext.use(with_rid("ambient")):
+        async with gocontext.aiohttp.client_session(middlewares=(fetch_first,)) as session:
+            async with session.get(server.url + "/ok", trace_request_ctx=with_rid("outer")) as r:
+                assert await r.text() == "ok"
+            async with session.get(server.url + "/info", trace_request_ctx=with_rid("after")) as r:
+                assert (await r.json())["rid"] == "after"
+    assert [body["rid"] for body in inner] == ["ambient"]
+
+
 async def test_a_trace_config_alone_sends_the_deadline_and_values(server: AiohttpServer) -> None:
     config = gocontext.aiohttp.trace_config()
     async with aiohttp.ClientSession(trace_configs=[config]) as plain:
@@ -107,9 +144,9 @@ async def test_a_trace_config_alone_sends_the_deadline_and_values(server: Aiohtt
 async def test_the_callers_own_trace_configs_see_every_event_of_the_request(
     server: AiohttpServer, ending: str
 ) -> None:
-    # Ours leaves the request's traces once the headers are stamped: the caller's stay, and
-    # see the request start, its headers go, its end (or its exception) and the same
-    # trace_request_ctx that told us the request's context.
+    # The session's middleware does our work: the caller's traces see the request start, its
+    # headers go, its end (or its exception) and the same trace_request_ctx that told us the
+    # request's context.
     seen: list[tuple[str, object]] = []
 
     def record(name: str) -> Any:
