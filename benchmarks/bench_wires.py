@@ -6,7 +6,8 @@ process they would take turns on one GIL, and a handoff between them costs more 
 side's work). Short rounds of plain, hollow and wired calls alternate (their order turning each round), and
 the overhead is the median of the rounds' wired/plain ratios: a machine shared with other work
 slows rounds, not one side. "Hollow" is the library's own price for the hooks we use, with
-hooks that do nothing (aiohttp: a trace config, a client and a server middleware; requests
+hooks that do nothing (aiohttp: a client and a server middleware, as client_session() uses
+no trace config; requests
 to aiohttp.web: the server middleware; gRPC: a client and a server interceptor); "ours" is
 what gocontext adds on top of it (wired over hollow).
 
@@ -168,22 +169,14 @@ async def _hollow_client_middleware(req: Any, handler: Any) -> Any:
     return await handler(req)
 
 
-async def _hollow_on_request_start(*args: object) -> None:
-    pass
-
-
 def bench_aiohttp(urls: dict[str, str], n: int, rounds: int) -> Row:
     ctx = _ctx()
     loop = asyncio.new_event_loop()
 
     async def sessions() -> dict[str, aiohttp.ClientSession]:
-        trace = aiohttp.TraceConfig()
-        trace.on_request_start.append(_hollow_on_request_start)
         return {
             "plain": aiohttp.ClientSession(),
-            "hollow": aiohttp.ClientSession(
-                trace_configs=[trace], middlewares=(_hollow_client_middleware,)
-            ),
+            "hollow": aiohttp.ClientSession(middlewares=(_hollow_client_middleware,)),
             "wired": gocontext.aiohttp.client_session(),
         }
 
