@@ -428,9 +428,13 @@ def timeout_cancel_cause(parent: Context, timeout: float) -> CancelCausePair:
         >>> gocontext.cause(ctx), 59 < ctx.remaining() <= 60
         (ConnectionResetError('gone'), True)
     """
-    return _with_deadline(  # type: ignore[return-value]  # its pair's cancel takes a cause
+    pair = _with_deadline(
         parent, _timer.now() + timeout, None, "with_timeout", timeout <= 0, _DeadlineCauseContext
     )
+    ctx = pair[0]
+    if type(ctx) is _DeadlineCauseContext:  # (not when the parent's deadline comes first)
+        ctx._owner = None  # (set here, off with_timeout's path: _expire may run before it)
+    return pair  # type: ignore[return-value]  # its pair's cancel takes a cause
 
 
 def with_timeout_cause(
@@ -1026,8 +1030,8 @@ class _DeadlineCauseContext(_DeadlineContext):
         if self._state is None:
             try:
                 end(self, (DeadlineExceeded, self._cause))
-            finally:
-                owner = self._owner
+            finally:  # (unset while timeout_cancel_cause has not returned yet: no owner)
+                owner = getattr(self, "_owner", None)
                 if owner is not None:
                     owner()
 
@@ -1202,8 +1206,6 @@ def _with_deadline(
     ctx = kind()
     ctx._cause = cause
     ctx._entry = None
-    if kind is not _DeadlineContext:  # (before the timer can call _expire)
-        ctx._owner = None  # type: ignore[attr-defined]  # kind is _DeadlineCauseContext
     if ours:  # _init_node(), written out as in with_cancel (a tenth of create + cancel)
         ctx._parent = parent
         ctx._up = up

@@ -54,12 +54,28 @@ _pending: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 )
 
 
-def _context_of(trace_request_ctx: object) -> Context:
+def _given(trace_request_ctx: object) -> Context | None:
+    """*trace_request_ctx* if it is a context, else None."""
     if type(trace_request_ctx) in _OURS:  # (the protocol check is slow: only for the rest)
         return trace_request_ctx  # type: ignore[return-value]  # one of ours, told by its type
     if trace_request_ctx is not None and isinstance(trace_request_ctx, Context):
         return trace_request_ctx
-    return current()
+    return None
+
+
+def _context_of(trace_request_ctx: object) -> Context:
+    ctx = _given(trace_request_ctx)
+    return current() if ctx is None else ctx
+
+
+def _stamp(ctx: Context, headers: Any) -> None:
+    """Put *ctx*'s time left and values in *headers*; raise its error if it is done."""
+    left = time_left(ctx)
+    if left is not None:
+        headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
+    value = baggage(ctx, headers.get(_BAGGAGE))
+    if value is not None:
+        headers[_BAGGAGE] = value
 
 
 async def _on_request_start(
@@ -67,14 +83,8 @@ async def _on_request_start(
     trace_config_ctx: SimpleNamespace,
     params: aiohttp.TraceRequestStartParams,
 ) -> None:
-    ctx = _context_of(trace_config_ctx.trace_request_ctx)
-    headers = params.headers  # (aiohttp makes every hop of the request from these)
-    left = time_left(ctx)
-    if left is not None:
-        headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
-    value = baggage(ctx, headers.get(_BAGGAGE))
-    if value is not None:
-        headers[_BAGGAGE] = value
+    # (aiohttp makes every hop of the request from these headers)
+    _stamp(_context_of(trace_config_ctx.trace_request_ctx), params.headers)
 
 
 async def _on_request_redirect(
@@ -185,18 +195,12 @@ async def _middleware(
     # Every hop's headers are made afresh from the request's: each gets the time left now and
     # the values (a done context sends nothing).
     try:
-        left = time_left(ctx)
+        _stamp(ctx, req.headers)
     except ContextError as e:
         passing = _passing(e)
         if passing is e:
             raise
         raise passing from e.__cause__
-    headers = req.headers
-    if left is not None:
-        headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
-    value = baggage(ctx, headers.get(_BAGGAGE))
-    if value is not None:
-        headers[_BAGGAGE] = value
     if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
         return await handler(req)
     watch = _Request(ctx)
@@ -231,10 +235,8 @@ with warnings.catch_warnings():  # (aiohttp discourages subclassing its session,
             given = kwargs.get("trace_request_ctx")
             if given is None and _pending.get() is None:  # the ambient context: nothing to hand
                 return await super()._request(method, str_or_url, **kwargs)
-            ctx: Context | None = None
-            if given is not None and (type(given) in _OURS or isinstance(given, Context)):
-                ctx = given  # (one of ours is told by its type: the protocol check is slow)
-            token = _pending.set(ctx)  # (None: a request made within another's takes its own)
+            # (None: a request made within another's takes its own)
+            token = _pending.set(_given(given))
             try:
                 return await super()._request(method, str_or_url, **kwargs)
             finally:
