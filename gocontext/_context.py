@@ -412,7 +412,39 @@ def with_timeout(parent: Context, timeout: float | timedelta) -> CancelPair:
     """
     if type(timeout) is not float or timeout != timeout:  # fast path for a plain float
         timeout = _check_timeout(timeout, "with_timeout")
-    return _with_deadline(parent, _timer.now() + timeout, None, "with_timeout", timeout <= 0)
+    deadline = _timer.now() + timeout
+    t = type(parent)
+    # _with_deadline() for a live parent of ours whose deadline (if any) is later, written
+    # out: the call and its general checks cost a sixth of create + cancel.
+    if t in _NODES:
+        up: _CancelContext | None = parent  # type: ignore[assignment]  # t is a node type
+    elif t in _OURS:
+        up = parent._up  # type: ignore[attr-defined]  # t is one of ours
+    else:
+        return _with_deadline(parent, deadline, None, "with_timeout", timeout <= 0)
+    if up is None:
+        tag = None
+    else:
+        cur = up._deadline
+        if (
+            (cur is not None and (type(cur) is not float or cur <= deadline))
+            or up._state is not None
+            or up._end is not None
+        ):
+            return _with_deadline(parent, deadline, None, "with_timeout", timeout <= 0)
+        tag = up._tag
+    if timeout <= 0 or deadline == _INF:
+        return _with_deadline(parent, deadline, None, "with_timeout", timeout <= 0)
+    ctx = _DeadlineContext()
+    ctx._cause = ctx._entry = None  # (set before the timer can reach the node)
+    ctx._parent = parent
+    ctx._up = up
+    ctx._tag = tag
+    ctx._vals = parent._vals  # type: ignore[attr-defined]  # parent is one of ours
+    ctx._state = ctx._done = ctx._end = None
+    ctx._deadline = deadline
+    ctx._entry = _timer.timer.schedule(deadline, ctx)
+    return CancelPair((ctx, ctx._cancel))
 
 
 def timeout_cancel_cause(parent: Context, timeout: float) -> CancelCausePair:
