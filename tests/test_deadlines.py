@@ -151,6 +151,58 @@ def test_cancel_removes_the_timer_entry() -> None:
     assert before.count() == 0
 
 
+@pytest.mark.parametrize("through_a_value", [False, True])
+def test_with_timeout_under_each_kind_of_parent(through_a_value: bool) -> None:
+    """with_timeout() builds its node itself under a live parent of ours; every other parent
+    takes the general path: each way gives the same child, and a timer entry only when the
+    child needs one."""
+    key = gocontext.Key[int]("k")
+
+    def under(p: gocontext.Context) -> gocontext.Context:
+        return gocontext.with_value(p, key, 1) if through_a_value else p
+
+    before = NewTimerEntries()
+    # Live parents: the child holds an entry until cancelled, and keeps the parent's values.
+    for parent, cancel_parent in (
+        (gocontext.background(), lambda: None),
+        gocontext.with_cancel(gocontext.background()),
+        gocontext.with_timeout(gocontext.background(), 7200),  # a later deadline
+    ):
+        p = under(parent)
+        child, cancel = gocontext.with_timeout(p, 3600)
+        assert 3590 < child.remaining() <= 3600
+        assert child.value(key) == (1 if through_a_value else None)
+        assert child.err() is None and before.count() >= 1
+        cancel()
+        assert isinstance(child.err(), gocontext.Canceled)
+        cancel_parent()
+    assert before.count() == 0
+    # An earlier deadline above: the child is a plain child, with no entry of its own.
+    parent, cancel_parent = gocontext.with_timeout(gocontext.background(), 60)
+    child, cancel = gocontext.with_timeout(under(parent), 3600)
+    assert child.deadline() == parent.deadline() and before.count() == 1
+    cancel()
+    cancel_parent()
+    # An ended parent: the child is ended at once and holds no entry.
+    parent, cancel_parent = gocontext.with_cancel(gocontext.background())
+    cancel_parent()
+    child, cancel = gocontext.with_timeout(under(parent), 3600)
+    assert isinstance(child.err(), gocontext.Canceled) and before.count() == 0
+    # A parent that ended unknown to its nearest node (known by a walk): the same.
+    top, cancel_top = gocontext.with_cancel(gocontext.background())
+    low, _ = gocontext.with_cancel(gocontext.with_cancel(top)[0])
+    cancel_top()
+    assert low.err() is not None  # (the walk past low's parent writes the end it found on low)
+    child, cancel = gocontext.with_timeout(under(low), 3600)
+    assert isinstance(child.err(), gocontext.Canceled) and before.count() == 0
+    # A deadline already gone, and one that never comes.
+    child, _ = gocontext.with_timeout(under(gocontext.background()), -1.0)
+    assert isinstance(child.err(), gocontext.DeadlineExceeded)
+    child, cancel = gocontext.with_timeout(under(gocontext.background()), math.inf)
+    assert child.err() is None and child.deadline() == math.inf and before.count() == 0
+    cancel()
+
+
 def test_parent_cancel_releases_watched_descendant_timers() -> None:
     parent, cancel = gocontext.with_cancel(gocontext.background())
     before = NewTimerEntries()
