@@ -142,6 +142,21 @@ def _cut(request: web.Request) -> None:
     request.protocol.force_close()
 
 
+def _ended(request: web.Request, err: ContextError) -> web.StreamResponse:
+    """The answer to a request whose context ended (*err*) before its handler did: a 504 for
+    the deadline, on a connection then closed; a response under way is cut instead."""
+    if _started(request):
+        _cut(request)  # (the answer below then goes nowhere, quietly)
+    if isinstance(err, DeadlineExceeded):
+        answer = web.HTTPGatewayTimeout(text="deadline exceeded")
+        # The connection closes after it: a write to the request by a task the handler left
+        # behind goes nowhere, never into the next response.
+        answer.force_close()
+        raise answer from None
+    # The client left: nobody reads this answer (aiohttp drops it quietly).
+    return web.Response(status=499, text="client disconnected")
+
+
 def middleware(*, max_timeout: float | None = None) -> Any:
     """An ``aiohttp.web`` middleware that runs each request under its own context.
 
@@ -188,7 +203,7 @@ def middleware(*, max_timeout: float | None = None) -> Any:
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
         request._state["gocontext"] = ctx
-        stop = TaskCanceller(ctx)  # a handler that ignores its context is stopped too
+        stop = TaskCanceller(ctx, True)  # a handler that ignores its context is stopped too
         token = _current.set(ctx)  # (use(ctx), written out: ctx is one of ours)
         try:
             response: web.StreamResponse = await handler(request)
@@ -198,16 +213,13 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             err = ctx.err()  # the first of the deadline and the client's leaving
             if err is None:
                 raise
-            if _started(request):
-                _cut(request)  # (the answer below then goes nowhere, quietly)
-            if isinstance(err, DeadlineExceeded):
-                answer = web.HTTPGatewayTimeout(text="deadline exceeded")
-                # The connection closes after it: a write to the request by a task the
-                # handler left behind goes nowhere, never into the next response.
-                answer.force_close()
-                raise answer from None
-            # The client left: nobody reads this answer (aiohttp drops it quietly).
-            return web.Response(status=499, text="client disconnected")
+            return _ended(request, err)
+        else:
+            # A context that ended before the handler returned stops it all the same, even if
+            # the end woke the handler (``await ctx.done()``) before it reached this task.
+            err = ctx.err()
+            if err is not None:
+                return _ended(request, err)
         finally:
             _current.reset(token)
             stop.release()

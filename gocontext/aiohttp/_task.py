@@ -13,7 +13,7 @@ import contextlib
 import sys
 from typing import Any
 
-from .._context import Context
+from .._context import Context, _DeadlineCauseContext
 from .._done import CallbackHandle
 from .._loops import _current_task
 
@@ -30,11 +30,16 @@ class TaskCanceller:
     whether the body let it through or swallowed it; ``release()`` removes the registration.
     ``owns(e)`` says whether a ``CancelledError`` is this cancellation alone: a cancellation
     of the task by anyone else, at the same moment or not, is theirs and passes through.
+
+    *own*: the caller made *ctx* for this task alone (a server's request) and no one else
+    sets its owner. If nothing but its timer and its cancel can end it (see
+    ``_DeadlineCauseContext``), they tell this as its owner, with no registration under the
+    tree lock; else it registers as usual.
     """
 
-    __slots__ = ("_baseline", "_loop", "_task", "armed", "fired", "handle")
+    __slots__ = ("_baseline", "_loop", "_owned", "_task", "armed", "fired", "handle")
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, own: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         task: Any = _current_task(self._loop)  # (cancelling() is typed from 3.11)
         if task is None:  # pragma: no cover - aiohttp runs requests in tasks
@@ -43,20 +48,36 @@ class TaskCanceller:
         self._baseline = task.cancelling() if _HAS_CANCELLING else 0
         self.armed = True
         self.fired = False
-        self.handle: CallbackHandle = ctx.done().add_callback(self._on_done)
+        self.handle: CallbackHandle | None = None
+        # No ancestor node, no link: nothing but its timer and its cancel can end ctx.
+        if own and type(ctx) is _DeadlineCauseContext and ctx._up is None and ctx._done is None:
+            self._owned: _DeadlineCauseContext | None = ctx
+            # Set, then looked at: an end either finds the owner set (and calls it) or comes
+            # before the look (which sees it); both is harmless (_fire is idempotent).
+            ctx._owner = self._on_done
+            if ctx._state is not None:
+                self._on_done()
+        else:
+            self._owned = None
+            self.handle = ctx.done().add_callback(self._on_done)
 
-    def _on_done(self) -> None:  # in whatever thread ended the context
+    def _on_done(self) -> None:  # in whatever thread ended the context, maybe more than once
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
             self._loop.call_soon_threadsafe(self._fire)
 
     def _fire(self) -> None:  # on the loop
-        if self.armed:
+        if self.armed and not self.fired:
             self.fired = True
             self._task.cancel()
 
     def release(self) -> None:
-        """Remove the registration on the context (any number of times)."""
-        self.handle.cancel()
+        """Remove the registration on the context, or the owner (any number of times): from
+        here on, its end cannot reach this."""
+        owned = self._owned
+        if owned is None:
+            self.handle.cancel()  # type: ignore[union-attr]  # registered when not owned
+        else:
+            owned._owner = None
 
     def disarm(self) -> None:
         self.armed = False
