@@ -9,17 +9,21 @@ import contextlib
 import json
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 import gocontext
 import gocontext.aiohttp
 import gocontext.http
 from gocontext import _context
+from gocontext.aiohttp._task import TaskCanceller
 from gocontext.http._headers import parse_grpc_timeout
 from gocontext.http._middleware import _DEADLINE_SLACK
 
@@ -518,3 +522,108 @@ async def test_a_retry_on_a_dropped_connection_is_sent_the_time_left_then(
     assert first is not None and parse_grpc_timeout(first) == 3
     assert again is not None and parse_grpc_timeout(again) == 1.5
     await assert_pool_healthy(session, server)
+
+
+# The middleware's stop of the handler: told as the owner of a request context that nothing
+# else can end, registered on any other.
+
+
+async def _stopped(ctx: gocontext.Context, end: Any = None, told: int = 1) -> TaskCanceller:
+    """A TaskCanceller(ctx, own=True) made in a task of its own, which then waits; *end*, run
+    in another thread, ends ctx (or ctx has ended already, or ends with *told* - 1 more calls
+    of its owner). Its task must be stopped by it, and by it alone."""
+
+    async def body() -> TaskCanceller:
+        stop = TaskCanceller(ctx, True)
+        for _ in range(told - 1):
+            stop._on_done()
+        thread = threading.Thread(target=end or (lambda: None))
+        try:
+            thread.start()
+            with pytest.raises(asyncio.CancelledError) as caught:
+                await asyncio.sleep(NEVER)
+            assert stop.owns(caught.value)
+        finally:
+            thread.join(NEVER)
+            stop.release()
+            stop.disarm()
+        return stop
+
+    task = asyncio.create_task(body())
+    stop = await asyncio.wait_for(task, NEVER)
+    assert not task.cancelled()
+    return stop
+
+
+async def test_the_owner_path_a_cancel_from_a_thread_still_stops_the_handler() -> None:
+    ctx, cancel = _context.timeout_cancel_cause(gocontext.background(), 3600.0)
+    stop = await _stopped(ctx, lambda: cancel(ConnectionResetError("gone")))
+    assert stop.handle is None and stop._owned is ctx  # told as the owner: no registration
+    assert ctx._owner is None  # type: ignore[attr-defined]  # released
+    assert isinstance(gocontext.cause(ctx), ConnectionResetError)
+
+
+async def test_the_owner_path_the_deadline_from_the_timer_thread_stops_the_handler() -> None:
+    ctx, cancel = _context.timeout_cancel_cause(gocontext.background(), 0.05)
+    stop = await _stopped(ctx)
+    cancel(None)
+    assert stop._owned is ctx and isinstance(ctx.err(), gocontext.DeadlineExceeded)
+
+
+async def test_the_owner_path_a_context_ended_already_stops_the_handler_at_once() -> None:
+    ctx, _ = _context.timeout_cancel_cause(gocontext.background(), 0.0)
+    stop = await _stopped(ctx)
+    assert stop._owned is ctx
+
+
+async def test_the_owner_told_twice_cancels_the_task_once() -> None:
+    """Each ender may tell the owner, and at the same moment: one cancellation all the same,
+    so the task's count still says it is ours alone."""
+    ctx, cancel = _context.timeout_cancel_cause(gocontext.background(), 3600.0)
+    stop = await _stopped(ctx, lambda: cancel(None), told=2)
+    assert stop._owned is ctx
+
+
+@pytest.mark.parametrize("how", ["parent node", "no deadline"])
+async def test_a_context_the_owner_cannot_watch_falls_back_to_registering(how: str) -> None:
+    parent, cancel_parent = gocontext.with_cancel(gocontext.background())
+    if how == "parent node":  # the parent's cancel ends it too, unknown to an owner
+        ctx, cancel = _context.timeout_cancel_cause(parent, 3600.0)
+        end = cancel_parent
+    else:
+        ctx, cancel = gocontext.with_cancel_cause(gocontext.background())
+        end = cancel
+    stop = await _stopped(ctx, end)
+    assert stop._owned is None and stop.handle is not None
+    assert _context.watcher_count(ctx) == 0  # released
+    cancel(None)
+    cancel_parent()
+
+
+def test_the_owner_told_once_its_loop_is_closed_is_quiet() -> None:
+    ctx, cancel = _context.timeout_cancel_cause(gocontext.background(), 3600.0)
+
+    async def arm() -> None:
+        TaskCanceller(ctx, True)  # never released: the loop goes first
+
+    asyncio.run(arm())
+    cancel(ConnectionResetError("gone"))  # the owner finds the loop closed
+    assert isinstance(gocontext.cause(ctx), ConnectionResetError)
+
+
+async def test_a_context_that_ends_before_the_handler_returns_answers_504(
+    fake_clock: FakeClock,
+) -> None:
+    """The deadline passes in the handler's last step, its end on its way to the task when
+    the handler returns: the answer is the 504 all the same, not the handler's."""
+
+    async def expires(request: web.Request) -> web.Response:
+        fake_clock.advance(2)  # (the timer ends the context here, in this thread)
+        assert isinstance(request["gocontext"].err(), gocontext.DeadlineExceeded)
+        return web.Response(text="too late")
+
+    app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
+    app.router.add_get("/expires", expires)
+    async with TestServer(app) as srv:
+        status, text = await plain_get(str(srv.make_url("/expires")), {"Grpc-Timeout": "1S"})
+    assert (status, text) == (504, "deadline exceeded")
