@@ -65,32 +65,25 @@ def _values_context(request: web.Request, baggage: str) -> Context:
     return values_context(baggage, lambda: timeout_and_values(request.raw_headers)[1])
 
 
-class _Watch(asyncio.Protocol):
-    """Forwards every event to the connection's protocol and reports its loss first.
+class _Watch:
+    """Stands in front of the connection's protocol: every event goes to it, straight (its
+    own bound methods, held here: the transport calls them with no call in between), but the
+    connection's loss, which this reports first.
 
-    Only the loop's thread touches it; ``listeners`` holds the contexts of the requests being
-    served on this connection, with their cancels.
+    A plain protocol to the transport (not a ``BufferedProtocol``). Only the loop's thread
+    touches it; ``listeners`` holds the contexts of the requests being served on this
+    connection, with their cancels.
     """
 
-    def __init__(self, inner: asyncio.BaseProtocol) -> None:
-        self.inner: Any = inner
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
         self.lost = False
         self.listeners: dict[Context, Cancel] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()  # type: ignore[no-any-return]  # asyncio's protocol returns bool | None, untyped here
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        self.connection_made: Callable[[asyncio.BaseTransport], None] = inner.connection_made
+        self.data_received: Callable[[bytes], None] = inner.data_received
+        self.eof_received: Callable[[], bool | None] = inner.eof_received
+        self.pause_writing: Callable[[], None] = inner.pause_writing
+        self.resume_writing: Callable[[], None] = inner.resume_writing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -112,12 +105,12 @@ def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
     if transport is None or transport.is_closing():
         client_left(ctx, cancel)
         return None
-    proto = transport.get_protocol()
+    proto: Any = transport.get_protocol()  # (ours: a protocol to the transport, duck-typed)
     if type(proto) is not _Watch:
         proto = _Watch(proto)
         transport.set_protocol(proto)
     proto.listeners[ctx] = cancel
-    return proto
+    return proto  # type: ignore[no-any-return]  # a _Watch
 
 
 def _started(request: web.Request) -> bool:
@@ -194,7 +187,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
         if max_timeout is not None:
             timeout = max_timeout if timeout is None else min(timeout, max_timeout)
-        parent = _values_context(request, baggage)
+        # (_values_context(request, baggage), written out)
+        parent = values_context(baggage, lambda: timeout_and_values(request.raw_headers)[1])
         if timeout is None:
             ctx, cancel = with_cancel_cause(parent)
         else:  # one node: the deadline, and a cancel that takes the disconnect's cause
@@ -217,13 +211,11 @@ def middleware(*, max_timeout: float | None = None) -> Any:
         else:
             # A context that ended before the handler returned stops it all the same, even if
             # the end woke the handler (``await ctx.done()``) before it reached this task.
-            err = ctx.err()
-            if err is not None:
-                return _ended(request, err)
+            if ctx._state is not None:  # type: ignore[attr-defined]  # (a node of ours)
+                return _ended(request, ctx.err())  # type: ignore[arg-type]  # ended: an error
         finally:
             _current.reset(token)
-            stop.release()
-            stop.disarm()
+            stop.finish()
             if watch is not None:
                 watch.listeners.pop(ctx, None)
             cancel(None)

@@ -79,6 +79,17 @@ class TaskCanceller:
         else:
             owned._owner = None
 
+    def finish(self) -> None:
+        """``release()`` then ``disarm()``, in one call."""
+        owned = self._owned
+        if owned is None:
+            self.handle.cancel()  # type: ignore[union-attr]  # registered when not owned
+        else:
+            owned._owner = None
+        self.armed = False
+        if self.fired and _HAS_CANCELLING and self._task.cancelling() > self._baseline:
+            self._task.uncancel()
+
     def disarm(self) -> None:
         self.armed = False
         if self.fired and _HAS_CANCELLING and self._task.cancelling() > self._baseline:
