@@ -65,25 +65,26 @@ def _values_context(request: web.Request, baggage: str) -> Context:
     return values_context(baggage, lambda: timeout_and_values(request.raw_headers)[1])
 
 
-class _Watch:
+class _Watch(asyncio.Protocol):
     """Stands in front of the connection's protocol: every event goes to it, straight (its
-    own bound methods, held here: the transport calls them with no call in between), but the
-    connection's loss, which this reports first.
+    own bound methods, set on this instance, where the transport finds them: no call in
+    between), but the connection's loss, which this reports first.
 
-    A plain protocol to the transport (not a ``BufferedProtocol``). Only the loop's thread
-    touches it; ``listeners`` holds the contexts of the requests being served on this
-    connection, with their cancels.
+    Only the loop's thread touches it; ``listeners`` holds the contexts of the requests being
+    served on this connection, with their cancels.
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.lost = False
         self.listeners: dict[Context, Cancel] = {}
-        self.connection_made: Callable[[asyncio.BaseTransport], None] = inner.connection_made
-        self.data_received: Callable[[bytes], None] = inner.data_received
-        self.eof_received: Callable[[], bool | None] = inner.eof_received
-        self.pause_writing: Callable[[], None] = inner.pause_writing
-        self.resume_writing: Callable[[], None] = inner.resume_writing
+        vars(self).update(
+            connection_made=inner.connection_made,
+            data_received=inner.data_received,
+            eof_received=inner.eof_received,
+            pause_writing=inner.pause_writing,
+            resume_writing=inner.resume_writing,
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -23,6 +23,7 @@ import gocontext
 import gocontext.aiohttp
 import gocontext.http
 from gocontext import _context
+from gocontext.aiohttp import _server
 from gocontext.aiohttp._task import TaskCanceller
 from gocontext.http._headers import parse_grpc_timeout
 from gocontext.http._middleware import _DEADLINE_SLACK
@@ -627,3 +628,48 @@ async def test_a_context_that_ends_before_the_handler_returns_answers_504(
     async with TestServer(app) as srv:
         status, text = await plain_get(str(srv.make_url("/expires")), {"Grpc-Timeout": "1S"})
     assert (status, text) == (504, "deadline exceeded")
+
+
+def test_the_disconnect_watch_hands_every_event_to_the_connections_protocol() -> None:
+    """Straight (its own bound methods), but the loss, which ends each request's context
+    first."""
+
+    class Inner(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.events.append("made")
+
+        def data_received(self, data: bytes) -> None:
+            self.events.append(data)
+
+        def eof_received(self) -> bool:
+            self.events.append("eof")
+            return True
+
+        def pause_writing(self) -> None:
+            self.events.append("pause")
+
+        def resume_writing(self) -> None:
+            self.events.append("resume")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.events.append(("lost", gocontext.cause(ctx)))
+
+    inner = Inner()
+    watch = _server._Watch(inner)
+    assert isinstance(watch, asyncio.Protocol)
+    assert watch.data_received == inner.data_received  # (no call in between)
+    ctx, cancel = _context.timeout_cancel_cause(gocontext.background(), 3600.0)
+    watch.listeners[ctx] = cancel
+    watch.connection_made(None)  # type: ignore[arg-type]  # (unused by Inner)
+    watch.data_received(b"x")
+    assert watch.eof_received() is True
+    watch.pause_writing()
+    watch.resume_writing()
+    watch.connection_lost(None)
+    lost = inner.events.pop()
+    assert inner.events == ["made", b"x", "eof", "pause", "resume"]
+    assert isinstance(lost, tuple) and isinstance(lost[1], gocontext.http.ClientDisconnected)
+    assert watch.listeners == {}
