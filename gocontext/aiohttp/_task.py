@@ -48,10 +48,12 @@ class TaskCanceller:
         self._baseline = task.cancelling() if _HAS_CANCELLING else 0
         self.armed = True
         self.fired = False
-        self.handle: CallbackHandle | None = None
+        self.handle: CallbackHandle | None
+        self._owned: _DeadlineCauseContext | None
         # No ancestor node, no link: nothing but its timer and its cancel can end ctx.
         if own and type(ctx) is _DeadlineCauseContext and ctx._up is None and ctx._done is None:
-            self._owned: _DeadlineCauseContext | None = ctx
+            self.handle = None
+            self._owned = ctx
             # Set, then looked at: an end either finds the owner set (and calls it) or comes
             # before the look (which sees it); both is harmless (_fire is idempotent).
             ctx._owner = self._on_done
