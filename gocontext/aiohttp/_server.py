@@ -171,10 +171,11 @@ def middleware(*, max_timeout: float | None = None) -> Any:
         >>> import aiohttp.web, gocontext.aiohttp
         >>> app = aiohttp.web.Application(middlewares=[gocontext.aiohttp.middleware()])
     """
-    if max_timeout is not None and (
-        check_real(max_timeout, "gocontext.aiohttp.middleware", "max_timeout", "seconds or None")
-        <= 0
-    ):
+    cap: float | None = None  # max_timeout as a float (as every timeout below is)
+    if max_timeout is not None:
+        where = "gocontext.aiohttp.middleware"
+        cap = check_real(max_timeout, where, "max_timeout", "seconds or None")
+    if cap is not None and cap <= 0:
         raise ValueError(
             f"gocontext.aiohttp.middleware() needs max_timeout to be a positive number of "
             f"seconds, got {max_timeout!r}"
@@ -186,14 +187,14 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             timeout, baggage = _timeout_and_baggage(request)
         except HeaderError as e:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
-        if max_timeout is not None:
-            timeout = max_timeout if timeout is None else min(timeout, max_timeout)
+        if cap is not None:
+            timeout = cap if timeout is None else min(timeout, cap)
         # (_values_context(request, baggage), written out)
         parent = values_context(baggage, lambda: timeout_and_values(request.raw_headers)[1])
         if timeout is None:
             ctx, cancel = with_cancel_cause(parent)
         else:  # one node: the deadline, and a cancel that takes the disconnect's cause
-            ctx, cancel = timeout_cancel_cause(parent, float(timeout))
+            ctx, cancel = timeout_cancel_cause(parent, timeout)
         watch = _watch(request, ctx, cancel)
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
