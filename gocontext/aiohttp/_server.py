@@ -211,8 +211,9 @@ def middleware(*, max_timeout: float | None = None) -> Any:
                 raise
             return _ended(request, err)
         else:
-            # A context that ended before the handler returned stops it all the same, even if
-            # the end woke the handler (``await ctx.done()``) before it reached this task.
+            # A context that ended before the handler returned stops it all the same: its end
+            # can wake the handler (``await ctx.done()``) before our cancel of the task comes
+            # (an owner is told after the context's callbacks have run).
             if ctx._state is not None:  # type: ignore[attr-defined]  # (a node of ours)
                 return _ended(request, ctx.err())  # type: ignore[arg-type]  # ended: an error
         finally:
