@@ -162,10 +162,12 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     of the deadline, a client leaves for it: the deadline ends the context). The handler
     is cancelled when its context ends: one that ignores its context is still stopped at
     the deadline, and the client gets a 504 (on a connection then closed, so a late write by
-    a task the handler left behind goes nowhere). A response already under way (prepared, or
-    partly written) is cut there instead: the connection closes, the client sees its body
-    stop short, and nothing is logged. A malformed deadline header gets a 400 that says what
-    was wrong. A bad *max_timeout* is a ``ValueError``.
+    a task the handler left behind goes nowhere). A handler that returns once its context has
+    ended is answered the same way: its response is dropped, as Go's ``TimeoutHandler``
+    drops a late one. A response already under way (prepared, or partly written) is cut
+    there instead: the connection closes, the client sees its body stop short, and nothing
+    is logged. A malformed deadline header gets a 400 that says what was wrong. A bad
+    *max_timeout* is a ``ValueError``.
 
     Example:
         >>> import aiohttp.web, gocontext.aiohttp
