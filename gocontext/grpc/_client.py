@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, NamedTuple
 
@@ -27,6 +28,7 @@ from grpc._cython import cygrpc  # type: ignore[import-untyped]  # grpc ships no
 
 from .._ambient import current
 from .._context import _NEVER, Context
+from .._done import Done
 from .._errors import ContextError, DeadlineExceeded
 from ..http._outgoing import baggage, time_left
 
@@ -70,18 +72,21 @@ def _outgoing(ctx: Context, details: Any) -> _Outgoing:
     left = time_left(ctx)
     if left is not None and (timeout is None or timeout > left):
         timeout, binding = left, True
-    metadata = details.metadata
+    return _new_outgoing(_Outgoing, (timeout, _metadata_with(ctx, details.metadata), binding))
+
+
+def _metadata_with(ctx: Context, metadata: Any) -> Any:
+    """*metadata* with *ctx*'s values in its ``baggage``: pairs, or *metadata* as it came when
+    there are none to add."""
     if not metadata:  # (none, or empty: grpc.aio hands an empty Metadata)
         value = baggage(ctx, None)
-        if value is not None:
-            metadata = (("baggage", value),)
-        return _new_outgoing(_Outgoing, (timeout, metadata, binding))
+        return metadata if value is None else (("baggage", value),)
     pairs = tuple(metadata)
     existing = ",".join([str(v) for k, v in pairs if k == "baggage"]) or None
     value = baggage(ctx, existing)
-    if value is not None:
-        metadata = [*((k, v) for k, v in pairs if k != "baggage"), ("baggage", value)]
-    return _new_outgoing(_Outgoing, (timeout, metadata, binding))
+    if value is None:
+        return metadata
+    return [*((k, v) for k, v in pairs if k != "baggage"), ("baggage", value)]
 
 
 def _sync_details(details: Any, out: _Outgoing) -> Any:
@@ -95,13 +100,64 @@ def _sync_details(details: Any, out: _Outgoing) -> Any:
     )
 
 
-def _aio_details(details: Any, out: _Outgoing) -> Any:
-    metadata = out.metadata
-    if metadata is not None and not isinstance(metadata, grpc.aio.Metadata):
-        metadata = grpc.aio.Metadata(*metadata)
-    return grpc.aio.ClientCallDetails(
-        details.method, out.timeout, metadata, details.credentials, details.wait_for_ready
+def _aio_details(ctx: Context, details: Any) -> tuple[Any, bool]:
+    """The call's details under *ctx* (see ``_outgoing``), and whether its deadline binds."""
+    timeout = details.timeout
+    binding = False
+    left = time_left(ctx)
+    if left is not None and (timeout is None or timeout > left):
+        timeout, binding = left, True
+    metadata = _aio_metadata(ctx, details.metadata)
+    return _new_aio_details(
+        _AioDetails,
+        (details.method, timeout, metadata, details.credentials, details.wait_for_ready),
+    ), binding
+
+
+_Metadata: Any = grpc.aio.Metadata
+_AioDetails: Any = grpc.aio.ClientCallDetails
+# grpc.aio's call details are a namedtuple: the tuple's own __new__, with the fields, skips its
+# Python-level one (as _new_outgoing).
+_new_aio_details: Callable[[Any, tuple[Any, ...]], Any] = tuple.__new__
+
+
+def _metadata_inside() -> bool:
+    """Whether grpc.aio's ``Metadata`` keeps its pairs as this module expects: an
+    ``OrderedDict`` of each key's values in ``_metadata`` (grpc's, since grpc.aio began);
+    if so, ``_aio_metadata`` reads and makes one without its Python-level methods."""
+    try:
+        probe = _Metadata(("a", "1"), ("b", "2"), ("a", "3"))
+        inside = probe._metadata
+        made = object.__new__(_Metadata)
+        made._metadata = OrderedDict(a=["1"])
+    except Exception:  # any surprise: the public way
+        return False
+    return (
+        type(inside) is OrderedDict
+        and inside == OrderedDict(a=["1", "3"], b=["2"])
+        and tuple(made) == (("a", "1"),)
+        and len(made) == 1
+        and not object.__new__(_Metadata).__dict__
     )
+
+
+_METADATA_INSIDE = _metadata_inside()
+
+
+def _aio_metadata(ctx: Context, metadata: Any) -> Any:
+    """*metadata* (grpc.aio hands a ``Metadata``, empty when the caller sent none) with the
+    context's values: a new ``Metadata`` when there are values to add, else *metadata*."""
+    if _METADATA_INSIDE and type(metadata) is _Metadata and not metadata._metadata:
+        value = baggage(ctx, None)
+        if value is None:
+            return metadata
+        made = object.__new__(_Metadata)  # (Metadata(("baggage", value)), without its calls)
+        made._metadata = OrderedDict(baggage=[value])
+        return made
+    metadata = _metadata_with(ctx, metadata)
+    if metadata is not None and not isinstance(metadata, _Metadata):
+        metadata = _Metadata(*metadata)
+    return metadata
 
 
 def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
@@ -453,13 +509,13 @@ class _AioCall:
 
     __slots__ = ("_binding", "_call", "_ctx", "_fired", "_handle", "_loop")
 
-    def __init__(self, call: Any, ctx: Context, binding: bool) -> None:
+    def __init__(self, call: Any, ctx: Context, binding: bool, done: Done | None = None) -> None:
         self._call = call
         self._ctx = ctx
         self._binding = binding
         self._loop = asyncio.get_running_loop()
         self._fired = False  # we cancelled the call (only ever set in the loop's thread)
-        self._handle = ctx.done().add_callback(self._on_done)
+        self._handle = (ctx.done() if done is None else done).add_callback(self._on_done)
 
     def _on_done(self) -> None:  # in whatever thread ended the context
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to cancel
@@ -522,11 +578,11 @@ class _AioCall:
             raise err from e
 
 
-def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
-    """The ambient context, what a call sends under it, and the call's details with that."""
+def _aio_prepare(details: Any) -> tuple[Context, Any, bool]:
+    """The ambient context, the call's details under it, and whether its deadline binds."""
     ctx = current()
-    out = _outgoing(ctx, details)
-    return ctx, out, _aio_details(details, out)
+    new_details, binding = _aio_details(ctx, details)
+    return ctx, new_details, binding
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
@@ -539,39 +595,49 @@ def _aio_prepare(details: Any) -> tuple[Context, _Outgoing, Any]:
 
 class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx = current()  # (_aio_prepare(), written out: the commonest call)
-        out = _outgoing(ctx, details)
-        call = await continuation(_aio_details(details, out), request)
-        if ctx.done() is _NEVER:
+        ctx = current()  # (_aio_prepare() and _AioCall.__await__, written out: the commonest)
+        new_details, binding = _aio_details(ctx, details)
+        call = await continuation(new_details, request)
+        done = ctx.done()
+        if done is _NEVER:
             return await call
-        return await _AioCall(call, ctx, out.binding)
+        watched = _AioCall(call, ctx, binding, done)
+        try:
+            return await call
+        except ContextError:
+            raise
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            watched._raise_translated(e)
+            raise
+        finally:
+            watched._handle.cancel()
 
 
 class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx, out, new_details = _aio_prepare(details)
+        ctx, new_details, binding = _aio_prepare(details)
         call = await continuation(new_details, request)
         if ctx.done() is _NEVER:
             return call
-        return _AioCall(call, ctx, out.binding).released_when_done()
+        return _AioCall(call, ctx, binding).released_when_done()
 
 
 class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx, out, new_details = _aio_prepare(details)
+        ctx, new_details, binding = _aio_prepare(details)
         call = await continuation(new_details, request)
         if ctx.done() is _NEVER:
             return call
-        return _AioCall(call, ctx, out.binding).released_when_done().responses()
+        return _AioCall(call, ctx, binding).released_when_done().responses()
 
 
 class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     async def intercept_stream_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        ctx, out, new_details = _aio_prepare(details)
+        ctx, new_details, binding = _aio_prepare(details)
         call = await continuation(new_details, request)
         if ctx.done() is _NEVER:
             return call
-        return _AioCall(call, ctx, out.binding).released_when_done().responses()
+        return _AioCall(call, ctx, binding).released_when_done().responses()
 
 
 def aio_client_interceptors() -> list[Any]:

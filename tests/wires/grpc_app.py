@@ -21,6 +21,7 @@ from ..conftest import NEVER
 from .conftest import BOARD, RID, info_of
 
 SERVICE = "gocontext.test.Wires"
+METADATA_SHOWN = ("baggage", "x-extra", "x-later")  # the metadata Info answers with
 
 
 def _rid() -> str:
@@ -31,6 +32,9 @@ def _info(request: bytes, servicer_context: Any) -> bytes:
     ctx = gocontext.current()
     body = info_of(ctx)
     body["same_as_context_of"] = gocontext.grpc.context_of(servicer_context) is ctx
+    body["metadata"] = [
+        [k, v] for k, v in servicer_context.invocation_metadata() or () if k in METADATA_SHOWN
+    ]
     return json.dumps(body).encode()
 
 

@@ -260,6 +260,49 @@ async def test_aio_deadline_and_values_reach_the_handler(server: GrpcServer) -> 
     assert body["rid"] == "aio-1"
 
 
+class _AddsMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """An interceptor after ours that adds to the call's metadata in place (grpc.aio hands the
+    caller's own ``Metadata`` on: without values of ours to add, it is added to)."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if "x-later" not in details.metadata:
+            details.metadata.add("x-later", "1")
+        return await continuation(details, request)
+
+
+@pytest.mark.parametrize("given", ["none", "empty", "pairs", "metadata"])
+@pytest.mark.parametrize("values", [True, False])
+async def test_aio_metadata_carries_the_values_and_keeps_the_callers(
+    server: GrpcServer, given: str, values: bool
+) -> None:
+    name = rid("aio-md")
+    parent = with_rid(name) if values else gocontext.background()
+    pairs = (("x-extra", "a"), ("baggage", "other=1"))
+    metadata: Any = {
+        "none": None,
+        "empty": grpc.aio.Metadata(),
+        "pairs": pairs,
+        "metadata": grpc.aio.Metadata(*pairs),
+    }[given]
+    async with grpc.aio.insecure_channel(
+        server.target, interceptors=[*gocontext.grpc.aio_client_interceptors(), _AddsMetadata()]
+    ) as ch:
+        with gocontext.with_timeout(parent, 30) as (ctx, _), gocontext.use(ctx):
+            for _ in range(2):  # (the second call sees nothing the first one left)
+                body = json.loads(await ch.unary_unary(method("Info"))(b"", metadata=metadata))
+                got = sorted(tuple(pair) for pair in body["metadata"])
+                ours = [("baggage", f"{wires.RID.name}={name}")] if values else []
+                if given in ("pairs", "metadata"):
+                    merged = f"other=1,{wires.RID.name}={name}" if values else "other=1"
+                    ours = [("baggage", merged), ("x-extra", "a")]
+                assert got == sorted([*ours, ("x-later", "1")])
+                assert body["rid"] == (name if values else None)
+    if given == "empty":
+        assert not metadata  # the caller's own is not added to
+    if given == "metadata" and values:
+        assert tuple(metadata) == pairs  # ours goes out in a Metadata of its own
+
+
 Kind = Literal["unary", "stream-out", "stream-in", "stream-in-writes", "both-ways"]
 KINDS = ["unary", "stream-out", "stream-in", "stream-in-writes", "both-ways"]
 
