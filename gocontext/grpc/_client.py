@@ -152,7 +152,8 @@ def _aio_metadata(ctx: Context, metadata: Any) -> Any:
         if value is None:
             return metadata
         made = object.__new__(_Metadata)  # (Metadata(("baggage", value)), without its calls)
-        made._metadata = OrderedDict(baggage=[value])
+        inside = made._metadata = OrderedDict()
+        inside["baggage"] = [value]
         return made
     metadata = _metadata_with(ctx, metadata)
     if metadata is not None and not isinstance(metadata, _Metadata):
