@@ -26,6 +26,7 @@ import grpc.aio  # type: ignore[import-untyped]  # grpc ships no type hints
 
 from .._ambient import _current, use
 from .._context import (
+    CancelCausePair,
     Context,
     RichContext,
     background,
@@ -76,33 +77,41 @@ def context_of(servicer_context: object) -> RichContext:
     return ctx
 
 
+def _open(servicer_context: Any) -> CancelCausePair:
+    """The context of the RPC of *servicer_context*, and its cancel: one node, the RPC's
+    deadline, whose cancel takes the cause (a client that left), or a cancel-with-cause node
+    when the RPC has no deadline. Found by ``context_of()`` until it is ended."""
+    baggage = ""
+    for k, v in servicer_context.invocation_metadata() or ():
+        if k == "baggage":
+            baggage = f"{baggage},{v}" if baggage else str(v)
+    parent = values_context(baggage, lambda: parse_baggage(baggage))
+    left = servicer_context.time_remaining()
+    pair = (
+        timeout_cancel_cause(parent, left)
+        if left is not None and left < _NO_DEADLINE
+        else with_cancel_cause(parent)
+    )
+    _contexts[id(servicer_context)] = pair[0]
+    return pair
+
+
 class _Rpc:
     """One RPC's context and how it ends. ``finished`` is set (once) when the handler is done;
-    the termination callback reads it to tell a finished RPC from a client that left.
-
-    One node: the RPC's deadline, whose cancel takes the cause (a client that left), or a
-    cancel-with-cause node when the RPC has no deadline."""
+    the termination callback reads it to tell a finished RPC from a client that left."""
 
     __slots__ = ("cancel", "ctx", "finished", "key", "servicer_context")
 
-    def __init__(self, servicer_context: Any) -> None:
+    def __init__(self, servicer_context: Any, pair: CancelCausePair | None = None) -> None:
+        """*pair*: the RPC's context and its cancel, made by ``_open(servicer_context)``
+        already, else made here."""
+        if pair is None:
+            pair = _open(servicer_context)
         self.key = id(servicer_context)
-        baggage = ""
-        for k, v in servicer_context.invocation_metadata() or ():
-            if k == "baggage":
-                baggage = f"{baggage},{v}" if baggage else str(v)
-        parent = values_context(baggage, lambda: parse_baggage(baggage))
-        left = servicer_context.time_remaining()
-        pair = (
-            timeout_cancel_cause(parent, left)
-            if left is not None and left < _NO_DEADLINE
-            else with_cancel_cause(parent)
-        )
         self.ctx: RichContext = pair[0]
         self.cancel: Callable[[BaseException | None], None] = pair[1]
         self.finished = False
         self.servicer_context = servicer_context
-        _contexts[self.key] = self.ctx
 
     def terminated(self) -> None:
         """The sync server's end-of-RPC callback (a thread of gRPC's)."""
@@ -363,22 +372,25 @@ def _set_done(fut: asyncio.Future[None]) -> None:
 
 def _aio_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     async def run(request: Any, servicer_context: Any) -> Any:
-        rpc = _Rpc(servicer_context)
-        token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
+        # The RPC's context, and its _Rpc only once the handler suspends (only _Driven needs
+        # it; nothing else here reads its `finished`): rpc.end(), written out.
+        pair = _open(servicer_context)
+        token = _current.set(pair[0])  # (use(ctx), written out: the context is ours)
         try:
             step = behavior(request, servicer_context)
             if type(step) is not CoroutineType:
-                return await _Driven(rpc, step)
+                return await _Driven(_Rpc(servicer_context, pair), step)
             # The handler's first step, run here as _Driven would (no cancellation can come
             # in before it suspends): a handler that answers without suspending needs no more.
             try:
                 first = step.send(None)
             except StopIteration as e:
                 return e.value
-            return await _Driven(rpc, step, first)
+            return await _Driven(_Rpc(servicer_context, pair), step, first)
         finally:
             _current.reset(token)
-            rpc.end()
+            _contexts.pop(id(servicer_context), None)
+            pair[1](None)
 
     return run
 

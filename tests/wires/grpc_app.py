@@ -133,6 +133,25 @@ async def aio_ok(request: bytes, servicer_context: Any) -> bytes:
     return b"ok"
 
 
+# The context and servicer context of each Kept RPC, by its request id, as its handler saw them.
+KEPT: dict[str, tuple[gocontext.Context, Any]] = {}
+
+
+def sync_kept(request: bytes, servicer_context: Any) -> bytes:
+    """Keeps its context (see ``KEPT``) and answers at once."""
+    KEPT[_rid()] = (gocontext.current(), servicer_context)
+    return b"kept"
+
+
+async def aio_kept(request: bytes, servicer_context: Any) -> bytes:
+    """Keeps its context (see ``KEPT``); answers at once, or after a turn of the loop when
+    asked to (b"suspend")."""
+    KEPT[_rid()] = (gocontext.current(), servicer_context)
+    if request == b"suspend":
+        await asyncio.sleep(0)
+    return b"kept"
+
+
 async def aio_task(request: bytes, servicer_context: Any) -> bytes:
     """What the task running this handler was made to run (a coroutine's name)."""
     task = asyncio.current_task()
@@ -172,6 +191,7 @@ def _handlers(aio: bool) -> Any:
             "WaitStream": stream(aio_wait_stream),
             "Ok": unary(aio_ok),
             "Task": unary(aio_task),
+            "Kept": unary(aio_kept),
             "Collect": grpc.stream_unary_rpc_method_handler(aio_collect),
             "Echo": grpc.stream_stream_rpc_method_handler(aio_echo),
             "WaitIn": grpc.stream_unary_rpc_method_handler(aio_wait_in),
@@ -184,6 +204,7 @@ def _handlers(aio: bool) -> Any:
             "WaitStream": stream(sync_wait_stream),
             "Ok": unary(sync_ok),
             "Thread": unary(sync_thread),
+            "Kept": unary(sync_kept),
             "Collect": grpc.stream_unary_rpc_method_handler(sync_collect),
             "Echo": grpc.stream_stream_rpc_method_handler(sync_echo),
             "WaitIn": grpc.stream_unary_rpc_method_handler(sync_wait_in),

@@ -27,7 +27,7 @@ from gocontext.grpc import _server
 from ..conftest import NEVER
 from . import conftest as wires
 from .conftest import BOARD, SECRET, cancel_when_entered, rid, with_rid
-from .grpc_app import GrpcServer, method
+from .grpc_app import KEPT, GrpcServer, method
 
 
 @pytest.fixture
@@ -240,6 +240,20 @@ def test_a_done_context_sends_nothing(how: str) -> None:
         with gocontext.use(ctx), pytest.raises(expected):
             channel.unary_unary(method("Ok"))(b"")
         channel.close()
+
+
+@pytest.mark.parametrize("request_body", [b"", b"suspend"])
+def test_the_handlers_context_ends_canceled_when_it_is_done(
+    channel: Any, request_body: bytes
+) -> None:
+    name = rid("kept")
+    with gocontext.use(with_rid(name)):
+        assert channel.unary_unary(method("Kept"))(request_body, timeout=NEVER) == b"kept"
+    ctx, servicer_context = KEPT.pop(name)
+    assert isinstance(ctx.err(), gocontext.Canceled)
+    assert isinstance(gocontext.cause(ctx), gocontext.Canceled)  # (not a client that left)
+    with pytest.raises(LookupError):
+        gocontext.grpc.context_of(servicer_context)
 
 
 def test_context_of_an_unknown_servicer_context_is_a_lookup_error() -> None:
