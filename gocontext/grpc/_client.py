@@ -72,7 +72,14 @@ def _outgoing(ctx: Context, details: Any) -> _Outgoing:
     left = time_left(ctx)
     if left is not None and (timeout is None or timeout > left):
         timeout, binding = left, True
-    return _new_outgoing(_Outgoing, (timeout, _metadata_with(ctx, details.metadata), binding))
+    metadata = details.metadata
+    if not metadata:  # (_metadata_with()'s first case, written out: the commonest)
+        value = baggage(ctx, None)
+        if value is not None:
+            metadata = (("baggage", value),)
+    else:
+        metadata = _metadata_with(ctx, metadata)
+    return _new_outgoing(_Outgoing, (timeout, metadata, binding))
 
 
 def _metadata_with(ctx: Context, metadata: Any) -> Any:
