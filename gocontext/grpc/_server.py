@@ -154,7 +154,8 @@ _TIMER_SLACK = 0.5  # at most this long between gRPC's deadline and our timer's 
 class _Wrapped:
     """The wrapped handlers an interceptor made, by the handler they wrap: a server hands the
     same handler object for a method RPC after RPC, so each is wrapped once (a bounded memo,
-    keyed by identity; dict operations are atomic, so at worst a handler is wrapped twice)."""
+    keyed by identity; dict operations are atomic, so at worst a handler is wrapped twice).
+    ``_made`` is the same dict for good: the interceptors look in it first themselves."""
 
     __slots__ = ("_made", "_wrap")
     _MAX = 1024
@@ -242,9 +243,12 @@ def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
 class _SyncServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     def __init__(self) -> None:
         self._wrapped = _Wrapped(functools.partial(_wrap, _sync_unary, _sync_stream))
+        self._made = self._wrapped._made
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        return self._wrapped(continuation(handler_call_details))
+        handler = continuation(handler_call_details)
+        made = self._made.get(id(handler))  # (self._wrapped(handler)'s commonest case)
+        return made[1] if made is not None and made[0] is handler else self._wrapped(handler)
 
 
 def server_interceptor() -> Any:
@@ -467,9 +471,12 @@ class _InPool:
 class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
     def __init__(self) -> None:
         self._wrapped = _Wrapped(_aio_wrap)
+        self._made = self._wrapped._made
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        handler = self._wrapped(await continuation(handler_call_details))
+        handler = await continuation(handler_call_details)
+        made = self._made.get(id(handler))  # (self._wrapped(handler)'s commonest case)
+        handler = made[1] if made is not None and made[0] is handler else self._wrapped(handler)
         if type(handler) is _InPool:
             return handler.bind()
         return handler
