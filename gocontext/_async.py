@@ -31,6 +31,7 @@ from ._context import (
     Context,
     RichContext,
     _DeadlineCauseContext,
+    become_owner,
     check_context,
     with_cancel_cause,
     with_timeout,
@@ -249,13 +250,10 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
                 self._task = task
                 self._baseline = task.cancelling()
         own = self._own
-        owner = False  # ctx tells this scope of its end as its owner, with no registration
-        if own is not None and outer == _INF:
+        owning = own is not None and outer == _INF  # ctx itself is the child
+        if owning:
             child: RichContext = ctx  # type: ignore[assignment]  # _owning() takes a RichContext
-            self._cancel = own
-            # Nothing but its timer and *own* can end such a node: no ancestor node, no link
-            # (see _DeadlineCauseContext).
-            owner = type(ctx) is _DeadlineCauseContext and ctx._up is None and ctx._done is None
+            self._cancel = own  # type: ignore[assignment]  # (not None: owning)
         else:
             child, self._cancel = _child_of(ctx, outer, loops)
         self._mailbox = loops.mailbox(here)
@@ -263,13 +261,12 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.
         try:
-            if owner:
-                # Set, then looked at: an end either finds the owner set (and calls it) or
-                # comes before the look (which sees it); both is harmless (cancel() is
-                # idempotent).
+            # ctx tells this scope of its end as its owner, if it can (cs.cancel() is
+            # idempotent: the ender may call _fire too)
+            ended = become_owner(ctx, self._fire) if owning else None
+            if ended is not None:
                 self._handle: CallbackHandle | None = None
-                ctx._owner = self._fire  # type: ignore[attr-defined]  # a _DeadlineCauseContext
-                if ctx._state is not None:  # type: ignore[attr-defined]  # (the same)
+                if ended:
                     cs.cancel()
             elif ctx.err() is None:
                 self._handle = ctx.done().add_callback(self._fire)
@@ -283,8 +280,8 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             handle = getattr(self, "_handle", None)
             if handle is not None:
                 unwatch_quietly(handle)
-            elif owner:
-                ctx._owner = None  # type: ignore[attr-defined]  # a _DeadlineCauseContext
+            elif owning and type(ctx) is _DeadlineCauseContext:
+                ctx._owner = None
             self._cancel(None)
             raise
         self._token: Token[RichContext] = _current.set(child)

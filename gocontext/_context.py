@@ -1071,6 +1071,32 @@ class _DeadlineCauseContext(_DeadlineContext):
                     owner()
 
 
+def become_owner(ctx: Context, owner: Callable[[], object]) -> bool | None:
+    """Make *owner* what *ctx*'s enders call once they have ended it, in place of a done
+    callback (no registration under the tree lock), if nothing but its timer and its cancel
+    can end it: a ``_DeadlineCauseContext`` with no ancestor node and no link, which the
+    caller made for itself alone. None if something else can (register as usual); else
+    whether *ctx* had ended already: then the caller acts itself (an ender may call *owner*
+    too, so it must be idempotent). Setting ``ctx._owner = None`` ends the ownership.
+
+    Example:
+        >>> import gocontext
+        >>> ctx, cancel = timeout_cancel_cause(gocontext.background(), 60.0)
+        >>> told = []
+        >>> become_owner(ctx, lambda: told.append(ctx.err()))
+        False
+        >>> cancel(None)
+        >>> told
+        [Canceled('context canceled')]
+    """
+    if type(ctx) is not _DeadlineCauseContext or ctx._up is not None or ctx._done is not None:
+        return None
+    # Set, then looked at: an end either finds the owner set (and calls it) or comes before
+    # the look (which sees it).
+    ctx._owner = owner
+    return ctx._state is not None
+
+
 @final
 class _MergeContext(_CancelContext):
     __slots__ = ()

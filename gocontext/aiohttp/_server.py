@@ -191,8 +191,7 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
         if cap is not None:
             timeout = cap if timeout is None else min(timeout, cap)
-        # (_values_context(request, baggage), written out)
-        parent = values_context(baggage, lambda: timeout_and_values(request.raw_headers)[1])
+        parent = _values_context(request, baggage)
         if timeout is None:
             ctx, cancel = with_cancel_cause(parent)
         else:  # one node: the deadline, and a cancel that takes the disconnect's cause
@@ -220,7 +219,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
                 return _ended(request, ctx.err())  # type: ignore[arg-type]  # ended: an error
         finally:
             _current.reset(token)
-            stop.finish()
+            stop.release()
+            stop.disarm()
             if watch is not None:
                 watch.listeners.pop(ctx, None)
             cancel(None)

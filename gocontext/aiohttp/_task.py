@@ -13,7 +13,7 @@ import contextlib
 import sys
 from typing import Any
 
-from .._context import Context, _DeadlineCauseContext
+from .._context import Context, become_owner
 from .._done import CallbackHandle
 from .._loops import _current_task
 
@@ -32,9 +32,9 @@ class TaskCanceller:
     of the task by anyone else, at the same moment or not, is theirs and passes through.
 
     *own*: the caller made *ctx* for this task alone (a server's request) and no one else
-    sets its owner. If nothing but its timer and its cancel can end it (see
-    ``_DeadlineCauseContext``), they tell this as its owner, with no registration under the
-    tree lock; else it registers as usual.
+    sets its owner. If nothing but its timer and its cancel can end it, they tell this as its
+    owner, with no registration under the tree lock (see ``become_owner``); else it registers
+    as usual.
     """
 
     __slots__ = ("_baseline", "_loop", "_owned", "_task", "armed", "fired", "handle")
@@ -49,19 +49,16 @@ class TaskCanceller:
         self.armed = True
         self.fired = False
         self.handle: CallbackHandle | None
-        self._owned: _DeadlineCauseContext | None
-        # No ancestor node, no link: nothing but its timer and its cancel can end ctx.
-        if own and type(ctx) is _DeadlineCauseContext and ctx._up is None and ctx._done is None:
-            self.handle = None
-            self._owned = ctx
-            # Set, then looked at: an end either finds the owner set (and calls it) or comes
-            # before the look (which sees it); both is harmless (_fire is idempotent).
-            ctx._owner = self._on_done
-            if ctx._state is not None:
-                self._on_done()
-        else:
+        self._owned: Any  # ctx, when this is its owner
+        ended = become_owner(ctx, self._on_done) if own else None
+        if ended is None:
             self._owned = None
             self.handle = ctx.done().add_callback(self._on_done)
+        else:
+            self._owned = ctx
+            self.handle = None
+            if ended:
+                self._on_done()
 
     def _on_done(self) -> None:  # in whatever thread ended the context, maybe more than once
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
@@ -80,17 +77,6 @@ class TaskCanceller:
             self.handle.cancel()  # type: ignore[union-attr]  # registered when not owned
         else:
             owned._owner = None
-
-    def finish(self) -> None:
-        """``release()`` then ``disarm()``, in one call."""
-        owned = self._owned
-        if owned is None:
-            self.handle.cancel()  # type: ignore[union-attr]  # registered when not owned
-        else:
-            owned._owner = None
-        self.armed = False
-        if self.fired and _HAS_CANCELLING and self._task.cancelling() > self._baseline:
-            self._task.uncancel()
 
     def disarm(self) -> None:
         self.armed = False
