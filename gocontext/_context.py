@@ -50,6 +50,8 @@ from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, descr
 from ._mutex import Busy
 from ._tree import CANCELED, Node, end, ext_locked, state_of
 
+_node_cancel = Node._cancel  # (a global's load is quicker than a class attribute's)
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -996,7 +998,7 @@ def _cancel_cause(self: _CancelContext, cause: BaseException | None = None) -> N
     """The ``cancel(cause)`` of the nodes that take a cause."""
     if self._state is None:
         if cause is None:
-            Node._cancel(self)
+            _node_cancel(self)
         elif isinstance(cause, BaseException):
             end(self, (Canceled, cause))
         else:
@@ -1022,6 +1024,18 @@ class _DeadlineContext(_CancelContext):
     _cause: BaseException | None
     _entry: _timer.TimerEntry | None
 
+    def _cancel(self) -> None:
+        # Node._cancel, then the timer entry taken if that ended the node without the lock
+        # (end() takes it under the lock). A method of its own, so that the nodes with no
+        # entry do not ask, at the price of a class attribute's lookup, whether they have one.
+        try:
+            _node_cancel(self)
+        finally:  # (even if a Ctrl-C lands in between: the entry must go)
+            entry = self._entry
+            if entry is not None and self._state is not None:
+                self._entry = None
+                _timer.timer.cancel(entry)
+
     def _expire(self) -> None:
         if self._state is None:
             end(self, (DeadlineExceeded, self._cause))
@@ -1036,7 +1050,7 @@ def _cancel_owned(self: _DeadlineCauseContext, cause: BaseException | None = Non
     if self._state is None:
         try:
             if cause is None:  # (_cancel_cause's commonest case, one call fewer: every
-                Node._cancel(self)  # request's context is cancelled so as it ends)
+                _DeadlineContext._cancel(self)  # request's context is cancelled so as it ends)
             else:
                 _cancel_cause(self, cause)
         finally:  # (even if a Ctrl-C lands in between: an ended node's owner is told)

@@ -170,18 +170,10 @@ class Node:
                     s = t
                     break
                 n = n._up
-            entry = None
-            try:
-                if self._done is None and self._state is None:
-                    self._state = s  # (the store comes straight after the looks: see the module)
-                    _epoch += 1
-                    if self._has_entry:  # the timer entry goes with the end
-                        entry = self._entry
-                        self._entry = None  # type: ignore[misc]  # a slot of the subclass that has _has_entry
-                    return
-            finally:  # (even if a Ctrl-C lands in between: the entry must go)
-                if entry is not None:
-                    _timer.timer.cancel(entry)
+            if self._done is None and self._state is None:
+                self._state = s  # (the store comes straight after the looks: see the module)
+                _epoch += 1
+                return  # (a node with a timer entry takes it in its own _cancel, after this)
         end(self, CANCELED)
 
 
