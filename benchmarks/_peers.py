@@ -48,6 +48,11 @@ class Adapter:
     def node(self, kept: Any) -> Any:
         return kept
 
+    def bare_child(self) -> Callable[[], Any] | None:
+        """Plain Python's floor for a kept child (made and kept as ``child()``'s); None for a
+        library, whose kept child is ``child()``'s."""
+        return None
+
     def cancel(self, kept: Any) -> None:
         raise NotImplementedError
 
@@ -320,7 +325,8 @@ class CancelScopes(_Token):
 
 class Plain(Adapter):
     """Not a peer: the floor plain Python sets. Its poll is a method that returns an
-    attribute; its pair is a tuple."""
+    attribute; its pair is a tuple; its kept child is the smallest a (ctx, cancel) pair can be
+    in Python: an object with no fields, its bound method, and the tuple of the two."""
 
     name = "plain Python"
     tree = False
@@ -333,6 +339,21 @@ class Plain(Adapter):
 
         def err(self) -> BaseException | None:
             return self._err
+
+    class _Empty:
+        __slots__ = ()
+
+        def cancel(self) -> None:
+            pass
+
+    def bare_child(self) -> Callable[[], Any]:
+        empty = self._Empty
+
+        def make() -> Any:
+            ctx = empty()
+            return (ctx, ctx.cancel)
+
+        return make
 
     def root(self) -> Any:
         return self._Node()

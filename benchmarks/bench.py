@@ -286,13 +286,19 @@ def _traced() -> Iterator[Callable[[], int]]:
 def memory_rows(a: Adapter, s: Settings) -> Figures:
     out: Figures = {}
     root = a.root() if a.tree else None
-    if root is None:
+    bare = a.bare_child()
+    if root is None and bare is None:
         return out
     n = s.n(100_000, 2000)
     with _traced() as used:
-        keep = [a.child(a.node(root)) for _ in range(n)]
+        if bare is None:
+            keep = [a.child(a.node(root)) for _ in range(n)]
+        else:
+            keep = [bare() for _ in range(n)]
         out["bytes per live child"] = used() / n
     del keep
+    if root is None:
+        return out
     # Held after n and after 2n children dropped uncancelled: the difference, per child, is
     # what each one leaves behind, free of tracemalloc's and the interpreter's fixed costs.
     n = s.n(1_000_000, 20_000)
@@ -343,7 +349,11 @@ SECTIONS = [
     Section("create and cancel", "ns", lifecycle_rows),
     Section("wake a waiter on a cancel from another thread", "µs", thread_wake_rows),
     Section("wake an asyncio task on a cancel from another thread", "µs", task_wake_rows),
-    Section("memory", "B", memory_rows),
+    Section(
+        "memory: what a kept (ctx, cancel) costs, or (plain Python) the least one can in Python",
+        "B",
+        memory_rows,
+    ),
     Section("timers", "threads", timer_thread_rows),
     Section("deadlines on the shared timer", "ms", deadline_rows),
 ]

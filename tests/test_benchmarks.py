@@ -39,6 +39,9 @@ def test_a_quick_run_prints_every_core_table_with_targets() -> None:
     for heading in ("### poll a live context", "### create and cancel", "### memory"):
         assert heading in out.stdout, out.stdout[-3000:]
     assert "| err(), depth 1 | gocontext |" in out.stdout
+    memory = out.stdout.split("### memory", 1)[1].split("###", 1)[0]
+    assert "| bytes per live child | gocontext |" in memory  # and under it, plain Python's floor
+    assert memory.index("|  | plain Python |") > memory.index("| bytes per live child |")
     assert "| row | library | ns | peer/ours | target | met |" in out.stdout
     assert "| pygolang |" not in out.stdout  # only the libraries asked for
 
