@@ -355,15 +355,22 @@ class Group:
         # The first Ctrl-C (the body's own, or one out of the cancel or the wait: a cancel is
         # committed before its callbacks run, as in _tree.end) cancels g.ctx and the waiting
         # goes on; a second one leaves at once, raised during the first (its __context__).
-        handled = sys.exc_info()[1]  # e if the body raised: what an exception here chains to
-        interrupt: BaseException | None = e if isinstance(e, KeyboardInterrupt) else None
+        # A Ctrl-C may land at any line, the first ones included, so the try comes first
+        # (Python 3.10 runs no signal handler before a function's first try; 3.11 and later
+        # run none between a function's entry and a try that opens it).
         try:
             try:
+                handled = sys.exc_info()[1]  # e if the body raised: what an exception chains to
+                interrupt: BaseException | None = e if isinstance(e, KeyboardInterrupt) else None
                 if e is not None:
                     self._cancel(e)
                 self._wait()
             except KeyboardInterrupt as i:
-                if interrupt is not None or _ctrl_cs(i, handled) > 1:
+                try:
+                    before = handled
+                except NameError:  # i landed before that line: what it chains to is the same
+                    before = i.__context__
+                if isinstance(e, KeyboardInterrupt) or _ctrl_cs(i, before) > 1:
                     raise  # a second Ctrl-C (perhaps landing while the first came out)
                 interrupt = i
                 self._cancel(i)  # (g.ctx is already done, unless it landed before the cancel)

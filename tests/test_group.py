@@ -426,6 +426,64 @@ def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
     assert proc.returncode == -signal.SIGINT
 
 
+EXIT_CHILD = textwrap.dedent(
+    """
+    import inspect, signal, sys, threading, gocontext
+
+    exit_code = gocontext.Group.__exit__.__code__
+    source, first = inspect.getsourcelines(gocontext.Group.__exit__)
+    # Where a real signal's handler runs in __exit__ before the functions are cancelled: after
+    # each call up to the wait (with no exception out of the body, there is no cancel before).
+    calls = ("sys.exc_info()", "isinstance(e, KeyboardInterrupt)", "self._wait()")
+    lines = [first + next(i for i, text in enumerate(source) if c in text) for c in calls]
+
+    def landing_at(line):
+        def call(frame, event, arg):
+            if frame.f_code is not exit_code:
+                return None
+            def local(frame, event, arg):
+                if event == "line" and frame.f_lineno == line:
+                    frame.f_trace = None
+                    sys.settrace(None)
+                    signal.raise_signal(signal.SIGINT)  # Ctrl-C, handled at once: right here
+                return local
+            return local
+        return call
+
+    for line in lines:
+        stopped = []
+
+        def fn(ctx, n):
+            if ctx.done().wait({never}):  # cancelled, not timed out
+                stopped.append(n)
+
+        try:
+            with gocontext.Group(gocontext.background()) as g:
+                for n in range(3):
+                    g.go(fn, n)
+                sys.settrace(landing_at(line))
+        except KeyboardInterrupt:
+            pass
+        left = [t for t in threading.enumerate() if t.name.startswith("gocontext.Group")]
+        print(line - first, source[line - first].strip(), sorted(stopped), len(left), flush=True)
+    """
+)
+
+
+def test_a_ctrl_c_landing_as_the_block_is_left_still_stops_and_waits_for_every_function() -> None:
+    # The interrupt comes out of each call __exit__ makes before it waits for the functions.
+    proc = spawn(EXIT_CHILD.format(never=NEVER))
+    try:
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert proc.returncode == 0, err
+    rows = out.splitlines()
+    assert len(rows) == 3, (out, err)
+    for row in rows:
+        assert row.endswith("[0, 1, 2] 0"), row  # every function cancelled, every thread ended
+
+
 def test_a_failure_racing_the_start_of_its_siblings_always_stops_them_all() -> None:
     for round_ in range(500 if STRESS else 20):
         boom = ValueError(f"round {round_}")
