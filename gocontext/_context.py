@@ -1014,27 +1014,31 @@ class _CancelCauseContext(_CancelContext):
         return "with_cancel_cause"
 
 
+def _timed_cancel(self: _DeadlineContext) -> None:
+    """The ``cancel()`` of a node with a timer entry: ``Node._cancel``, then the entry taken if
+    that ended the node without the lock (``end()`` takes it under the lock). A function of
+    its own, so that the nodes with no entry do not ask, at the price of a class attribute's
+    lookup, whether they have one. (Its name ends in "cancel": Python names the function in
+    the TypeError a bad call to the pair's ``cancel`` gets.)"""
+    try:
+        _node_cancel(self)
+    finally:  # (even if a Ctrl-C lands in between: the entry must go)
+        entry = self._entry
+        if entry is not None and self._state is not None:
+            self._entry = None
+            _timer.timer.cancel(entry)
+
+
 class _DeadlineContext(_CancelContext):
     """A node with a deadline; ``_entry`` is its timer entry until the node ends (under the
-    tree lock), then None."""
+    tree lock, or by ``_timed_cancel``), then None."""
 
     __slots__ = ("_cause", "_entry")
     _has_entry = True
+    _cancel = _timed_cancel
     _deadline: float
     _cause: BaseException | None
     _entry: _timer.TimerEntry | None
-
-    def _cancel(self) -> None:
-        # Node._cancel, then the timer entry taken if that ended the node without the lock
-        # (end() takes it under the lock). A method of its own, so that the nodes with no
-        # entry do not ask, at the price of a class attribute's lookup, whether they have one.
-        try:
-            _node_cancel(self)
-        finally:  # (even if a Ctrl-C lands in between: the entry must go)
-            entry = self._entry
-            if entry is not None and self._state is not None:
-                self._entry = None
-                _timer.timer.cancel(entry)
 
     def _expire(self) -> None:
         if self._state is None:
@@ -1050,7 +1054,7 @@ def _cancel_owned(self: _DeadlineCauseContext, cause: BaseException | None = Non
     if self._state is None:
         try:
             if cause is None:  # (_cancel_cause's commonest case, one call fewer: every
-                _DeadlineContext._cancel(self)  # request's context is cancelled so as it ends)
+                _timed_cancel(self)  # request's context is cancelled so as it ends)
             else:
                 _cancel_cause(self, cause)
         finally:  # (even if a Ctrl-C lands in between: an ended node's owner is told)
