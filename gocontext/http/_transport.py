@@ -79,7 +79,12 @@ def _request_context(request: httpx.Request) -> Context:
 def _prepare(request: httpx.Request, ctx: Context) -> bool:
     """Stamp *request* with what *ctx* carries; return True if its deadline caps a timeout.
 
-    Raises ``ctx.err()`` if the context is done: nothing is sent.
+    Raises ``ctx.err()`` if the context is done: nothing is sent. Where httpx's header list is
+    as we expect (``_FAST_HEADERS``), the request is given a new list with our headers, and
+    the transport puts the caller's own back once the request is sent: ``Grpc-Timeout`` and
+    ``baggage`` are the wire's, made afresh for each hop, and httpx reads every header of the
+    request again after its response (its cookie jar, and a redirect's next request), at a
+    cost that grows with their number.
     """
     capped = False
     left = time_left(ctx)
@@ -115,12 +120,13 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
             headers["baggage"] = baggage(ctx, existing) if existing else value  # type: ignore[assignment]  # not None: ctx has values
         return capped
     # One pass over httpx's list takes out the headers we set, keeping the caller's baggage.
+    # The caller's list is left as it is: a new one goes out (see ``_Sent``).
     items: list[tuple[bytes, bytes, bytes]] = headers._list
     for item in items:
         name = item[1]
         if (name == b"grpc-timeout" and timeout is not None) or (name == b"baggage" and value):
             theirs = [v for _, n, v in items if n == b"baggage"]
-            items[:] = [
+            items = [
                 i
                 for i in items
                 if not (i[1] == b"baggage" and value)
@@ -129,10 +135,16 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
             if value and theirs:
                 value = baggage(ctx, b",".join(theirs).decode("latin-1"))
             break
-    if timeout is not None:
-        items.append((b"grpc-timeout", b"grpc-timeout", timeout.encode("latin-1")))
-    if value:
-        items.append((b"baggage", b"baggage", value.encode("latin-1")))
+    if timeout is None:
+        headers._list = [*items, (b"baggage", b"baggage", value.encode("latin-1"))]  # type: ignore[union-attr]  # (values: not None)
+    elif value:
+        headers._list = [
+            *items,
+            (b"grpc-timeout", b"grpc-timeout", timeout.encode("latin-1")),
+            (b"baggage", b"baggage", value.encode("latin-1")),
+        ]
+    else:
+        headers._list = [*items, (b"grpc-timeout", b"grpc-timeout", timeout.encode("latin-1"))]
     return capped
 
 
@@ -197,7 +209,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
     passed deadline ``DeadlineExceeded``, promptly and with the pool left healthy, whether the
     request is connecting, sending, waiting for headers or streaming its body. A response that
     arrived is always handed over, even if the context ends in the same instant; reading its body
-    then raises.
+    then raises. Headers go out as with ``Transport``.
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -213,6 +225,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
+        headers = request.headers
+        theirs = headers._list if _FAST_HEADERS else None  # (put back once sent: see _prepare)
         capped = _prepare(request, ctx)
         done = ctx.done()
         if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
@@ -221,15 +235,22 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 await _release_stranded(self._inner)
                 raise
+            finally:
+                if theirs is not None:
+                    headers._list = theirs
         watch = _Watch(ctx, capped, self._loop, done)
         self._loop = watch._bound
         try:
             with watch:
                 response = await self._inner.handle_async_request(request)
         except BaseException:
+            if theirs is not None:
+                headers._list = theirs
             watch.close()
             await _release_stranded(self._inner)
             raise
+        if theirs is not None:
+            headers._list = theirs
         response.stream = _AsyncBoundedStream(response.stream, watch)
         return response
 
@@ -777,7 +798,9 @@ class Transport(httpx.BaseTransport):
 
     Wraps *inner* (default: ``httpx.HTTPTransport()``). A cancel from any thread aborts the
     request in flight, connecting included, and raises ``Canceled``; a passed deadline raises
-    ``DeadlineExceeded``; the connection pool stays healthy.
+    ``DeadlineExceeded``; the connection pool stays healthy. The time left and the
+    ``PropagatedKey`` values go out as ``Grpc-Timeout`` and ``baggage`` headers, made afresh
+    for each hop; the request object keeps the caller's own headers.
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -804,10 +827,16 @@ class Transport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _request_context(request)
+        headers = request.headers
+        theirs = headers._list if _FAST_HEADERS else None  # (put back once sent: see _prepare)
         capped = _prepare(request, ctx)
         done = ctx.done()
         if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
-            return self._inner.handle_request(request)
+            try:
+                return self._inner.handle_request(request)
+            finally:
+                if theirs is not None:
+                    headers._list = theirs
         aborter = _Aborter(self._pool, request.extensions)
         handle = done.add_callback(aborter.abort)
         errors = _ContextErrors(ctx, capped)
@@ -821,6 +850,8 @@ class Transport(httpx.BaseTransport):
             raise
         finally:
             _current.reset(token)
+            if theirs is not None:
+                headers._list = theirs
         response.stream = _SyncBoundedStream(response.stream, ctx, capped, aborter, handle)
         return response
 

@@ -20,13 +20,14 @@ from gocontext.http._headers import (
 
 
 class _Spy(httpx.BaseTransport):
-    """Answers 200 at once and keeps every request it was handed."""
+    """Answers 200 at once and keeps every request it was handed, as it was sent (the
+    transport puts the caller's own headers back on the request once it is sent)."""
 
     def __init__(self) -> None:
         self.seen: list[httpx.Request] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(request)
+        self.seen.append(httpx.Request(request.method, request.url, headers=request.headers.copy()))
         return httpx.Response(200)
 
 
@@ -141,3 +142,105 @@ def test_a_header_the_context_has_nothing_for_is_left_as_the_caller_set_it(carri
         assert parse_baggage(sent["baggage"]) == {"user": "ada", key.name: "ours"}
         assert sent.get_list("grpc-timeout") == ["5S"]
     assert sent["x-other"] == "kept"
+
+
+class _AsyncSpy(httpx.AsyncBaseTransport):
+    """``_Spy``, for ``AsyncTransport``."""
+
+    def __init__(self) -> None:
+        self.seen: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(httpx.Request(request.method, request.url, headers=request.headers.copy()))
+        return httpx.Response(200)
+
+
+_CALLERS = [("baggage", "user=ada"), ("Grpc-Timeout", "99999999H"), ("x-other", "kept")]
+
+
+def _check_sent_and_kept(sent: httpx.Headers, request: httpx.Request, key_name: str) -> None:
+    """What went out has our headers; the caller's request has its own, as it set them."""
+    assert parse_baggage(sent["baggage"]) == {"user": "ada", key_name: "ours"}
+    assert sent["grpc-timeout"] != "99999999H"
+    _check_kept(request)
+
+
+def _check_kept(request: httpx.Request) -> None:
+    headers = request.headers
+    assert headers.get_list("baggage") == ["user=ada"]
+    assert headers.get_list("grpc-timeout") == ["99999999H"]
+    assert headers["x-other"] == "kept"
+
+
+def _full_context() -> tuple[gocontext.Context, gocontext.CancelFunc, str]:
+    key = gocontext.PropagatedKey(f"rid-{uuid.uuid4().hex}")
+    ctx, cancel = gocontext.with_timeout(
+        gocontext.with_value(gocontext.background(), key, "ours"), 30
+    )
+    return ctx, cancel, key.name
+
+
+@pytest.mark.parametrize("carries", ["deadline and values", "values only"])
+def test_the_callers_request_keeps_its_own_headers_once_sent(carries: str) -> None:
+    # Grpc-Timeout and baggage are the wire's, made for each hop: httpx reads every header of
+    # the request again after its response (cookies, a redirect), so they go on what is sent.
+    spy = _Spy()
+    ctx, cancel, name = _full_context()
+    if carries == "values only":
+        ctx = gocontext.with_value(gocontext.background(), gocontext.PropagatedKey(name), "ours")
+    with httpx.Client(transport=gocontext.http.Transport(spy)) as client:
+        response = client.get(
+            "http://127.0.0.1:9/", headers=_CALLERS, extensions={"gocontext": ctx}
+        )
+    cancel()
+    sent = spy.seen[0].headers
+    assert parse_baggage(sent["baggage"]) == {"user": "ada", name: "ours"}
+    assert (sent["grpc-timeout"] != "99999999H") is (carries == "deadline and values")
+    _check_kept(response.request)
+
+
+def test_a_failed_request_keeps_its_own_headers_too() -> None:
+    class Failing(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            assert "ours" in request.headers["baggage"]
+            raise httpx.ConnectError("refused", request=request)
+
+    ctx, cancel, _ = _full_context()
+    request = httpx.Request(
+        "GET", "http://127.0.0.1:9/", headers=_CALLERS, extensions={"gocontext": ctx}
+    )
+    with httpx.Client(transport=gocontext.http.Transport(Failing())) as client:
+        with pytest.raises(httpx.ConnectError):
+            client.send(request)
+    cancel()
+    _check_kept(request)
+
+
+@pytest.mark.anyio
+async def test_the_callers_request_keeps_its_own_headers_once_sent_async() -> None:
+    spy = _AsyncSpy()
+    ctx, cancel, name = _full_context()
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(spy)) as client:
+        response = await client.get(
+            "http://127.0.0.1:9/", headers=_CALLERS, extensions={"gocontext": ctx}
+        )
+    cancel()
+    _check_sent_and_kept(spy.seen[0].headers, response.request, name)
+
+
+@pytest.mark.anyio
+async def test_a_failed_async_request_keeps_its_own_headers_too() -> None:
+    class Failing(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            assert "ours" in request.headers["baggage"]
+            raise httpx.ConnectError("refused", request=request)
+
+    ctx, cancel, _ = _full_context()
+    request = httpx.Request(
+        "GET", "http://127.0.0.1:9/", headers=_CALLERS, extensions={"gocontext": ctx}
+    )
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(Failing())) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.send(request)
+    cancel()
+    _check_kept(request)
