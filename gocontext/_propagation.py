@@ -100,9 +100,9 @@ def attach_values(parent: Context, values: Mapping[str, str]) -> Context:
     return ctx
 
 
-def values_context(baggage: str, values: Callable[[], Mapping[str, str]]) -> Context:
-    """``background()`` with the propagated values of an incoming ``baggage`` value;
-    *values* reads them (called only when this value is new here).
+def values_context(baggage: str | bytes, values: Callable[[], Mapping[str, str]]) -> Context:
+    """``background()`` with the propagated values of an incoming ``baggage`` value (text, or
+    an ASGI server's raw bytes); *values* reads them (called only when this value is new here).
 
     Such a context never ends and never changes, so the one made for a value serves every
     request that sends it: a bounded memo, keyed also by how many keys are declared (a key
@@ -119,5 +119,5 @@ def values_context(baggage: str, values: Callable[[], Mapping[str, str]]) -> Con
     return ctx
 
 
-_values_contexts: dict[tuple[str, int], Context] = {}  # (dict operations are atomic)
+_values_contexts: dict[tuple[str | bytes, int], Context] = {}  # (dict operations are atomic)
 VALUES_CONTEXTS_MAX = 256  # baggage values kept by values_context()

@@ -13,12 +13,18 @@ import anyio
 
 from .. import _loops, _timer
 from .._async import scope
-from .._context import Context, background, timeout_cancel_cause, with_cancel_cause
+from .._context import Context, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded
-from .._propagation import attach_values
+from .._propagation import values_context
 from ._headers import HeaderError, grpc_timeout_of, parse_baggage, parse_timeout_ms
 
-__all__ = ["ClientDisconnected", "ContextMiddleware", "client_left", "timeout_and_values"]
+__all__ = [
+    "ClientDisconnected",
+    "ContextMiddleware",
+    "client_left",
+    "timeout_and_baggage",
+    "timeout_and_values",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,6 +81,19 @@ def timeout_and_values(
         >>> timeout_and_values([(b"grpc-timeout", b"250m"), (b"baggage", b"user=ada")])
         (0.25, {'user': 'ada'})
     """
+    timeout, baggage = timeout_and_baggage(headers)
+    return timeout, parse_baggage(baggage) if baggage else {}
+
+
+def timeout_and_baggage(headers: Iterable[tuple[bytes, bytes]]) -> tuple[float | None, bytes]:
+    """The smallest timeout the headers ask for (seconds, or None) and the ``baggage`` value,
+    unparsed (every ``baggage`` header's, joined by commas; empty when none): a server reads
+    the values of a value it has seen before from ``values_context``'s memo.
+
+    Example:
+        >>> timeout_and_baggage([(b"grpc-timeout", b"2S"), (b"baggage", b"a=1,b=2")])
+        (2.0, b'a=1,b=2')
+    """
     timeout: float | None = None
     baggage: list[bytes] = []
     for name, value in headers:
@@ -94,8 +113,8 @@ def timeout_and_values(
         if timeout is None or t < timeout:
             timeout = t
     if not baggage:
-        return timeout, {}
-    return timeout, parse_baggage(baggage[0] if len(baggage) == 1 else b",".join(baggage))
+        return timeout, b""
+    return timeout, baggage[0] if len(baggage) == 1 else b",".join(baggage)
 
 
 def _check_max_timeout(value: object, per_request: bool = False) -> None:
@@ -165,7 +184,7 @@ class ContextMiddleware:
             await self.app(scope_, receive, send)
             return
         try:
-            timeout, values = timeout_and_values(scope_.get("headers") or ())
+            timeout, baggage = timeout_and_baggage(scope_.get("headers") or ())
         except HeaderError as e:
             await _plain(send, 400, f"bad deadline header: {e}")
             return
@@ -175,7 +194,8 @@ class ContextMiddleware:
             _check_max_timeout(cap, per_request=True)
         if timeout is None or (cap is not None and timeout > cap):
             timeout = cap
-        parent = attach_values(background(), values) if values else background()
+        # (the context of a baggage value seen before is reused: see values_context)
+        parent = values_context(baggage, lambda: parse_baggage(baggage))
         if timeout is None:
             ctx, cancel = with_cancel_cause(parent)
         elif timeout <= 0:  # nothing the handler could do would reach the client in time
