@@ -880,23 +880,19 @@ class _SyncBoundedStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         if self._aborter is None:  # closed (httpx raises StreamClosed before asking)
             return
-        it = iter(self._inner)
-        ctx, capped, aborter = self._ctx, self._capped, self._aborter
-        while True:
-            token = _current.set(aborter)  # around each read: the reader may switch
-            try:
-                chunk = next(it)
-            except StopIteration:
-                return
-            except BaseException as e:  # what `with errors:` does, without two calls a chunk
-                _raise_as_context_error(e, ctx, capped)
-                raise
-            finally:
-                _current.reset(token)
-            err = ctx.err()  # the chunk may have been buffered before an abort
-            if err is not None:
-                raise err
-            yield chunk
+        ctx, capped = self._ctx, self._capped
+        # The connection's socket is registered with the request's aborter already (it was
+        # used to send the request): an abort interrupts a read of the body in whatever thread
+        # reads it.
+        try:
+            for chunk in self._inner:
+                err = ctx.err()  # the chunk may have been buffered before an abort
+                if err is not None:
+                    raise err  # noqa: TRY301 - passes the except below unchanged (not httpx's)
+                yield chunk
+        except BaseException as e:  # what `with errors:` does, without two calls a chunk
+            _raise_as_context_error(e, ctx, capped)
+            raise
 
     def close(self) -> None:
         aborter, handle, inner = self._aborter, self._handle, self._inner

@@ -72,6 +72,18 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body())
 
 
+async def stream_until_gone(request: Request) -> Response:
+    """A first chunk, then nothing until the request's context ends (its client left)."""
+    ctx = gocontext.current()
+
+    async def body():  # type: ignore[no-untyped-def]
+        yield b"first chunk\n"
+        await ctx.done()
+        yield b"after the end\n"
+
+    return StreamingResponse(body())
+
+
 def blocked(request: Request) -> Response:
     """A sync endpoint (a worker thread) blocked until the test releases it."""
     rid = str(gocontext.current().value(RID))
@@ -137,6 +149,7 @@ def starlette_app(**options: Any) -> gocontext.http.ContextMiddleware:
             Route("/wait", wait),
             Route("/ignore", ignore),
             Route("/stream", stream),
+            Route("/stream-until-gone", stream_until_gone),
             Route("/upload", upload, methods=["POST"]),
             Route("/call", call),
             Route("/blocked", blocked),

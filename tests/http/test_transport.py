@@ -162,6 +162,38 @@ def test_sync_deadline_aborts_a_stalled_body_and_the_pool_recovers(server: Serve
         assert client.get(f"{server.url}/info").status_code == 200
 
 
+def test_a_cancel_stops_a_body_read_in_another_thread(server: Server) -> None:
+    # The body is read by a thread that did not send the request: the connection's socket
+    # was registered with the request's aborter as it was sent, so the cancel reaches it. The
+    # server sends nothing more until its client leaves (or for a minute), and the client has
+    # no read timeout of its own.
+    with httpx.Client(transport=gocontext.http.Transport(), timeout=None) as client:
+        for _ in range(3):
+            ctx, cancel = gocontext.with_cancel(gocontext.background())
+            with client.stream(
+                "GET", f"{server.url}/stream-until-gone", extensions={"gocontext": ctx}
+            ) as r:
+                assert r.status_code == 200
+                reading = threading.Event()
+                raised: list[BaseException] = []
+
+                def read(r: httpx.Response = r, reading: threading.Event = reading) -> None:
+                    try:
+                        for _chunk in r.iter_bytes():
+                            reading.set()
+                    except BaseException as e:
+                        raised.append(e)
+
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                assert reading.wait(NEVER)  # the body is flowing, then stalls
+                cancel()
+                reader.join(NEVER)
+                assert not reader.is_alive(), "the cancel did not reach the read"
+            assert [type(e) for e in raised] == [gocontext.Canceled]
+        assert client.get(f"{server.url}/info").status_code == 200
+
+
 def test_sync_cancel_while_sending_a_body(server: Server) -> None:
     body = b"x" * (64 << 20)  # far more than socket buffers hold: the send blocks
     with httpx.Client(transport=gocontext.http.Transport()) as client:
