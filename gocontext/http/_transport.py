@@ -168,33 +168,11 @@ def _raise_as_context_error(e: BaseException, ctx: Context, capped: bool) -> Non
     raise err from e
 
 
-class _ContextErrors:
-    """httpx's ``map_httpcore_exceptions()`` for contexts: inside ``with _ContextErrors(ctx,
-    capped):``, a transport failure the context caused is raised as the context's error (see
-    ``_raise_as_context_error``). One object serves many ``with`` blocks.
-    """
-
-    __slots__ = ("_capped", "_ctx")
-
-    def __init__(self, ctx: Context, capped: bool) -> None:
-        self._ctx = ctx
-        self._capped = capped
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if e is not None:
-            _raise_as_context_error(e, self._ctx, self._capped)
-
-
 class _Aborted(Exception):
     """Raised inside httpcore by a blocking request whose context ended: never escapes to users.
 
     Not an httpcore error on purpose, so httpx passes it through unmapped and
-    ``_ContextErrors`` turns it into the context's error.
+    ``_raise_as_context_error`` turns it into the context's error.
     """
 
 
@@ -315,7 +293,7 @@ class _Loop:
 class _Watch:
     """One async request's watch on its context: each step (``with watch:`` around an await)
     is interrupted when the context ends, from any thread; a transport failure the context
-    caused is raised as its error, as ``_ContextErrors`` does.
+    caused is raised as its error (see ``_raise_as_context_error``).
 
     One registration on the context for the request's lifetime (until ``close()``), not one
     per step; the end reaches the request's event loop through its mailbox and interrupts the
@@ -839,14 +817,13 @@ class Transport(httpx.BaseTransport):
                     headers._list = theirs
         aborter = _Aborter(self._pool, request.extensions)
         handle = done.add_callback(aborter.abort)
-        errors = _ContextErrors(ctx, capped)
         token = _current.set(aborter)
         try:
-            with errors:
-                response = self._inner.handle_request(request)
-        except BaseException:
+            response = self._inner.handle_request(request)
+        except BaseException as e:
             aborter.finish()
             handle.cancel()
+            _raise_as_context_error(e, ctx, capped)
             raise
         finally:
             _current.reset(token)
@@ -890,7 +867,7 @@ class _SyncBoundedStream(httpx.SyncByteStream):
                 if err is not None:
                     raise err  # noqa: TRY301 - passes the except below unchanged (not httpx's)
                 yield chunk
-        except BaseException as e:  # what `with errors:` does, without two calls a chunk
+        except BaseException as e:
             _raise_as_context_error(e, ctx, capped)
             raise
 
