@@ -45,6 +45,7 @@ from ._loops import (
     Mailbox,
     NativeCancelScope,
     backend,
+    backend_here,
     broken_handle,
     check_handle,
     library,
@@ -237,11 +238,10 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         ctx = self._ctx
         at = self._at
         if at is None:
-            loops = backend()
-            here = loops.here()
+            loops, here = backend_here()
         else:
             loops, here = at
-        cs, outer = loops.scope_parts()
+        cs, outer = loops.scope_parts(here)
         self._cs = cs
         self._baseline = -1
         if HAS_CANCELLING and loops is ASYNCIO and type(cs) is not NativeCancelScope:

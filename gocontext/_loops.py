@@ -86,6 +86,20 @@ def backend() -> Backend:
     raise RuntimeError(f"gocontext supports asyncio and trio, not {name}")
 
 
+def backend_here() -> tuple[Backend, object]:
+    """``backend()`` and its ``here()``, with one look at the running loop (on Python 3.10 and
+    3.11 each look is a system call: asyncio checks the process id)."""
+    name: str | None = None if _sniffio_thread is None else _sniffio_thread.name
+    if name is None or name == "asyncio":
+        loop = _get_running_loop()
+        if loop is not None:
+            return ASYNCIO, loop
+        if name is None:
+            raise RuntimeError(_NO_LOOP)
+    loops = backend()
+    return loops, loops.here()
+
+
 def backend_of(key: object) -> Backend:
     """The backend serving *key*, a loop identity from ``Backend.here()``."""
     return ASYNCIO if isinstance(key, asyncio.AbstractEventLoop) else TRIO
@@ -243,7 +257,7 @@ class AsyncioBackend:
         # anyio's asyncio cancel scope class and its effective deadline, taken on first use:
         # anyio's detection of the library is skipped after that.
         # (the effective deadline is None with a NativeCancelScope, which reads its own)
-        self._parts: tuple[Callable[[], Any], Callable[[], float] | None] | None = None
+        self._parts: tuple[Callable[..., Any], Callable[[], float] | None] | None = None
 
     def here(self) -> object:
         """The running loop: the identity ``mailbox()`` and ``backend_of()`` take."""
@@ -281,13 +295,14 @@ class AsyncioBackend:
         makes its own."""
         return StepScope(loop) if (self._parts or self._load())[1] is None else None
 
-    def scope_parts(self) -> tuple[Any, float]:
+    def scope_parts(self, loop: Any = None) -> tuple[Any, float]:
         """A new cancel scope for the current task (a ``NativeCancelScope`` where anyio's task
         state can be read, on Python 3.11+; else anyio's own), and the enclosing anyio deadline
-        on the loop's clock (inf: none; -inf: an enclosing scope was cancelled)."""
+        on the loop's clock (inf: none; -inf: an enclosing scope was cancelled). *loop*: the
+        running loop, if the caller has it."""
         new, deadline = self._parts or self._load()
         if deadline is None:  # a NativeCancelScope
-            cs = new()
+            cs = new(loop)
             return cs, cs.enclosing_deadline
         return new(), deadline()
 
@@ -307,7 +322,7 @@ class AsyncioBackend:
     async def sleep(self, done: Done, seconds: float) -> None:
         await _asyncio_wait(done, seconds)
 
-    def _load(self) -> tuple[Callable[[], Any], Callable[[], float] | None]:
+    def _load(self) -> tuple[Callable[..., Any], Callable[[], float] | None]:
         global _task_states
         states = _anyio_task_states()
         if states is not None:
@@ -384,9 +399,11 @@ class NativeCancelScope:
     _task: Any  # (3.11+: cancelling() and uncancel(), unknown to 3.10's stubs)
     _loop: asyncio.AbstractEventLoop
 
-    def __init__(self) -> None:
-        """Made in the task it serves; learns the anyio scopes around it."""
-        loop = _get_running_loop()
+    def __init__(self, loop: Any = None) -> None:
+        """Made in the task it serves (*loop*: its running loop, if the caller has it);
+        learns the anyio scopes around it."""
+        if loop is None:
+            loop = _get_running_loop()
         task = None if loop is None else _current_task(loop)
         if loop is None or task is None:
             raise RuntimeError("gocontext: a cancel scope needs an asyncio task")
@@ -614,7 +631,7 @@ class TrioBackend:
     def step_scope(self, token: Any) -> None:
         """None: a trio cancel scope is entered once, so each step makes its own."""
 
-    def scope_parts(self) -> tuple[Any, float]:
+    def scope_parts(self, token: Any = None) -> tuple[Any, float]:
         trio = _trio()
         return trio.CancelScope(), trio.current_effective_deadline()
 

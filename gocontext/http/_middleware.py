@@ -207,8 +207,7 @@ class ContextMiddleware:
             ctx, cancel = timeout_cancel_cause(parent, float(timeout))
         exchange = _Exchange(receive, send, ctx, cancel)
         watchers = self._watchers
-        loops = _loops.backend()
-        here = loops.here()  # the asyncio loop, or the trio run's token
+        loops, here = _loops.backend_here()  # (here: the asyncio loop, or the trio run's token)
         if watchers is None or watchers.loop is not here:
             watchers = self._watchers = _Watchers(here)
         watchers._new.append(exchange)  # watchers.add(exchange), by hand (a frame fewer)
