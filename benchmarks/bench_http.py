@@ -6,8 +6,9 @@
 - transport: what ``Transport`` adds to an httpx request (``bench_transport.transport_overhead``
   when it is there, else the same measure for the blocking client here);
 - end to end: plain ``httpx.Client`` + plain Starlette against ``Transport`` +
-  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches (their
-  order turning each round; the overhead is the median of the rounds' ratios), each uvicorn
+  ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches of 20
+  requests (their order turning each round; the overhead is the median of the 100 rounds'
+  ratios: with batches of 100, five runs in a row spread over 6 points), each uvicorn
   server in a process of its own, as a client and a server are deployed; beside it,
   the server process's CPU per request in each (a real server's share, which the middleware
   row, driving the app alone on a warm loop, understates). For reference, the same with both
@@ -187,6 +188,10 @@ def _cpu_clock(thread: threading.Thread) -> Callable[[], float]:
     return lambda: time.clock_gettime(clock)
 
 
+# Batches per side in an end-to-end run: short batches, so that the two sides of each ratio
+# run a few milliseconds apart (a shared machine's speed drifts over longer spans).
+_ROUNDS = 100
+
 _SERVE_FLAG = "--serve"
 
 
@@ -317,7 +322,7 @@ def _alternate(
             base_cpu: list[float] = []
             full_cpu: list[float] = []
             ratios: list[float] = []
-            k = max(n // 20, 1)
+            k = max(n // _ROUNDS, 1)
 
             def plain_round() -> None:
                 c = cpu1()
@@ -329,7 +334,7 @@ def _alternate(
                 fulls.append(_per_request_us(lambda: ours.get(ctx_url, extensions=ext), k))
                 full_cpu.append((cpu2() - c) / k * 1e6)
 
-            for i in range(20):
+            for i in range(_ROUNDS):
                 for side in (plain_round, ours_round) if i % 2 == 0 else (ours_round, plain_round):
                     side()
                 ratios.append(fulls[-1] / bases[-1])
