@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any, Final, Union
 
 import anyio
@@ -402,12 +402,10 @@ class _Exchange:
             self._disconnected()
         return message
 
-    def send(self, message: Message) -> Awaitable[None]:
-        # Not a coroutine of its own: it hands back the server's send, to be awaited (one
-        # coroutine fewer for each message of every response).
+    async def send(self, message: Message) -> None:
         state = self.state
         if state == _TAKEN:
-            return _NOTHING  # the middleware answered for the app: its late response goes nowhere
+            return  # the middleware answered for the app: its late response goes nowhere
         kind = message["type"]
         if kind == "http.response.start":
             self.state = _STARTED
@@ -417,7 +415,7 @@ class _Exchange:
                 self.state = _COMPLETE
         elif kind == "http.response.pathsend":  # the ASGI extension that sends a file whole
             self.state = _COMPLETE
-        return self._send(message)
+        await self._send(message)
 
     # -- what the middleware does ----------------------------------------------------------
 
@@ -518,19 +516,6 @@ class _Exchange:
         finally:
             self._watching = False  # stopped or failed: the app reads for itself again
             self._wake()
-
-
-class _Nothing:
-    """An awaitable that does nothing (awaited any number of times), for a send dropped."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # (a generator that ends at once)
-
-
-_NOTHING: Final = _Nothing()
 
 
 def _declares_length(start: Message | None) -> bool:
