@@ -107,7 +107,7 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
             capped = True
             request.extensions = {**extensions, "timeout": timeouts}
         timeout: str | None = format_grpc_timeout(left)
-    elif value is None:
+    elif not value:  # (None, or "": every value was dropped, too big or not encodable)
         return False
     else:
         timeout = None
@@ -136,7 +136,7 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
                 value = baggage(ctx, b",".join(theirs).decode("latin-1"))
             break
     if timeout is None:
-        headers._list = [*items, (b"baggage", b"baggage", value.encode("latin-1"))]  # type: ignore[union-attr]  # (values: not None)
+        headers._list = [*items, (b"baggage", b"baggage", value.encode("latin-1"))]  # type: ignore[union-attr]  # (a value: see above)
     elif value:
         headers._list = [
             *items,
@@ -206,29 +206,26 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         headers = request.headers
         theirs = headers._list if _FAST_HEADERS else None  # (put back once sent: see _prepare)
         capped = _prepare(request, ctx)
-        done = ctx.done()
-        if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
+        try:
+            done = ctx.done()
+            if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
+                try:
+                    return await self._inner.handle_async_request(request)
+                except BaseException:
+                    await _release_stranded(self._inner)
+                    raise
+            watch = _Watch(ctx, capped, self._loop, done)
+            self._loop = watch._bound
             try:
-                return await self._inner.handle_async_request(request)
+                with watch:
+                    response = await self._inner.handle_async_request(request)
             except BaseException:
+                watch.close()
                 await _release_stranded(self._inner)
                 raise
-            finally:
-                if theirs is not None:
-                    headers._list = theirs
-        watch = _Watch(ctx, capped, self._loop, done)
-        self._loop = watch._bound
-        try:
-            with watch:
-                response = await self._inner.handle_async_request(request)
-        except BaseException:
+        finally:
             if theirs is not None:
                 headers._list = theirs
-            watch.close()
-            await _release_stranded(self._inner)
-            raise
-        if theirs is not None:
-            headers._list = theirs
         response.stream = _AsyncBoundedStream(response.stream, watch)
         return response
 
@@ -649,7 +646,13 @@ _current: contextvars.ContextVar[_Aborter | None] = contextvars.ContextVar(
 
 class _AbortableStream(httpcore.NetworkStream):
     """A connection's stream that registers its socket with the aborter of the request using
-    it, before each read, write or TLS start (once per request: ``_aborter`` is the last)."""
+    it, before each write or TLS start (once per request: ``_aborter`` is the last).
+
+    Not before a read: a request writes before it reads, and a read may be another
+    request's (a response body piped into a request's body is read inside that request's
+    transport call): registered with the request reading it, the socket would be shut down
+    by that request's abort even once it serves a third request.
+    """
 
     __slots__ = ("_aborter", "_inner", "_sock")
 
@@ -665,7 +668,6 @@ class _AbortableStream(httpcore.NetworkStream):
             self._aborter = aborter
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        self._enter()
         return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -778,7 +780,8 @@ class Transport(httpx.BaseTransport):
     request in flight, connecting included, and raises ``Canceled``; a passed deadline raises
     ``DeadlineExceeded``; the connection pool stays healthy. The time left and the
     ``PropagatedKey`` values go out as ``Grpc-Timeout`` and ``baggage`` headers, made afresh
-    for each hop; the request object keeps the caller's own headers.
+    for each hop; the request object keeps the caller's own headers (but with an httpx whose
+    headers are laid out otherwise than we know: then ours are set on it).
 
     Example:
         >>> import httpx, gocontext, gocontext.http
@@ -808,25 +811,23 @@ class Transport(httpx.BaseTransport):
         headers = request.headers
         theirs = headers._list if _FAST_HEADERS else None  # (put back once sent: see _prepare)
         capped = _prepare(request, ctx)
-        done = ctx.done()
-        if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
-            try:
-                return self._inner.handle_request(request)
-            finally:
-                if theirs is not None:
-                    headers._list = theirs
-        aborter = _Aborter(self._pool, request.extensions)
-        handle = done.add_callback(aborter.abort)
-        token = _current.set(aborter)
         try:
-            response = self._inner.handle_request(request)
-        except BaseException as e:
-            aborter.finish()
-            handle.cancel()
-            _raise_as_context_error(e, ctx, capped)
-            raise
+            done = ctx.done()
+            if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
+                return self._inner.handle_request(request)
+            aborter = _Aborter(self._pool, request.extensions)
+            handle = done.add_callback(aborter.abort)
+            token = _current.set(aborter)
+            try:
+                response = self._inner.handle_request(request)
+            except BaseException as e:
+                aborter.finish()
+                handle.cancel()
+                _raise_as_context_error(e, ctx, capped)
+                raise
+            finally:
+                _current.reset(token)
         finally:
-            _current.reset(token)
             if theirs is not None:
                 headers._list = theirs
         response.stream = _SyncBoundedStream(response.stream, ctx, capped, aborter, handle)

@@ -3,9 +3,11 @@ flight, and a pool that stays healthy after many aborts."""
 
 from __future__ import annotations
 
+import http.server
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import anyio
 import httpx
@@ -192,6 +194,113 @@ def test_a_cancel_stops_a_body_read_in_another_thread(server: Server) -> None:
                 assert not reader.is_alive(), "the cancel did not reach the read"
             assert [type(e) for e in raised] == [gocontext.Canceled]
         assert client.get(f"{server.url}/info").status_code == 200
+
+
+class _Relay(http.server.BaseHTTPRequestHandler):
+    """GET /download: a short body. POST /upload: reads the body, says so, then answers once
+    released. GET /slow: says it is in, then answers once released. Records each request's
+    client port (its connection)."""
+
+    protocol_version = "HTTP/1.1"
+    ports: dict[str, int]
+    upload_read: threading.Event
+    slow_entered: threading.Event
+    release: threading.Event
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.ports[self.path] = self.client_address[1]
+        if self.path == "/download":
+            self._answer(b"x" * 10)
+            return
+        self.slow_entered.set()
+        self.release.wait(NEVER)
+        self._answer(b"slow-ok")
+
+    def do_POST(self) -> None:
+        while True:  # (chunked: httpx streams an iterator's body)
+            size = int(self.rfile.readline().strip(), 16)
+            self.rfile.read(size + 2)
+            if size == 0:
+                break
+        self.upload_read.set()
+        self.release.wait(NEVER)
+        self._answer(b"ok")
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[str, type[_Relay]]]:
+    handler = type(
+        "Relay",
+        (_Relay,),
+        {
+            "ports": {},
+            "upload_read": threading.Event(),
+            "slow_entered": threading.Event(),
+            "release": threading.Event(),
+        },
+    )
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", handler
+    finally:
+        handler.release.set()
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("b_context", ["cancelable", "background"])
+def test_a_body_piped_into_another_request_leaves_its_connection_to_its_next_user(
+    relay: tuple[str, type[_Relay]], b_context: str
+) -> None:
+    # B's body is read inside C's transport call (it is C's body). Once B is done, its
+    # connection serves D; C's cancel must not touch that connection.
+    url, handler = relay
+    ctx_b, cancel_b = gocontext.with_cancel(gocontext.background())
+    if b_context == "background":  # (a context that never ends: no watch at all)
+        ctx_b = gocontext.background()
+    ctx_c, cancel_c = gocontext.with_cancel(gocontext.background())
+    out: dict[str, object] = {}
+    with httpx.Client(transport=gocontext.http.Transport(), base_url=url, timeout=None) as client:
+
+        def pipe() -> None:
+            try:
+                with client.stream("GET", "/download", extensions={"gocontext": ctx_b}) as rb:
+                    client.post("/upload", content=rb.iter_bytes(), extensions={"gocontext": ctx_c})
+            except BaseException as e:
+                out["C"] = e
+
+        def d() -> None:
+            try:
+                out["D"] = client.get("/slow").text
+            except BaseException as e:
+                out["D"] = e
+
+        t1 = threading.Thread(target=pipe)
+        t1.start()
+        assert handler.upload_read.wait(NEVER)  # B is read to its end: its connection is idle
+        t2 = threading.Thread(target=d)
+        t2.start()
+        assert handler.slow_entered.wait(NEVER)
+        cancel_c()
+        t1.join(NEVER)
+        handler.release.set()
+        t2.join(NEVER)
+    cancel_b()
+    assert handler.ports["/slow"] == handler.ports["/download"]  # D had B's connection
+    assert isinstance(out["C"], gocontext.Canceled)
+    assert out["D"] == "slow-ok"
 
 
 def test_sync_cancel_while_sending_a_body(server: Server) -> None:

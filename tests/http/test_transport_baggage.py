@@ -11,12 +11,15 @@ import pytest
 
 import gocontext
 import gocontext.http
+from gocontext._done import CallbackHandle
 from gocontext.http._headers import (
     MAX_BAGGAGE_BYTES,
     MAX_BAGGAGE_ENTRIES,
     format_baggage,
     parse_baggage,
 )
+
+from ..conftest import OtherContext
 
 
 class _Spy(httpx.BaseTransport):
@@ -242,5 +245,56 @@ async def test_a_failed_async_request_keeps_its_own_headers_too() -> None:
     async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(Failing())) as client:
         with pytest.raises(httpx.ConnectError):
             await client.send(request)
+    cancel()
+    _check_kept(request)
+
+
+def _unsendable() -> gocontext.Context:
+    """A context whose only propagated value cannot be sent (a lone surrogate)."""
+    key = gocontext.PropagatedKey(f"bad-{uuid.uuid4().hex}")
+    return gocontext.with_value(gocontext.background(), key, "a\udc80b")
+
+
+@pytest.mark.parametrize("callers", [[], [("baggage", "user=ada")]])
+def test_values_that_all_drop_out_send_no_baggage_header_of_ours(
+    callers: list[tuple[str, str]],
+) -> None:
+    spy = _Spy()
+    with httpx.Client(transport=gocontext.http.Transport(spy)) as client:
+        client.get("http://127.0.0.1:9/", headers=callers, extensions={"gocontext": _unsendable()})
+    assert spy.seen[0].headers.get_list("baggage") == [v for _, v in callers]
+
+
+@pytest.mark.anyio
+async def test_values_that_all_drop_out_send_no_baggage_header_of_ours_async() -> None:
+    spy = _AsyncSpy()
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(spy)) as client:
+        await client.get("http://127.0.0.1:9/", extensions={"gocontext": _unsendable()})
+    assert spy.seen[0].headers.get_list("baggage") == []
+
+
+class _RefusingDone(gocontext.Done):
+    """A user-written Done whose add_callback fails."""
+
+    def is_set(self) -> bool:
+        return False
+
+    def add_callback(self, fn: object, /) -> CallbackHandle:
+        raise RuntimeError("no callbacks here")
+
+
+class _Refusing(OtherContext):
+    def done(self) -> gocontext.Done:
+        return _RefusingDone()
+
+
+def test_a_request_that_fails_before_it_is_sent_keeps_its_own_headers_too() -> None:
+    ctx, cancel, _ = _full_context()
+    request = httpx.Request(
+        "GET", "http://127.0.0.1:9/", headers=_CALLERS, extensions={"gocontext": _Refusing(ctx)}
+    )
+    with httpx.Client(transport=gocontext.http.Transport(_Spy())) as client:
+        with pytest.raises(RuntimeError, match="no callbacks here"):
+            client.send(request)
     cancel()
     _check_kept(request)
