@@ -203,21 +203,17 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         self._ctx = ctx
         self._cs: Any = None  # the cancel scope: None until entered, then fixed
         self._own: CancelCauseFunc | None = None
-        # (backend, here(), its mailbox), if the caller knows them
-        self._at: tuple[Backend, object, Mailbox] | None = None
+        self._at: tuple[Backend, object] | None = None  # (backend, here()), if known
 
     @classmethod
     def _owning(
-        cls,
-        ctx: RichContext,
-        cancel: CancelCauseFunc,
-        at: tuple[Backend, object, Mailbox] | None = None,
+        cls, ctx: RichContext, cancel: CancelCauseFunc, at: tuple[Backend, object] | None = None
     ) -> scope:
         """A scope whose child is *ctx* itself, ended by *cancel*, when no enclosing deadline
         is earlier: for a caller that made *ctx* for this block alone (a server's request),
         which saves the child node and its registration on *ctx*. *at*: the running loop's
-        backend, ``here()`` and its mailbox, if the caller knows them (a look at the loop costs
-        a system call on Python 3.10 and 3.11, where asyncio checks the process id)."""
+        backend and ``here()``, if the caller knows them (each look costs a system call on
+        Python 3.10 and 3.11, where asyncio checks the process id)."""
         self = cls.__new__(cls)
         self._ctx = ctx
         self._cs = None
@@ -243,9 +239,8 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
         at = self._at
         if at is None:
             loops, here = backend_here()
-            box = loops.mailbox(here)
         else:
-            loops, here, box = at
+            loops, here = at
         cs, outer = loops.scope_parts(here)
         self._cs = cs
         self._baseline = -1
@@ -261,7 +256,7 @@ class scope:  # noqa: N801 - used like a function: `async with gocontext.scope(c
             self._cancel = own  # type: ignore[assignment]  # (not None: owning)
         else:
             child, self._cancel = _child_of(ctx, outer, loops)
-        self._mailbox = box
+        self._mailbox = loops.mailbox(here)
         # Registered before the cancel scope is entered, so nothing can fail between entering
         # it and returning (a cancel scope left entered would corrupt the task's scope stack);
         # a cancel() that arrives before the entry takes effect at the entry.

@@ -209,7 +209,7 @@ class ContextMiddleware:
         watchers = self._watchers
         loops, here = _loops.backend_here()  # (here: the asyncio loop, or the trio run's token)
         if watchers is None or watchers.loop is not here:
-            watchers = self._watchers = _Watchers(here, (loops, here, loops.mailbox(here)))
+            watchers = self._watchers = _Watchers(here)
         watchers._new.append(exchange)  # watchers.add(exchange), by hand (a frame fewer)
         if watchers._ticking is None:
             watchers.start_ticking()
@@ -217,7 +217,7 @@ class ContextMiddleware:
             try:
                 # `async with scope._owning(ctx, cancel) as child:`, by hand (two coroutines
                 # fewer per request)
-                block = scope._owning(ctx, cancel, watchers.at)
+                block = scope._owning(ctx, cancel, (loops, here))
                 scope_["gocontext"] = block._enter()
                 try:
                     await self.app(scope_, exchange.receive, exchange.send)
@@ -266,11 +266,10 @@ class _Watchers:
     Everything runs in the loop's thread.
     """
 
-    __slots__ = ("_new", "_pending", "_ticking", "at", "loop")
+    __slots__ = ("_new", "_pending", "_ticking", "loop")
 
-    def __init__(self, loop: object, at: tuple[_loops.Backend, object, _loops.Mailbox]) -> None:
+    def __init__(self, loop: object) -> None:
         self.loop = loop  # the asyncio loop, or the trio run's token
-        self.at = at  # its backend, itself and its mailbox (for scope._owning)
         self._new: list[_Exchange] = []  # begun since the last tick
         self._pending: list[_Exchange] = []  # begun before the last tick
         self._ticking: object = None  # the ticking task, while it runs
