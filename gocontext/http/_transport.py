@@ -120,7 +120,7 @@ def _prepare(request: httpx.Request, ctx: Context) -> bool:
             headers["baggage"] = baggage(ctx, existing) if existing else value  # type: ignore[assignment]  # not None: ctx has values
         return capped
     # One pass over httpx's list takes out the headers we set, keeping the caller's baggage.
-    # The caller's list is left as it is: a new one goes out (see ``_Sent``).
+    # The caller's list is left as it is: a new one goes out (see the docstring).
     items: list[tuple[bytes, bytes, bytes]] = headers._list
     for item in items:
         name = item[1]
