@@ -1,10 +1,12 @@
-"""A gRPC service behind gocontext's server interceptors, sync (a thread pool) or grpc.aio (a
-thread with its own loop; its handlers async, or sync ones that grpc.aio runs in its thread
-pool), on a free port of 127.0.0.1. Generic handlers, bytes in and out."""
+"""A gRPC service behind gocontext's server interceptors, sync (a thread pool) or grpc.aio (on
+one loop in a thread that every grpc.aio server shares; its handlers async, or sync ones that
+grpc.aio runs in its thread pool), on a free port of 127.0.0.1. Generic handlers, bytes in and
+out."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -225,6 +227,38 @@ class _Fresh(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc's classes ar
         return grpc.unary_unary_rpc_method_handler(self.behavior)
 
 
+_loop_lock = threading.Lock()
+_loop_and_thread: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
+
+
+def _server_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """The one loop every grpc.aio server here runs on, in a thread, until the process exits.
+
+    grpc.aio hands a completed operation to its call's loop with ``call_soon_threadsafe`` from
+    whichever loop reads its process-wide completion queue, and an operation of a cancelled
+    call may complete after its server stopped. Were each server's loop closed with it, that
+    late completion would raise "Event loop is closed" inside whichever test's loop read it.
+    """
+    global _loop_and_thread
+    with _loop_lock:
+        if _loop_and_thread is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="grpc-aio-servers", daemon=True)
+            thread.start()
+            _loop_and_thread = loop, thread
+            atexit.register(_close_server_loop)
+        return _loop_and_thread
+
+
+def _close_server_loop() -> None:
+    assert _loop_and_thread is not None
+    loop, thread = _loop_and_thread
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(NEVER)
+    if not thread.is_alive():
+        loop.close()
+
+
 class GrpcServer:
     """The service until the block ends: "sync" (grpc.server), "aio" (grpc.aio.server, async
     handlers) or "aio-sync" (grpc.aio.server, the sync handlers, run in its thread pool)."""
@@ -248,9 +282,8 @@ class GrpcServer:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             self.server.start()
         else:
-            loop = self.loop = asyncio.new_event_loop()
-            self.thread = threading.Thread(target=loop.run_forever)
-            self.thread.start()
+            loop, self.thread = _server_loop()
+            self.loop = loop
 
             aio = self.kind == "aio"
             self.pool = None if aio else futures.ThreadPoolExecutor(8)
@@ -275,9 +308,6 @@ class GrpcServer:
             return
         assert self.loop is not None and self.thread is not None
         asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(NEVER)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(NEVER)
-        self.loop.close()
         if self.pool is not None:
             self.pool.shutdown()  # (a handler's thread left waiting fails the test: a timeout)
 

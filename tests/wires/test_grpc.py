@@ -10,7 +10,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import anyio
@@ -30,9 +30,21 @@ from .conftest import BOARD, SECRET, cancel_when_entered, rid, with_rid
 from .grpc_app import KEPT, GrpcServer, method
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"  # grpc.aio runs on asyncio only
+
+
+@pytest.fixture(scope="module")
+async def one_loop_for_the_module() -> AsyncIterator[None]:
+    """The module's async tests share one loop, as a grpc.aio program does: an operation of a
+    call cancelled in one test may complete after that test, and grpc.aio hands it to the
+    call's loop with ``call_soon_threadsafe``, which raises in whichever loop reads it once the
+    call's own loop is closed."""
+    yield  # noqa: PT022 (anyio keeps its loop for as long as an async generator fixture lives)
+
+
+on_the_modules_loop = pytest.mark.usefixtures("one_loop_for_the_module")
 
 
 @pytest.fixture(scope="module", params=["sync", "aio", "aio-sync"])
@@ -98,6 +110,7 @@ def test_client_streaming_and_bidirectional_calls_carry_the_deadline_and_values(
     assert echoed == [b"x streams", b"y streams"]
 
 
+@on_the_modules_loop
 async def test_aio_client_streaming_and_bidirectional_calls_carry_the_values(
     server: GrpcServer,
 ) -> None:
@@ -264,6 +277,7 @@ def test_context_of_an_unknown_servicer_context_is_a_lookup_error() -> None:
 # -- grpc.aio client ------------------------------------------------------------------------
 
 
+@on_the_modules_loop
 async def test_aio_deadline_and_values_reach_the_handler(server: GrpcServer) -> None:
     async with grpc.aio.insecure_channel(
         server.target, interceptors=gocontext.grpc.aio_client_interceptors()
@@ -284,6 +298,7 @@ class _AddsMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return await continuation(details, request)
 
 
+@on_the_modules_loop
 @pytest.mark.parametrize("given", ["none", "empty", "pairs", "metadata"])
 @pytest.mark.parametrize("values", [True, False])
 async def test_aio_metadata_carries_the_values_and_keeps_the_callers(
@@ -347,6 +362,7 @@ async def answer(call: Any, kind: Kind) -> object:
     return await call
 
 
+@on_the_modules_loop
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_cancel_from_another_thread_cancels_the_call(
     server: GrpcServer, kind: Kind
@@ -368,6 +384,7 @@ async def test_aio_cancel_from_another_thread_cancels_the_call(
         await anyio.to_thread.run_sync(assert_no_server_context_left)
 
 
+@on_the_modules_loop
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_cancel_ends_a_call_whose_answer_nobody_reads_yet(
     server: GrpcServer, kind: Kind
@@ -390,6 +407,7 @@ async def test_aio_cancel_ends_a_call_whose_answer_nobody_reads_yet(
         assert _context.watcher_count(ctx) == 0
 
 
+@on_the_modules_loop
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer, kind: Kind) -> None:
     name = rid(f"aio-deadline-{kind}")
@@ -415,6 +433,7 @@ def test_a_sync_handler_on_a_grpc_aio_server_runs_in_its_thread_pool() -> None:
     assert name not in (aio_server.thread.name, ""), name
 
 
+@on_the_modules_loop
 async def test_an_aio_handler_runs_in_the_rpcs_own_task() -> None:
     """No task of ours per RPC: the handler runs in the task gRPC made for the RPC."""
     with GrpcServer("aio") as aio_server:
@@ -424,6 +443,7 @@ async def test_an_aio_handler_runs_in_the_rpcs_own_task() -> None:
     assert name not in (b"aio_task", b""), name
 
 
+@on_the_modules_loop
 @pytest.mark.skipif(
     sys.version_info < (3, 11),
     reason="Python 3.10 has no Task.cancelling(): a task.cancel() that meets the context's own "
