@@ -4,7 +4,6 @@ no handler is left running, no server context is left registered, the channel st
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import anyio
@@ -16,7 +15,7 @@ import gocontext.grpc
 from gocontext.grpc import _server
 
 from ..conftest import NEVER
-from ..wires.grpc_app import GrpcServer, method
+from ..wires.grpc_app import GrpcServer, method, run_and_keep_the_loop
 from ._wires import Load
 
 
@@ -40,7 +39,7 @@ def test_many_calls_half_cancelled_leave_no_handler_or_context_behind(kind: str)
                 assert await ok(b"") == b"ok"
 
     with GrpcServer(kind) as server:
-        asyncio.run(main(server))
+        run_and_keep_the_loop(main(server))
         load.check()
         # A handler unregisters its context just after it returns: give it that moment.
         end = time.monotonic() + NEVER

@@ -9,7 +9,7 @@ import asyncio
 import atexit
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -257,6 +257,19 @@ def _close_server_loop() -> None:
     thread.join(NEVER)
     if not thread.is_alive():
         loop.close()
+
+
+def run_and_keep_the_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` for grpc.aio clients, but the loop is closed only when the process
+    exits: a late completion of a call *main* cancelled is then queued on a loop nobody runs,
+    not raised in another loop (see ``_server_loop``)."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        atexit.register(loop.close)
 
 
 class GrpcServer:
