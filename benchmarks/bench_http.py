@@ -9,9 +9,12 @@
   ``ContextMiddleware`` with a deadline and baggage, over loopback, alternating batches of 20
   requests (their order turning each round; the overhead is the median of the 100 rounds'
   ratios: with batches of 100, five runs in a row spread over 6 points), each uvicorn
-  server in a process of its own, as a client and a server are deployed; beside it,
-  the server process's CPU per request in each (a real server's share, which the middleware
-  row, driving the app alone on a warm loop, understates). For reference, the same with both
+  server in a process of its own, as a client and a server are deployed, parsing HTTP with
+  h11 (pure Python: each header a request carries costs the server about 19,000
+  instructions, so our two headers are about a quarter of what we add end to end); then the
+  same with uvicorn's httptools parser (as ``uvicorn[standard]`` installs it), when it is
+  installed; beside each, the server process's CPU per request in each (a real server's
+  share, which the middleware row, driving the app alone on a warm loop, understates). For reference, the same with both
   servers in this process: client and servers then take turns on one GIL, handed between
   threads several times per request, so both columns carry the harness's costs too.
 
@@ -171,7 +174,7 @@ def _serve(app: object) -> tuple[str, uvicorn.Server, threading.Thread]:
     # waits ≈ 40 ms for a delayed ACK and both sides measure the same stall.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")  # type: ignore[arg-type]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", http="h11")  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -195,9 +198,10 @@ _ROUNDS = 100
 _SERVE_FLAG = "--serve"
 
 
-def _serve_here(kind: str) -> None:
+def _serve_here(kind: str, http: str = "auto") -> None:
     """Run the benchmark's server (``plain`` Starlette, or ``ours`` under ContextMiddleware)
-    in this process, on an ephemeral loopback port printed on stdout, until killed."""
+    in this process, on an ephemeral loopback port printed on stdout, until killed; *http*:
+    uvicorn's HTTP parser ("auto": httptools if installed, else h11)."""
     app: Any = Starlette(routes=[Route("/", _hello)])
     if kind == "ours":
         app = gocontext.http.ContextMiddleware(app)
@@ -205,7 +209,7 @@ def _serve_here(kind: str) -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # before the port is told: a client that connects early waits, not refused
     print(sock.getsockname()[1], flush=True)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", http=http)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -224,15 +228,16 @@ def _process_cpu(pid: int) -> Callable[[], float]:
 
 
 def end_to_end_processes(
-    n: int = 2000,
+    n: int = 2000, http: str = "h11"
 ) -> tuple[float, float, float, float, float, float, float]:
-    """``end_to_end``, each server in a process of its own (see the module); then
-    ``_same_client_cpu`` against the same two servers."""
+    """``end_to_end``, each server in a process of its own (see the module), uvicorn parsing
+    HTTP with *http* (its "h11" or "httptools"); then ``_same_client_cpu`` against the same
+    two servers."""
     import subprocess
 
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_http", _SERVE_FLAG, kind],
+            [sys.executable, "-m", "benchmarks.bench_http", _SERVE_FLAG, kind, http],
             stdout=subprocess.PIPE,
             text=True,
             cwd=str(_ROOT),
@@ -280,6 +285,14 @@ def _same_client_cpu(
                 _per_request_us(lambda url=url: client.get(url, headers=headers), k)  # type: ignore[misc]
                 figures.append((cpu() - c) / k * 1e6)
     return statistics.median(out[0]), statistics.median(out[1])
+
+
+def _has_httptools() -> bool:
+    try:
+        import httptools  # type: ignore[import-not-found,unused-ignore]  # noqa: F401  # (only whether it is there)
+    except ImportError:
+        return False
+    return True
 
 
 def end_to_end(n: int = 2000) -> tuple[float, float, float, float, float]:
@@ -357,6 +370,7 @@ def main(quick: bool = False) -> None:
     }
     base, full, base_cpu, full_cpu, ratio, same_plain, same_ours = end_to_end_processes(n)
     figures["end to end, deadline + baggage"] = (ratio - 1) * 100
+    fast = end_to_end_processes(n, "httptools") if _has_httptools() else None
     one = end_to_end(n)
     print("\n### HTTP: what gocontext.http adds per request\n")
     print("| what | measured | target | met |\n|---|---:|---:|---|")
@@ -376,6 +390,14 @@ def main(quick: bool = False) -> None:
         f"{same_ours:,.0f} µs under ContextMiddleware ({same_ours - same_plain:+,.0f} µs, "
         f"against the middleware row's hot loop)"
     )
+    if fast is None:
+        print("end to end with uvicorn's httptools parser: httptools is not installed")
+    else:
+        print(
+            f"end to end with uvicorn's httptools parser (uvicorn[standard]) in place of h11: "
+            f"{fast[0]:,.0f} µs and {fast[1]:,.0f} µs ({(fast[4] - 1) * 100:+.1f} %); server "
+            f"CPU {fast[2]:,.0f} µs and {fast[3]:,.0f} µs ({fast[3] - fast[2]:+,.0f} µs)"
+        )
     print(
         f"for reference, servers in this process (one GIL for client and servers): "
         f"{one[0]:,.0f} µs and {one[1]:,.0f} µs ({(one[4] - 1) * 100:+.1f} %); server "
@@ -385,6 +407,6 @@ def main(quick: bool = False) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == [_SERVE_FLAG]:
-        _serve_here(sys.argv[2])
+        _serve_here(*sys.argv[2:4])
     else:
         main(quick="--quick" in sys.argv[1:])
