@@ -11,12 +11,12 @@
   ratios: with batches of 100, five runs in a row spread over 6 points), each uvicorn
   server in a process of its own, as a client and a server are deployed, parsing HTTP with
   h11 (pure Python: each header a request carries costs the server about 19,000
-  instructions, so our two headers are about a quarter of what we add end to end); then the
-  same with uvicorn's httptools parser (as ``uvicorn[standard]`` installs it), when it is
-  installed; beside each, the server process's CPU per request in each (a real server's
-  share, which the middleware row, driving the app alone on a warm loop, understates). For reference, the same with both
-  servers in this process: client and servers then take turns on one GIL, handed between
-  threads several times per request, so both columns carry the harness's costs too.
+  instructions); then the same with uvicorn's httptools parser (as ``uvicorn[standard]``
+  installs it), when it is installed. Beside each, the server process's CPU per request in
+  each (a real server's share, which the middleware row, driving the app alone on a warm
+  loop, understates). For reference, the same with both servers in this process: client and
+  servers then take turns on one GIL, handed between threads several times per request, so
+  both columns carry the harness's costs too.
 
     python benchmarks/bench_http.py [--quick]
 """
