@@ -298,3 +298,16 @@ def test_a_request_that_fails_before_it_is_sent_keeps_its_own_headers_too() -> N
             client.send(request)
     cancel()
     _check_kept(request)
+
+
+@pytest.mark.anyio
+async def test_an_async_request_that_fails_before_it_is_sent_keeps_its_own_headers_too() -> None:
+    ctx, cancel, _ = _full_context()
+    request = httpx.Request(
+        "GET", "http://127.0.0.1:9/", headers=_CALLERS, extensions={"gocontext": _Refusing(ctx)}
+    )
+    async with httpx.AsyncClient(transport=gocontext.http.AsyncTransport(_AsyncSpy())) as client:
+        with pytest.raises(RuntimeError, match="no callbacks here"):
+            await client.send(request)
+    cancel()
+    _check_kept(request)
