@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import pathlib
 import socket
 import statistics
@@ -198,10 +199,10 @@ _ROUNDS = 100
 _SERVE_FLAG = "--serve"
 
 
-def _serve_here(kind: str, http: str = "auto") -> None:
+def _serve_here(kind: str, http: str) -> None:
     """Run the benchmark's server (``plain`` Starlette, or ``ours`` under ContextMiddleware)
     in this process, on an ephemeral loopback port printed on stdout, until killed; *http*:
-    uvicorn's HTTP parser ("auto": httptools if installed, else h11)."""
+    uvicorn's HTTP parser ("h11" or "httptools")."""
     app: Any = Starlette(routes=[Route("/", _hello)])
     if kind == "ours":
         app = gocontext.http.ContextMiddleware(app)
@@ -287,14 +288,6 @@ def _same_client_cpu(
     return statistics.median(out[0]), statistics.median(out[1])
 
 
-def _has_httptools() -> bool:
-    try:
-        import httptools  # type: ignore[import-not-found,unused-ignore]  # noqa: F401  # (only whether it is there)
-    except ImportError:
-        return False
-    return True
-
-
 def end_to_end(n: int = 2000) -> tuple[float, float, float, float, float]:
     """µs per request over loopback: plain httpx + Starlette, then ours with a deadline and
     baggage (medians of alternating batches); and the server thread's CPU µs per request in
@@ -370,7 +363,7 @@ def main(quick: bool = False) -> None:
     }
     base, full, base_cpu, full_cpu, ratio, same_plain, same_ours = end_to_end_processes(n)
     figures["end to end, deadline + baggage"] = (ratio - 1) * 100
-    fast = end_to_end_processes(n, "httptools") if _has_httptools() else None
+    fast = end_to_end_processes(n, "httptools") if importlib.util.find_spec("httptools") else None
     one = end_to_end(n)
     print("\n### HTTP: what gocontext.http adds per request\n")
     print("| what | measured | target | met |\n|---|---:|---:|---|")
