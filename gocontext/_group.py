@@ -776,8 +776,13 @@ class TaskGroup:
         try:
             if failed:
                 # Wait, and let the body's exception go on (kept out of the anyio group, which
-                # would wrap it).
-                await self._tg.__aexit__(None, None, None)
+                # would wrap it). A cancellation that reaches the exit meanwhile (an outer
+                # scope's) does not replace it: an error wins, as in anyio and trio.
+                try:
+                    await self._tg.__aexit__(None, None, None)
+                except BaseException as raised:
+                    if not _cancellation_only(raised):
+                        raise
                 return False
             try:
                 swallowed = await self._tg.__aexit__(et, e, tb)

@@ -525,3 +525,51 @@ async def test_a_failure_racing_the_start_of_its_siblings_always_stops_them_all(
                         g.go(task)
         assert raised.value is boom
         assert all(c is boom for c in causes)
+
+
+@pytest.mark.parametrize("member", ["task", "thread"])
+async def test_the_bodys_failure_is_not_lost_to_an_outer_cancel_while_the_exit_waits(
+    member: str,
+) -> None:
+    """As in anyio and trio task groups: the body's error wins over a cancellation that
+    reaches the exit while it waits for a member that takes a moment to stop."""
+    boom = ValueError("the body failed")
+    started = threading.Event()
+    stopping = threading.Event()  # the member saw g.ctx end: the exit is waiting for it
+    finish = threading.Event()
+
+    def slow_thread(ctx: gocontext.Context) -> None:
+        started.set()
+        ctx.done().wait(NEVER)
+        stopping.set()
+        finish.wait(NEVER)
+
+    async def slow_task(ctx: gocontext.Context) -> None:
+        try:
+            started.set()
+            await gocontext.sleep(ctx, NEVER)
+        finally:
+            with anyio.CancelScope(shield=True):
+                stopping.set()
+                await anyio.to_thread.run_sync(finish.wait, NEVER)
+
+    async def canceller(scope: anyio.CancelScope) -> None:
+        await anyio.to_thread.run_sync(stopping.wait, NEVER)
+        scope.cancel()  # (delivered to the exit at once: it waits on the member)
+        finish.set()
+
+    with pytest.raises(BaseExceptionGroup) as raised:  # (the outer anyio group's)
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as outer:
+                tg.start_soon(canceller, outer)
+                async with gocontext.TaskGroup(gocontext.background()) as g:
+                    if member == "task":
+                        g.go(slow_task)
+                    else:
+                        g.go_thread(slow_thread)
+                    await anyio.to_thread.run_sync(started.wait, NEVER)
+                    raise boom
+    assert raised.value.exceptions == (boom,)
+    assert not outer.cancelled_caught
+    assert stopping.is_set()
+    assert gocontext.cause(g.ctx) is boom
