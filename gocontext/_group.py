@@ -200,7 +200,8 @@ class Group:
         """Run ``fn(g.ctx, *args)`` in a new worker thread; with a limit, wait for a free slot.
 
         Raises ``g.ctx.err()`` instead of starting *fn* if ``g.ctx`` ends while waiting for a
-        slot, and RuntimeError outside the ``with`` block.
+        slot, and RuntimeError outside the ``with`` block, or when the block ended while it
+        waited (a ``go()`` from a thread that is none of the group's functions).
 
         Example:
             >>> import gocontext
@@ -248,6 +249,14 @@ class Group:
                 # Once g.ctx is done, a go() that had to wait starts nothing: a function that
                 # fails ends g.ctx before it frees its slot, so this never races with it.
                 while True:
+                    state = self._state
+                    if state != "open" and (state != "closing" or self._running == 0):
+                        # The block is over (a go() from a thread outside the group, which
+                        # waited while the last function returned): what it accepted is done.
+                        raise RuntimeError(
+                            f"Group.{name}() waited for a slot until the group's with block "
+                            f"ended: {fn!r} was not started"
+                        )
                     err = self._ctx.err()
                     if err is not None:
                         self._refusal = err

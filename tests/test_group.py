@@ -599,3 +599,45 @@ def test_a_second_ctrl_c_after_the_body_raised_stops_the_waiting_and_keeps_all_t
         "left with KeyboardInterrupt() <- KeyboardInterrupt() <- ValueError('the body failed')",
     ], (out, err)
     assert proc.returncode == 0, err
+
+
+def test_a_go_from_outside_the_group_waiting_for_a_slot_when_the_block_ends_is_refused() -> None:
+    """A thread that is none of the group's functions waits in go() for a slot while the
+    block's exit waits: once the last function returns the block is over, so that go() starts
+    nothing (no function runs after the block, no error of one is lost)."""
+    for _ in range(20):
+        release = threading.Event()
+        left = threading.Event()
+        ran: list[str] = []
+        refused: list[BaseException] = []
+
+        def holder(ctx: gocontext.Context, release: threading.Event = release) -> None:
+            release.wait(NEVER)
+
+        def outsider(
+            g: gocontext.Group, ran: list[str] = ran, refused: list[BaseException] = refused
+        ) -> None:
+            try:
+                g.go(lambda _c: ran.append("late"))
+            except RuntimeError as e:
+                refused.append(e)
+
+        def releaser(
+            g: gocontext.Group, release: threading.Event = release, left: threading.Event = left
+        ) -> None:
+            wait_until_waiting(g)
+            hold_until_waited_for(g, left)
+            release.set()
+
+        with gocontext.Group(gocontext.background(), limit=1) as g:
+            g.go(holder)
+            threads = [threading.Thread(target=f, args=(g,)) for f in (outsider, releaser)]
+            for t in threads:
+                t.start()
+        left.set()
+        for t in threads:
+            t.join(NEVER)
+        assert ran == []
+        assert len(refused) == 1
+        assert "waited for a slot until the group's with block ended" in str(refused[0])
+        assert g.errors == []
