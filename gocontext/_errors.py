@@ -3,7 +3,18 @@ turn bad arguments into a TypeError or ValueError naming the call and what came 
 
 from __future__ import annotations
 
-__all__ = ["Canceled", "Cancelled", "ContextError", "DeadlineExceeded", "check_real", "describe"]
+import inspect
+
+__all__ = [
+    "Canceled",
+    "Cancelled",
+    "ContextError",
+    "DeadlineExceeded",
+    "async_callable",
+    "check_real",
+    "describe",
+    "refuse_coroutine",
+]
 
 
 class ContextError(Exception):
@@ -77,6 +88,39 @@ def describe(x: object) -> str:
     if len(text) > 80:
         text = text[:77] + "..."
     return text if x is None else f"{type(x).__name__}: {text}"
+
+
+def async_callable(fn: object) -> bool:
+    """Whether calling *fn* makes a coroutine by its definition: an async function (a
+    ``functools.partial`` of one too) or an object whose ``__call__`` is one.
+
+    Example:
+        >>> async def job(): ...
+        >>> async_callable(job), async_callable(print)
+        (True, False)
+    """
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the method, not callability
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def refuse_coroutine(result: object, fn: object, where: str, instead: str) -> None:
+    """Raise TypeError if *result*, what *fn* returned in a worker thread of *where*, is a
+    coroutine (closed first: it would never run, and nobody awaits it).
+
+    Example:
+        >>> async def job(): ...
+        >>> try:
+        ...     refuse_coroutine(job(), job, "Group.go()", "use gocontext.TaskGroup")
+        ... except TypeError as e:
+        ...     print(str(e).split(", and ")[0])
+        Group.go() runs functions in threads
+    """
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"{where} runs functions in threads, and {describe(fn)} returned a coroutine, "
+            f"which would never run: {instead}"
+        )
 
 
 def check_real(x: object, fname: str, what: str, expected: str) -> float:

@@ -32,6 +32,7 @@ from ._context import (
     with_cancel,
     with_cancel_cause,
 )
+from ._errors import async_callable, refuse_coroutine
 from ._loops import wait_done
 
 _log = logging.getLogger("gocontext")
@@ -232,7 +233,7 @@ class Group:
         name = "go" if block else "try_go"
         if not callable(fn):
             raise TypeError(f"Group.{name}() needs a callable, got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
+        if async_callable(fn):
             raise TypeError(
                 f"Group.{name}() runs functions in threads, got async function {fn!r}: "
                 "use gocontext.TaskGroup"
@@ -303,7 +304,8 @@ class Group:
                 return  # go() raised while starting us: fn is not to run
             ticket[0] = True
         try:
-            context.run(fn, self._ctx, *args)
+            result = context.run(fn, self._ctx, *args)
+            refuse_coroutine(result, fn, "Group.go()", "use gocontext.TaskGroup")
         except BaseException as e:  # KeyboardInterrupt and SystemExit too: raised on exit
             with self._lock:
                 self._errors.append(e)
@@ -593,7 +595,7 @@ class TaskGroup:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"TaskGroup.{name}() needs a callable, got {fn!r}")
-        if not is_async and inspect.iscoroutinefunction(fn):
+        if not is_async and async_callable(fn):
             raise TypeError(
                 f"TaskGroup.go_thread() runs functions in threads, got async function {fn!r}: "
                 "use TaskGroup.go()"
@@ -660,7 +662,8 @@ class TaskGroup:
                 claimed, ticket[0] = ticket[0], True
             try:
                 if not claimed:
-                    context.run(fn, ctx, *args)
+                    result = context.run(fn, ctx, *args)
+                    refuse_coroutine(result, fn, "TaskGroup.go_thread()", "use TaskGroup.go()")
             except BaseException as e:  # KeyboardInterrupt and SystemExit too: raised on exit
                 raised.append(e)
             finally:

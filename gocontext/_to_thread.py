@@ -19,7 +19,7 @@ from ._context import (
     with_cancel,
     with_cancel_cause,
 )
-from ._errors import ContextError, describe
+from ._errors import ContextError, async_callable, describe
 from ._loops import wait_done
 
 __all__ = ["to_thread"]
@@ -61,6 +61,11 @@ async def to_thread(
     check_context(ctx, "to_thread", "ctx")
     if not callable(fn):
         raise TypeError(f"to_thread() needs a callable, got {describe(fn)}")
+    if async_callable(fn):
+        raise TypeError(
+            f"to_thread() runs functions in threads, got async function {describe(fn)}: "
+            "await it in the task instead"
+        )
     child, cancel_child = with_cancel_cause(ctx)
     # Who ends the call decides it through `claim`, a one-item list popped atomically: the
     # worker pops it to run fn; a task that is cancelled or interrupted pops it first when fn

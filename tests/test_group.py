@@ -641,3 +641,27 @@ def test_a_go_from_outside_the_group_waiting_for_a_slot_when_the_block_ends_is_r
         assert len(refused) == 1
         assert "waited for a slot until the group's with block ended" in str(refused[0])
         assert g.errors == []
+
+
+class AsyncCall:
+    """A callable object whose ``__call__`` is an async function."""
+
+    async def __call__(self, ctx: gocontext.Context) -> None:
+        raise AssertionError("never runs")
+
+
+async def never_runs(ctx: gocontext.Context) -> None:
+    raise AssertionError("never runs")
+
+
+def test_an_async_callable_is_refused_and_a_coroutine_returned_is_a_failure() -> None:
+    """Neither starts work that would never run: an object with an async ``__call__`` is
+    refused at the call, and a coroutine that a function returns fails it, never dropped."""
+    with gocontext.Group(gocontext.background()) as g:
+        with pytest.raises(TypeError, match=r"runs functions in threads, got async function"):
+            g.go(AsyncCall())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"returned a coroutine") as raised:
+        with gocontext.Group(gocontext.background()) as g:
+            g.go(lambda ctx: never_runs(ctx))
+    assert g.errors == [raised.value]
+    assert "use gocontext.TaskGroup" in str(raised.value)

@@ -573,3 +573,26 @@ async def test_the_bodys_failure_is_not_lost_to_an_outer_cancel_while_the_exit_w
     assert not outer.cancelled_caught
     assert stopping.is_set()
     assert gocontext.cause(g.ctx) is boom
+
+
+class AsyncCall:
+    """A callable object whose ``__call__`` is an async function."""
+
+    async def __call__(self, ctx: gocontext.Context) -> None:
+        raise AssertionError("never runs")
+
+
+async def never_runs(ctx: gocontext.Context) -> None:
+    raise AssertionError("never runs")
+
+
+async def test_an_async_callable_given_to_go_thread_is_refused_or_a_failure() -> None:
+    """go_thread() refuses an object with an async ``__call__``, and a coroutine that its
+    function returns fails it: never dropped unawaited."""
+    async with gocontext.TaskGroup(gocontext.background()) as g:
+        with pytest.raises(TypeError, match=r"got async function .* use TaskGroup.go\(\)"):
+            g.go_thread(AsyncCall())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"returned a coroutine.*use TaskGroup.go\(\)") as raised:
+        async with gocontext.TaskGroup(gocontext.background()) as g:
+            g.go_thread(lambda ctx: never_runs(ctx))
+    assert g.errors == [raised.value]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import queue
 import random
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -214,6 +216,29 @@ async def test_bad_arguments_are_type_errors() -> None:
     not_callable: Callable[[gocontext.Context], None] = 42  # type: ignore[assignment]
     with pytest.raises(TypeError, match="callable"):
         await gocontext.to_thread(gocontext.background(), not_callable)
+
+
+class AsyncCall:
+    """A callable object whose ``__call__`` is an async function."""
+
+    ran = False
+
+    async def __call__(self, ctx: gocontext.Context) -> None:
+        AsyncCall.ran = True
+
+
+async def async_job(ctx: gocontext.Context) -> None:
+    AsyncCall.ran = True
+
+
+@pytest.mark.parametrize(
+    "fn", [async_job, functools.partial(async_job), AsyncCall()], ids=["fn", "partial", "object"]
+)
+async def test_an_async_callable_is_refused_not_handed_back_unawaited(fn: Any) -> None:
+    AsyncCall.ran = False
+    with pytest.raises(TypeError, match=r"to_thread\(\) runs functions in threads, got async"):
+        await gocontext.to_thread(gocontext.background(), fn)
+    assert not AsyncCall.ran
 
 
 # --------------------------------------------------------------------------------------------
