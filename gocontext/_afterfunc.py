@@ -1,7 +1,10 @@
-"""A small pool of daemon threads that runs ``after_func`` functions off the canceller's thread.
+"""A pool of daemon threads that runs ``after_func`` functions off the canceller's thread.
 
 Threads start on demand, at most ``_MAX_THREADS`` at once, and exit after ``_IDLE_EXIT`` seconds
-without work, so an idle process holds none. Nothing waits in a thread per registration: a
+without work, so an idle process holds none. The bound is wide: Go runs each function in a
+goroutine of its own, so a function here waits for a thread only while ``_MAX_THREADS`` others
+are running (functions blocked in slow cleanup do not hold up another context's), and a storm
+of ends still starts no more threads than that. Nothing waits in a thread per registration: a
 function reaches the pool only once its context is done. Whatever a function raises (SystemExit
 and KeyboardInterrupt included) is logged, and the thread goes on serving: the pool's books are
 kept in ``finally`` clauses, so no exception can leave them counting a thread that is gone.
@@ -18,7 +21,7 @@ __all__ = ["after_fork_in_child", "submit", "threads"]
 
 _log = logging.getLogger("gocontext")
 
-_MAX_THREADS = 8
+_MAX_THREADS = 64
 _IDLE_EXIT = 5.0
 
 # Guarded by _lock: _threads (live workers) and _idle (workers waiting in _queue.get()). A

@@ -271,3 +271,30 @@ def test_a_woken_thread_that_never_runs_holds_the_canceller_for_a_bounded_time()
     assert done.wait(NEVER)
     assert lock.acquire(blocking=False)  # it was released: the wake itself happened
     assert not _done.handoffs
+
+
+def test_slow_after_funcs_do_not_hold_up_an_unrelated_contexts() -> None:
+    """As Go runs each AfterFunc in its own goroutine: a handful of functions blocked in slow
+    cleanup leave the pool room for another context's, which runs while they still block."""
+    a, cancel_a = gocontext.with_cancel(gocontext.background())
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+    slow = 8
+
+    def blocked() -> None:
+        started.release()
+        gate.wait(3 * NEVER)  # (longer than the test waits: they block until it ends)
+
+    for _ in range(slow):
+        gocontext.after_func(a, blocked)
+    cancel_a()
+    try:
+        for _ in range(slow):
+            assert started.acquire(timeout=NEVER)  # all of them are running, and blocked
+        b, cancel_b = gocontext.with_cancel(gocontext.background())
+        ran = threading.Event()
+        gocontext.after_func(b, ran.set)
+        cancel_b()
+        assert ran.wait(NEVER), "an unrelated context's function waited for the slow ones"
+    finally:
+        gate.set()
