@@ -127,6 +127,7 @@ class Group:
     # (the first exception out of a failing function's cancel of g.ctx). _idle ends
     # once _running is 0 while closing. _limit, _ctx and _cancel are fixed at construction.
     __slots__ = (
+        "_before",
         "_cancel",
         "_cond",
         "_ctx",
@@ -159,6 +160,7 @@ class Group:
         self._interrupt: BaseException | None = None
         self._wake: Any = None  # the done callback that wakes go() waiting for a slot
         self._idle, self._mark_idle = with_cancel(_BACKGROUND)  # ended once all have returned
+        self._before: BaseException | None = None  # what was being handled at entry
 
     @property
     def ctx(self) -> RichContext:
@@ -193,6 +195,7 @@ class Group:
             if self._state != "new":
                 raise RuntimeError("a gocontext.Group is entered once: make a new Group")
             self._state = "open"
+        self._before = sys.exc_info()[1]  # (a Ctrl-C chained to it is counted from there)
         if self._limit is not None:
             self._wake = self._ctx.done().add_callback(self._notify)
         return self
@@ -373,6 +376,11 @@ class Group:
             try:
                 handled = sys.exc_info()[1]  # e if the body raised: what an exception chains to
                 interrupt: BaseException | None = e if isinstance(e, KeyboardInterrupt) else None
+                if interrupt is not None and _ctrl_cs(interrupt, self._before) > 1:
+                    # A second Ctrl-C came out of the body (a nested group's, raised during
+                    # the first): it stops this waiting too, as one landing in it would.
+                    self._cancel(interrupt)
+                    return
                 if e is not None:
                     self._cancel(e)
                 self._wait()
@@ -398,7 +406,7 @@ class Group:
             if first is not None:
                 raise first
         finally:
-            interrupt = None  # (no reference cycle through this frame)
+            interrupt = self._before = None  # (no reference cycle through this frame)
             self._cancel(None)
             if self._wake is not None:
                 self._wake.cancel()

@@ -426,6 +426,49 @@ def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
     assert proc.returncode == -signal.SIGINT
 
 
+
+NESTED_CHILD = textwrap.dedent(
+    """
+    import sys, threading, gocontext
+
+    never = threading.Event()
+
+    def say(line):
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+    def stuck(ctx, name):  # ignores the cancel: only a second Ctrl-C gets out
+        say(f"started {name}")
+        ctx.done().wait()
+        say(f"stopped {name}")
+        never.wait()
+
+    with gocontext.Group(gocontext.background()) as outer:
+        outer.go(stuck, "outer")
+        with gocontext.Group(gocontext.background()) as inner:
+            inner.go(stuck, "inner")
+    print("not reached", flush=True)
+    """
+)
+
+
+def test_a_second_ctrl_c_stops_the_waiting_of_nested_groups_too() -> None:
+    """The inner group leaves at the second Ctrl-C; the outer one sees that second Ctrl-C
+    (raised during the first) come out of its body, and leaves at once too."""
+    proc = spawn(NESTED_CHILD)
+    try:
+        read_lines(proc, "started", 2)
+        proc.send_signal(signal.SIGINT)
+        assert read_lines(proc, "stopped", 1) == ["stopped inner"]
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert "not reached" not in out
+    assert err.count("KeyboardInterrupt") >= 2, err
+    assert proc.returncode == -signal.SIGINT
+
+
 EXIT_CHILD = textwrap.dedent(
     """
     import inspect, signal, sys, threading, gocontext
