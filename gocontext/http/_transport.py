@@ -11,12 +11,14 @@ and caps every httpx timeout; ``PropagatedKey`` values go out in ``baggage``. Wh
   a cancelled request leaves stranded in httpcore's pool is taken out of it.
 - ``Transport`` (blocking) registers on the context for the request's lifetime; a cancel or a
   deadline shuts down the sockets the request is using (a connecting socket included: new
-  connections are made here, one handshake each), which wakes the blocked thread with an
-  error that is raised as ``Canceled`` / ``DeadlineExceeded``; a request waiting for a free
-  connection is woken too. The connection is discarded, so the pool stays healthy. This needs
-  the pool's network backend, so it works with the default inner transport or any
-  ``httpx.HTTPTransport``; other inner transports get the headers, the timeouts and the check
-  before sending.
+  connections are made here, one handshake each; and one in its TLS handshake), which wakes
+  the blocked thread with an error that is raised as ``Canceled`` / ``DeadlineExceeded``; a
+  request waiting for a free connection is woken too. The connection is discarded, so the pool
+  stays healthy. This needs the pool's network backend, so it works with the default inner
+  transport or any ``httpx.HTTPTransport``; other inner transports get the headers, the
+  timeouts and the check before sending. A shut-down socket reads as the peer's close: once
+  the context has ended, no end of a body is taken for a clean one (a body that the close
+  delimits would be cut short).
 
 A context that can never end (``background()``, values only) takes a fast path: its headers
 and nothing else.
@@ -554,8 +556,9 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
 class _Aborter:
     """The sockets one blocking request is using, and the switch that shuts them down.
 
-    ``lock`` guards ``aborted``, ``finished`` and ``sockets``. A socket is registered before it
-    is used (before ``connect()`` for a new connection), so an abort interrupts whatever the
+    ``lock`` guards ``aborted``, ``finished`` and ``sockets`` (with the descriptors that
+    ``hold()`` registered), which are shut down under it. A socket is registered before it is
+    used (before ``connect()`` for a new connection), so an abort interrupts whatever the
     request is blocked in. Once the response is closed (``finished``), aborting does nothing:
     the connection may already serve another request.
     """
@@ -570,7 +573,7 @@ class _Aborter:
         self.lock = _thread.RLock()  # the C lock itself: threading.RLock is a factory call
         self.aborted = False
         self.finished = False
-        self.sockets: set[socket.socket] = set()
+        self.sockets: set[socket.socket | int] = set()  # (ints: see hold())
         # The pool the request may queue in, and the extensions dict that identifies its
         # requests there (httpx hands the same dict to httpcore).
         self.pool = pool
@@ -584,15 +587,50 @@ class _Aborter:
         if self.aborted:  # read after the add: an abort run inside it is seen too
             raise _Aborted("the request's context ended")
 
+    def hold(self, sock: socket.socket) -> int | None:
+        """Register a descriptor of our own for *sock*'s connection (a duplicate of its
+        descriptor), until ``release``.
+
+        For a step that hands *sock*'s descriptor over to a socket object of its own, the
+        registered one then being detached and its shutdown a no-op: a TLS handshake, run
+        inside ``SSLContext.wrap_socket``. A shutdown through the duplicate reaches the
+        connection whichever object owns it, and never another file that reuses a number:
+        the duplicate is ours, and closed under the lock. No socket object is made for it
+        until an abort (one would set the connection's blocking mode to the default timeout).
+        None if *sock* has no descriptor; raises ``_Aborted`` if the request's context has
+        already ended.
+        """
+        try:
+            fd = socket.dup(sock.fileno())
+        except OSError:  # closed already
+            return None
+        with self.lock:
+            if not self.aborted:
+                self.sockets.add(fd)
+                return fd
+        socket.close(fd)
+        raise _Aborted("the request's context ended")
+
+    def release(self, fd: int) -> None:
+        with self.lock:
+            self.sockets.discard(fd)
+            socket.close(fd)
+
     def abort(self) -> None:
         with self.lock:
             if self.finished or self.aborted:
                 return
             self.aborted = True
-            sockets = list(self.sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):  # already closed, or never connected
-                sock.shutdown(socket.SHUT_RDWR)
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):  # already closed, or never connected
+                    if isinstance(sock, int):  # a descriptor of hold()'s
+                        held = socket.socket(fileno=sock)
+                        try:
+                            held.shutdown(socket.SHUT_RDWR)
+                        finally:
+                            held.detach()  # (closed by release())
+                    else:
+                        sock.shutdown(socket.SHUT_RDWR)
         if self.pool is not None:
             _dequeue(self.pool, self.extensions)
 
@@ -646,7 +684,8 @@ _current: contextvars.ContextVar[_Aborter | None] = contextvars.ContextVar(
 
 class _AbortableStream(httpcore.NetworkStream):
     """A connection's stream that registers its socket with the aborter of the request using
-    it, before each write or TLS start (once per request: ``_aborter`` is the last).
+    it, before each write or TLS start (once per request: ``_aborter`` is the last), and for
+    a TLS handshake a duplicate of its descriptor as well.
 
     Not before a read: a request writes before it reads, and a read may be another
     request's (a response body piped into a request's body is read inside that request's
@@ -683,8 +722,24 @@ class _AbortableStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        self._enter()
-        return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+        aborter = _current.get()
+        held = None
+        try:
+            self._enter()
+            if aborter is not None and self._sock is not None:
+                # The handshake runs on a socket object that takes the descriptor over from
+                # the registered one: an abort reaches it through a duplicate (see hold()).
+                held = aborter.hold(self._sock)
+        except _Aborted:
+            self.close()
+            raise
+        if aborter is None or held is None:
+            return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+        try:
+            stream = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        finally:
+            aborter.release(held)
+        return _AbortableStream(stream)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -858,7 +913,7 @@ class _SyncBoundedStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         if self._aborter is None:  # closed (httpx raises StreamClosed before asking)
             return
-        ctx, capped = self._ctx, self._capped
+        ctx, capped, aborter = self._ctx, self._capped, self._aborter
         # The connection's socket is registered with the request's aborter already (it was
         # used to send the request): an abort interrupts a read of the body in whatever thread
         # reads it.
@@ -868,6 +923,12 @@ class _SyncBoundedStream(httpx.SyncByteStream):
                 if err is not None:
                     raise err  # noqa: TRY301 - passes the except below unchanged (not httpx's)
                 yield chunk
+            # The end may be the abort's own doing: a socket shut down reads as the peer's
+            # close, which ends a body that the close delimits (no length, no chunks). Once
+            # the context has ended, no end is a clean one.
+            err = ctx.err()
+            if err is not None or aborter.aborted:
+                raise err or _Aborted("the request's context ended")  # noqa: TRY301 - as above
         except BaseException as e:
             _raise_as_context_error(e, ctx, capped)
             raise

@@ -8,6 +8,7 @@ not available, a network backend whose connect blocks for the round trip.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -197,3 +198,78 @@ def test_a_backend_whose_connect_takes_a_round_trip_is_called_once(
     assert not t.is_alive(), "the request never returned"
     assert out == [200]
     assert backend.calls == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The TLS handshake: a peer that accepts the connection and never answers its ClientHello
+
+
+@pytest.fixture
+def mute_tls_peer() -> Iterator[tuple[int, threading.Event]]:
+    """The port of a peer on 127.0.0.1 that reads a connection's ClientHello and never
+    answers, and an event set once a ClientHello arrived."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    hello = threading.Event()
+    closing = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            conn, _ = listener.accept()
+            conns.append(conn)
+            if closing.is_set():
+                return
+            with contextlib.suppress(OSError):
+                if conn.recv(65536):
+                    hello.set()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        yield listener.getsockname()[1], hello
+    finally:
+        closing.set()
+        for conn in conns:  # wakes a recv()
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        socket.create_connection(listener.getsockname()).close()  # wakes accept()
+        t.join(NEVER)
+        listener.close()
+        for conn in conns:
+            conn.close()
+
+
+def test_a_cancel_from_another_thread_interrupts_a_tls_handshake(
+    server: Any, mute_tls_peer: tuple[int, threading.Event]
+) -> None:
+    """Only the cancel can end the handshake within the test's hang guard (the caller's
+    timeout is longer): it raises Canceled, and the pool serves the next request."""
+    port, hello = mute_tls_peer
+    ctx, cancel = gocontext.with_cancel(gocontext.background())
+
+    def cancel_once_hello() -> None:
+        if hello.wait(NEVER):
+            cancel()
+
+    canceller = threading.Thread(target=cancel_once_hello)
+    canceller.start()
+    transport = gocontext.http.Transport()
+    with httpx.Client(transport=transport, timeout=NEVER * 3) as client:
+        out: list[BaseException] = []
+
+        def handshake() -> None:
+            try:
+                client.get(f"https://127.0.0.1:{port}/", extensions={"gocontext": ctx})
+            except BaseException as e:
+                out.append(e)
+
+        t = threading.Thread(target=handshake)
+        t.start()
+        t.join(NEVER)
+        canceller.join(NEVER)
+        assert not t.is_alive(), "the handshake went on after the cancel"
+        assert len(out) == 1 and isinstance(out[0], gocontext.Canceled), out
+        pool = transport._inner._pool  # type: ignore[attr-defined]
+        assert [c for c in pool.connections if not (c.is_idle() or c.is_closed())] == []
+        assert pool._requests == []
+        assert client.get(f"{server.url}/info").status_code == 200
