@@ -1,15 +1,27 @@
 """``signal_context()``: Go's ``signal.NotifyContext``, a context that a signal cancels.
 
+One dispatcher per signal number, installed by the first ``signal_context()`` for it, hands
+each signal to every context waiting for it, and puts the handler it replaced back when the
+last of them leaves, in whatever order they leave. The registry (``_dispatchers``, each one's
+subscribers) is changed only in the main thread, the only one that may install a handler:
+``stop()`` from another thread only marks its context, and the main thread drops it at the
+next signal, ``signal_context()`` or ``stop()``.
+
 A Python signal handler runs in the main thread between two bytecodes, possibly while that
-thread holds one of our locks (the cancel tree's, a timer's). It therefore takes none: it swaps
-handlers back (``signal.signal`` takes no lock of ours) and hands the cancel to a relay thread
-through a ``queue.SimpleQueue``, whose ``put()`` is safe in a signal handler. The relay thread
-is started by ``signal_context()`` itself, never in a handler, and lives as long as the process.
+thread holds one of our locks (the cancel tree's, a timer's), or while it changes the registry.
+It therefore takes no lock: it swaps handlers back (``signal.signal`` takes no lock of ours),
+hands the cancels to a relay thread through a ``queue.SimpleQueue``, whose ``put()`` is safe in
+a signal handler, and, if it finds the registry being changed (``_busy``), leaves the signal
+in ``_pending`` for the code it interrupted to deliver once done. The relay thread is started
+by ``signal_context()`` itself, never in a handler, and lives as long as the process.
 
 A handler only runs once the main thread runs bytecode. A signal that the system hands to
 another thread, or that lands just before the main thread blocks, leaves an asyncio loop asleep
 in its selector. So inside a running asyncio loop ``signal_context()`` holds the loop's signal
 wake-up (``_wakeup``) for as long as it lasts.
+
+A forked child keeps the handlers and the registry, so its own signals cancel its copies of
+the contexts; it gets a relay thread of its own, and drops the signals pending in the parent.
 """
 
 from __future__ import annotations
@@ -19,7 +31,9 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from types import FrameType
 from typing import Any, final
 
@@ -41,17 +55,20 @@ _Handler = Callable[[int, FrameType | None], Any] | int | None
 class SignalReceived(Exception):
     """The cause ``signal_context()`` records when a signal ends its context.
 
-    ``signum`` is the signal, a ``signal.Signals``.
+    ``signum`` is the signal, a ``signal.Signals`` (the plain number for a signal that has no
+    name there, a real-time one such as ``signal.SIGRTMIN + 1``).
 
     Example:
         >>> import gocontext, signal
         >>> e = gocontext.SignalReceived(signal.SIGTERM)
         >>> e.signum, str(e)
         (<Signals.SIGTERM: 15>, 'received SIGTERM')
+        >>> gocontext.SignalReceived(signal.SIGRTMIN + 1)
+        SignalReceived(SIGRTMIN+1)
     """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum))
+        super().__init__(_as_signal(signum))
 
     @property
     def signum(self) -> signal.Signals:
@@ -60,10 +77,27 @@ class SignalReceived(Exception):
         return s
 
     def __str__(self) -> str:
-        return f"received {self.signum.name}"
+        return f"received {_name(self.signum)}"
 
     def __repr__(self) -> str:
-        return f"SignalReceived({self.signum.name})"
+        return f"SignalReceived({_name(self.signum)})"
+
+
+def _as_signal(signum: int) -> signal.Signals:
+    """*signum* as a ``signal.Signals`` if it has a name there, else as it is."""
+    try:
+        return signal.Signals(signum)
+    except ValueError:
+        return signum  # type: ignore[return-value]  # (as signal.valid_signals() does)
+
+
+def _name(signum: int) -> str:
+    if isinstance(signum, signal.Signals):
+        return signum.name
+    rtmin: int | None = getattr(signal, "SIGRTMIN", None)
+    if rtmin is not None and rtmin < signum <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - rtmin}"
+    return f"signal {signum}"
 
 
 def signal_context(
@@ -73,25 +107,36 @@ def signal_context(
     """Return ``(ctx, stop)``: a child of *parent* (default ``background()``) that the first of
     *signals* cancels, with a ``SignalReceived`` cause. Go's ``signal.NotifyContext``.
 
-    ``ctx`` also ends when ``stop()`` is called or *parent* ends. The first signal and
-    ``stop()`` put the previous handlers back, and a signal that arrives once ``ctx`` has ended
-    some other way goes to the previous handler (and puts it back): so a second Ctrl-C stops a
-    stuck program the usual way. The pair is a context manager that calls ``stop()`` on exit.
+    ``ctx`` also ends when ``stop()`` is called or *parent* ends. A signal reaches every
+    ``signal_context()`` waiting for it: nested ones for the same signal all end with the
+    same cause. The handler in place before the first of them is put back when the last of
+    them is done with it, whatever the order: once one signal has ended them all, or all have
+    stopped. A signal that arrives once every such ``ctx`` has ended some other way goes to
+    that handler (and puts it back). So the second Ctrl-C stops a stuck program the usual way,
+    however many contexts the first one ended. If some other handler was installed over ours
+    meanwhile, it stays: ours is not put back over it, and, should it call ours, the signal
+    goes on to the handler ours replaced. The pair is a context manager that calls ``stop()``
+    on exit.
+
+    *signals* are numbers from ``signal.valid_signals()``, real-time ones included; others
+    raise ValueError, as do signals the system does not let a program catch (SIGKILL).
 
     Call it from the main thread (a plain script, or inside ``asyncio.run()`` or ``trio.run()``,
     whose own handlers become the previous ones); elsewhere it raises RuntimeError. ``stop()``
-    may be called from any thread; from another thread the handlers go back at the next signal.
-    The cancel reaches ``ctx`` from a relay thread a moment after the handler runs: wait on
+    may be called from any thread; from another thread the handler goes back at the next
+    signal, or at the next ``signal_context()`` or ``stop()`` in the main thread. The cancel
+    reaches ``ctx`` from a relay thread a moment after the handler runs: wait on
     ``ctx.done()``, as with any context. Called inside a running asyncio loop, it also makes a
     signal wake that loop wherever the system delivers it (a signal wake-up fd, given back by
     ``stop()``), as trio does by itself.
 
     Example:
         >>> import gocontext, os, signal
-        >>> with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, stop):
-        ...     os.kill(os.getpid(), signal.SIGUSR1)
-        ...     ctx.done().wait(5), gocontext.cause(ctx)
-        (True, SignalReceived(SIGUSR1))
+        >>> with gocontext.signal_context(signals=[signal.SIGUSR1]) as (outer, _):
+        ...     with gocontext.signal_context(signals=[signal.SIGUSR1]) as (inner, _):
+        ...         os.kill(os.getpid(), signal.SIGUSR1)
+        ...         inner.done().wait(5), outer.done().wait(5), gocontext.cause(outer)
+        (True, True, SignalReceived(SIGUSR1))
         >>> signal.getsignal(signal.SIGUSR1)
         <Handlers.SIG_DFL: 0>
     """
@@ -107,21 +152,22 @@ def signal_context(
     sigs = _check_signals(signals)
     _start_relay()
     ctx, cancel = with_cancel_cause(parent)
-    notifier = _Notifier(ctx, cancel, sigs)
+    notifier = _Notifier(ctx, cancel)
+    notifier.subscribe(sigs)
     return CancelPair((ctx, notifier.stop))
 
 
-def _check_signals(signals: object) -> tuple[signal.Signals, ...]:
+def _check_signals(signals: object) -> tuple[int, ...]:
     if isinstance(signals, (str, bytes, int)) or not isinstance(signals, Iterable):
         raise TypeError(f"signal_context() needs an iterable of signals, got {signals!r}")
-    out: list[signal.Signals] = []
+    valid = signal.valid_signals()
+    out: list[int] = []
     for s in signals:
         if isinstance(s, bool) or not isinstance(s, int):
             raise TypeError(f"signal_context() needs signal numbers, got {s!r}")
-        try:
-            sig = signal.Signals(s)
-        except ValueError:
-            raise ValueError(f"signal_context() got an unknown signal: {s!r}") from None
+        if s not in valid:
+            raise ValueError(f"signal_context() got an unknown signal: {s!r}")
+        sig = _as_signal(s)
         if sig not in out:
             out.append(sig)
     if not out:
@@ -129,80 +175,160 @@ def _check_signals(signals: object) -> tuple[signal.Signals, ...]:
     return tuple(out)
 
 
-@final
-class _Notifier:
-    """The handler for one ``signal_context()`` and the handlers it replaced.
+# --------------------------------------------------------------------------------------------
+# The registry: one dispatcher per signal, and the contexts waiting for it (main thread only)
 
-    ``_spent`` is False until the first signal or ``stop()``, then True for good; ``_previous``
-    maps each signal to the handler it replaced (filled as they are installed, then fixed).
-    Both are touched by the handler in the main thread and by ``stop()`` in any thread: a
-    handler that finds ``_spent`` set only forwards, so the race costs at most a forwarded
-    signal.
+_dispatchers: dict[int, _Dispatcher] = {}  # the one a new context for the signal joins
+_busy = False  # the main thread is changing the registry: a handler leaves its signal pending
+_pending: list[tuple[_Dispatcher, int, FrameType | None]] = []
+
+
+@contextmanager
+def _changing() -> Iterator[None]:
+    """Change the registry (main thread); then deliver the signals that arrived meanwhile."""
+    global _busy
+    try:
+        _busy = True
+        yield
+    finally:
+        _busy = False
+        _deliver_pending()
+
+
+def _deliver_pending() -> None:
+    while _pending and not _busy:
+        d, signum, frame = _pending.pop(0)
+        d.handler(signum, frame)
+
+
+def _tidy() -> None:
+    """Drop the contexts stopped from other threads; put back handlers no one waits on now."""
+    for d in list(_dispatchers.values()):
+        d.prune()
+
+
+@final
+class _Dispatcher:
+    """The handler installed for one signal, what it replaced, and who waits for the signal.
+
+    ``handler`` is the very object installed (a bound method made once), so that whether ours
+    is still in place is ``signal.getsignal(signum) is handler``.
     """
 
-    __slots__ = ("_cancel", "_ctx", "_previous", "_spent", "_waker")
+    __slots__ = ("handler", "previous", "signum", "subscribers")
 
-    def __init__(
-        self, ctx: Context, cancel: Callable[[BaseException | None], None], sigs: tuple[int, ...]
-    ) -> None:
-        self._ctx = ctx
-        self._cancel = cancel
-        self._spent = False
-        self._previous: dict[int, _Handler] = {}
-        self._waker: _wakeup.LoopWakeup | None = None
-        try:
-            for s in sigs:
-                self._previous[s] = signal.signal(s, self._handle)
-        except (OSError, ValueError) as e:  # SIGKILL, SIGSTOP: the system refuses them
-            self._restore()
-            cancel(None)
-            raise ValueError(f"signal_context() cannot catch {signal.Signals(s).name}: {e}") from e
-        try:
-            self._waker = _wakeup.hold()
-        except BaseException:  # an interrupt: leave nothing installed
-            self._restore()
-            cancel(None)
-            raise
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.subscribers: list[_Notifier] = []
+        self.handler = self._on_signal
+        self.previous: _Handler = signal.signal(signum, self.handler)
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Main thread, between two bytecodes: take no lock of ours (see the module docstring).
-        if not self._spent and self._ctx.err() is None:
-            self._spent = True
-            self._restore()
-            _relay.put(lambda: self._cancel(SignalReceived(signum)))
+        global _busy
+        if _busy:
+            _pending.append((self, signum, frame))
             return
-        self._spent = True
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        self._restore()
-        _forward(previous, signum, frame)
+        taken = False
+        try:
+            _busy = True
+            subscribers, self.subscribers = self.subscribers, []
+            for n in subscribers:
+                if n.spent:
+                    continue
+                n.spent = True
+                if n.ctx.err() is None:
+                    taken = True
+                    _relay.put(partial(n.cancel, SignalReceived(signum)))
+                for d in n.dispatchers:
+                    if d is not self:
+                        d.prune()
+            self.retire()
+            _tidy()
+        finally:
+            _busy = False
+        try:
+            if not taken:
+                _forward(self.previous, signum, frame)
+        finally:
+            _deliver_pending()
+
+    def prune(self) -> None:
+        """Drop the contexts done with the signal; put the handler back if none is left."""
+        self.subscribers = [n for n in self.subscribers if not n.spent]
+        if not self.subscribers:
+            self.retire()
+
+    def retire(self) -> None:
+        """Leave the registry, and put back the handler replaced, unless someone else's has
+        replaced ours since."""
+        if _dispatchers.get(self.signum) is self:
+            del _dispatchers[self.signum]
+        if signal.getsignal(self.signum) is self.handler:
+            signal.signal(self.signum, signal.SIG_DFL if self.previous is None else self.previous)
+
+
+@final
+class _Notifier:
+    """One ``signal_context()``: its context, and the dispatchers it waits on.
+
+    ``spent`` is False until a signal or ``stop()``, then True for good; ``stop()`` sets it in
+    any thread, everything else here runs in the main thread.
+    """
+
+    __slots__ = ("cancel", "ctx", "dispatchers", "spent", "waker")
+
+    def __init__(self, ctx: Context, cancel: Callable[[BaseException | None], None]) -> None:
+        self.ctx = ctx
+        self.cancel = cancel
+        self.spent = False
+        self.dispatchers: list[_Dispatcher] = []
+        self.waker: _wakeup.LoopWakeup | None = None
+
+    def subscribe(self, sigs: tuple[int, ...]) -> None:
+        """Wait for *sigs*: join each one's dispatcher, or install one."""
+        try:
+            with _changing():
+                _tidy()
+                for s in sigs:
+                    d = _dispatchers.get(s)
+                    if d is None or signal.getsignal(s) is not d.handler:
+                        try:  # none yet, or someone else's handler is over it: one over that
+                            d = _Dispatcher(s)
+                        except (OSError, ValueError) as e:  # SIGKILL, SIGSTOP: refused
+                            raise ValueError(
+                                f"signal_context() cannot catch {_name(s)}: {e}"
+                            ) from e
+                        _dispatchers[s] = d
+                    d.subscribers.append(self)
+                    self.dispatchers.append(d)
+            self.waker = _wakeup.hold()
+        except BaseException:  # an interrupt too: leave nothing installed
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Cancel ``ctx`` and put the previous handlers back (now in the main thread, else at
         the next signal)."""
-        self._spent = True
-        self._cancel(None)
+        self.spent = True
+        self.cancel(None)
         if threading.current_thread() is threading.main_thread():
-            self._restore()
-        waker, self._waker = self._waker, None
+            with _changing():
+                for d in self.dispatchers:
+                    d.prune()
+                _tidy()
+        waker, self.waker = self.waker, None
         if waker is not None:
             _wakeup.release(waker)
-
-    def _restore(self) -> None:
-        """Put back the previous handlers that ours still stands in for (main thread only).
-
-        Idempotent, and ``_previous`` is kept: a second signal whose handler runs in the middle
-        of the first one's still finds where to forward it.
-        """
-        for s, h in list(self._previous.items()):
-            if signal.getsignal(s) == self._handle:  # someone else's handler stays
-                signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
 def _forward(previous: _Handler, signum: int, frame: FrameType | None) -> None:
     """Do what *previous*, the handler before ours, would have done with the signal."""
     if previous is None or previous == signal.SIG_DFL:
-        signal.signal(signum, signal.SIG_DFL)
+        current = signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)  # the default action: usually the end of the process
+        if current is not None:  # (an action that goes on: what was there stays)
+            signal.signal(signum, current)
     elif previous == signal.SIG_IGN:
         return
     elif callable(previous):
@@ -239,7 +365,11 @@ def _run_relay(q: queue.SimpleQueue[Callable[[], object]]) -> None:
 
 def _after_fork_in_child() -> None:
     # The relay thread does not survive a fork; handlers do, so the child needs its own relay.
-    global _relay, _relay_thread, _relay_lock
+    # A fork taken by another thread while the main thread changed the registry leaves the
+    # child's registry part changed: _busy goes down, or its handlers would defer for good.
+    global _busy, _relay, _relay_thread, _relay_lock
+    _busy = False
+    _pending.clear()
     running = _relay_thread is not None
     _relay = queue.SimpleQueue()
     _relay_thread = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import anyio
@@ -143,6 +145,8 @@ def test_bad_input_is_refused_at_the_call() -> None:
         gocontext.signal_context(signals=[])
     with pytest.raises(ValueError, match="unknown signal: 9999"):
         gocontext.signal_context(signals=[9999])
+    with pytest.raises(ValueError, match="unknown signal: 0"):
+        gocontext.signal_context(signals=[signal.SIGUSR1, 0])
     with pytest.raises(TypeError, match="iterable of signals, got 'SIGINT'"):
         gocontext.signal_context(signals="SIGINT")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cannot catch SIGKILL"):
@@ -576,3 +580,240 @@ def test_a_closed_loops_wakeup_sockets_are_closed_by_the_next_loop() -> None:
     finally:
         gc.enable()
     assert after - before <= 2, (before, after)  # the last loop's pair, at most
+
+
+# --------------------------------------------------------------------------------------------
+# Several contexts for one signal: each one gets it, and they leave in any order
+
+
+def test_one_signal_cancels_every_context_waiting_for_it(previous: list[int]) -> None:
+    before = handler_of(signal.SIGUSR1)
+    other, stop_other = gocontext.signal_context(signals=[signal.SIGUSR2])
+    with gocontext.signal_context(signals=[signal.SIGUSR1]) as (outer, _):
+        with gocontext.signal_context(outer, [signal.SIGUSR1, signal.SIGUSR2]) as (inner, _):
+            with gocontext.signal_context(signals=[signal.SIGUSR1]) as (third, _):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                for ctx in (third, inner, outer):
+                    assert ctx.done().wait(NEVER)
+                    cause = gocontext.cause(ctx)
+                    assert isinstance(cause, gocontext.SignalReceived), cause
+                    assert cause.signum == signal.SIGUSR1
+                assert previous == []  # the signal was theirs
+                assert handler_of(signal.SIGUSR1) == before
+                os.kill(os.getpid(), signal.SIGUSR1)  # the next one: as before
+                assert previous == [signal.SIGUSR1]
+                assert other.err() is None  # waits for another signal, which it still gets
+                os.kill(os.getpid(), signal.SIGUSR2)
+                assert other.done().wait(NEVER)
+                assert isinstance(gocontext.cause(other), gocontext.SignalReceived)
+                assert previous == [signal.SIGUSR1]
+    stop_other()
+    assert handler_of(signal.SIGUSR2) == before
+
+
+NESTED_STUCK = textwrap.dedent(
+    """
+    import signal, threading, gocontext
+
+    with gocontext.signal_context() as (outer, _):
+        with gocontext.signal_context(signals=[signal.SIGINT]) as (inner, _):
+            print("ready", flush=True)
+            inner.done().wait({never})
+            outer.done().wait({never})
+            print(f"first: {{gocontext.cause(inner)!r}} {{gocontext.cause(outer)!r}}", flush=True)
+            threading.Event().wait()
+    print("not reached", flush=True)
+    """
+)
+
+
+def test_one_ctrl_c_ends_every_context_and_the_next_interrupts_the_usual_way() -> None:
+    proc = spawn(NESTED_STUCK.format(never=NEVER))
+    try:
+        expect_line(proc, "ready")
+        proc.send_signal(signal.SIGINT)
+        expect_line(proc, "first: SignalReceived(SIGINT) SignalReceived(SIGINT)")
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert "not reached" not in out
+    assert proc.returncode == -signal.SIGINT, err
+    assert "KeyboardInterrupt" in err
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_stops_in_any_order_put_back_the_handler_from_before_the_first(
+    previous: list[int], order: tuple[int, ...]
+) -> None:
+    before = handler_of(signal.SIGUSR1)
+    pairs = [gocontext.signal_context(signals=[signal.SIGUSR1]) for _ in range(3)]
+    for i in order[:-1]:
+        pairs[i].cancel()
+        assert handler_of(signal.SIGUSR1) != before  # one still waits for the signal
+    pairs[order[-1]].cancel()
+    assert handler_of(signal.SIGUSR1) is before
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert previous == [signal.SIGUSR1]
+    assert all(gocontext.cause(ctx).__class__ is gocontext.Canceled for ctx, _ in pairs)
+
+
+@pytest.mark.parametrize("stopped", [(0,), (1,), (0, 2), (2, 1)])
+def test_a_signal_after_some_stopped_cancels_the_others(
+    previous: list[int], stopped: tuple[int, ...]
+) -> None:
+    before = handler_of(signal.SIGUSR1)
+    pairs = [gocontext.signal_context(signals=[signal.SIGUSR1]) for _ in range(3)]
+    for i in stopped:
+        pairs[i].cancel()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    for i, (ctx, stop) in enumerate(pairs):
+        assert ctx.done().wait(NEVER)
+        expected = gocontext.Canceled if i in stopped else gocontext.SignalReceived
+        assert gocontext.cause(ctx).__class__ is expected, i
+        stop()
+    assert previous == []
+    assert handler_of(signal.SIGUSR1) is before
+
+
+OUT_OF_ORDER_THEN_ASYNCIO = textwrap.dedent(
+    """
+    import asyncio, signal, gocontext
+
+    first = gocontext.signal_context(signals=[signal.SIGINT])
+    second = gocontext.signal_context(signals=[signal.SIGINT])
+    first.cancel()
+    second.cancel()
+    print("restored:", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+
+    async def main():
+        try:
+            print("ready", flush=True)
+            await asyncio.sleep({never})
+            print("slept it all", flush=True)
+        except asyncio.CancelledError:  # asyncio's runner turns Ctrl-C into this
+            print("cancelled", flush=True)
+            raise
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    """
+)
+
+
+def test_after_stops_out_of_order_asyncio_run_handles_ctrl_c_again() -> None:
+    """asyncio.run() cancels its main task on Ctrl-C only if it finds Python's own handler."""
+    proc = spawn(OUT_OF_ORDER_THEN_ASYNCIO.format(never=NEVER))
+    try:
+        expect_line(proc, "restored: True")
+        expect_line(proc, "ready")
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert out.split() == ["cancelled", "KeyboardInterrupt"], (out, err)
+
+
+def test_contexts_stopped_from_other_threads_leave_the_signal_to_those_still_waiting(
+    previous: list[int],
+) -> None:
+    before = handler_of(signal.SIGUSR1)
+    pairs = [gocontext.signal_context(signals=[signal.SIGUSR1]) for _ in range(8)]
+    ready = threading.Barrier(len(pairs) - 1)
+
+    def stop_with_the_others(stop: Callable[[], None]) -> None:
+        ready.wait(NEVER)
+        stop()
+
+    threads = [threading.Thread(target=stop_with_the_others, args=(s,)) for _, s in pairs[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(NEVER)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert pairs[0][0].done().wait(NEVER)
+    assert isinstance(gocontext.cause(pairs[0][0]), gocontext.SignalReceived)
+    assert all(gocontext.cause(ctx).__class__ is gocontext.Canceled for ctx, _ in pairs[1:])
+    assert previous == []
+    assert handler_of(signal.SIGUSR1) is before
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert previous == [signal.SIGUSR1]
+
+
+def test_a_handler_installed_over_ours_stays_when_the_last_context_stops(
+    previous: list[int],
+) -> None:
+    theirs: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        theirs.append(signum)
+
+    first, stop_first = gocontext.signal_context(signals=[signal.SIGUSR1])
+    second, stop_second = gocontext.signal_context(signals=[signal.SIGUSR1])
+    signal.signal(signal.SIGUSR1, handler)
+    stop_first()
+    stop_second()
+    assert handler_of(signal.SIGUSR1) is handler
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert theirs == [signal.SIGUSR1]
+    assert previous == []
+
+
+def test_a_context_made_over_a_handler_installed_over_ours_puts_that_one_back(
+    previous: list[int],
+) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        pass
+
+    first, stop_first = gocontext.signal_context(signals=[signal.SIGUSR1])
+    signal.signal(signal.SIGUSR1, handler)
+    with gocontext.signal_context(signals=[signal.SIGUSR1]) as (second, _):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert second.done().wait(NEVER)
+        assert handler_of(signal.SIGUSR1) is handler
+    assert first.err() is None  # the signal went to the handler over its own
+    stop_first()
+    assert handler_of(signal.SIGUSR1) is handler
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGRTMIN"), reason="no real-time signals")
+def test_a_real_time_signal_cancels_too() -> None:
+    s = signal.SIGRTMIN + 1
+    with gocontext.signal_context(signals=[s]) as (ctx, _):
+        os.kill(os.getpid(), s)
+        assert ctx.done().wait(NEVER)
+    cause = gocontext.cause(ctx)
+    assert isinstance(cause, gocontext.SignalReceived)
+    assert cause.signum == s
+    assert repr(cause) == "SignalReceived(SIGRTMIN+1)"
+    assert str(cause) == "received SIGRTMIN+1"
+    assert handler_of(s) == signal.SIG_DFL
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_signals_and_the_parent_keeps_its_own(
+    previous: list[int],
+) -> None:
+    before = handler_of(signal.SIGUSR1)
+    with gocontext.signal_context(signals=[signal.SIGUSR1]) as (ctx, _):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                with gocontext.signal_context(signals=[signal.SIGUSR1]) as (inner, _):
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                    both = inner.done().wait(NEVER) and ctx.done().wait(NEVER)
+                code = 0 if both and handler_of(signal.SIGUSR1) is before else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ctx.err() is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert ctx.done().wait(NEVER)
+    assert previous == []
+    assert handler_of(signal.SIGUSR1) is before
