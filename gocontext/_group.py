@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import itertools
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -28,12 +29,14 @@ from ._context import (
     _BACKGROUND,
     Context,
     RichContext,
+    cause,
     check_context,
     with_cancel,
     with_cancel_cause,
 )
 from ._errors import async_callable, refuse_coroutine
 from ._loops import wait_done
+from ._signal import SignalReceived
 
 _log = logging.getLogger("gocontext")
 
@@ -376,9 +379,12 @@ class Group:
             try:
                 handled = sys.exc_info()[1]  # e if the body raised: what an exception chains to
                 interrupt: BaseException | None = e if isinstance(e, KeyboardInterrupt) else None
-                if interrupt is not None and _ctrl_cs(interrupt, self._before) > 1:
+                if interrupt is not None and (
+                    _ctrl_cs(interrupt, self._before) > 1 or _ended_by_ctrl_c(self._ctx)
+                ):
                     # A second Ctrl-C came out of the body (a nested group's, raised during
-                    # the first): it stops this waiting too, as one landing in it would.
+                    # the first; or the first went to signal_context(), which ended g.ctx):
+                    # it stops this waiting too, as one landing in it would.
                     self._cancel(interrupt)
                     return
                 if e is not None:
@@ -389,8 +395,14 @@ class Group:
                     before = handled
                 except NameError:  # i landed before that line: what it chains to is the same
                     before = i.__context__
-                if isinstance(e, KeyboardInterrupt) or _ctrl_cs(i, before) > 1:
-                    raise  # a second Ctrl-C (perhaps landing while the first came out)
+                if (
+                    isinstance(e, KeyboardInterrupt)
+                    or _ctrl_cs(i, before) > 1
+                    or _ended_by_ctrl_c(self._ctx)
+                ):
+                    # A second Ctrl-C (perhaps landing while the first came out, or after
+                    # signal_context() took the first)
+                    raise
                 interrupt = i
                 self._cancel(i)  # (g.ctx is already done, unless it landed before the cancel)
                 self._wait()
@@ -411,6 +423,13 @@ class Group:
             if self._wake is not None:
                 self._wake.cancel()
                 self._wake = None
+
+
+def _ended_by_ctrl_c(ctx: Context) -> bool:
+    """Whether *ctx* ended because ``signal_context()`` took a Ctrl-C (so the next one is the
+    second)."""
+    why = cause(ctx)
+    return isinstance(why, SignalReceived) and why.signum == signal.SIGINT
 
 
 def _ctrl_cs(e: BaseException, handled: BaseException | None) -> int:

@@ -426,7 +426,6 @@ def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
     assert proc.returncode == -signal.SIGINT
 
 
-
 NESTED_CHILD = textwrap.dedent(
     """
     import sys, threading, gocontext
@@ -466,6 +465,45 @@ def test_a_second_ctrl_c_stops_the_waiting_of_nested_groups_too() -> None:
         reap(proc)
     assert "not reached" not in out
     assert err.count("KeyboardInterrupt") >= 2, err
+    assert proc.returncode == -signal.SIGINT
+
+
+SIGNAL_CHILD = textwrap.dedent(
+    """
+    import sys, threading, gocontext
+
+    never = threading.Event()
+
+    def stuck(ctx):  # ignores the cancel: only a second Ctrl-C gets out
+        sys.stdout.write("started\\n")
+        sys.stdout.flush()
+        ctx.done().wait()
+        sys.stdout.write(f"stopped: {gocontext.cause(ctx)!r}\\n")
+        sys.stdout.flush()
+        never.wait()
+
+    with gocontext.signal_context() as (ctx, stop):
+        with gocontext.Group(ctx) as g:
+            g.go(stuck)
+    print("not reached", flush=True)
+    """
+)
+
+
+def test_a_second_ctrl_c_stops_the_waiting_when_signal_context_took_the_first() -> None:
+    """The first Ctrl-C went to signal_context(), which cancelled the group's parent: the
+    next one is the second, and the block leaves at once, as a program without a group does."""
+    proc = spawn(SIGNAL_CHILD)
+    try:
+        read_lines(proc, "started", 1)
+        proc.send_signal(signal.SIGINT)
+        assert read_lines(proc, "stopped", 1) == ["stopped: SignalReceived(SIGINT)"]
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc)
+    finally:
+        reap(proc)
+    assert "not reached" not in out
+    assert "KeyboardInterrupt" in err
     assert proc.returncode == -signal.SIGINT
 
 
