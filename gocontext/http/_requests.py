@@ -10,20 +10,29 @@ socket call. The adapter's connection pools remember which connections each requ
 after a failure); the context's done-callback shuts those sockets down, the blocked call
 fails, and the failure is raised as the context's error. urllib3 drops a connection that
 failed, so the pool stays healthy. A new connection's socket is registered before it connects
-(``_connect``: one handshake, however long it takes), so an abort interrupts a connect too. A
-request waiting for a free connection of a full blocking pool (``pool_block=True``) is woken
-by the abort as well.
+(``_connect``: one handshake, however long it takes), so an abort interrupts a connect too, and
+a TLS handshake after it. A request waiting for a free connection of a full blocking pool
+(``pool_block=True``) is woken by the abort as well, and so is one waiting to retry (the
+adapter's ``Retry`` waits on the context).
+
+A response that will close its connection (``Connection: close``, HTTP/1.0, a body that ends
+with the connection) takes the connection's socket over from ``http.client``, which closes the
+connection object: the socket stays the request's to shut down until the body is done, and a
+body cut short by the abort is not taken for complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -36,7 +45,7 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
 )
-from urllib3.util import Timeout
+from urllib3.util import Retry, Timeout
 from urllib3.util.connection import allowed_gai_family
 
 from .. import _timer
@@ -70,12 +79,12 @@ class _Aborter:
         self.lock = threading.Lock()
         self.aborted = False
         self.sending = True
-        self.conns: set[HTTPConnection] = set()
+        self.conns: set[_ConnMixin] = set()
         self.connecting: set[socket.socket] = set()
         self.waiting: Any = None
         self.handle: CallbackHandle | None = None
 
-    def attach(self, conn: HTTPConnection) -> bool:
+    def attach(self, conn: _ConnMixin) -> bool:
         with self.lock:
             if self.aborted:
                 return False
@@ -94,7 +103,7 @@ class _Aborter:
         with self.lock:
             self.connecting.discard(sock)
 
-    def detach(self, conn: HTTPConnection) -> None:
+    def detach(self, conn: _ConnMixin) -> None:
         with self.lock:
             self.conns.discard(conn)
             self._maybe_release_locked()
@@ -114,7 +123,7 @@ class _Aborter:
         # another request) between the check and the shutdown.
         with self.lock:
             self.aborted = True
-            socks = [conn.sock for conn in self.conns]
+            socks = [conn.sock or conn._gocontext_body_sock for conn in self.conns]
             socks.extend(self.connecting)
             for sock in socks:
                 if sock is not None:
@@ -129,14 +138,27 @@ class _Aborter:
 _current: contextvars.ContextVar[tuple[_Aborter, Context] | None] = contextvars.ContextVar(
     "gocontext.http.requests_aborter", default=None
 )
+# The session ``request()`` sends through, while it follows redirects: each URL a redirect leads
+# to must be served by a RequestsAdapter too (``_check_redirect``).
+_following: contextvars.ContextVar[requests.Session | None] = contextvars.ContextVar(
+    "gocontext.http.requests_following", default=None
+)
 
 
 class _ConnMixin:
     """A connection whose connect an abort interrupts, that lets go of its request's aborter
     when urllib3 closes it, and that checks once connected whether its request was aborted
-    meanwhile (where the connect was not ours to interrupt)."""
+    meanwhile (where the connect was not ours to interrupt).
+
+    ``_gocontext_body_sock`` is the socket a response reads its body from once ``http.client``
+    has handed the connection over to it (``getresponse()`` closes a connection that will not
+    be reused, so ``sock`` is None then); ``_gocontext_handshake`` a duplicate of a new TLS
+    connection's socket, the request's to shut down until the handshake is over."""
 
     _gocontext_aborter: _Aborter | None = None
+    _gocontext_body_sock: socket.socket | None = None
+    _gocontext_handing_over = False
+    _gocontext_handshake: tuple[_Aborter, socket.socket] | None = None
     sock: socket.socket | None
     timeout: Any
     host: str
@@ -191,8 +213,31 @@ class _ConnMixin:
         sys.audit("http.client.connect", self, self.host, self.port)
         return connected
 
+    def _gocontext_hold_for_handshake(self, sock: socket.socket) -> None:
+        """TLS wraps *sock* in a new socket object and detaches this one (its descriptor moves
+        to the new object): a duplicate of the descriptor, registered as a connecting socket,
+        lets an abort shut the connection down during the handshake. ``connect`` lets it go."""
+        aborter = self._gocontext_aborter
+        if aborter is None:
+            return
+        held = sock.dup()
+        try:
+            aborter.attach_socket(held)
+        except _connect.ConnectAborted as e:
+            held.close()
+            sock.close()
+            raise NewConnectionError(self, "the request's context ended") from e  # type: ignore[arg-type]  # urllib3 types the pool, we are its connection
+        self._gocontext_handshake = (aborter, held)
+
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]  # urllib3's connection classes are partly typed
+        try:
+            super().connect()  # type: ignore[misc]  # urllib3's connection classes are partly typed
+        finally:
+            handshake = self._gocontext_handshake
+            if handshake is not None:
+                self._gocontext_handshake = None
+                handshake[0].detach_socket(handshake[1])
+                handshake[1].close()
         aborter = self._gocontext_aborter
         if aborter is not None:
             with aborter.lock:
@@ -200,14 +245,34 @@ class _ConnMixin:
                     with contextlib.suppress(OSError):
                         self.sock.shutdown(socket.SHUT_RDWR)
 
+    def getresponse(self) -> Any:
+        self._gocontext_handing_over = True
+        try:
+            return super().getresponse()  # type: ignore[misc]  # urllib3's connection classes are partly typed
+        finally:
+            self._gocontext_handing_over = False
+
     def close(self) -> None:
+        if self._gocontext_handing_over:
+            # http.client hands the connection over to a response that will close it: the
+            # body is read from this socket still (the response holds it open), so the request
+            # keeps it until urllib3 lets the connection go (after the body, or a failure).
+            if self._gocontext_aborter is not None:
+                self._gocontext_body_sock = self.sock
+            super().close()  # type: ignore[misc]  # urllib3's connection classes are partly typed
+            return
         try:
             super().close()  # type: ignore[misc]  # urllib3's connection classes are partly typed
         finally:
-            aborter = self._gocontext_aborter
-            if aborter is not None:  # a failed connection, dropped: urllib3 puts back None
-                self._gocontext_aborter = None
-                aborter.detach(self)  # type: ignore[arg-type]  # we are its HTTPConnection
+            self._gocontext_let_go()  # a failed connection, dropped: urllib3 puts back None
+
+    def _gocontext_let_go(self) -> None:
+        """The request no longer holds this connection: each forgets the other."""
+        aborter = self._gocontext_aborter
+        self._gocontext_body_sock = None
+        if aborter is not None:
+            self._gocontext_aborter = None
+            aborter.detach(self)
 
 
 class _Conn(_ConnMixin, HTTPConnection):
@@ -215,7 +280,10 @@ class _Conn(_ConnMixin, HTTPConnection):
 
 
 class _HTTPSConn(_ConnMixin, HTTPSConnection):
-    pass
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        self._gocontext_hold_for_handshake(sock)
+        return sock
 
 
 class _NoConnection(EmptyPoolError):
@@ -269,11 +337,77 @@ class _PoolMixin:
                 aborter.waiting = None
 
     def _put_conn(self, conn: Any) -> None:
-        aborter = getattr(conn, "_gocontext_aborter", None)
-        if aborter is not None:
-            conn._gocontext_aborter = None
-            aborter.detach(conn)
+        if isinstance(conn, _ConnMixin):
+            conn._gocontext_let_go()
         super()._put_conn(conn)  # type: ignore[misc]  # urllib3's pool classes are partly typed
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        """urllib3's ``urlopen``, whose ``Retry`` (5th argument) waits on the request's context."""
+        if _current.get() is not None:
+            if len(args) > 2:
+                args = (*args[:2], _waiting_on_the_context(args[2]), *args[3:])
+            elif "retries" in kwargs:
+                kwargs["retries"] = _waiting_on_the_context(kwargs["retries"])
+        return super().urlopen(method, url, *args, **kwargs)  # type: ignore[misc]  # urllib3's pool classes are partly typed
+
+
+class _ContextRetry(Retry):
+    """A ``Retry`` whose waits between attempts (a ``Retry-After``, a backoff) end when the
+    request's context does, raising its error. (``Retry.new()`` keeps the class, so every
+    later attempt's ``Retry`` waits so too.)"""
+
+    def sleep_for_retry(self, response: Any) -> bool:
+        retry_after = self.get_retry_after(response)
+        if retry_after:
+            _wait(retry_after)
+            return True
+        return False
+
+    def sleep(self, response: Any = None) -> None:
+        if self.respect_retry_after_header and response and self.sleep_for_retry(response):
+            return
+        _wait(self.get_backoff_time())
+
+
+def _wait(seconds: float) -> None:
+    """Wait *seconds*, or until the current request's context ends (then raise its error)."""
+    held = _current.get()
+    if held is None:
+        if seconds > 0:
+            time.sleep(seconds)
+        return
+    ctx = held[1]
+    if seconds > 0:
+        ctx.done().wait(seconds)
+    err = ctx.err()
+    if err is not None:
+        raise err
+
+
+_RETRY_CLASSES: dict[type[Retry], type[Retry]] = {Retry: _ContextRetry}
+
+
+def _waiting_on_the_context(retries: Any) -> Any:
+    """*retries*, when a ``Retry``, as a copy whose waits end with the request's context (a
+    subclass of its class); as it is when its class waits its own way (a ``sleep`` or
+    ``sleep_for_retry`` of its own), or is no ``Retry`` (urllib3 makes a plain one of that)."""
+    cls = type(retries)
+    if cls is Retry and type(retries.total) is int and retries.total == 0:
+        return retries  # never retries, never waits: requests' default (no copy per request)
+    if not issubclass(cls, Retry) or issubclass(cls, _ContextRetry):
+        return retries
+    if cls.sleep is not Retry.sleep or cls.sleep_for_retry is not Retry.sleep_for_retry:
+        return retries
+    waiting_cls = _RETRY_CLASSES.get(cls)
+    if waiting_cls is None:  # (made twice in a race: either serves)
+        made = type(cls.__name__, (_ContextRetry, cls), {"__module__": cls.__module__})
+        waiting_cls = _RETRY_CLASSES.setdefault(cls, made)
+    waiting = copy.copy(retries)
+    try:
+        waiting.__class__ = waiting_cls
+    except TypeError:  # a class laid out otherwise (slots): its waits stay as they are
+        return retries
+    return waiting
 
 
 class _Pool(_PoolMixin, HTTPConnectionPool):
@@ -317,6 +451,7 @@ class _ContextResponse(requests.Response):
 
     _gocontext: Context
     _gocontext_binding: bool
+    _gocontext_aborter: _Aborter
 
     def iter_content(
         self, chunk_size: int | None = 1, decode_unicode: bool = False
@@ -328,6 +463,10 @@ class _ContextResponse(requests.Response):
             try:
                 chunk = next(it)
             except StopIteration:
+                # A body that ends with its connection ends too when the abort shuts it down.
+                ended = ctx.err()
+                if ended is not None and self._gocontext_aborter.aborted:
+                    raise ended from None
                 return
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
                 err = _translate(e, ctx, self._gocontext_binding)
@@ -353,9 +492,9 @@ class RequestsAdapter(HTTPAdapter):
     context is the one given to ``gocontext.http.request()``, else ``gocontext.current()``.
     A done context sends nothing; the time left caps the timeouts and goes out as
     ``Grpc-Timeout``, ``PropagatedKey`` values in ``baggage``. A cancel from any thread aborts
-    the request in flight (connecting, sending, waiting or reading the body) with ``Canceled``,
-    a passed deadline with ``DeadlineExceeded``; the pool stays healthy. Thread-safe, as
-    ``HTTPAdapter`` is.
+    the request in flight (connecting, in the TLS handshake, sending, waiting, reading the body,
+    or waiting to retry as ``max_retries`` says) with ``Canceled``, a passed deadline with
+    ``DeadlineExceeded``; the pool stays healthy. Thread-safe, as ``HTTPAdapter`` is.
 
     Example:
         >>> import requests, gocontext, gocontext.http
@@ -423,7 +562,41 @@ class RequestsAdapter(HTTPAdapter):
         response.__class__ = _ContextResponse
         response._gocontext = ctx  # type: ignore[attr-defined]  # our own attribute on the response
         response._gocontext_binding = binding  # type: ignore[attr-defined]  # our own attribute on the response
+        response._gocontext_aborter = aborter  # type: ignore[attr-defined]  # our own attribute on the response
+        session = _following.get()
+        if session is not None and response.is_redirect:
+            _check_redirect(session, self, response)
         return response
+
+
+def _not_mounted(url: str, adapter: object, why: str = "") -> TypeError:
+    scheme = url.partition("://")[0].lower() or "http"
+    return TypeError(
+        f"gocontext.http.request() needs a gocontext.http.RequestsAdapter mounted for "
+        f"{url!r}{why}, got {type(adapter).__name__}: "
+        f'session.mount("{scheme}://", gocontext.http.RequestsAdapter())'
+    )
+
+
+def _check_redirect(
+    session: requests.Session, adapter: RequestsAdapter, response: requests.Response
+) -> None:
+    """Raise ``TypeError`` (having let go of *response*) when the redirect *response* leads to
+    a URL whose adapter in *session* is no RequestsAdapter: ``request()`` would send there with
+    its context ignored. Only for a response of *session*'s own (*adapter* serves its URL)."""
+    try:
+        if session.get_adapter(response.url) is not adapter:
+            return  # sent through another session, while request() runs (from a hook, say)
+        target = session.get_redirect_target(response)
+        if target is None:
+            return
+        url = urljoin(response.url, target)  # (as requests resolves it: relative, "//host/")
+        next_adapter = session.get_adapter(url)
+    except requests.exceptions.InvalidSchema:
+        return  # no adapter at all: requests itself refuses to follow
+    if not isinstance(next_adapter, RequestsAdapter):
+        response.close()
+        raise _not_mounted(url, next_adapter, f" (where {response.url!r} redirects to)")
 
 
 def request(
@@ -431,9 +604,10 @@ def request(
 ) -> requests.Response:
     """``session.request(method, url, **kwargs)`` under *ctx*, through a ``RequestsAdapter``.
 
-    The adapter mounted for *url* must be a ``RequestsAdapter`` (else ``TypeError``: the
-    context would be silently ignored). Raises ``Canceled`` / ``DeadlineExceeded`` when *ctx*
-    ends the request, sending nothing if it already has.
+    The adapter mounted for *url*, and for each URL a redirect leads to, must be a
+    ``RequestsAdapter`` (else ``TypeError``, before anything is sent there: the context would
+    be silently ignored). Raises ``Canceled`` / ``DeadlineExceeded`` when *ctx* ends the
+    request, sending nothing if it already has.
 
     Example:
         >>> import requests, gocontext, gocontext.http
@@ -453,13 +627,11 @@ def request(
         )
     adapter = session.get_adapter(url)
     if not isinstance(adapter, RequestsAdapter):
-        raise TypeError(
-            f"gocontext.http.request() needs a gocontext.http.RequestsAdapter mounted for "
-            f"{url!r}, got {type(adapter).__name__}: "
-            f'session.mount("http://", gocontext.http.RequestsAdapter())'
-        )
+        raise _not_mounted(url, adapter)
     token = _ambient.set(as_rich(ctx))  # (use(ctx), written out: ctx is checked above)
+    following = _following.set(session if kwargs.get("allow_redirects", True) else None)
     try:
         return session.request(method, url, **kwargs)
     finally:
+        _following.reset(following)
         _ambient.reset(token)
