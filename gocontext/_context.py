@@ -48,6 +48,7 @@ from . import _afterfunc, _timer, _tree
 from ._done import CallbackHandle, Done
 from ._errors import Canceled, ContextError, DeadlineExceeded, check_real, describe
 from ._mutex import Busy
+from ._timer import FakeInstant, _monotonic
 from ._tree import CANCELED, Node, end, ext_locked, state_of
 
 _node_cancel = Node._cancel  # (a global's load is quicker than a class attribute's)
@@ -697,6 +698,8 @@ def _check_deadline(deadline: float | datetime, fname: str) -> float:
             )
         return _timer.now() + (deadline - datetime.now(timezone.utc)).total_seconds()
     d = check_real(deadline, fname, "deadline", "a time.monotonic() float or an aware datetime")
+    if _timer.now is not _monotonic:  # under a fake clock: a deadline on it
+        d = FakeInstant(d)
     if d != _INF and d - _timer.now() > _WALL_CLOCK_GAP:
         raise ValueError(
             f"{fname}() got deadline={d!r}, more than 10 years away on the monotonic clock: "
@@ -790,7 +793,12 @@ class _Base:
             True
         """
         d = self.deadline()
-        return None if d is None else d - _timer.now()
+        if d is None:
+            return None
+        now = _timer.now
+        if now is not _monotonic and type(d) is float:  # made on real time, before a fake clock
+            return d - _monotonic()
+        return d - now()
 
     def check(self) -> None:
         """Raise ``err()`` if the context is done, else return None. For loops in threads.
@@ -986,7 +994,7 @@ class _CancelContext(Node, _Base):
 
     def deadline(self) -> float | None:
         d = self._deadline
-        if d is None or type(d) is float:
+        if d is None or type(d) is float or type(d) is FakeInstant:
             return d
         return d.deadline()  # type: ignore[no-any-return]  # a parent that is not ours answers Any
 
@@ -1045,7 +1053,7 @@ class _DeadlineContext(_CancelContext):
             end(self, (DeadlineExceeded, self._cause))
 
     def _label(self) -> str:
-        return f"with_deadline({self._deadline - _timer.now():+.3f}s)"
+        return f"with_deadline({_timer.until(self._deadline):+.3f}s)"
 
 
 def _cancel_owned(self: _DeadlineCauseContext, cause: BaseException | None = None) -> None:
@@ -1273,12 +1281,17 @@ def _with_deadline(
         # parent.deadline(), quicker: every node carries its deadline (O(1) at any depth).
         up: _CancelContext | None = parent if t in _NODES else parent._up  # type: ignore[attr-defined, assignment]  # t is one of ours
         cur = None if up is None else up._deadline
-        if cur is not None and type(cur) is not float:  # under a parent that is not ours
-            cur = _deadline_of(cur, how)
+        if cur is not None and type(cur) is not float and type(cur) is not FakeInstant:
+            cur = _deadline_of(cur, how)  # under a parent that is not ours
     else:
         _check_foreign(parent, how)
         cur = _deadline_of(parent, how)
-    if cur is not None and cur <= deadline:  # the parent ends first anyway (Go does the same)
+    if (
+        cur is not None
+        and cur <= deadline
+        # (on one clock: under a fake clock, a real deadline made before it is not compared)
+        and (type(deadline) is float or type(cur) is not float)
+    ):  # the parent ends first anyway (Go does the same)
         if kind is _DeadlineContext:
             return with_cancel(parent)
         return with_cancel_cause(parent)  # type: ignore[return-value]  # a cause-taking pair

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "Expirable",
+    "FakeInstant",
     "Timer",
     "TimerEntry",
     "after_fork_in_child",
@@ -41,6 +42,7 @@ __all__ = [
     "now",
     "set_clock",
     "timer",
+    "until",
 ]
 
 _log = logging.getLogger("gocontext")
@@ -62,6 +64,47 @@ TimerEntry = list[Any]
 # The clock seam: a module attribute, read on every with_timeout, so it stays a plain function
 # reference (no indirection on the hot path); only set_clock() replaces it.
 now: Callable[[], float] = time.monotonic
+_monotonic = time.monotonic
+
+
+class FakeInstant(float):
+    """A reading of a fake clock, and a deadline made from one: adding seconds keeps the kind,
+    so a deadline made on a fake clock is told from one made on real time (a plain float) by
+    its type, and each is read on its own clock (``until``).
+
+    Example:
+        >>> t = FakeInstant(100.0) + 5
+        >>> type(t).__name__, t
+        ('FakeInstant', 105.0)
+    """
+
+    __slots__ = ()
+
+    def __add__(self, other: object) -> Any:
+        r = float.__add__(self, other)  # type: ignore[operator]  # NotImplemented for a non-float
+        return r if r is NotImplemented else FakeInstant(r)
+
+    __radd__ = __add__
+
+
+def until(deadline: float) -> float:
+    """Seconds from now to *deadline*, read on the clock it was made on: under a fake clock, a
+    deadline made before it (a plain float) is on real time.
+
+    Example:
+        >>> import time
+        >>> 0 < until(time.monotonic() + 60) <= 60
+        True
+    """
+    clock = now
+    if clock is not _monotonic and type(deadline) is float:
+        return deadline - _monotonic()
+    return deadline - clock()
+
+
+def _fake(clock: Callable[[], float]) -> Callable[[], float]:
+    """*clock*, whose readings are ``FakeInstant``: deadlines made on it are told apart."""
+    return lambda: FakeInstant(clock())
 
 
 class Timer:
@@ -350,7 +393,7 @@ def set_clock(clock: Callable[[], float] | None) -> None:
         >>> _timer.set_clock(None)
     """
     global now  # the one module binding that changes: the clock seam (see above)
-    now = time.monotonic if clock is None else clock
+    now = time.monotonic if clock is None else _fake(clock)
     timer.set_fake(clock is not None)
 
 
@@ -367,5 +410,5 @@ def install(new_timer: Timer, clock: Callable[[], float] | None) -> Timer:
     global timer, now  # the clock seam, switched whole (see above)
     old = timer
     timer = new_timer
-    now = time.monotonic if clock is None else clock
+    now = time.monotonic if clock is None else _fake(clock)
     return old

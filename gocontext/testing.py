@@ -131,9 +131,10 @@ def fake_clock() -> Iterator[FakeClock]:
     ``clock.advance(seconds)``, which ends every context then due, in deadline order, before
     it returns. ``remaining()``, ``gocontext.sleep`` and deadline headers follow the fake clock;
     ``Done.wait(timeout)`` and anyio/trio's own deadlines stay real. Contexts created before
-    entering keep real time. Leaving restores the real clock: fake-clock contexts still live
-    keep their remaining time, counted in real time from then on. Blocks do not nest
-    (``RuntimeError``).
+    entering keep real time (their ``remaining()`` too); one made inside under such a context
+    has its own deadline on the fake clock, and still ends with its parent, in real time.
+    Leaving restores the real clock: fake-clock contexts still live keep their remaining
+    time, counted in real time from then on. Blocks do not nest (``RuntimeError``).
 
     Example:
         >>> import threading, gocontext

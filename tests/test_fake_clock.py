@@ -10,6 +10,7 @@ import pytest
 
 import gocontext
 from gocontext import _timer
+from gocontext.http._outgoing import time_left
 from gocontext.testing import FakeClock, fake_clock
 
 from .conftest import NEVER
@@ -143,6 +144,56 @@ def test_contexts_made_before_entry_keep_real_time() -> None:
         assert soon.done().wait(NEVER)  # and real ones still fire in real time
         assert isinstance(soon.err(), gocontext.DeadlineExceeded)
     cancel_hour()
+
+
+def test_contexts_made_before_entry_read_their_time_left_in_real_time() -> None:
+    hour, cancel_hour = gocontext.with_timeout(gocontext.background(), 3600)
+    with fake_clock() as clock:
+        clock.advance(7200)
+        left = hour.remaining()
+        assert left is not None and 3500 < left <= 3600  # not the fake clock's -3600
+        assert 3500 < time_left(hour) <= 3600  # (what a deadline header says)
+    cancel_hour()
+
+
+def test_a_timeout_made_inside_under_a_real_deadline_runs_on_the_fake_clock() -> None:
+    """A child made inside, under a context made before entry with less real time left than
+    the child's own timeout, still ends when the fake clock reaches its own deadline (its
+    parent's real deadline ends it too, in real time: whichever comes first)."""
+    parent, cancel_parent = gocontext.with_timeout(gocontext.background(), 30)
+    with fake_clock() as clock:
+        child, cancel_child = gocontext.with_timeout(parent, 60)
+        assert clock.advance(45) == 0
+        left = child.remaining()
+        assert left is not None and 14 < left <= 15
+        assert child.err() is None
+        assert clock.advance(15) == 1
+        assert isinstance(child.err(), gocontext.DeadlineExceeded)
+        assert parent.err() is None
+        cancel_child()
+    cancel_parent()
+    assert isinstance(child.err(), gocontext.DeadlineExceeded)
+
+
+async def test_gocontext_sleep_follows_the_fake_clock_under_a_real_deadline(
+    anyio_backend: str,
+) -> None:
+    budget, cancel = gocontext.with_timeout(gocontext.background(), NEVER * 3)
+    with fake_clock() as clock:
+        with anyio.fail_after(NEVER):
+            async with anyio.create_task_group() as tg:
+                slept = anyio.Event()
+
+                async def sleeper() -> None:
+                    await gocontext.sleep(budget, NEVER * 6)  # longer than budget's real time
+                    slept.set()
+
+                tg.start_soon(sleeper)
+                await _until_pending(clock, 1)
+                clock.advance(NEVER * 6)
+                await slept.wait()
+    assert budget.err() is None
+    cancel()
 
 
 def test_leaving_counts_the_time_left_in_real_time() -> None:

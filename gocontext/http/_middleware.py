@@ -535,7 +535,7 @@ def client_left(ctx: Context, cancel: Callable[[BaseException], None]) -> None:
 def _passed(deadline: float | None, slack: float = 0.0) -> bool:
     """Whether *deadline* has passed, or will within *slack* seconds, on the deadline clock
     (``time.monotonic()``, or a test's fake clock)."""
-    return deadline is not None and deadline - _timer.now() <= slack
+    return deadline is not None and _timer.until(deadline) <= slack
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

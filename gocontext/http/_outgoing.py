@@ -48,7 +48,7 @@ def time_left(ctx: Context) -> float | None:
     deadline = ctx.deadline()
     if deadline is None or deadline == math.inf:
         return None
-    left = deadline - _timer.now()
+    left = _timer.until(deadline)
     if left <= 0:
         raise DeadlineExceeded()
     return left
@@ -130,4 +130,4 @@ def deadline_passed(ctx: Context) -> bool:
         >>> cancel()
     """
     deadline = ctx.deadline()
-    return deadline is not None and _timer.now() >= deadline - _DEADLINE_SLACK
+    return deadline is not None and _timer.until(deadline) <= _DEADLINE_SLACK

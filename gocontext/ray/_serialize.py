@@ -79,7 +79,7 @@ def reduce(ctx: Context) -> tuple[Any, tuple[Wire]]:
         return rebuild, (Wire(values, Ending(isinstance(err, DeadlineExceeded), None), None, None),)
     link = None if ctx.done() is background().done() else link_for(ctx)
     at = ctx.deadline()
-    deadline = None if at is None or at == math.inf else Deadline(at - _timer.now(), _BOOT_ID, at)
+    deadline = None if at is None or at == math.inf else Deadline(_timer.until(at), _BOOT_ID, at)
     return rebuild, (Wire(values, None, link, deadline),)
 
 
