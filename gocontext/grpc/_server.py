@@ -5,7 +5,9 @@ none) and the ``PropagatedKey`` values of the ``baggage`` metadata; it is ambien
 and ``context_of(servicer_context)`` finds it. It ends when the RPC ends: ``Canceled`` when the
 handler is done, ``Canceled`` with a ``ClientDisconnected`` cause when the client cancelled or
 went away first, ``DeadlineExceeded`` when the deadline passed (which wins a tie: gRPC reports
-a passed deadline as a termination too).
+a passed deadline as a termination too, and the context then ends with it at once). A handler
+whose context ended with ``DeadlineExceeded`` ends the RPC with ``DEADLINE_EXCEEDED`` whatever
+it returns: its late answer is not sent as a success.
 
 On a ``grpc.aio`` server a sync handler runs, as grpc.aio runs it, in the server's thread pool,
 wrapped as on the sync server; the end of the RPC's task tells it that the RPC ended.
@@ -14,7 +16,7 @@ wrapped as on the sync server; the end of the RPC's task tells it that the RPC e
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +29,6 @@ import grpc.aio  # type: ignore[import-untyped]  # grpc ships no type hints
 from .._ambient import _current, use
 from .._context import (
     CancelCausePair,
-    Context,
     RichContext,
     background,
     timeout_cancel_cause,
@@ -35,9 +36,10 @@ from .._context import (
     with_cancel_cause,
 )
 from .._done import Done
+from .._errors import DeadlineExceeded
 from .._propagation import values_context
+from .._tree import end_with, state_of
 from ..http._headers import parse_baggage
-from ..http._middleware import _DEADLINE_SLACK
 
 try:  # the same cause as the HTTP wires, when the http extra is there
     from ..http._middleware import ClientDisconnected
@@ -77,16 +79,16 @@ def context_of(servicer_context: object) -> RichContext:
     return ctx
 
 
-def _open(servicer_context: Any) -> CancelCausePair:
+def _open(servicer_context: Any, left: float | None) -> CancelCausePair:
     """The context of the RPC of *servicer_context*, and its cancel: one node, the RPC's
-    deadline, whose cancel takes the cause (a client that left), or a cancel-with-cause node
-    when the RPC has no deadline. Found by ``context_of()`` until it is ended."""
+    deadline (*left*, its ``time_remaining()``), whose cancel takes the cause (a client that
+    left), or a cancel-with-cause node when the RPC has no deadline. Found by ``context_of()``
+    until it is ended."""
     baggage = ""
     for k, v in servicer_context.invocation_metadata() or ():
         if k == "baggage":
             baggage = f"{baggage},{v}" if baggage else str(v)
     parent = values_context(baggage, lambda: parse_baggage(baggage))
-    left = servicer_context.time_remaining()
     pair = (
         timeout_cancel_cause(parent, left)
         if left is not None and left < _NO_DEADLINE
@@ -98,46 +100,57 @@ def _open(servicer_context: Any) -> CancelCausePair:
 
 class _Rpc:
     """One RPC's context and how it ends. ``finished`` is set (once) when the handler is done;
-    the termination callback reads it to tell a finished RPC from a client that left."""
+    the end-of-RPC callbacks read it to tell a finished RPC from a client that left."""
 
-    __slots__ = ("cancel", "ctx", "finished", "key", "servicer_context")
+    __slots__ = ("cancel", "ctx", "finished", "key", "left", "servicer_context")
 
-    def __init__(self, servicer_context: Any, pair: CancelCausePair | None = None) -> None:
-        """*pair*: the RPC's context and its cancel, made by ``_open(servicer_context)``
+    def __init__(
+        self,
+        servicer_context: Any,
+        pair: CancelCausePair | None = None,
+        left: float | None = None,
+    ) -> None:
+        """*pair*: the RPC's context and its cancel, made by ``_open(servicer_context, left)``
         already, else made here."""
         if pair is None:
-            pair = _open(servicer_context)
+            left = servicer_context.time_remaining()
+            pair = _open(servicer_context, left)
         self.key = id(servicer_context)
         self.ctx: RichContext = pair[0]
         self.cancel: Callable[[BaseException | None], None] = pair[1]
         self.finished = False
         self.servicer_context = servicer_context
+        self.left = left  # the time the RPC had when it came (see deadline_passed)
 
-    def terminated(self) -> None:
-        """The sync server's end-of-RPC callback (a thread of gRPC's)."""
-        if not self.ended():
-            # Wait for our timer, so the handler, stopped next, sees why.
-            self.ctx.done().wait(_TIMER_SLACK)
-
-    def ended(self) -> bool:
-        """The RPC ended (any thread; never blocks): end the context, and return True, unless
-        the deadline passed, which our own timer ends it with a moment after gRPC's."""
+    def ended(self) -> None:
+        """The RPC ended (any thread, gRPC's own among them: never blocks): end the context,
+        for the deadline if it has passed, else for the client that left."""
         if self.finished:  # (the handler's end() has ended it, or is about to)
-            return True
+            return
         if self.deadline_passed():
-            return False
-        self.client_left()
-        return True
+            self.expire()
+        else:
+            self.client_left()
 
     def client_left(self) -> None:
         self.cancel(ClientDisconnected("the client cancelled the RPC or went away"))
 
+    def expire(self) -> None:
+        """End the context with ``DeadlineExceeded`` now: gRPC's deadline, the same one as
+        our timer's, has passed (our timer may fire a moment later)."""
+        end_with(self.ctx, DeadlineExceeded, None)
+
     def deadline_passed(self) -> bool:
         """Whether the deadline has passed, or is so close that a client leaving now left for
-        it (its cancel at its own deadline reaches us a moment before ours): one cause for
-        one event, whichever the server happened to see first, as ``ContextMiddleware``."""
-        left = self.servicer_context.time_remaining()
-        return left is not None and left <= _DEADLINE_SLACK
+        its own: the client's deadline falls before ours by the transit of the RPC's start,
+        and by gRPC's rounding up of the timeout it sent (three significant digits)."""
+        left: float | None = self.servicer_context.time_remaining()
+        if left is None:
+            return False
+        timeout = self.left
+        if timeout is None or timeout >= _NO_DEADLINE:
+            return left <= _SKEW
+        return left <= _SKEW + timeout * _ROUNDING
 
     def end(self) -> None:
         self.finished = True
@@ -148,7 +161,8 @@ class _Rpc:
 # The sync server reports "no deadline" as about 2**63 seconds left; anything past ten years
 # is no deadline.
 _NO_DEADLINE = 10 * 365 * 24 * 3600.0
-_TIMER_SLACK = 0.5  # at most this long between gRPC's deadline and our timer's (never reached)
+_SKEW = 0.02  # seconds the client's deadline may fall before ours (the RPC's transit)
+_ROUNDING = 0.01  # the most gRPC rounds a timeout up, in its grpc-timeout header, relatively
 
 
 class _Wrapped:
@@ -177,16 +191,69 @@ class _Wrapped:
         return wrapped
 
 
+_BEHAVIORS = ("unary_unary", "stream_unary", "unary_stream", "stream_stream")
+
+
+class _Handler(
+    collections.namedtuple(
+        "_Handler",
+        [
+            "request_streaming",
+            "response_streaming",
+            "request_deserializer",
+            "response_serializer",
+            "unary_unary",
+            "stream_unary",
+            "unary_stream",
+            "stream_stream",
+        ],
+    ),
+    grpc.RpcMethodHandler,  # type: ignore[misc]  # grpc's classes are untyped (Any)
+):
+    """A wrapped method handler, when the handler wrapped is not a namedtuple (as grpc's own
+    are): any ``grpc.RpcMethodHandler`` with the documented attributes."""
+
+
+def _replaced(handler: Any, field: str, behavior: Any) -> Any:
+    """*handler* with *behavior* for its *field*."""
+    if isinstance(handler, tuple) and hasattr(handler, "_replace"):  # grpc's own
+        return handler._replace(**{field: behavior})
+    fields: dict[str, Any] = {name: getattr(handler, name, None) for name in _Handler._fields}
+    fields[field] = behavior
+    return _Handler(**fields)
+
+
 def _wrap(wrap_unary: Any, wrap_stream: Any, handler: Any) -> Any:
     if handler.unary_unary is not None:
-        return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
+        return _replaced(handler, "unary_unary", wrap_unary(handler.unary_unary))
     if handler.stream_unary is not None:
-        return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
+        return _replaced(handler, "stream_unary", wrap_unary(handler.stream_unary))
     if handler.unary_stream is not None:
-        return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
+        return _replaced(handler, "unary_stream", wrap_stream(handler.unary_stream))
     if handler.stream_stream is not None:
-        return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
+        return _replaced(handler, "stream_stream", wrap_stream(handler.stream_stream))
     return handler
+
+
+def _deadline_exceeded(servicer_context: Any) -> Any:
+    """End the RPC with ``DEADLINE_EXCEEDED``, as gRPC does at a passed deadline: for a handler
+    that returned once its context had ended so (an awaitable on a grpc.aio server)."""
+    return servicer_context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+def _expired(ctx: RichContext) -> bool:
+    """Whether *ctx* has ended with ``DeadlineExceeded`` (asked once an RPC: no error object
+    made, as ``ctx.err()`` would)."""
+    s = state_of(ctx)  # type: ignore[arg-type]  # the RPC's context is a node of ours
+    return s is not None and s[0] is DeadlineExceeded
+
+
+def _status_deadline_exceeded(servicer_context: Any) -> None:
+    """The status a sync stream handler that has finished leaves for gRPC to send: no abort()
+    there, which on a grpc.aio server would race gRPC's write of its last answer (gRPC runs
+    the handler's generator in a thread of its own, ahead of that write)."""
+    servicer_context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+    servicer_context.set_details("Deadline Exceeded")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,11 +261,13 @@ def _wrap(wrap_unary: Any, wrap_stream: Any, handler: Any) -> Any:
 
 
 def _until_the_rpc_ends(rpc: _Rpc, servicer_context: Any, rpc_over: Done | None) -> None:
-    """End *rpc*'s context when the RPC ends: gRPC's own callback on the sync server; on a
+    """End *rpc*'s context when the RPC ends: gRPC's own callback on the sync server (which
+    says whether the RPC is still on: a client may have cancelled one still queued); on a
     grpc.aio server, whose sync servicer context has no such callback, *rpc_over* (see
     ``_InPool``). (Written out in ``_sync_unary``.)"""
     if rpc_over is None:
-        servicer_context.add_callback(rpc.terminated)
+        if not servicer_context.add_callback(rpc.ended):
+            rpc.ended()
     else:
         rpc_over.add_callback(rpc.ended)  # (in the loop's thread: ended() never blocks)
 
@@ -207,15 +276,20 @@ def _sync_unary(behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any, rpc_over: Done | None = None) -> Any:
         rpc = _Rpc(servicer_context)
         if rpc_over is None:  # (_until_the_rpc_ends(), written out: once an RPC)
-            servicer_context.add_callback(rpc.terminated)
+            if not servicer_context.add_callback(rpc.ended):
+                rpc.ended()
         else:
             rpc_over.add_callback(rpc.ended)
         token = _current.set(rpc.ctx)  # (use(rpc.ctx), written out: the context is ours)
         try:
-            return behavior(request, servicer_context)
+            response = behavior(request, servicer_context)
         finally:
             _current.reset(token)
             rpc.end()
+        ended = state_of(rpc.ctx)  # type: ignore[arg-type]  # (_expired(), written out)
+        if ended is not None and ended[0] is DeadlineExceeded:  # (the first end stays)
+            _deadline_exceeded(servicer_context)
+        return response
 
     return run
 
@@ -232,6 +306,8 @@ def _sync_stream(behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
                     try:
                         response = next(responses)
                     except StopIteration:
+                        if _expired(rpc.ctx):
+                            _status_deadline_exceeded(servicer_context)
                         return
                 yield response
         finally:
@@ -279,19 +355,17 @@ class _Driven:
     RPC's own task: no task, shield or round trip through the loop of its own.
 
     When gRPC cancels the RPC's task (the client left or the deadline passed), the context
-    ends first, then the cancellation goes on into the handler, so its cleanup sees why: at a
-    passed deadline, gRPC's is a moment ahead of our timer's, so the cancellation waits (the
-    task suspended on a future) until the context has ended. Once a cancellation has gone in,
-    the step ends cancelled whatever the handler does with it, as the RPC does.
+    ends first (for a passed deadline at once, without waiting for our timer), then the
+    cancellation goes on into the handler, so its cleanup sees why. Once a cancellation has
+    gone in, the step ends cancelled whatever the handler does with it, as the RPC does.
     """
 
-    __slots__ = ("_first", "_held", "_rpc", "_step", "_thrown")
+    __slots__ = ("_first", "_rpc", "_step", "_thrown")
 
     def __init__(self, rpc: _Rpc, awaitable: Any, first: Any = _NOTHING) -> None:
         self._rpc = rpc
         self._step: Any = awaitable.__await__()
         self._first = first  # what the handler's step yielded already (see _aio_unary)
-        self._held: BaseException | None = None  # a cancellation waiting for our timer
         self._thrown = False  # a cancellation went into the handler
 
     def __await__(self) -> _Driven:
@@ -308,11 +382,6 @@ class _Driven:
         return self.send(None)
 
     def send(self, value: Any) -> Any:
-        held = self._held
-        if held is not None:  # our context has ended (or the slack ran out): go on in
-            self._held = None
-            self._thrown = True
-            return self._run(self._step.throw, held)
         return self._run(self._step.send, value)
 
     def throw(self, exc: Any, *rest: Any) -> Any:
@@ -322,14 +391,7 @@ class _Driven:
             exc = exc()
         if not isinstance(exc, asyncio.CancelledError):
             return self._run(self._step.throw, exc)
-        rpc = self._rpc
-        if rpc.deadline_passed():
-            if self._held is None and rpc.ctx.err() is None:
-                self._held = exc
-                return _when_done(rpc.ctx)
-        else:
-            rpc.client_left()
-        self._held = None
+        self._rpc.ended()
         self._thrown = True
         return self._run(self._step.throw, exc)
 
@@ -347,54 +409,35 @@ class _Driven:
             raise asyncio.CancelledError() from e
 
 
-def _when_done(ctx: Context) -> asyncio.Future[None]:
-    """A future of the running loop that is done when *ctx* is, or after ``_TIMER_SLACK``,
-    ready to be yielded to the task (as ``await`` would)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:  # in whatever thread ended the context
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(_set_done, fut)
-
-    handle = ctx.done().add_callback(wake)
-    timer = loop.call_later(_TIMER_SLACK, _set_done, fut)
-
-    def cleanup(_: object) -> None:
-        handle.cancel()
-        timer.cancel()
-
-    fut.add_done_callback(cleanup)
-    fut._asyncio_future_blocking = True
-    return fut
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _aio_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     async def run(request: Any, servicer_context: Any) -> Any:
         # The RPC's context, and its _Rpc only once the handler suspends (only _Driven needs
         # it; nothing else here reads its `finished`): rpc.end(), written out.
-        pair = _open(servicer_context)
+        left = servicer_context.time_remaining()
+        pair = _open(servicer_context, left)
         token = _current.set(pair[0])  # (use(ctx), written out: the context is ours)
         try:
             step = behavior(request, servicer_context)
             if type(step) is not CoroutineType:
-                return await _Driven(_Rpc(servicer_context, pair), step)
-            # The handler's first step, run here as _Driven would (no cancellation can come
-            # in before it suspends): a handler that answers without suspending needs no more.
-            try:
-                first = step.send(None)
-            except StopIteration as e:
-                return e.value
-            return await _Driven(_Rpc(servicer_context, pair), step, first)
+                response = await _Driven(_Rpc(servicer_context, pair, left), step)
+            else:
+                # The handler's first step, run here as _Driven would (no cancellation can
+                # come in before it suspends): a handler that answers without suspending
+                # needs no more.
+                try:
+                    first = step.send(None)
+                except StopIteration as e:
+                    response = e.value
+                else:
+                    response = await _Driven(_Rpc(servicer_context, pair, left), step, first)
         finally:
             _current.reset(token)
             _contexts.pop(id(servicer_context), None)
             pair[1](None)
+        ended = state_of(pair[0])  # type: ignore[arg-type]  # (_expired(), written out)
+        if ended is not None and ended[0] is DeadlineExceeded:  # (the first end stays)
+            await _deadline_exceeded(servicer_context)
+        return response
 
     return run
 
@@ -407,14 +450,22 @@ def _aio_stream(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
                 responses = behavior(request, servicer_context)
                 if not hasattr(responses, "__anext__"):  # a coroutine using context.write()
                     await _Driven(rpc, responses)
+                    if _expired(rpc.ctx):
+                        await _deadline_exceeded(servicer_context)
                     return
             while True:
                 with use(rpc.ctx):  # (not across the yield: gRPC's code runs there)
                     try:
                         response = await _Driven(rpc, responses.__anext__())
                     except StopAsyncIteration:
+                        if _expired(rpc.ctx):
+                            await _deadline_exceeded(servicer_context)
                         return
-                yield response
+                try:
+                    yield response
+                except BaseException:  # (cancelled, or closed, while gRPC was sending it)
+                    rpc.ended()  # the RPC ended before the handler did
+                    raise
         finally:
             rpc.end()
 
@@ -437,9 +488,6 @@ def _aio_wrap(handler: Any) -> Any:
     ):
         return _wrap(_aio_unary, _aio_stream, handler)
     return _InPool(_wrap(_sync_unary, _sync_stream, handler))
-
-
-_BEHAVIORS = ("unary_unary", "stream_unary", "unary_stream", "stream_stream")
 
 
 class _InPool:
