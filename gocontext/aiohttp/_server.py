@@ -136,17 +136,84 @@ def _cut(request: web.Request) -> None:
     request.protocol.force_close()
 
 
+class _GatewayTimeout(web.HTTPGatewayTimeout):
+    """The 504 of a request whose deadline passed: once written, its connection closes at
+    once, so a write to the request by a task the handler left behind goes nowhere, never
+    into the next response. (Its ``Connection: close`` is not enough: with the request's body
+    left unread, aiohttp lingers on the connection, up to its ``lingering_time``, to drain it,
+    and the transport stays open meanwhile.)"""
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(text="deadline exceeded")
+        self.force_close()
+        self._gocontext_protocol = request.protocol
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        try:
+            await super().write_eof(data)
+        finally:  # (written, or not at all: the client has gone)
+            self._gocontext_protocol.force_close()
+
+
+async def _answer(request: web.Request) -> None:
+    """Write the 504 of a request whose handler runs on past the deadline; the connection
+    closes after it (see ``_GatewayTimeout``), or at once if it cannot be written."""
+    answer = _GatewayTimeout(request)
+    try:
+        await answer.prepare(request)
+        await answer.write_eof()
+    except ConnectionError:  # the client has gone: nobody to tell
+        pass
+    finally:
+        request.protocol.force_close()
+
+
+class _Stop(TaskCanceller):
+    """Stops the handler's task when its context ends, and answers for a handler that runs on
+    past the deadline (one that awaits a thread ignoring its context, say: the await waits
+    for the thread): the client gets its 504, or the cut of the response under way, at the
+    deadline, not once the handler ends.
+
+    ``request`` and ``ctx`` are set by the middleware. When the context ends, ``early`` says
+    whether this answered for the handler, and ``answer`` is the task writing the 504, if any
+    (the middleware waits for it: nothing of aiohttp's may be written before it is out).
+    """
+
+    __slots__ = ("answer", "ctx", "early", "request")
+
+    request: web.Request
+    ctx: Context
+    early: bool
+    answer: asyncio.Task[None] | None
+
+    def _fire(self) -> None:  # on the loop
+        if self.armed and not self.fired:
+            self.early = False
+            self.answer = None
+            super()._fire()
+            # The cancel reaches the handler at its next step, which the loop runs before
+            # this: a handler that lets it through at once has ended by then (and disarmed
+            # this); one still running waits on what does not end with it (a thread, say).
+            self._loop.call_soon(self._answer_if_running)
+
+    def _answer_if_running(self) -> None:
+        if not self.armed or not isinstance(self.ctx.err(), DeadlineExceeded):
+            return  # the handler has ended, or its client has gone: nobody to answer
+        self.early = True
+        request = self.request
+        if _started(request):
+            _cut(request)
+        else:
+            self.answer = self._loop.create_task(_answer(request))
+
+
 def _ended(request: web.Request, err: ContextError) -> web.StreamResponse:
     """The answer to a request whose context ended (*err*) before its handler did: a 504 for
     the deadline, on a connection then closed; a response under way is cut instead."""
     if _started(request):
         _cut(request)  # (the answer below then goes nowhere, quietly)
     if isinstance(err, DeadlineExceeded):
-        answer = web.HTTPGatewayTimeout(text="deadline exceeded")
-        # The connection closes after it: a write to the request by a task the handler left
-        # behind goes nowhere, never into the next response.
-        answer.force_close()
-        raise answer from None
+        raise _GatewayTimeout(request) from None
     # The client left: nobody reads this answer (aiohttp drops it quietly).
     return web.Response(status=499, text="client disconnected")
 
@@ -161,10 +228,13 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     with a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms
     of the deadline, a client leaves for it: the deadline ends the context). The handler
     is cancelled when its context ends: one that ignores its context is still stopped at
-    the deadline, and the client gets a 504 (on a connection then closed, so a late write by
-    a task the handler left behind goes nowhere). A handler that returns once its context has
-    ended is answered the same way: its response is dropped, as Go's ``TimeoutHandler``
-    drops a late one. A response already under way (prepared, or partly written) is cut
+    the deadline, and the client gets a 504 then, even from a handler that runs on (one that
+    awaits a thread ignoring its context, say), on a connection then closed at once, its
+    request body read or not, so a late write by the handler or a task it left behind goes
+    nowhere. A handler that returns once its context has ended, or raises an answer (an
+    ``aiohttp.web.HTTPException``), is answered the same way: its response is dropped, as
+    Go's ``TimeoutHandler`` drops a late one; any other error it raises is aiohttp's to log
+    and answer with a 500. A response already under way (prepared, or partly written) is cut
     there instead: the connection closes, the client sees its body stop short, and nothing
     is logged. A malformed deadline header gets a 400 that says what was wrong. A bad
     *max_timeout* is a ``ValueError``.
@@ -200,7 +270,8 @@ def middleware(*, max_timeout: float | None = None) -> Any:
         # (aiohttp warns once about a str key, asking for a web.RequestKey; the contract's key
         # is "gocontext", so it goes in the mapping underneath)
         request._state["gocontext"] = ctx
-        stop = TaskCanceller(ctx, True)  # a handler that ignores its context is stopped too
+        stop = _Stop(ctx, True)  # a handler that ignores its context is stopped too
+        stop.request, stop.ctx = request, ctx
         token = _current.set(ctx)  # (use(ctx), written out: ctx is one of ours)
         try:
             response: web.StreamResponse = await handler(request)
@@ -211,6 +282,20 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             if err is None:
                 raise
             return _ended(request, err)
+        except web.HTTPException:
+            # aiohttp's other way to answer, raised: as late as a returned answer once the
+            # context has ended, and dropped the same way. (Any other error raised then is
+            # the handler's own, for aiohttp to log and answer with a 500, as an ASGI server
+            # does under ContextMiddleware.)
+            if ctx._state is not None:  # type: ignore[attr-defined]  # (a node of ours)
+                return _ended(request, ctx.err())  # type: ignore[arg-type]  # ended: an error
+            raise
+        except ConnectionError:
+            # A write of the handler found the connection closed by the answer given for it
+            # at the deadline: the handler's end, not its fault.
+            if stop.fired and stop.early:
+                return _ended(request, ctx.err())  # type: ignore[arg-type]  # ended: an error
+            raise
         else:
             # A context that ended before the handler returned stops it all the same: its end
             # can wake the handler (``await ctx.done()``) before our cancel of the task comes
@@ -223,7 +308,15 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             stop.disarm()
             if watch is not None:
                 watch.listeners.pop(ctx, None)
+                transport = request.transport
+                if transport is not None and transport.is_closing():
+                    # The client has gone, and a write of the handler found it before the
+                    # loop told `watch` (a turn later); aiohttp's own close of a connection
+                    # leaves no transport.
+                    client_left(ctx, cancel)
             cancel(None)
+            if stop.fired and stop.answer is not None:
+                await stop.answer  # (the 504 given for the handler goes out first)
         return response
 
     return gocontext_middleware
