@@ -4,7 +4,9 @@ Before the call: a done context sends nothing; the call's timeout becomes the sm
 own and the context's time left, so the deadline goes out as gRPC's own; ``PropagatedKey``
 values go in ``baggage`` metadata. While in flight, the context's end cancels the call (gRPC
 tells the server), and the error raised is the context's: ``Canceled`` or
-``DeadlineExceeded``, never a bare ``RpcError`` or ``CancelledError``.
+``DeadlineExceeded``, never a bare ``RpcError`` or ``CancelledError``. An answer, or a stream's
+end, that comes once the context's deadline passed in flight raises ``DeadlineExceeded`` too: a
+handler that stops at its deadline may answer with what it has.
 
 The sync API hands an interceptor of a blocking unary response (``stub.Method(request)``,
 ``with_call``) no call object, only a continuation that blocks until the call is over; the
@@ -168,6 +170,25 @@ def _aio_metadata(ctx: Context, metadata: Any) -> Any:
     return metadata
 
 
+# When the context's deadline passes, gRPC's own for the call (the same one, sent as the time
+# left) ends it, unless that is further off than this (the context's passed on a fake clock).
+_DUE = 0.05
+
+
+def _ours_to_end(ctx: Context, call: Any) -> bool:
+    """Whether the context, now done, is to end *call* itself: for a cancel, or for a passed
+    deadline that gRPC's own for the call (real time) is not about to end it with, as a deadline
+    passed on a fake clock (``gocontext.testing``). gRPC's own ends it otherwise, so the call
+    says ``DEADLINE_EXCEEDED``, as it does without us."""
+    if not isinstance(ctx.err(), DeadlineExceeded):
+        return True
+    try:
+        left = call.time_remaining()
+    except Exception:  # (a call another interceptor made may not say): end it ourselves
+        return True
+    return left is None or left > _DUE
+
+
 def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
     err = ctx.err()
     if err is not None:
@@ -183,15 +204,27 @@ def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
 # sync
 
 
-def _on_cancel(ctx: Context, cancel: Callable[[], object]) -> Callable[[], None]:
-    """The done-callback that cancels a call: only for a cancel. At a passed deadline gRPC's
-    own deadline, the same one, ends the call, so the server learns it was the deadline."""
+class _CallWatch:
+    """A call (a future or a stream) under its context: the context's end cancels it (see
+    ``_ours_to_end``), and notes that it ended while the call was in flight; the call's end
+    releases it. It holds the call, and what the caller holds (``_SyncOutcome``) holds it, never
+    the other way: a caller that drops the call lets it go (see ``_SyncOutcome.__del__``)."""
 
-    def on_done() -> None:
-        if not isinstance(ctx.err(), DeadlineExceeded):
-            cancel()
+    __slots__ = ("call", "ctx", "ended", "handle")
 
-    return on_done
+    def __init__(self, call: Any, ctx: Context) -> None:
+        self.call = call
+        self.ctx = ctx
+        self.ended = False
+        self.handle = ctx.done().add_callback(self.on_done)
+
+    def on_done(self) -> None:  # in whatever thread ended the context
+        self.ended = True
+        if _ours_to_end(self.ctx, self.call):
+            self.call.cancel()
+
+    def release(self, _: object = None) -> None:
+        self.handle.cancel()
 
 
 # The code object of grpc's continuation for a blocking call, and where its closure keeps the
@@ -235,11 +268,13 @@ _SEGREGATED = tuple(
     if isinstance(getattr(grpc._channel, name, None), type)
 )
 _CANCELLED = getattr(getattr(cygrpc, "StatusCode", None), "cancelled", None)
+_DEADLINE_EXCEEDED = getattr(getattr(cygrpc, "StatusCode", None), "deadline_exceeded", None)
 
 
 class _Watching:
     """One blocking call under its context: the call, once made, is cancelled when the
-    context ends (for a cancel; a passed deadline is gRPC's own to end)."""
+    context ends; at a passed deadline with gRPC's own status, as its own deadline (the same,
+    unless the context's passed on a fake clock) does."""
 
     __slots__ = ("call", "ctx", "handle")
 
@@ -249,7 +284,9 @@ class _Watching:
         self.handle: Any = None
 
     def on_done(self) -> None:  # in whatever thread ended the context
-        if not isinstance(self.ctx.err(), DeadlineExceeded):
+        if isinstance(self.ctx.err(), DeadlineExceeded):
+            self.call.cancel(_DEADLINE_EXCEEDED, "Deadline Exceeded")
+        else:
             self.call.cancel(_CANCELLED, "Locally cancelled by context")
 
 
@@ -290,7 +327,12 @@ def _callable(owner: Any, method: Any) -> Any:
     if kept is not None and kept[0] == method:
         return kept[1]
     callable_ = owner._thunk(method)
-    if _SEGREGATED and _CANCELLED is not None and isinstance(callable_, _SEGREGATED):
+    if (
+        _SEGREGATED
+        and _CANCELLED is not None
+        and _DEADLINE_EXCEEDED is not None
+        and isinstance(callable_, _SEGREGATED)
+    ):
         callable_._channel = _WatchedCore(callable_._channel)
         with contextlib.suppress(AttributeError):  # (one without a __dict__ keeps none)
             owner._gocontext_callable = (method, callable_)
@@ -317,7 +359,9 @@ def _blocking_call(owner: Any, ctx: Context, details: Any, out: _Outgoing, reque
 
 def _watched_call(callable_: Any, ctx: Context, details: Any, out: _Outgoing, request: Any) -> Any:
     """Make a blocking call in this thread through *callable_*, a channel's own callable whose
-    core is behind a ``_WatchedCore``: the call it makes is handed to the context."""
+    core is behind a ``_WatchedCore``: the call it makes is handed to the context. An answer
+    that comes once the context's deadline passed in flight raises ``DeadlineExceeded`` (a
+    handler may stop at that deadline and answer what it has)."""
     wait_for_ready = getattr(details, "wait_for_ready", None)
     compression = getattr(details, "compression", None)
     watching = _Watching(ctx)
@@ -333,17 +377,21 @@ def _watched_call(callable_: Any, ctx: Context, details: Any, out: _Outgoing, re
         raise err from e
     finally:
         _watching.reset(token)
-        if watching.handle is not None:
-            watching.handle.cancel()
+        handle = watching.handle
+        released = handle is None or handle.cancel()
+    if not released:  # (the context ended in flight)
+        late = ctx.err()
+        if isinstance(late, DeadlineExceeded):
+            raise late
     return call  # (grpc's rendezvous of an answered call: its result() is the response)
 
 
 def _watch_future(outcome: Any, ctx: Context, out: _Outgoing) -> Any:
     """*outcome*, a call still running, cancelled when the context ends, and raising the
     context's error from ``result()`` when that is what ended it."""
-    handle = ctx.done().add_callback(_on_cancel(ctx, outcome.cancel))
-    outcome.add_done_callback(lambda _: handle.cancel())
-    return _SyncOutcome(outcome, ctx, out.binding)
+    watch = _CallWatch(outcome, ctx)
+    outcome.add_done_callback(watch.release)
+    return _SyncOutcome(outcome, ctx, out.binding, watch)
 
 
 class _SyncInterceptor(
@@ -372,9 +420,10 @@ class _SyncInterceptor(
         call = continuation(_sync_details(details, out), request)
         if ctx.done() is _NEVER:
             return call
-        handle = ctx.done().add_callback(_on_cancel(ctx, call.cancel))
-        call.add_callback(handle.cancel)
-        return _SyncStream(call, ctx, out.binding)
+        watch = _CallWatch(call, ctx)
+        if not call.add_callback(watch.release):  # (it has ended already)
+            watch.release()
+        return _SyncStream(call, ctx, out.binding, watch)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return self._unary(continuation, details, request)
@@ -390,16 +439,34 @@ class _SyncInterceptor(
 
 
 class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc's classes are untyped (Any)
-    """A unary call's outcome whose ``result()`` raises the context's error when it ended it."""
+    """A unary call's outcome whose ``result()`` raises the context's error when it ended it
+    (an answer that came once its deadline passed in flight too: see ``_watched_call``).
+    Dropped while in flight, it cancels the call, as gRPC's own does."""
 
-    def __init__(self, inner: Any, ctx: Context, binding: bool) -> None:
+    def __init__(self, inner: Any, ctx: Context, binding: bool, watch: _CallWatch) -> None:
         self._inner = inner
         self._ctx = ctx
         self._binding = binding
+        self._watch = watch
+
+    def __del__(self) -> None:
+        watch = self.__dict__.get("_watch")  # (not through __getattr__)
+        if watch is not None:
+            watch.release()
+            with contextlib.suppress(Exception):  # (at exit, grpc may be half gone)
+                watch.call.cancel()  # (an ended call's is nothing)
+
+    def _late(self) -> ContextError | None:
+        """The context's ``DeadlineExceeded`` if it passed while the call was in flight."""
+        if self._watch.ended:
+            err = self._ctx.err()
+            if isinstance(err, DeadlineExceeded):
+                return err
+        return None
 
     def result(self, timeout: float | None = None) -> Any:
         try:
-            return self._inner.result(timeout)
+            response = self._inner.result(timeout)
         except ContextError:
             raise
         except (grpc.RpcError, grpc.FutureCancelledError) as e:
@@ -407,12 +474,16 @@ class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc's clas
             if err is e:
                 raise
             raise err from e
+        late = self._late()
+        if late is not None:
+            raise late
+        return response
 
     def exception(self, timeout: float | None = None) -> Any:
         try:
             self.result(timeout)
-        except grpc.FutureTimeoutError:
-            raise
+        except (grpc.FutureTimeoutError, grpc.FutureCancelledError):
+            raise  # (as grpc.Future's: a cancelled future has no outcome to give)
         except Exception as e:
             return e
         return None
@@ -421,7 +492,10 @@ class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc's clas
         return getattr(self._inner, name)
 
     def cancel(self) -> bool:
-        return bool(self._inner.cancel())
+        if not self._inner.cancel():
+            return False
+        self._watch.release()  # (at once: gRPC runs the call's own callbacks a moment later)
+        return True
 
     def cancelled(self) -> bool:
         return bool(self._inner.cancelled())
@@ -461,7 +535,9 @@ class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc's clas
 
 
 class _SyncStream(_SyncOutcome):
-    """A streamed response whose iteration raises the context's error when it ended it."""
+    """A streamed response whose iteration raises the context's error when it ended it; its
+    end, when the deadline passed in flight, ``DeadlineExceeded`` (a handler that stops at its
+    deadline ends the stream as if whole)."""
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -470,6 +546,9 @@ class _SyncStream(_SyncOutcome):
         try:
             return next(self._inner)
         except StopIteration:
+            late = self._late()
+            if late is not None:
+                raise late from None
             raise
         except ContextError:
             raise
@@ -505,9 +584,10 @@ def client_interceptors() -> list[Any]:
 
 class _AioCall:
     """An aio call under its context from the moment it is made: the context's end cancels it
-    (from whatever thread or task ends it; for a cancel: at a passed deadline gRPC's own, the
-    same, ends the call, so the server sees which), and what it answers, awaited or read,
-    raises the context's error when that is what ended it.
+    (from whatever thread or task ends it; see ``_ours_to_end``), and what it answers, awaited
+    or read, raises the context's error when that is what ended it; a stream's end, when the
+    deadline passed in flight, ``DeadlineExceeded`` (a handler that stops at its deadline ends
+    the stream as if whole).
 
     A ``CancelledError`` is ours to translate only if we cancelled the call and the task
     itself is not being cancelled (a framework cancellation always passes through untouched).
@@ -515,7 +595,7 @@ class _AioCall:
     ``write()`` goes through it): this stands in for it, and passes the rest to the call.
     """
 
-    __slots__ = ("_binding", "_call", "_ctx", "_fired", "_handle", "_loop")
+    __slots__ = ("_binding", "_call", "_ctx", "_ended", "_fired", "_handle", "_loop")
 
     def __init__(self, call: Any, ctx: Context, binding: bool, done: Done | None = None) -> None:
         self._call = call
@@ -523,14 +603,16 @@ class _AioCall:
         self._binding = binding
         self._loop = asyncio.get_running_loop()
         self._fired = False  # we cancelled the call (only ever set in the loop's thread)
+        self._ended = False  # the context ended while the call was watched
         self._handle = (ctx.done() if done is None else done).add_callback(self._on_done)
 
     def _on_done(self) -> None:  # in whatever thread ended the context
+        self._ended = True
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to cancel
             self._loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
-        if isinstance(self._ctx.err(), DeadlineExceeded):
+        if not _ours_to_end(self._ctx, self._call):
             return
         self._fired = True
         self._call.cancel()
@@ -545,7 +627,7 @@ class _AioCall:
 
     def __await__(self) -> Generator[Any, None, Any]:
         try:
-            return (yield from self._call.__await__())
+            response = yield from self._call.__await__()
         except ContextError:
             raise
         except (grpc.RpcError, asyncio.CancelledError) as e:
@@ -553,6 +635,11 @@ class _AioCall:
             raise
         finally:
             self._handle.cancel()
+        if self._ended:  # (an answer after the deadline passed in flight is late)
+            late = self._ctx.err()
+            if isinstance(late, DeadlineExceeded):
+                raise late
+        return response
 
     async def responses(self) -> AsyncIterator[Any]:
         """The streamed answers."""
@@ -560,9 +647,13 @@ class _AioCall:
         try:
             async for response in call:
                 yield response
-            # A call we cancelled just stops yielding: say why.
+            # A call we cancelled just stops yielding, and one whose handler stopped at the
+            # deadline ends as if whole: say why.
             done = self._ctx.err()
-            if done is not None and await call.code() == grpc.StatusCode.CANCELLED:
+            if done is not None and (
+                (self._ended and isinstance(done, DeadlineExceeded))
+                or await call.code() == grpc.StatusCode.CANCELLED
+            ):
                 raise done
         except ContextError:
             raise
@@ -576,14 +667,44 @@ class _AioCall:
     def _raise_translated(self, e: BaseException) -> None:
         """Raise the context's error for *e* (a gRPC error or a cancellation) if the context
         is what ended the call; return if *e* is to pass through as it is."""
+        err = self._translated(e)
+        if err is not None:
+            raise err from e
+
+    def _translated(self, e: BaseException) -> BaseException | None:
+        """The context's error for *e* if the context is what ended the call, else None."""
         if isinstance(e, asyncio.CancelledError):
             task = asyncio.current_task()
             cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
             if not self._fired or (cancelling is not None and cancelling()):
-                return
+                return None
         err = _translate(e, self._ctx, self._binding)
-        if err is not e:
-            raise err from e
+        return None if err is e else err
+
+
+class _AioEnded:
+    """A unary call its context ended (see ``_AioUnaryUnary``): awaited, it raises the
+    context's error; the rest (``code()``, ``details()``, metadata, ``cancelled()``) is the
+    call's own. grpc.aio takes it for the call: a ``UnaryUnaryCall`` (registered below)."""
+
+    __slots__ = ("_call", "_err")
+
+    def __init__(self, call: Any, err: BaseException) -> None:
+        self._call = call
+        self._err = err
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            yield from self._call.__await__()  # (done: its error, or its late answer, at once)
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            raise self._err from e
+        raise self._err
+
+
+grpc.aio.UnaryUnaryCall.register(_AioEnded)
 
 
 def _aio_prepare(details: Any) -> tuple[Context, Any, bool]:
@@ -594,9 +715,10 @@ def _aio_prepare(details: Any) -> tuple[Context, Any, bool]:
 
 
 # grpc.aio files each interceptor under the first kind it is an instance of: one class a kind.
-# A unary answer is awaited here (grpc.aio takes it as the call's answer: handing the call back
-# instead, for the caller's await, measured ~4 % more instructions a call, though it saves a
-# turn of the loop); a client-streaming call goes back watched; streamed answers go back as
+# A unary call is awaited here, then handed back as the call (its metadata, code and details
+# stay the caller's to read; handing it back unawaited, for the caller's await, measured ~4 %
+# more instructions a call, though it saves a turn of the loop), or, when its context ended it,
+# as an ``_AioEnded``; a client-streaming call goes back watched; streamed answers go back as
 # their reader. A context that can never end leaves the call as it is: nothing to watch,
 # nothing to translate.
 
@@ -608,17 +730,25 @@ class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc
         call = await continuation(new_details, request)
         done = ctx.done()
         if done is _NEVER:
-            return await call
+            await call
+            return call
         watched = _AioCall(call, ctx, binding, done)
         try:
-            return await call
+            await call
         except ContextError:
             raise
         except (grpc.RpcError, asyncio.CancelledError) as e:
-            watched._raise_translated(e)
-            raise
+            err = watched._translated(e)
+            if err is None:
+                raise
+            return _AioEnded(call, err)
         finally:
-            watched._handle.cancel()
+            released = watched._handle.cancel()
+        if not released:  # the context ended in flight: an answer after its deadline is late
+            err = ctx.err()
+            if isinstance(err, DeadlineExceeded):
+                return _AioEnded(call, err)
+        return call
 
 
 class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc's classes are untyped (Any)
