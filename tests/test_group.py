@@ -451,23 +451,6 @@ NESTED_CHILD = textwrap.dedent(
 )
 
 
-def test_a_second_ctrl_c_stops_the_waiting_of_nested_groups_too() -> None:
-    """The inner group leaves at the second Ctrl-C; the outer one sees that second Ctrl-C
-    (raised during the first) come out of its body, and leaves at once too."""
-    proc = spawn(NESTED_CHILD)
-    try:
-        read_lines(proc, "started", 2)
-        proc.send_signal(signal.SIGINT)
-        assert read_lines(proc, "stopped", 1) == ["stopped inner"]
-        proc.send_signal(signal.SIGINT)
-        out, err = finish(proc)
-    finally:
-        reap(proc)
-    assert "not reached" not in out
-    assert err.count("KeyboardInterrupt") >= 2, err
-    assert proc.returncode == -signal.SIGINT
-
-
 SIGNAL_CHILD = textwrap.dedent(
     """
     import sys, threading, gocontext
@@ -490,14 +473,26 @@ SIGNAL_CHILD = textwrap.dedent(
 )
 
 
-def test_a_second_ctrl_c_stops_the_waiting_when_signal_context_took_the_first() -> None:
-    """The first Ctrl-C went to signal_context(), which cancelled the group's parent: the
-    next one is the second, and the block leaves at once, as a program without a group does."""
-    proc = spawn(SIGNAL_CHILD)
+@pytest.mark.parametrize(
+    ("child", "started", "stopped"),
+    [
+        # The inner group leaves at the second Ctrl-C; the outer one sees that second Ctrl-C
+        # (raised during the first) come out of its body, and leaves at once too.
+        (NESTED_CHILD, 2, "stopped inner"),
+        # The first Ctrl-C went to signal_context(), which cancelled the group's parent: the
+        # next one is the second, as in a program without a group.
+        (SIGNAL_CHILD, 1, "stopped: SignalReceived(SIGINT)"),
+    ],
+    ids=["nested-groups", "signal-context"],
+)
+def test_a_second_ctrl_c_stops_the_waiting_whoever_took_the_first(
+    child: str, started: int, stopped: str
+) -> None:
+    proc = spawn(child)
     try:
-        read_lines(proc, "started", 1)
+        read_lines(proc, "started", started)
         proc.send_signal(signal.SIGINT)
-        assert read_lines(proc, "stopped", 1) == ["stopped: SignalReceived(SIGINT)"]
+        assert read_lines(proc, "stopped", 1) == [stopped]
         proc.send_signal(signal.SIGINT)
         out, err = finish(proc)
     finally:
