@@ -793,12 +793,7 @@ class _Base:
             True
         """
         d = self.deadline()
-        if d is None:
-            return None
-        now = _timer.now
-        if now is not _monotonic and type(d) is float:  # made on real time, before a fake clock
-            return d - _monotonic()
-        return d - now()
+        return None if d is None else _timer.until(d)  # (on the clock it was made on)
 
     def check(self) -> None:
         """Raise ``err()`` if the context is done, else return None. For loops in threads.

@@ -556,11 +556,11 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
 class _Aborter:
     """The sockets one blocking request is using, and the switch that shuts them down.
 
-    ``lock`` guards ``aborted``, ``finished`` and ``sockets`` (with the descriptors that
-    ``hold()`` registered), which are shut down under it. A socket is registered before it is
-    used (before ``connect()`` for a new connection), so an abort interrupts whatever the
-    request is blocked in. Once the response is closed (``finished``), aborting does nothing:
-    the connection may already serve another request.
+    ``lock`` guards ``aborted``, ``finished`` and ``sockets``, which are shut down under it
+    (``release()`` closes a socket of ``hold()``'s under it too). A socket is registered
+    before it is used (before ``connect()`` for a new connection), so an abort interrupts
+    whatever the request is blocked in. Once the response is closed (``finished``), aborting
+    does nothing: the connection may already serve another request.
     """
 
     __slots__ = ("aborted", "extensions", "finished", "lock", "pool", "sockets")
@@ -573,7 +573,7 @@ class _Aborter:
         self.lock = _thread.RLock()  # the C lock itself: threading.RLock is a factory call
         self.aborted = False
         self.finished = False
-        self.sockets: set[socket.socket | int] = set()  # (ints: see hold())
+        self.sockets: set[socket.socket] = set()
         # The pool the request may queue in, and the extensions dict that identifies its
         # requests there (httpx hands the same dict to httpcore).
         self.pool = pool
@@ -587,34 +587,32 @@ class _Aborter:
         if self.aborted:  # read after the add: an abort run inside it is seen too
             raise _Aborted("the request's context ended")
 
-    def hold(self, sock: socket.socket) -> int | None:
-        """Register a descriptor of our own for *sock*'s connection (a duplicate of its
-        descriptor), until ``release``.
+    def hold(self, sock: socket.socket) -> socket.socket | None:
+        """Register a duplicate of *sock* (a descriptor of our own for its connection), until
+        ``release``.
 
         For a step that hands *sock*'s descriptor over to a socket object of its own, the
         registered one then being detached and its shutdown a no-op: a TLS handshake, run
         inside ``SSLContext.wrap_socket``. A shutdown through the duplicate reaches the
         connection whichever object owns it, and never another file that reuses a number:
-        the duplicate is ours, and closed under the lock. No socket object is made for it
-        until an abort (one would set the connection's blocking mode to the default timeout).
-        None if *sock* has no descriptor; raises ``_Aborted`` if the request's context has
-        already ended.
+        the duplicate is ours, and closed under the lock. None if *sock* is closed already;
+        raises ``_Aborted`` if the request's context has already ended.
         """
         try:
-            fd = socket.dup(sock.fileno())
+            held = sock.dup()  # (in *sock*'s blocking mode)
         except OSError:  # closed already
             return None
-        with self.lock:
-            if not self.aborted:
-                self.sockets.add(fd)
-                return fd
-        socket.close(fd)
-        raise _Aborted("the request's context ended")
+        try:
+            self.attach(held)
+        except _Aborted:
+            held.close()
+            raise
+        return held
 
-    def release(self, fd: int) -> None:
+    def release(self, held: socket.socket) -> None:
         with self.lock:
-            self.sockets.discard(fd)
-            socket.close(fd)
+            self.sockets.discard(held)
+            held.close()
 
     def abort(self) -> None:
         with self.lock:
@@ -623,14 +621,7 @@ class _Aborter:
             self.aborted = True
             for sock in self.sockets:
                 with contextlib.suppress(OSError):  # already closed, or never connected
-                    if isinstance(sock, int):  # a descriptor of hold()'s
-                        held = socket.socket(fileno=sock)
-                        try:
-                            held.shutdown(socket.SHUT_RDWR)
-                        finally:
-                            held.detach()  # (closed by release())
-                    else:
-                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RDWR)
         if self.pool is not None:
             _dequeue(self.pool, self.extensions)
 
@@ -733,13 +724,11 @@ class _AbortableStream(httpcore.NetworkStream):
         except _Aborted:
             self.close()
             raise
-        if aborter is None or held is None:
-            return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
         try:
-            stream = self._inner.start_tls(ssl_context, server_hostname, timeout)
+            return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
         finally:
-            aborter.release(held)
-        return _AbortableStream(stream)
+            if aborter is not None and held is not None:
+                aborter.release(held)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -913,7 +902,7 @@ class _SyncBoundedStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         if self._aborter is None:  # closed (httpx raises StreamClosed before asking)
             return
-        ctx, capped, aborter = self._ctx, self._capped, self._aborter
+        ctx, capped = self._ctx, self._capped
         # The connection's socket is registered with the request's aborter already (it was
         # used to send the request): an abort interrupts a read of the body in whatever thread
         # reads it.
@@ -926,9 +915,9 @@ class _SyncBoundedStream(httpx.SyncByteStream):
             # The end may be the abort's own doing: a socket shut down reads as the peer's
             # close, which ends a body that the close delimits (no length, no chunks). Once
             # the context has ended, no end is a clean one.
-            err = ctx.err()
-            if err is not None or aborter.aborted:
-                raise err or _Aborted("the request's context ended")  # noqa: TRY301 - as above
+            err = ctx.err()  # (an abort comes only from the context's end)
+            if err is not None:
+                raise err  # noqa: TRY301 - as above
         except BaseException as e:
             _raise_as_context_error(e, ctx, capped)
             raise
