@@ -3,13 +3,14 @@ against the same client and server without gocontext, measured in one run.
 
 Each server runs in a process of its own, as a client and a server are deployed (in one
 process they would take turns on one GIL, and a handoff between them costs more than either
-side's work). Short rounds of plain, hollow and wired calls alternate (their order turning each round), and
-the overhead is the median of the rounds' wired/plain ratios: a machine shared with other work
-slows rounds, not one side. "Hollow" is the library's own price for the hooks we use, with
-hooks that do nothing (aiohttp: a client and a server middleware, as client_session() uses
-no trace config; requests
-to aiohttp.web: the server middleware; gRPC: a client and a server interceptor); "ours" is
-what gocontext adds on top of it (wired over hollow).
+side's work). Short rounds of plain, hollow and wired calls alternate (their order turning
+each round), and the overhead is the median of the rounds' wired/plain ratios: a machine
+shared with other work slows rounds, not one side. "Hollow" is the library's own price for the
+hooks we use, with hooks that do nothing (aiohttp: a client and a server middleware, as
+client_session() uses no trace config; requests to aiohttp.web: the server middleware; gRPC:
+a server interceptor, and a client interceptor for the interceptor rows; ``channel()`` and
+``aio_channel()`` wrap a channel, using no hook of grpc's); "ours" is what gocontext adds on
+top of it (wired over hollow). gRPC has a row for each way a client takes the context.
 
 Run: python -m benchmarks.bench_wires [--quick]
 """
@@ -285,16 +286,14 @@ def latency_requests(servers: _Loop, trials: int) -> float:
         servers.run(runner.cleanup())
 
 
-def latency_grpc_sync(trials: int) -> float:
+def latency_grpc_sync(trials: int, way: str) -> float:
     server = grpc.server(
         futures.ThreadPoolExecutor(4), interceptors=[gocontext.grpc.server_interceptor()]
     )
     server.add_generic_rpc_handlers((_grpc_handlers(aio=False),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
-    )
+    channel = _sync_channel(f"127.0.0.1:{port}", "wired", way)
     wait = channel.unary_unary("/bench.Hello/Wait")
 
     def start(ctx: gocontext.Context) -> Callable[[], float]:
@@ -311,8 +310,9 @@ def latency_grpc_sync(trials: int) -> float:
         server.stop(None).wait(60)
 
 
-def latency_async(servers: _Loop, trials: int, kind: str) -> float:
-    """aiohttp or grpc.aio: the call runs in a task on this thread's loop."""
+def latency_async(servers: _Loop, trials: int, kind: str, way: str = "channel") -> float:
+    """aiohttp or grpc.aio (its channel made *way*): the call runs in a task on this thread's
+    loop."""
 
     async def main() -> float:
         if kind == "aiohttp":
@@ -336,9 +336,7 @@ def latency_async(servers: _Loop, trials: int, kind: str) -> float:
                 return server, port
 
             server, port = servers.run(make())
-            channel = grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", interceptors=gocontext.grpc.aio_client_interceptors()
-            )
+            channel = _aio_channel(f"127.0.0.1:{port}", "wired", way)
             wait = channel.unary_unary("/bench.Hello/Wait")
 
             async def call(ctx: gocontext.Context) -> None:
@@ -412,6 +410,29 @@ def _client_interceptors(aio: bool, kind: str) -> list[Any]:
     return gocontext.grpc.aio_client_interceptors() if aio else gocontext.grpc.client_interceptors()
 
 
+# How a client's calls are made to honour their context: "channel" (``channel()`` and
+# ``aio_channel()``, wrappers of a channel, which use no hook of grpc's: their hollow is the
+# plain channel) or "interceptors" (``client_interceptors()`` and ``aio_client_interceptors()``).
+WAYS = ("channel", "interceptors")
+
+
+def _sync_channel(target: str, kind: str, way: str) -> Any:
+    inner = grpc.insecure_channel(target)
+    if kind == "plain" or (kind == "hollow" and way == "channel"):
+        return inner
+    if kind == "wired" and way == "channel":
+        return gocontext.grpc.channel(inner)
+    return grpc.intercept_channel(inner, *_client_interceptors(False, kind))
+
+
+def _aio_channel(target: str, kind: str, way: str) -> Any:
+    if kind == "plain" or (kind == "hollow" and way == "channel"):
+        return grpc.aio.insecure_channel(target)
+    if kind == "wired" and way == "channel":
+        return gocontext.grpc.aio_channel(grpc.aio.insecure_channel(target))
+    return grpc.aio.insecure_channel(target, interceptors=_client_interceptors(True, kind))
+
+
 def _grpc_sync_server(kind: str) -> tuple[Any, str]:
     server = grpc.server(
         futures.ThreadPoolExecutor(4), interceptors=_server_interceptors(False, kind)
@@ -430,12 +451,10 @@ async def _start_grpc_aio(kind: str) -> tuple[Any, str]:
     return server, f"127.0.0.1:{port}"
 
 
-def bench_grpc_sync(targets: dict[str, str], n: int, rounds: int) -> Row:
+def bench_grpc_sync(targets: dict[str, str], n: int, rounds: int, way: str) -> Row:
     channels, calls = [], {}
     for kind, target in targets.items():
-        channel = grpc.intercept_channel(
-            grpc.insecure_channel(target), *_client_interceptors(False, kind)
-        )
+        channel = _sync_channel(target, kind, way)
         channels.append(channel)
         calls[kind] = channel.unary_unary("/bench.Hello/Hello")
     ctx = _ctx()
@@ -452,17 +471,12 @@ def bench_grpc_sync(targets: dict[str, str], n: int, rounds: int) -> Row:
             channel.close()
 
 
-def bench_grpc_aio(targets: dict[str, str], n: int, rounds: int) -> Row:
+def bench_grpc_aio(targets: dict[str, str], n: int, rounds: int, way: str) -> Row:
     ctx = _ctx()
     loop = asyncio.new_event_loop()
 
     async def open_channels() -> dict[str, Any]:
-        return {
-            kind: grpc.aio.insecure_channel(
-                target, interceptors=_client_interceptors(True, kind) or None
-            )
-            for kind, target in targets.items()
-        }
+        return {kind: _aio_channel(target, kind, way) for kind, target in targets.items()}
 
     channels = loop.run_until_complete(open_channels())
     calls = {kind: channel.unary_unary("/bench.Hello/Hello") for kind, channel in channels.items()}
@@ -559,26 +573,42 @@ def main(quick: bool = False) -> None:
             ),
         ]
     with _servers("grpc") as targets:
-        rows.append(
+        rows += [
+            (
+                "gRPC sync (channel() -> server_interceptor)",
+                bench_grpc_sync(targets, n, rounds, "channel"),
+            ),
             (
                 "gRPC sync (client_interceptors -> server_interceptor)",
-                bench_grpc_sync(targets, n, rounds),
-            )
-        )
+                bench_grpc_sync(targets, n, rounds, "interceptors"),
+            ),
+        ]
     with _servers("grpc.aio") as targets:
-        rows.append(
+        rows += [
+            (
+                "grpc.aio (aio_channel() -> aio_server_interceptor)",
+                bench_grpc_aio(targets, n, rounds, "channel"),
+            ),
             (
                 "grpc.aio (aio_client_interceptors -> aio_server_interceptor)",
-                bench_grpc_aio(targets, n, rounds),
-            )
-        )
+                bench_grpc_aio(targets, n, rounds, "interceptors"),
+            ),
+        ]
     servers = _Loop()
     trials = 5 if quick else 20
     latencies = [
         ("requests", latency_requests(servers, trials)),
         ("aiohttp", latency_async(servers, trials, "aiohttp")),
-        ("gRPC sync (a blocking call)", latency_grpc_sync(trials)),
-        ("grpc.aio", latency_async(servers, trials, "grpc.aio")),
+        ("gRPC sync, channel() (a blocking call)", latency_grpc_sync(trials, "channel")),
+        (
+            "gRPC sync, client_interceptors (a blocking call)",
+            latency_grpc_sync(trials, "interceptors"),
+        ),
+        ("grpc.aio, aio_channel()", latency_async(servers, trials, "grpc.aio", "channel")),
+        (
+            "grpc.aio, aio_client_interceptors",
+            latency_async(servers, trials, "grpc.aio", "interceptors"),
+        ),
     ]
     servers.stop()
     out = sys.stdout.write

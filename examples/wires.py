@@ -136,8 +136,8 @@ def make_fastapi(grpc_target: str) -> gocontext.http.ContextMiddleware:
         ctx = gocontext.current()
         where("2 FastAPI", ctx)
         try:
-            async with grpc.aio.insecure_channel(
-                grpc_target, interceptors=gocontext.grpc.aio_client_interceptors()
+            async with gocontext.grpc.aio_channel(
+                grpc.aio.insecure_channel(grpc_target)
             ) as channel:
                 answer = await channel.unary_unary("/wires.Hop/Hop")(mode.encode())
         finally:

@@ -34,7 +34,7 @@ from .._done import Done
 from .._errors import ContextError, DeadlineExceeded
 from ..http._outgoing import baggage, time_left
 
-__all__ = ["aio_client_interceptors", "client_interceptors"]
+__all__ = ["aio_channel", "aio_client_interceptors", "channel", "client_interceptors"]
 
 
 class _Details(NamedTuple):
@@ -66,15 +66,13 @@ _new_outgoing: Callable[[type[_Outgoing], tuple[float | None, Any, bool]], _Outg
 )
 
 
-def _outgoing(ctx: Context, details: Any) -> _Outgoing:
-    """The call's timeout and metadata under *ctx*; raises the context's error if it is done.
-    Metadata without values to add is passed on as it came."""
-    timeout = details.timeout
+def _outgoing(ctx: Context, timeout: float | None, metadata: Any) -> _Outgoing:
+    """A call's *timeout* and *metadata* under *ctx*; raises the context's error if it is
+    done. Metadata without values to add is passed on as it came."""
     binding = False
     left = time_left(ctx)
     if left is not None and (timeout is None or timeout > left):
         timeout, binding = left, True
-    metadata = details.metadata
     if not metadata:  # (_metadata_with()'s first case, written out: the commonest)
         value = baggage(ctx, None)
         if value is not None:
@@ -327,6 +325,15 @@ def _callable(owner: Any, method: Any) -> Any:
     if kept is not None and kept[0] == method:
         return kept[1]
     callable_ = owner._thunk(method)
+    if _watch_core(callable_):
+        with contextlib.suppress(AttributeError):  # (one without a __dict__ keeps none)
+            owner._gocontext_callable = (method, callable_)
+    return callable_
+
+
+def _watch_core(callable_: Any) -> bool:
+    """Put the core of *callable_*, if it is a channel's own callable whose blocking call goes
+    through ``segregated_call``, behind a ``_WatchedCore``; whether it did."""
     if (
         _SEGREGATED
         and _CANCELLED is not None
@@ -334,9 +341,8 @@ def _callable(owner: Any, method: Any) -> Any:
         and isinstance(callable_, _SEGREGATED)
     ):
         callable_._channel = _WatchedCore(callable_._channel)
-        with contextlib.suppress(AttributeError):  # (one without a __dict__ keeps none)
-            owner._gocontext_callable = (method, callable_)
-    return callable_
+        return True
+    return False
 
 
 def _blocking_call(owner: Any, ctx: Context, details: Any, out: _Outgoing, request: Any) -> Any:
@@ -359,21 +365,46 @@ def _blocking_call(owner: Any, ctx: Context, details: Any, out: _Outgoing, reque
 
 def _watched_call(callable_: Any, ctx: Context, details: Any, out: _Outgoing, request: Any) -> Any:
     """Make a blocking call in this thread through *callable_*, a channel's own callable whose
-    core is behind a ``_WatchedCore``: the call it makes is handed to the context. An answer
-    that comes once the context's deadline passed in flight raises ``DeadlineExceeded`` (a
-    handler may stop at that deadline and answer what it has)."""
-    wait_for_ready = getattr(details, "wait_for_ready", None)
-    compression = getattr(details, "compression", None)
+    core is behind a ``_WatchedCore`` (see ``_watched``): the call, or its error as grpc's
+    continuation gives it."""
+    try:
+        return _watched(
+            callable_.with_call,
+            ctx,
+            out,
+            request,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )[1]  # (grpc's rendezvous of an answered call: its result() is the response)
+    except grpc.RpcError as e:
+        return e  # (as grpc's continuation does: the error is the outcome)
+
+
+def _watched(
+    invoke: Callable[..., Any],
+    ctx: Context,
+    out: _Outgoing,
+    request: Any,
+    credentials: Any,
+    wait_for_ready: Any,
+    compression: Any,
+) -> Any:
+    """What *invoke* (a channel's own callable whose core is behind a ``_WatchedCore``, or its
+    ``with_call``) returns for a blocking call made in this thread: the call it makes is handed
+    to the context, whose end cancels it. Raises the context's error when that ended the call,
+    and for an answer that comes once the context's deadline passed in flight (a handler may
+    stop at that deadline and answer what it has); gRPC's other errors as they come."""
     watching = _Watching(ctx)
     token = _watching.set(watching)
     try:
-        _, call = callable_.with_call(
-            request, out.timeout, out.metadata, details.credentials, wait_for_ready, compression
+        answer = invoke(
+            request, out.timeout, out.metadata, credentials, wait_for_ready, compression
         )
     except grpc.RpcError as e:
         err = _translate(e, ctx, out.binding)
         if err is e:
-            return e  # (as grpc's continuation does: the error is the outcome)
+            raise
         raise err from e
     finally:
         _watching.reset(token)
@@ -383,7 +414,7 @@ def _watched_call(callable_: Any, ctx: Context, details: Any, out: _Outgoing, re
         late = ctx.err()
         if isinstance(late, DeadlineExceeded):
             raise late
-    return call  # (grpc's rendezvous of an answered call: its result() is the response)
+    return answer
 
 
 def _watch_future(outcome: Any, ctx: Context, out: _Outgoing) -> Any:
@@ -402,7 +433,7 @@ class _SyncInterceptor(
 ):
     def _unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         ctx = current()
-        out = _outgoing(ctx, details)
+        out = _outgoing(ctx, details.timeout, details.metadata)
         if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
             return continuation(_sync_details(details, out), request)
         owner = _blocking_owner(continuation)
@@ -416,7 +447,7 @@ class _SyncInterceptor(
 
     def _stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         ctx = current()
-        out = _outgoing(ctx, details)
+        out = _outgoing(ctx, details.timeout, details.metadata)
         call = continuation(_sync_details(details, out), request)
         if ctx.done() is _NEVER:
             return call
@@ -578,6 +609,183 @@ def client_interceptors() -> list[Any]:
     return [_SyncInterceptor()]
 
 
+class _OneAnswer(grpc.UnaryUnaryMultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    """A ``channel()``'s callable for a call with one answer (unary-unary or stream-unary),
+    under the ambient context. A blocking call (``stub.Method(request)``, ``with_call``) goes
+    straight to the channel's own callable, whose core is behind a ``_WatchedCore``: the
+    interceptor's work without grpc's interceptor machinery. ``future()``, and every call when
+    the channel's callable is not one of grpc's own, goes through ``_SyncInterceptor``."""
+
+    __slots__ = ("_raw", "_via")
+
+    def __init__(self, raw: Any, via: Any) -> None:
+        self._raw = raw if _watch_core(raw) else None
+        self._via = via  # (the same call through grpc.intercept_channel and our interceptor)
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return _one_answer(
+            self._raw,
+            self._via,
+            request,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        raw = self._raw
+        return _one_answer(
+            None if raw is None else raw.with_call,
+            self._via.with_call,
+            request,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._via.future(
+            request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+def _one_answer(
+    raw: Callable[..., Any] | None,
+    via: Callable[..., Any],
+    request: Any,
+    timeout: float | None,
+    metadata: Any,
+    credentials: Any,
+    wait_for_ready: Any,
+    compression: Any,
+) -> Any:
+    """A blocking call with one answer: through *raw* (a channel's own callable, or its
+    ``with_call``, whose core is behind a ``_WatchedCore``) under the ambient context, or through
+    *via* (the same through ``_SyncInterceptor``) when there is none."""
+    if raw is None:
+        return via(request, timeout, metadata, credentials, wait_for_ready, compression)
+    ctx = current()
+    out = _outgoing(ctx, timeout, metadata)
+    if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
+        return raw(request, out.timeout, out.metadata, credentials, wait_for_ready, compression)
+    return _watched(raw, ctx, out, request, credentials, wait_for_ready, compression)
+
+
+def _maker(kind: str) -> Callable[..., Any]:
+    """A channel wrapper's maker of callables of *kind* (``unary_unary`` and the like): it hands
+    the channel's arguments to the wrapper's ``_wrap(kind, args)``."""
+
+    def make(
+        self: Any,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        args = _callable_args(method, request_serializer, response_deserializer, _registered_method)
+        return self._wrap(kind, args)
+
+    make.__name__ = make.__qualname__ = kind
+    return make
+
+
+class _Callables:
+    """A channel wrapper's four makers of callables (see ``_maker``)."""
+
+    unary_unary = _maker("unary_unary")
+    unary_stream = _maker("unary_stream")
+    stream_unary = _maker("stream_unary")
+    stream_stream = _maker("stream_stream")
+
+
+class _Channel(_Callables, grpc.Channel):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    """What ``channel()`` returns: *inner*'s calls under the ambient context."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._intercepted = grpc.intercept_channel(inner, _SyncInterceptor())
+
+    def subscribe(self, callback: Callable[..., Any], try_to_connect: bool = False) -> None:
+        self._inner.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Callable[..., Any]) -> None:
+        self._inner.unsubscribe(callback)
+
+    def _wrap(self, kind: str, args: tuple[Any, ...]) -> Any:
+        via = getattr(self._intercepted, kind)(*args)
+        if kind in ("unary_unary", "stream_unary"):
+            return _OneAnswer(getattr(self._inner, kind)(*args), via)
+        return via
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> _Channel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inner.close()
+
+
+def _callable_args(
+    method: str, request_serializer: Any, response_deserializer: Any, registered: bool
+) -> tuple[Any, ...]:
+    """The arguments of a channel's ``unary_unary()`` and the like (``_registered_method``, as
+    generated stubs of grpc 1.62 on pass it, only when set: an older grpc takes three)."""
+    if registered:
+        return (method, request_serializer, response_deserializer, True)
+    return (method, request_serializer, response_deserializer)
+
+
+def channel(inner: Any) -> Any:
+    """*inner*, a ``grpc.Channel``, with its calls under the ambient context.
+
+    The same promises as ``client_interceptors()``, for less: a blocking call with one answer
+    (``stub.Method(request)``, ``with_call``) skips grpc's interceptor machinery, which costs
+    more per call than the context's own work. Every kind of call is covered (``.future()``
+    and streamed ones through ``client_interceptors()``). Closing it closes *inner*. A value
+    that is not a ``grpc.Channel`` is a ``TypeError``.
+
+    Example:
+        >>> import grpc, gocontext.grpc
+        >>> channel = gocontext.grpc.channel(grpc.insecure_channel("127.0.0.1:9"))
+        >>> channel.close()
+    """
+    if not isinstance(inner, grpc.Channel):
+        raise TypeError(
+            f"gocontext.grpc.channel() needs a grpc.Channel, got {type(inner).__name__}: {inner!r}"
+        )
+    return _Channel(inner)
+
+
 # --------------------------------------------------------------------------------------------
 # grpc.aio
 
@@ -619,8 +827,11 @@ class _AioCall:
 
     def released_when_done(self) -> _AioCall:
         """Self, unwatched once the call is done (whether or not anyone reads its answer)."""
-        self._call.add_done_callback(lambda _: self._handle.cancel())
+        self._call.add_done_callback(self._release)
         return self
+
+    def _release(self, _: object) -> None:
+        self._handle.cancel()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
@@ -794,3 +1005,122 @@ def aio_client_interceptors() -> list[Any]:
         >>> # grpc.aio.insecure_channel("127.0.0.1:50051", interceptors=interceptors)
     """
     return [_AioUnaryUnary(), _AioStreamUnary(), _AioUnaryStream(), _AioStreamStream()]
+
+
+class _AioStreamed(_AioCall):
+    """A ``aio_channel()`` call with streamed answers, under its context: read with ``async
+    for`` or ``read()``, either raising the context's error when that ended the call."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self.responses()
+
+    async def read(self) -> Any:
+        try:
+            response = await self._call.read()
+        except ContextError:
+            raise
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            self._raise_translated(e)
+            raise
+        if response is grpc.aio.EOF:  # (as in responses(): a cut stream is not a whole one)
+            done = self._ctx.err()
+            if done is not None and (
+                (self._ended and isinstance(done, DeadlineExceeded))
+                or await self._call.code() == grpc.StatusCode.CANCELLED
+            ):
+                raise done
+        return response
+
+
+class _AioCallable:
+    """An ``aio_channel()``'s callable: the call, made by the channel's own callable with the
+    context's deadline and values, and watched by its context (see ``_AioCall``), without
+    grpc.aio's interceptor machinery (a task of its own per call)."""
+
+    __slots__ = ("_raw", "_watched")
+
+    def __init__(self, raw: Any, watched: type[_AioCall]) -> None:
+        self._raw = raw
+        self._watched = watched
+
+    def __call__(
+        self,
+        request: Any = None,  # (a streamed request may be written instead: write())
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        ctx = current()
+        out = _outgoing(ctx, timeout, metadata)
+        call = self._raw(
+            request,
+            timeout=out.timeout,
+            metadata=out.metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        done = ctx.done()
+        if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
+            return call
+        return self._watched(call, ctx, out.binding, done).released_when_done()
+
+
+class _AioChannel(_Callables, grpc.aio.Channel):  # type: ignore[misc]  # grpc's classes are untyped (Any)
+    """What ``aio_channel()`` returns: *inner*'s calls under the ambient context."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aenter__(self) -> _AioChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._inner.close(None)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._inner.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> Any:
+        return self._inner.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: Any) -> None:
+        await self._inner.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._inner.channel_ready()
+
+    def _wrap(self, kind: str, args: tuple[Any, ...]) -> Any:
+        watched = _AioCall if kind.endswith("_unary") else _AioStreamed
+        return _AioCallable(getattr(self._inner, kind)(*args), watched)
+
+
+def aio_channel(inner: Any) -> Any:
+    """*inner*, a ``grpc.aio.Channel``, with its calls under the ambient context.
+
+    The promises of ``aio_client_interceptors()``, for less: no interceptor machinery (grpc.aio
+    runs a task per intercepted call). A done context raises its error at the call, sending
+    nothing. A call is the channel's own, watched: awaited (or read, for streamed answers, with
+    ``async for`` or ``read()``) it raises ``Canceled`` when a cancel from any thread or task
+    ended it, ``DeadlineExceeded`` for a passed deadline; ``write()``, ``code()``,
+    ``details()`` and the metadata are the call's own. Closing it closes *inner*. A value that
+    is not a ``grpc.aio.Channel`` is a ``TypeError``.
+
+    Example:
+        >>> import asyncio, grpc.aio, gocontext.grpc
+        >>> async def main() -> None:
+        ...     async with gocontext.grpc.aio_channel(grpc.aio.insecure_channel("127.0.0.1:9")):
+        ...         pass
+        >>> asyncio.run(main())
+    """
+    if not isinstance(inner, grpc.aio.Channel):
+        raise TypeError(
+            f"gocontext.grpc.aio_channel() needs a grpc.aio.Channel, got "
+            f"{type(inner).__name__}: {inner!r}"
+        )
+    return _AioChannel(inner)

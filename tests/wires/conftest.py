@@ -158,3 +158,19 @@ def starlette_app() -> gocontext.http.ContextMiddleware:
 def http_server() -> Iterator[Server]:
     with Server(starlette_app()) as s:
         yield s
+
+
+# -- gRPC: the two ways a client takes its context (see grpc_app.sync_channel) ----------------
+
+
+@pytest.fixture(params=["interceptors", "channel"])
+def sync_how(request: pytest.FixtureRequest) -> str:
+    """How a sync gRPC client takes its context: ``client_interceptors()`` or ``channel()``."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["interceptors", "channel"])
+def aio_how(request: pytest.FixtureRequest) -> str:
+    """How a grpc.aio client takes its context: ``aio_client_interceptors()`` or
+    ``aio_channel()``."""
+    return str(request.param)

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
+import pytest
 
 import gocontext
 import gocontext.grpc
@@ -327,3 +328,47 @@ class GrpcServer:
 
 def method(name: str) -> str:
     return f"/{SERVICE}/{name}"
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+HOW = ["interceptors", "channel"]  # the two ways a client takes its context
+
+
+def sync_channel(target: str, how: str) -> Any:
+    """A sync channel to *target* whose calls honour their context, made *how*: through
+    ``client_interceptors()`` or ``channel()``."""
+    if how == "channel":
+        return gocontext.grpc.channel(grpc.insecure_channel(target))
+    return grpc.intercept_channel(
+        grpc.insecure_channel(target), *gocontext.grpc.client_interceptors()
+    )
+
+
+def new_aio_channel(target: str, how: str, *theirs: Any) -> Any:
+    """A grpc.aio channel to *target* whose calls honour their context, made *how*: through
+    ``aio_client_interceptors()`` or ``aio_channel()``; *theirs*: the caller's own
+    interceptors, run after ours."""
+    if how == "channel":
+        inner = grpc.aio.insecure_channel(target, interceptors=list(theirs) or None)
+        return gocontext.grpc.aio_channel(inner)
+    return grpc.aio.insecure_channel(
+        target, interceptors=[*gocontext.grpc.aio_client_interceptors(), *theirs]
+    )
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # grpc.aio runs on asyncio only
+
+
+@pytest.fixture(scope="module")
+async def one_loop_for_the_module() -> AsyncIterator[None]:
+    """A module's async tests share one loop, as a grpc.aio program does: an operation of a
+    call cancelled in one test may complete after that test, and grpc.aio hands it to the
+    call's loop with ``call_soon_threadsafe``, which raises in whichever loop reads it once the
+    call's own loop is closed."""
+    yield  # noqa: PT022 (anyio keeps its loop for as long as an async generator fixture lives)
+
+
+on_the_modules_loop = pytest.mark.usefixtures("one_loop_for_the_module")

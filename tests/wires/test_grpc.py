@@ -10,7 +10,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import anyio
@@ -27,24 +27,17 @@ from gocontext.grpc import _server
 from ..conftest import NEVER
 from . import conftest as wires
 from .conftest import BOARD, SECRET, cancel_when_entered, rid, with_rid
-from .grpc_app import KEPT, GrpcServer, method
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio runs on asyncio only
-
-
-@pytest.fixture(scope="module")
-async def one_loop_for_the_module() -> AsyncIterator[None]:
-    """The module's async tests share one loop, as a grpc.aio program does: an operation of a
-    call cancelled in one test may complete after that test, and grpc.aio hands it to the
-    call's loop with ``call_soon_threadsafe``, which raises in whichever loop reads it once the
-    call's own loop is closed."""
-    yield  # noqa: PT022 (anyio keeps its loop for as long as an async generator fixture lives)
-
-
-on_the_modules_loop = pytest.mark.usefixtures("one_loop_for_the_module")
+from .grpc_app import (  # the fixtures: used by name
+    HOW,
+    KEPT,
+    GrpcServer,
+    anyio_backend,  # noqa: F401
+    method,
+    new_aio_channel,
+    on_the_modules_loop,
+    one_loop_for_the_module,  # noqa: F401
+    sync_channel,
+)
 
 
 @pytest.fixture(scope="module", params=["sync", "aio", "aio-sync"])
@@ -54,10 +47,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[GrpcServer]:
 
 
 @pytest.fixture
-def channel(server: GrpcServer) -> Iterator[Any]:
-    ch = grpc.intercept_channel(
-        grpc.insecure_channel(server.target), *gocontext.grpc.client_interceptors()
-    )
+def channel(server: GrpcServer, sync_how: str) -> Iterator[Any]:
+    ch = sync_channel(server.target, sync_how)
     yield ch
     ch.close()
 
@@ -112,11 +103,9 @@ def test_client_streaming_and_bidirectional_calls_carry_the_deadline_and_values(
 
 @on_the_modules_loop
 async def test_aio_client_streaming_and_bidirectional_calls_carry_the_values(
-    server: GrpcServer,
+    server: GrpcServer, aio_how: str
 ) -> None:
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
-    ) as ch:
+    async with new_aio_channel(server.target, aio_how) as ch:
         with gocontext.with_timeout(with_rid("aio-streams"), 30) as (ctx, _), gocontext.use(ctx):
             body = json.loads(await ch.stream_unary(method("Collect"))(iter([b"a", b"b"])))
             echoed = [r async for r in ch.stream_stream(method("Echo"))(iter([b"x"]))]
@@ -243,13 +232,12 @@ def test_the_callers_own_smaller_timeout_still_raises_rpc_error(channel: Any) ->
     assert_healthy(channel)
 
 
+@pytest.mark.parametrize("made", HOW)
 @pytest.mark.parametrize("how", ["canceled", "expired"])
-def test_a_done_context_sends_nothing(how: str) -> None:
+def test_a_done_context_sends_nothing(how: str, made: str) -> None:
     ctx, expected = wires.done_context(how)
     with wires.unreached_port() as port:
-        channel = grpc.intercept_channel(
-            grpc.insecure_channel(f"127.0.0.1:{port}"), *gocontext.grpc.client_interceptors()
-        )
+        channel = sync_channel(f"127.0.0.1:{port}", made)
         with gocontext.use(ctx), pytest.raises(expected):
             channel.unary_unary(method("Ok"))(b"")
         channel.close()
@@ -278,10 +266,8 @@ def test_context_of_an_unknown_servicer_context_is_a_lookup_error() -> None:
 
 
 @on_the_modules_loop
-async def test_aio_deadline_and_values_reach_the_handler(server: GrpcServer) -> None:
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
-    ) as ch:
+async def test_aio_deadline_and_values_reach_the_handler(server: GrpcServer, aio_how: str) -> None:
+    async with new_aio_channel(server.target, aio_how) as ch:
         with gocontext.with_timeout(with_rid("aio-1"), 30) as (ctx, _), gocontext.use(ctx):
             body = json.loads(await ch.unary_unary(method("Info"))(b""))
     assert 0 < body["remaining"] <= 31
@@ -302,7 +288,7 @@ class _AddsMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 @pytest.mark.parametrize("given", ["none", "empty", "pairs", "metadata"])
 @pytest.mark.parametrize("values", [True, False])
 async def test_aio_metadata_carries_the_values_and_keeps_the_callers(
-    server: GrpcServer, given: str, values: bool
+    server: GrpcServer, given: str, values: bool, aio_how: str
 ) -> None:
     name = rid("aio-md")
     parent = with_rid(name) if values else gocontext.background()
@@ -313,9 +299,7 @@ async def test_aio_metadata_carries_the_values_and_keeps_the_callers(
         "pairs": pairs,
         "metadata": grpc.aio.Metadata(*pairs),
     }[given]
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=[*gocontext.grpc.aio_client_interceptors(), _AddsMetadata()]
-    ) as ch:
+    async with new_aio_channel(server.target, aio_how, _AddsMetadata()) as ch:
         with gocontext.with_timeout(parent, 30) as (ctx, _), gocontext.use(ctx):
             for _ in range(2):  # (the second call sees nothing the first one left)
                 body = json.loads(await ch.unary_unary(method("Info"))(b"", metadata=metadata))
@@ -365,13 +349,11 @@ async def answer(call: Any, kind: Kind) -> object:
 @on_the_modules_loop
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_cancel_from_another_thread_cancels_the_call(
-    server: GrpcServer, kind: Kind
+    server: GrpcServer, kind: Kind, aio_how: str
 ) -> None:
     name = rid(f"aio-{kind}")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
-    ) as ch:
+    async with new_aio_channel(server.target, aio_how) as ch:
         with gocontext.use(ctx), pytest.raises(gocontext.Canceled):
             call = await start_waiting_call(ch, kind)
             t = cancel_when_entered(name, cancel)
@@ -387,15 +369,13 @@ async def test_aio_cancel_from_another_thread_cancels_the_call(
 @on_the_modules_loop
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_cancel_ends_a_call_whose_answer_nobody_reads_yet(
-    server: GrpcServer, kind: Kind
+    server: GrpcServer, kind: Kind, aio_how: str
 ) -> None:
     """The call is cancelled when its context is, not when the caller next looks at it: the
     server's handler ends at once (a caller may be busy writing, or elsewhere)."""
     name = rid(f"aio-unread-{kind}")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
-    ) as ch:
+    async with new_aio_channel(server.target, aio_how) as ch:
         with gocontext.use(ctx):
             call = await start_waiting_call(ch, kind)
         await anyio.to_thread.run_sync(BOARD.wait_entered, name)
@@ -409,11 +389,11 @@ async def test_aio_cancel_ends_a_call_whose_answer_nobody_reads_yet(
 
 @on_the_modules_loop
 @pytest.mark.parametrize("kind", KINDS)
-async def test_aio_passed_deadline_raises_deadline_exceeded(server: GrpcServer, kind: Kind) -> None:
+async def test_aio_passed_deadline_raises_deadline_exceeded(
+    server: GrpcServer, kind: Kind, aio_how: str
+) -> None:
     name = rid(f"aio-deadline-{kind}")
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
-    ) as ch:
+    async with new_aio_channel(server.target, aio_how) as ch:
         with gocontext.with_timeout(with_rid(name), 0.3) as (ctx, _), gocontext.use(ctx):
             with pytest.raises(gocontext.DeadlineExceeded):
                 await answer(await start_waiting_call(ch, kind), kind)
@@ -451,15 +431,13 @@ async def test_an_aio_handler_runs_in_the_rpcs_own_task() -> None:
 )
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_a_framework_cancellation_passes_through_untouched(
-    server: GrpcServer, kind: Kind
+    server: GrpcServer, kind: Kind, aio_how: str
 ) -> None:
     """A task cancelled at the same moment as its context ends cancelled: no Canceled takes
     the place of the task's own cancellation."""
     name = rid(f"aio-framework-{kind}")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
-    async with grpc.aio.insecure_channel(
-        server.target, interceptors=gocontext.grpc.aio_client_interceptors()
-    ) as ch:
+    async with new_aio_channel(server.target, aio_how) as ch:
 
         async def call() -> None:
             with gocontext.use(ctx):

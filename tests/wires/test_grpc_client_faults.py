@@ -6,7 +6,7 @@ Sync servers only; the grpc.aio client's tests run on asyncio alone (grpc.aio ha
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -23,23 +23,15 @@ from gocontext.testing import fake_clock
 
 from ..conftest import NEVER
 from .conftest import BOARD, cancel_when_entered, rid, with_rid
-from .grpc_app import GrpcServer, method
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"  # grpc.aio runs on asyncio only
-
-
-@pytest.fixture(scope="module")
-async def one_loop_for_the_module() -> AsyncIterator[None]:
-    """The module's async tests share one loop (see test_grpc.py: a late completion of a call
-    cancelled in one test is handed to that call's loop, which must not be closed by then)."""
-    yield  # noqa: PT022 (anyio keeps its loop for as long as an async generator fixture lives)
-
-
-on_the_modules_loop = pytest.mark.usefixtures("one_loop_for_the_module")
-
+from .grpc_app import (  # the fixtures: used by name
+    GrpcServer,
+    anyio_backend,  # noqa: F401
+    method,
+    new_aio_channel,
+    on_the_modules_loop,
+    one_loop_for_the_module,  # noqa: F401
+    sync_channel,
+)
 
 # -- a sync server of handlers of our own, keyed by the request (a name) ----------------------
 
@@ -139,14 +131,10 @@ def sync_server() -> Iterator[GrpcServer]:
         yield s
 
 
-def intercepted(target: str) -> Any:
-    return grpc.intercept_channel(
-        grpc.insecure_channel(target), *gocontext.grpc.client_interceptors()
-    )
-
-
-def aio_channel(target: str) -> Any:
-    return grpc.aio.insecure_channel(target, interceptors=gocontext.grpc.aio_client_interceptors())
+@pytest.fixture
+def intercepted(sync_how: str) -> Callable[[str], Any]:
+    """Makes a sync channel whose calls honour their context (see ``sync_channel``)."""
+    return lambda target: sync_channel(target, sync_how)
 
 
 def outcome_in_a_thread(fn: Callable[[], object]) -> object:
@@ -172,10 +160,10 @@ def outcome_in_a_thread(fn: Callable[[], object]) -> object:
 @on_the_modules_loop
 @pytest.mark.parametrize("cancelable", [True, False])
 async def test_aio_unary_call_keeps_the_servers_metadata_code_and_details(
-    own_server: str, cancelable: bool
+    own_server: str, cancelable: bool, aio_how: str
 ) -> None:
     ctx = gocontext.with_cancel(gocontext.background())[0] if cancelable else gocontext.background()
-    async with aio_channel(own_server) as ch:
+    async with new_aio_channel(own_server, aio_how) as ch:
         with gocontext.use(ctx):
             call = ch.unary_unary(own("Meta"))(b"")
         with anyio.fail_after(NEVER):
@@ -190,10 +178,12 @@ async def test_aio_unary_call_keeps_the_servers_metadata_code_and_details(
 
 
 @on_the_modules_loop
-async def test_aio_unary_call_a_cancel_ended_says_cancelled(sync_server: GrpcServer) -> None:
+async def test_aio_unary_call_a_cancel_ended_says_cancelled(
+    sync_server: GrpcServer, aio_how: str
+) -> None:
     name = rid("aio-says-cancelled")
     ctx, cancel = gocontext.with_cancel(with_rid(name))
-    async with aio_channel(sync_server.target) as ch:
+    async with new_aio_channel(sync_server.target, aio_how) as ch:
         with gocontext.use(ctx):
             call = ch.unary_unary(method("Wait"))(b"")
         t = cancel_when_entered(name, cancel)
@@ -214,10 +204,10 @@ async def test_aio_unary_call_a_cancel_ended_says_cancelled(sync_server: GrpcSer
 
 @on_the_modules_loop
 async def test_aio_unary_call_a_passed_deadline_ended_says_deadline_exceeded(
-    sync_server: GrpcServer,
+    sync_server: GrpcServer, aio_how: str
 ) -> None:
     name = rid("aio-says-deadline")
-    async with aio_channel(sync_server.target) as ch:
+    async with new_aio_channel(sync_server.target, aio_how) as ch:
         with gocontext.with_timeout(with_rid(name), 0.2) as (ctx, _), gocontext.use(ctx):
             call = ch.unary_unary(method("Wait"))(b"")
             with pytest.raises(gocontext.DeadlineExceeded), anyio.fail_after(NEVER):
@@ -233,7 +223,7 @@ async def test_aio_unary_call_a_passed_deadline_ended_says_deadline_exceeded(
 
 @pytest.mark.parametrize("kind", ["stream-out", "both-ways"])
 def test_a_dropped_response_stream_is_cancelled_while_its_context_lives(
-    sync_server: GrpcServer, kind: str
+    sync_server: GrpcServer, kind: str, intercepted: Callable[[str], Any]
 ) -> None:
     """As gRPC's own iterator: dropped midway, it cancels its call (the server's handler ends),
     and nothing of it is left on the caller's context."""
@@ -260,7 +250,7 @@ def test_a_dropped_response_stream_is_cancelled_while_its_context_lives(
 
 
 def test_a_future_the_caller_cancelled_raises_future_cancelled_error(
-    sync_server: GrpcServer,
+    sync_server: GrpcServer, intercepted: Callable[[str], Any]
 ) -> None:
     """As grpc.Future: ``exception()`` of a cancelled future raises ``FutureCancelledError``."""
     name = rid("user-cancel")
@@ -288,7 +278,7 @@ SYNC_SHAPES = ["stream", "unary", "future"]
 
 @pytest.mark.parametrize("shape", [*SYNC_SHAPES, "stream-in"])
 def test_an_answer_ending_after_the_deadline_raises_deadline_exceeded(
-    own_server: str, shape: str
+    own_server: str, shape: str, intercepted: Callable[[str], Any]
 ) -> None:
     """The handler answers (status OK) only once the caller's deadline has passed (as one that
     stops at its own deadline): a stream is not taken for whole, an answer not for in time."""
@@ -313,10 +303,10 @@ def test_an_answer_ending_after_the_deadline_raises_deadline_exceeded(
 @on_the_modules_loop
 @pytest.mark.parametrize("shape", ["stream", "unary", "stream-in"])
 async def test_aio_an_answer_ending_after_the_deadline_raises_deadline_exceeded(
-    own_server: str, shape: str
+    own_server: str, shape: str, aio_how: str
 ) -> None:
     name = rid(f"aio-late-{shape}")
-    async with aio_channel(own_server) as ch:
+    async with new_aio_channel(own_server, aio_how) as ch:
         with gocontext.with_timeout(gocontext.background(), 0.2) as (ctx, _), gocontext.use(ctx):
             ctx.done().add_callback(released(name).set)
             with pytest.raises(gocontext.DeadlineExceeded), anyio.fail_after(NEVER):
@@ -330,7 +320,9 @@ async def test_aio_an_answer_ending_after_the_deadline_raises_deadline_exceeded(
     assert _context.watcher_count(ctx) == 0
 
 
-def test_an_answer_whole_before_the_deadline_is_read_after_it(own_server: str) -> None:
+def test_an_answer_whole_before_the_deadline_is_read_after_it(
+    own_server: str, intercepted: Callable[[str], Any]
+) -> None:
     """A stream that ended (status OK) before the deadline is whole, however late it is read."""
     name = rid("whole")
     released(name).set()
@@ -354,7 +346,9 @@ def test_an_answer_whole_before_the_deadline_is_read_after_it(own_server: str) -
 
 
 @pytest.mark.parametrize("shape", SYNC_SHAPES)
-def test_a_deadline_passed_on_the_fake_clock_ends_the_call(own_server: str, shape: str) -> None:
+def test_a_deadline_passed_on_the_fake_clock_ends_the_call(
+    own_server: str, shape: str, intercepted: Callable[[str], Any]
+) -> None:
     """gRPC's own deadline is an hour of real time off: the call ends when the fake clock
     passes the context's, with ``DeadlineExceeded`` (the handler holds on until it does)."""
     name = rid(f"fake-{shape}")
@@ -392,10 +386,10 @@ def test_a_deadline_passed_on_the_fake_clock_ends_the_call(own_server: str, shap
 @on_the_modules_loop
 @pytest.mark.parametrize("shape", ["stream", "unary"])
 async def test_aio_a_deadline_passed_on_the_fake_clock_ends_the_call(
-    own_server: str, shape: str
+    own_server: str, shape: str, aio_how: str
 ) -> None:
     name = rid(f"aio-fake-{shape}")
-    async with aio_channel(own_server) as ch:
+    async with new_aio_channel(own_server, aio_how) as ch:
         with fake_clock() as clock:
             ctx, _ = gocontext.with_timeout(gocontext.background(), 3600)
             with gocontext.use(ctx):
