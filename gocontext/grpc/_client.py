@@ -1034,6 +1034,13 @@ class _AioStreamed(_AioCall):
         return response
 
 
+# What an aio_channel()'s calls stand in for, as grpc.aio's own calls are: a caller may check.
+grpc.aio.UnaryUnaryCall.register(_AioCall)
+grpc.aio.StreamUnaryCall.register(_AioCall)
+grpc.aio.UnaryStreamCall.register(_AioStreamed)
+grpc.aio.StreamStreamCall.register(_AioStreamed)
+
+
 class _AioCallable:
     """An ``aio_channel()``'s callable: the call, made by the channel's own callable with the
     context's deadline and values, and watched by its context (see ``_AioCall``), without

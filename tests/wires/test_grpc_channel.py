@@ -202,6 +202,28 @@ async def test_aio_read_of_a_streamed_answer_raises_canceled_after_a_cancel(
 
 
 @on_the_modules_loop
+async def test_aio_calls_are_grpc_aio_calls_of_their_kind(server: GrpcServer) -> None:
+    with gocontext.with_timeout(with_rid(rid("aio-kinds")), 30) as (ctx, _):
+        async with gocontext.grpc.aio_channel(grpc.aio.insecure_channel(server.target)) as ch:
+            with gocontext.use(ctx):
+                calls = {
+                    grpc.aio.UnaryUnaryCall: ch.unary_unary(method("Ok"))(b""),
+                    grpc.aio.StreamUnaryCall: ch.stream_unary(method("Collect"))(iter([b"a"])),
+                    grpc.aio.UnaryStreamCall: ch.unary_stream(method("Echo"))(b"x"),
+                    grpc.aio.StreamStreamCall: ch.stream_stream(method("Echo"))(iter([b"x"])),
+                }
+            for kind, call in calls.items():
+                assert isinstance(call, kind)
+                with anyio.fail_after(NEVER):
+                    if kind in (grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):
+                        assert [r.split()[0] async for r in call] == [b"x"]
+                    else:
+                        await call
+                    assert await call.code() == grpc.StatusCode.OK
+        assert _context.watcher_count(ctx) == 0
+
+
+@on_the_modules_loop
 async def test_aio_read_to_the_end_of_a_whole_stream_gives_eof(server: GrpcServer) -> None:
     with gocontext.with_timeout(with_rid(rid("aio-read-whole")), 30) as (ctx, _):
         async with gocontext.grpc.aio_channel(grpc.aio.insecure_channel(server.target)) as ch:
