@@ -187,14 +187,21 @@ def _ours_to_end(ctx: Context, call: Any) -> bool:
     return left is None or left > _DUE
 
 
-def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
-    err = ctx.err()
-    if err is not None:
-        return err
+def _translate(e: BaseException, ctx: Context, binding: bool, ours: bool) -> BaseException:
+    """What a call's error *e* is raised as: the context's error when the context's end is what
+    ended the call (*ours*: it cancelled the call in flight), ``DeadlineExceeded`` for gRPC's
+    DEADLINE_EXCEEDED when the call's deadline is the context's (*binding*), else *e* itself:
+    an error the server gave, or a cancel of the caller's own, stays what it is however the
+    context ends after it."""
+    if ours:
+        err = ctx.err()
+        if err is not None:
+            return err
     if binding and isinstance(e, grpc.RpcError):
         code = e.code() if callable(getattr(e, "code", None)) else None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded()
+            err = ctx.err()
+            return err if isinstance(err, DeadlineExceeded) else DeadlineExceeded()
     return e
 
 
@@ -204,22 +211,27 @@ def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
 
 class _CallWatch:
     """A call (a future or a stream) under its context: the context's end cancels it (see
-    ``_ours_to_end``), and notes that it ended while the call was in flight; the call's end
-    releases it. It holds the call, and what the caller holds (``_SyncOutcome``) holds it, never
-    the other way: a caller that drops the call lets it go (see ``_SyncOutcome.__del__``)."""
+    ``_ours_to_end``; ``fired``: it did), and notes that it ended while the call was in flight
+    (``ended``); the call's end releases it. It holds the call, and what the caller holds
+    (``_SyncOutcome``) holds it, never the other way: a caller that drops the call lets it go
+    (see ``_SyncOutcome.__del__``)."""
 
-    __slots__ = ("call", "ctx", "ended", "handle")
+    __slots__ = ("call", "ctx", "ended", "fired", "handle")
 
     def __init__(self, call: Any, ctx: Context) -> None:
         self.call = call
         self.ctx = ctx
         self.ended = False
+        self.fired = False
         self.handle = ctx.done().add_callback(self.on_done)
 
     def on_done(self) -> None:  # in whatever thread ended the context
         self.ended = True
         if _ours_to_end(self.ctx, self.call):
-            self.call.cancel()
+            # Set first: the caller, woken by the cancel, reads it at once.
+            self.fired = True
+            if not self.call.cancel():  # (over already: whatever ended it is the outcome)
+                self.fired = False
 
     def release(self, _: object = None) -> None:
         self.handle.cancel()
@@ -274,14 +286,16 @@ class _Watching:
     context ends; at a passed deadline with gRPC's own status, as its own deadline (the same,
     unless the context's passed on a fake clock) does."""
 
-    __slots__ = ("call", "ctx", "handle")
+    __slots__ = ("call", "ctx", "ended", "handle")
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.call: Any = None
         self.handle: Any = None
+        self.ended = False  # the context ended while the call was in flight
 
     def on_done(self) -> None:  # in whatever thread ended the context
+        self.ended = True
         if isinstance(self.ctx.err(), DeadlineExceeded):
             self.call.cancel(_DEADLINE_EXCEEDED, "Deadline Exceeded")
         else:
@@ -402,7 +416,7 @@ def _watched(
             request, out.timeout, out.metadata, credentials, wait_for_ready, compression
         )
     except grpc.RpcError as e:
-        err = _translate(e, ctx, out.binding)
+        err = _translate(e, ctx, out.binding, watching.ended)
         if err is e:
             raise
         raise err from e
@@ -501,7 +515,7 @@ class _SyncOutcome(grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc's clas
         except ContextError:
             raise
         except (grpc.RpcError, grpc.FutureCancelledError) as e:
-            err = _translate(e, self._ctx, self._binding)
+            err = _translate(e, self._ctx, self._binding, self._watch.fired)
             if err is e:
                 raise
             raise err from e
@@ -584,7 +598,7 @@ class _SyncStream(_SyncOutcome):
         except ContextError:
             raise
         except grpc.RpcError as e:
-            err = _translate(e, self._ctx, self._binding)
+            err = _translate(e, self._ctx, self._binding, self._watch.fired)
             if err is e:
                 raise
             raise err from e
@@ -677,6 +691,52 @@ class _OneAnswer(grpc.UnaryUnaryMultiCallable, grpc.StreamUnaryMultiCallable):  
         )
 
 
+class _StreamInAnswer(_OneAnswer):
+    """``_OneAnswer`` for a stream-unary call: its request is ``request_iterator``, as grpc
+    names it (a caller may pass it by that name)."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return super().__call__(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def with_call(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return super().with_call(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def future(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return super().future(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
 def _one_answer(
     raw: Callable[..., Any] | None,
     via: Callable[..., Any],
@@ -741,8 +801,10 @@ class _Channel(_Callables, grpc.Channel):  # type: ignore[misc]  # grpc's classe
 
     def _wrap(self, kind: str, args: tuple[Any, ...]) -> Any:
         via = getattr(self._intercepted, kind)(*args)
-        if kind in ("unary_unary", "stream_unary"):
-            return _OneAnswer(getattr(self._inner, kind)(*args), via)
+        if kind == "unary_unary":
+            return _OneAnswer(self._inner.unary_unary(*args), via)
+        if kind == "stream_unary":
+            return _StreamInAnswer(self._inner.stream_unary(*args), via)
         return via
 
     def close(self) -> None:
@@ -820,10 +882,16 @@ class _AioCall:
             self._loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
-        if not _ours_to_end(self._ctx, self._call):
+        call = self._call
+        if not _ours_to_end(self._ctx, call):
             return
-        self._fired = True
-        self._call.cancel()
+        self._fired = call.cancel()  # (False: over already, and whatever ended it stands)
+        # grpc.aio leaves a write that waits for the call to start waiting when the call is
+        # cancelled (its wait is on an event only the start sets): set it, and the write sees
+        # the call over.
+        started = getattr(call, "_metadata_sent", None)
+        if self._fired and isinstance(started, asyncio.Event):
+            started.set()
 
     def released_when_done(self) -> _AioCall:
         """Self, unwatched once the call is done (whether or not anyone reads its answer)."""
@@ -835,6 +903,32 @@ class _AioCall:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """As the call's: *callback* is given this, the call the caller holds."""
+        self._call.add_done_callback(lambda _: callback(self))
+
+    async def write(self, request: Any) -> None:
+        """As the call's, raising the context's error when the context ended the call."""
+        await self._writing(self._call.write(request))
+
+    async def done_writing(self) -> None:
+        """As the call's, raising the context's error when the context ended the call."""
+        await self._writing(self._call.done_writing())
+
+    async def _writing(self, step: Any) -> None:
+        try:
+            await step
+        except ContextError:
+            raise
+        except (Exception, asyncio.CancelledError) as e:
+            # (grpc.aio's own for a call cancelled meanwhile: its RpcError, CancelledError,
+            # InvalidStateError, or its internal ExecuteBatchError)
+            if self._fired and not _task_cancelling():
+                err = self._ctx.err()
+                if err is not None:
+                    raise err from e
+            raise
 
     def __await__(self) -> Generator[Any, None, Any]:
         try:
@@ -860,12 +954,7 @@ class _AioCall:
                 yield response
             # A call we cancelled just stops yielding, and one whose handler stopped at the
             # deadline ends as if whole: say why.
-            done = self._ctx.err()
-            if done is not None and (
-                (self._ended and isinstance(done, DeadlineExceeded))
-                or await call.code() == grpc.StatusCode.CANCELLED
-            ):
-                raise done
+            self._raise_if_cut()
         except ContextError:
             raise
         except (grpc.RpcError, asyncio.CancelledError) as e:
@@ -874,6 +963,16 @@ class _AioCall:
         finally:
             self._handle.cancel()
             call.cancel()  # (a consumer that stops early ends the call, as gRPC's iterator does)
+
+    def _raise_if_cut(self) -> None:
+        """At a stream's end: raise the context's error if the context cut it (we cancelled
+        it, or its handler stopped at the deadline that passed in flight, ending the stream as
+        if whole)."""
+        done = self._ctx.err()
+        if done is not None and (
+            self._fired or (self._ended and isinstance(done, DeadlineExceeded))
+        ):
+            raise done
 
     def _raise_translated(self, e: BaseException) -> None:
         """Raise the context's error for *e* (a gRPC error or a cancellation) if the context
@@ -884,13 +983,16 @@ class _AioCall:
 
     def _translated(self, e: BaseException) -> BaseException | None:
         """The context's error for *e* if the context is what ended the call, else None."""
-        if isinstance(e, asyncio.CancelledError):
-            task = asyncio.current_task()
-            cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
-            if not self._fired or (cancelling is not None and cancelling()):
-                return None
-        err = _translate(e, self._ctx, self._binding)
+        if isinstance(e, asyncio.CancelledError) and (not self._fired or _task_cancelling()):
+            return None
+        err = _translate(e, self._ctx, self._binding, self._fired)
         return None if err is e else err
+
+
+def _task_cancelling() -> bool:
+    """Whether the running task is being cancelled (Python 3.11+; before, never told)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is not None and bool(cancelling())
 
 
 class _AioEnded:
@@ -1025,12 +1127,7 @@ class _AioStreamed(_AioCall):
             self._raise_translated(e)
             raise
         if response is grpc.aio.EOF:  # (as in responses(): a cut stream is not a whole one)
-            done = self._ctx.err()
-            if done is not None and (
-                (self._ended and isinstance(done, DeadlineExceeded))
-                or await self._call.code() == grpc.StatusCode.CANCELLED
-            ):
-                raise done
+            self._raise_if_cut()
         return response
 
 
@@ -1054,13 +1151,24 @@ class _AioCallable:
 
     def __call__(
         self,
-        request: Any = None,  # (a streamed request may be written instead: write())
+        request: Any,
         *,
         timeout: float | None = None,
         metadata: Any = None,
         credentials: Any = None,
         wait_for_ready: Any = None,
         compression: Any = None,
+    ) -> Any:
+        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+    def _call(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: Any,
+        compression: Any,
     ) -> Any:
         ctx = current()
         out = _outgoing(ctx, timeout, metadata)
@@ -1076,6 +1184,27 @@ class _AioCallable:
         if done is _NEVER:  # it can never end: nothing to watch, nothing to translate
             return call
         return self._watched(call, ctx, out.binding, done).released_when_done()
+
+
+class _AioStreamInCallable(_AioCallable):
+    """``_AioCallable`` for a call with streamed requests, taking its arguments as grpc.aio's
+    does: ``request_iterator`` (None: written with ``write()``) and the rest, by position or
+    by name."""
+
+    __slots__ = ()
+
+    def __call__(  # (grpc.aio's own signature for these calls)
+        self,
+        request_iterator: Any = None,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._call(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 class _AioChannel(_Callables, grpc.aio.Channel):  # type: ignore[misc]  # grpc's classes are untyped (Any)
@@ -1104,7 +1233,8 @@ class _AioChannel(_Callables, grpc.aio.Channel):  # type: ignore[misc]  # grpc's
 
     def _wrap(self, kind: str, args: tuple[Any, ...]) -> Any:
         watched = _AioCall if kind.endswith("_unary") else _AioStreamed
-        return _AioCallable(getattr(self._inner, kind)(*args), watched)
+        made = _AioStreamInCallable if kind.startswith("stream_") else _AioCallable
+        return made(getattr(self._inner, kind)(*args), watched)
 
 
 def aio_channel(inner: Any) -> Any:
