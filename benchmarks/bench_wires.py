@@ -413,7 +413,6 @@ def _client_interceptors(aio: bool, kind: str) -> list[Any]:
 # How a client's calls are made to honour their context: "channel" (``channel()`` and
 # ``aio_channel()``, wrappers of a channel, which use no hook of grpc's: their hollow is the
 # plain channel) or "interceptors" (``client_interceptors()`` and ``aio_client_interceptors()``).
-WAYS = ("channel", "interceptors")
 
 
 def _sync_channel(target: str, kind: str, way: str) -> Any:

@@ -814,7 +814,7 @@ class _Channel(_Callables, grpc.Channel):  # type: ignore[misc]  # grpc's classe
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._inner.close()
+        self.close()
 
 
 def _callable_args(
@@ -924,10 +924,7 @@ class _AioCall:
         except (Exception, asyncio.CancelledError) as e:
             # (grpc.aio's own for a call cancelled meanwhile: its RpcError, CancelledError,
             # InvalidStateError, or its internal ExecuteBatchError)
-            if self._fired and not _task_cancelling():
-                err = self._ctx.err()
-                if err is not None:
-                    raise err from e
+            self._raise_translated(e)
             raise
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -1159,17 +1156,6 @@ class _AioCallable:
         wait_for_ready: Any = None,
         compression: Any = None,
     ) -> Any:
-        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
-
-    def _call(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: Any,
-        compression: Any,
-    ) -> Any:
         ctx = current()
         out = _outgoing(ctx, timeout, metadata)
         call = self._raw(
@@ -1202,8 +1188,14 @@ class _AioStreamInCallable(_AioCallable):
         wait_for_ready: Any = None,
         compression: Any = None,
     ) -> Any:
-        return self._call(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        return _AioCallable.__call__(
+            self,
+            request_iterator,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
 
