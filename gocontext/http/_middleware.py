@@ -209,7 +209,7 @@ class ContextMiddleware:
         watchers = self._watchers
         loops, here = _loops.backend_here()  # (here: the asyncio loop, or the trio run's token)
         if watchers is None or watchers.loop is not here:
-            watchers = self._watchers = _Watchers(here)
+            watchers = self._watchers = _Watchers(here, loops)
         watchers._new.append(exchange)  # watchers.add(exchange), by hand (a frame fewer)
         if watchers._ticking is None:
             watchers.start_ticking()
@@ -256,23 +256,26 @@ class _Watchers:
     """Starts a watcher for each request of one event loop (or trio run) still running
     ``_WATCH_AFTER`` seconds after it began; most are over sooner, and cost a list append.
 
-    One ticking task per loop, alive while requests begin or are pending and for one tick
-    after (so back-to-back short requests share it instead of spawning one each): every
+    One ticker per loop, alive while requests begin or are pending and for one tick after (so
+    back-to-back short requests share it instead of starting one each): every
     ``_WATCH_AFTER`` seconds it starts the watchers of the requests that were pending at its
     last tick and are not over, so each request that runs long gets its watcher 1 to 2 ticks
-    after it began. A
-    request's watcher and the ticking task are detached tasks (a bare asyncio task, or a trio
-    system task), so a request that ends soon pays for no task and no timer of its own.
-    Everything runs in the loop's thread.
+    after it began. On asyncio the ticker is a timer callback of the loop (a tick costs one
+    callback, where a task would cost a task, its coroutine and a sleep); under trio, which
+    has no timer callbacks, it is a system task. A request's watcher is a detached task (a
+    bare asyncio task, or a trio system task), so a request that ends soon pays for no task
+    and no timer of its own. Everything runs in the loop's thread.
     """
 
-    __slots__ = ("_new", "_pending", "_ticking", "loop")
+    __slots__ = ("_context", "_new", "_pending", "_ticking", "loop")
 
-    def __init__(self, loop: object) -> None:
+    def __init__(self, loop: object, loops: _loops.Backend) -> None:
         self.loop = loop  # the asyncio loop, or the trio run's token
         self._new: list[_Exchange] = []  # begun since the last tick
         self._pending: list[_Exchange] = []  # begun before the last tick
-        self._ticking: object = None  # the ticking task, while it runs
+        self._ticking: object = None  # the ticking timer handle or task, while it ticks
+        # asyncio: the context the ticks run in (one of its own: it serves every request)
+        self._context = contextvars.Context() if loops is _loops.ASYNCIO else None
 
     def add(self, exchange: _Exchange) -> None:
         self._new.append(exchange)
@@ -280,8 +283,13 @@ class _Watchers:
             self.start_ticking()
 
     def start_ticking(self) -> None:
-        """Start the ticking task (in a context of its own: it serves every request)."""
-        self._ticking = self.spawn(self._tick, contextvars.Context())
+        """Start the ticker (in a context of its own: it serves every request)."""
+        if self._context is not None:
+            self._ticking = self.loop.call_later(  # type: ignore[attr-defined]  # an asyncio loop
+                _WATCH_AFTER, self._tick_now, context=self._context
+            )
+        else:
+            self._ticking = self.spawn(self._tick, contextvars.Context())
 
     def drop(self, exchange: _Exchange) -> None:
         """Forget *exchange*, over, if it is the latest to begin (the common case: requests
@@ -296,6 +304,22 @@ class _Watchers:
         """Run *fn* in a detached task of the loop, in *context* (a copy, used once); return
         the task (hold it: asyncio's loop holds its tasks weakly)."""
         return _loops.backend_of(self.loop).spawn_detached(self.loop, fn, context)
+
+    def _tick_now(self) -> None:
+        """One tick on asyncio (a timer callback of the loop): start the watchers of the
+        requests pending since the last tick, and tick again while any begin or are pending.
+        A watcher that cannot start (the loop is closing) ends the ticking; the next request
+        to begin starts it again."""
+        self._ticking = None
+        due, self._pending, self._new = self._pending, self._new, []
+        try:
+            for exchange in due:
+                if not exchange.over:
+                    exchange.start_watching(self)
+        except RuntimeError:  # the loop is closing: no new tasks
+            return
+        if due or self._pending:
+            self.start_ticking()
 
     async def _tick(self) -> None:
         # Sleeps first: requests one after another are each over before the loop runs this
