@@ -69,13 +69,15 @@ def _context_of(trace_request_ctx: object) -> Context:
 
 
 def _stamp(ctx: Context, headers: Any) -> None:
-    """Put *ctx*'s time left and values in *headers*; raise its error if it is done."""
+    """Put *ctx*'s time left and values in *headers*; raise its error if it is done. The
+    caller's own ``baggage`` lines, however many, are merged into one with ours."""
     left = time_left(ctx)
     if left is not None:
         headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
-    value = baggage(ctx, headers.get(_BAGGAGE))
+    theirs = headers.getall(_BAGGAGE, ())
+    value = baggage(ctx, (theirs[0] if len(theirs) == 1 else ",".join(theirs)) or None)
     if value is not None:
-        headers[_BAGGAGE] = value
+        headers[_BAGGAGE] = value  # (replaces every line)
 
 
 async def _on_request_start(
@@ -103,9 +105,10 @@ def trace_config() -> aiohttp.TraceConfig:
 
     A request's context is ``trace_request_ctx=ctx``, else ``gocontext.current()``; a done
     context raises its error and sends nothing. The time left is sent again at each redirect
-    (not with aiohttp's retry of a GET on a new connection: it tells traces nothing there). On
-    its own it cannot abort a request in flight (use ``client_session()`` for that, which also
-    sends the time left with every hop).
+    (not with aiohttp's retry of a GET on a new connection: it tells traces nothing there, so
+    that retry goes out even if the context ended meanwhile). On its own it cannot abort a
+    request in flight (use ``client_session()`` for that, which also sends the time left with
+    every hop and refuses the retry of an ended context).
 
     Example:
         >>> import aiohttp, gocontext.aiohttp
@@ -150,23 +153,35 @@ else:
 
 class _Request(TaskCanceller):
     """One request's watch on its context: until headers are in it cancels the request's task
-    (``armed``); then, with ``resp`` set, it aborts the body. Removed when the connection is
-    released or closed."""
+    (``armed``) and aborts the connection the request is on, if any; then, with ``resp`` set,
+    it aborts the body. Removed when the connection is released or closed."""
 
-    __slots__ = ("ctx", "resp")
+    __slots__ = ("ctx", "req", "resp")
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, req: aiohttp.ClientRequest) -> None:
         self.ctx = ctx
+        self.req = req
         self.resp: aiohttp.ClientResponse | None = None
         super().__init__(ctx)
 
     def _fire(self) -> None:  # on the loop
         if self.armed:
             super()._fire()
+            if not self.fired:
+                return
+            # The request is sent, or being sent: drop its connection at once. aiohttp closes
+            # it once the cancel reaches the task, and a close waits for what is still unsent
+            # to go out (an upload the server does not read never does: the socket stayed
+            # open, and the server never saw the client leave).
+            sent: Any = getattr(self.req, "response", None)
+            conn = None if sent is None else sent.connection
+            protocol = None if conn is None else conn.protocol
+            if protocol is not None:
+                protocol.abort()
             return
         resp = self.resp
-        if resp is None or resp.closed:
-            return
+        if resp is None or resp.closed or resp.content.exception() is not None:
+            return  # (an error of the body's own, a server that left, stays the one raised)
         err = self.ctx.err()
         resp.content.set_exception(err if err is not None else DeadlineExceeded())
         resp.close()  # the connection is dropped, never reused
@@ -203,7 +218,7 @@ async def _middleware(
         raise passing from e.__cause__
     if ctx.done() is _NEVER:  # it can never end: nothing to watch, nothing to translate
         return await handler(req)
-    watch = _Request(ctx)
+    watch = _Request(ctx, req)
     try:
         resp = await handler(req)
     except BaseException as e:
@@ -215,7 +230,9 @@ async def _middleware(
         raise err from (e.__cause__ if isinstance(e, ContextError) else e)
     watch.disarm()
     conn = resp.connection
-    if conn is None:  # the body is in and the connection released already
+    if conn is None or resp.status == 101:
+        # The body is in and the connection released already; or the connection was upgraded
+        # (a websocket): it is the caller's from here on, as Go hands it over.
         watch.release()
     else:  # (a context that ends from here on aborts the body: see _Request._fire)
         watch.resp = resp
@@ -232,6 +249,10 @@ with warnings.catch_warnings():  # (aiohttp discourages subclassing its session,
         async def _request(  # (aiohttp's keywords, passed on)
             self, method: str, str_or_url: Any, **kwargs: Any
         ) -> aiohttp.ClientResponse:
+            theirs = kwargs.get("middlewares")
+            if theirs is not None and _middleware not in theirs:
+                # aiohttp lets a request's own middlewares replace the session's: ours stays
+                kwargs["middlewares"] = (_middleware, *theirs)
             given = kwargs.get("trace_request_ctx")
             if given is None and _pending.get() is None:  # the ambient context: nothing to hand
                 return await super()._request(method, str_or_url, **kwargs)
@@ -253,7 +274,9 @@ def client_session(**kwargs: Any) -> aiohttp.ClientSession:
     a cancel from any thread or task aborts the request in flight, while connecting, waiting
     for headers or reading the body, with ``Canceled``, a passed deadline with
     ``DeadlineExceeded``; the connection pool stays healthy. A request given its own
-    ``middlewares=`` replaces the session's, ours included. Call it with a running loop.
+    ``middlewares=`` replaces the session's but ours, which stays in front. A connection
+    upgraded by the server (a websocket) is the caller's once the upgrade is answered: the
+    context no longer ends it, as in Go. Call it with a running loop.
 
     Example:
         >>> import asyncio, gocontext, gocontext.aiohttp

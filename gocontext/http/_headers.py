@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote_to_bytes
 __all__ = [
     "MAX_BAGGAGE_BYTES",
     "MAX_BAGGAGE_ENTRIES",
+    "MAX_SENT_BAGGAGE_BYTES",
     "HeaderError",
     "format_baggage",
     "format_grpc_timeout",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 MAX_BAGGAGE_BYTES = 8192  # the W3C spec's minimum that every platform must accept
+# What we send: two bytes fewer, for aiohttp's server refuses a header value of more than 8,190
+# bytes by default (its max_field_size) with a 400, and a call would fail for its baggage.
+MAX_SENT_BAGGAGE_BYTES = 8190
 MAX_BAGGAGE_ENTRIES = 180  # likewise
 _MAX_MS_DIGITS = 10  # about 115 days: anything longer is a mistake, not a deadline
 
@@ -204,7 +208,8 @@ def parse_baggage(header: str | bytes) -> dict[str, str]:
 def format_baggage(values: dict[str, str], existing: str | None = None) -> str:
     """A ``baggage`` header carrying *values*, merged into *existing* (ours win on a clash).
 
-    Bounded as W3C Baggage says: at most ``MAX_BAGGAGE_BYTES`` bytes and
+    Bounded as W3C Baggage says, and within what common servers take: at most
+    ``MAX_SENT_BAGGAGE_BYTES`` bytes (8,190: aiohttp's server refuses more by default) and
     ``MAX_BAGGAGE_ENTRIES`` members. A member that does not fit whole is dropped, never cut;
     *values* claim the room first, then *existing* members in order. A value that cannot be
     encoded (a lone surrogate) is dropped, and so is an existing member under one of our keys.
@@ -216,7 +221,9 @@ def format_baggage(values: dict[str, str], existing: str | None = None) -> str:
         'ok=%C3%A9'
     """
     ours: list[str] = []
-    room = MAX_BAGGAGE_BYTES + 1  # every member costs its length and a comma; the last has none
+    room = (
+        MAX_SENT_BAGGAGE_BYTES + 1
+    )  # every member costs its length and a comma; the last has none
     for k, v in values.items():
         if len(ours) == MAX_BAGGAGE_ENTRIES:
             break
