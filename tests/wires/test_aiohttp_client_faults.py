@@ -917,7 +917,21 @@ async def test_a_context_ending_on_an_open_websocket_leaves_it_to_the_caller() -
 # -- nested requests -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["inner", "outer", "both"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "inner",
+        "outer",
+        pytest.param(
+            "both",
+            marks=pytest.mark.skipif(
+                not PY311,
+                reason="Python 3.10 keeps no cancelling() count: two contexts ending in one "
+                "loop step make one CancelledError, and the inner request takes it",
+            ),
+        ),
+    ],
+)
 async def test_a_request_nested_in_anothers_middleware_is_ended_by_its_own_context(
     server: AiohttpServer, which: str
 ) -> None:
@@ -1059,6 +1073,7 @@ async def test_an_outer_timeout_and_the_context_ending_together(
     await assert_pool_clean(session, server)
 
 
+@needs_311
 async def test_a_task_with_a_pending_cancelling_count_keeps_it(
     session: aiohttp.ClientSession, server: AiohttpServer
 ) -> None:
