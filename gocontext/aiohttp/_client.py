@@ -74,8 +74,7 @@ def _stamp(ctx: Context, headers: Any) -> None:
     left = time_left(ctx)
     if left is not None:
         headers[_GRPC_TIMEOUT] = format_grpc_timeout(left)
-    theirs = headers.getall(_BAGGAGE, ())
-    value = baggage(ctx, (theirs[0] if len(theirs) == 1 else ",".join(theirs)) or None)
+    value = baggage(ctx, ",".join(headers.getall(_BAGGAGE, ())) or None)
     if value is not None:
         headers[_BAGGAGE] = value  # (replaces every line)
 

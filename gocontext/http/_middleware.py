@@ -210,7 +210,7 @@ class ContextMiddleware:
         loops, here = _loops.backend_here()  # (here: the asyncio loop, or the trio run's token)
         if watchers is None or watchers.loop is not here:
             watchers = self._watchers = _Watchers(here, loops)
-        watchers._new.append(exchange)  # watchers.add(exchange), by hand (a frame fewer)
+        watchers._new.append(exchange)
         if watchers._ticking is None:
             watchers.start_ticking()
         try:
@@ -241,7 +241,9 @@ class ContextMiddleware:
                     exchange.failure = e
         finally:
             exchange.over = True  # a watcher not started yet never will be
-            new = watchers._new  # watchers.drop(exchange), by hand
+            # Forgotten now if it is the latest to begin (the common case: requests one after
+            # another), so its objects are freed now rather than at the next tick.
+            new = watchers._new
             if new and new[-1] is exchange:
                 new.pop()
             if exchange.watcher_ended is not None:
@@ -277,11 +279,6 @@ class _Watchers:
         # asyncio: the context the ticks run in (one of its own: it serves every request)
         self._context = contextvars.Context() if loops is _loops.ASYNCIO else None
 
-    def add(self, exchange: _Exchange) -> None:
-        self._new.append(exchange)
-        if self._ticking is None:
-            self.start_ticking()
-
     def start_ticking(self) -> None:
         """Start the ticker (in a context of its own: it serves every request)."""
         if self._context is not None:
@@ -291,13 +288,6 @@ class _Watchers:
         else:
             self._ticking = self.spawn(self._tick, contextvars.Context())
 
-    def drop(self, exchange: _Exchange) -> None:
-        """Forget *exchange*, over, if it is the latest to begin (the common case: requests
-        one at a time), so its objects are freed now rather than at the next tick."""
-        new = self._new
-        if new and new[-1] is exchange:
-            new.pop()
-
     def spawn(
         self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
     ) -> object:
@@ -305,20 +295,25 @@ class _Watchers:
         the task (hold it: asyncio's loop holds its tasks weakly)."""
         return _loops.backend_of(self.loop).spawn_detached(self.loop, fn, context)
 
-    def _tick_now(self) -> None:
-        """One tick on asyncio (a timer callback of the loop): start the watchers of the
-        requests pending since the last tick, and tick again while any begin or are pending.
-        A watcher that cannot start (the loop is closing) ends the ticking; the next request
-        to begin starts it again."""
-        self._ticking = None
+    def _turn(self) -> bool:
+        """One tick: start the watchers of the requests pending since the last tick and not
+        over; whether to tick again (a request began or is pending). Raises RuntimeError if
+        the loop is closing (no new tasks)."""
         due, self._pending, self._new = self._pending, self._new, []
+        for exchange in due:
+            if not exchange.over:
+                exchange.start_watching(self)
+        return bool(due or self._pending)
+
+    def _tick_now(self) -> None:
+        """A tick on asyncio (a timer callback of the loop). A loop that is closing ends the
+        ticking; the next request to begin starts it again."""
+        self._ticking = None
         try:
-            for exchange in due:
-                if not exchange.over:
-                    exchange.start_watching(self)
-        except RuntimeError:  # the loop is closing: no new tasks
+            again = self._turn()
+        except RuntimeError:
             return
-        if due or self._pending:
+        if again:
             self.start_ticking()
 
     async def _tick(self) -> None:
@@ -328,11 +323,7 @@ class _Watchers:
         try:
             while True:
                 await anyio.sleep(_WATCH_AFTER)
-                due, self._pending, self._new = self._pending, self._new, []
-                for exchange in due:
-                    if not exchange.over:
-                        exchange.start_watching(self)
-                if not (due or self._pending):
+                if not self._turn():
                     return
         except RuntimeError:  # the loop is closing: no new tasks (a trio system task must not
             return  # raise, or the whole run fails)

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
+import anyio
+import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -206,3 +211,23 @@ class AiohttpServer:
         self.thread.join(NEVER)
         self.loop.close()
         self.sock.close()
+
+
+@pytest.fixture(name="session")
+async def session_fixture() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client_session() of one connection: a connection left busy would make the next
+    request wait forever."""
+    async with gocontext.aiohttp.client_session(connector=aiohttp.TCPConnector(limit=1)) as s:
+        yield s
+
+
+async def assert_pool_clean(session: aiohttp.ClientSession, server: AiohttpServer) -> None:
+    """No connection left acquired or waited for, and the next request on the session
+    succeeds (and gives its connection back)."""
+    connector: Any = session.connector
+    assert not connector._acquired, connector._acquired
+    assert not any(connector._waiters.values())
+    with anyio.fail_after(NEVER):
+        async with session.get(server.url + "/ok") as r:
+            assert await r.text() == "ok"
+    assert not connector._acquired

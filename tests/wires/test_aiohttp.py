@@ -10,7 +10,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -29,7 +29,16 @@ from gocontext.http._headers import parse_grpc_timeout
 from gocontext.http._middleware import _DEADLINE_SLACK
 
 from ..conftest import NEVER, FakeClock
-from .aiohttp_app import FINISHED, SEEN, AiohttpServer, late_write, make_app, released
+from .aiohttp_app import (
+    FINISHED,
+    SEEN,
+    AiohttpServer,
+    assert_pool_clean,
+    late_write,
+    make_app,
+    released,
+    session_fixture,  # noqa: F401 - the fixture "session"
+)
 from .conftest import (
     BOARD,
     RID,
@@ -58,19 +67,6 @@ def server() -> Iterator[AiohttpServer]:
 def capped_server() -> Iterator[AiohttpServer]:
     with AiohttpServer(make_app(max_timeout=5)) as s:
         yield s
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # One connection: a connection left busy would make the next request wait forever.
-    async with gocontext.aiohttp.client_session(connector=aiohttp.TCPConnector(limit=1)) as s:
-        yield s
-
-
-async def assert_pool_healthy(session: aiohttp.ClientSession, server: AiohttpServer) -> None:
-    with anyio.fail_after(NEVER):
-        async with session.get(server.url + "/ok") as r:
-            assert await r.text() == "ok"
 
 
 async def test_deadline_and_propagated_values_reach_the_handler(
@@ -204,7 +200,7 @@ async def test_cancel_from_another_thread_aborts_the_request_and_the_handler_see
     assert getattr(task, "cancelling", lambda: 0)() == 0
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.Event().wait(), 0.01)
-    await assert_pool_healthy(session, server)
+    await assert_pool_clean(session, server)
 
 
 async def test_cancel_from_another_task_aborts_the_request(
@@ -222,7 +218,7 @@ async def test_cancel_from_another_task_aborts_the_request(
         await session.get(server.url + "/wait", trace_request_ctx=ctx)
     await task
     await asyncio.to_thread(BOARD.wait_ended, name)
-    await assert_pool_healthy(session, server)
+    await assert_pool_clean(session, server)
 
 
 async def test_a_framework_cancellation_passes_through_untouched(
@@ -238,7 +234,7 @@ async def test_a_framework_cancellation_passes_through_untouched(
 
     await cancel_task_and_context_when_entered(name, asyncio.ensure_future(call()), cancel)
     assert _context.watcher_count(ctx) == 0
-    await assert_pool_healthy(session, server)
+    await assert_pool_clean(session, server)
 
 
 async def test_passed_deadline_raises_deadline_exceeded(
@@ -256,7 +252,7 @@ async def test_passed_deadline_raises_deadline_exceeded(
     # is longer is told apart from a client that left.)
     if server_deadline - client_deadline <= _DEADLINE_SLACK:
         assert isinstance(BOARD.errors[name], gocontext.DeadlineExceeded), BOARD.causes[name]
-    await assert_pool_healthy(session, server)
+    await assert_pool_clean(session, server)
 
 
 async def test_a_client_that_leaves_as_its_deadline_passes_leaves_for_the_deadline(
@@ -296,7 +292,7 @@ async def test_the_callers_own_smaller_timeout_still_raises_aiohttps_timeout(
         )
     cancel()
     await asyncio.to_thread(BOARD.wait_ended, name)
-    await assert_pool_healthy(session, server)
+    await assert_pool_clean(session, server)
 
 
 async def plain_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -504,7 +500,7 @@ async def test_a_retry_on_a_dropped_connection_is_sent_the_time_left_then(
 ) -> None:
     """aiohttp sends a GET again, on a new connection, when the server drops the one it went on
     unanswered; the second attempt is a hop of its own."""
-    await assert_pool_healthy(session, server)  # a kept-alive connection for the GET to take
+    await assert_pool_clean(session, server)  # a kept-alive connection for the GET to take
     name = rid("retry")
     ctx, cancel = gocontext.with_timeout(with_rid(name), 3)
 
@@ -522,7 +518,7 @@ async def test_a_retry_on_a_dropped_connection_is_sent_the_time_left_then(
     first, again = SEEN[name]
     assert first is not None and parse_grpc_timeout(first) == 3
     assert again is not None and parse_grpc_timeout(again) == 1.5
-    await assert_pool_healthy(session, server)
+    await assert_pool_clean(session, server)
 
 
 # The middleware's stop of the handler: told as the owner of a request context that nothing

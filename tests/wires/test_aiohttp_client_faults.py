@@ -29,7 +29,15 @@ from gocontext import _context
 from gocontext.http._headers import MAX_SENT_BAGGAGE_BYTES, parse_grpc_timeout
 
 from ..conftest import NEVER, FakeClock
-from .aiohttp_app import SEEN, AiohttpServer, make_app, released, rid_of
+from .aiohttp_app import (
+    SEEN,
+    AiohttpServer,
+    assert_pool_clean,
+    make_app,
+    released,
+    rid_of,
+    session_fixture,  # noqa: F401 - the fixture "session"
+)
 from .conftest import (
     BOARD,
     RID,
@@ -144,13 +152,6 @@ def server() -> Iterator[AiohttpServer]:
         yield s
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # One connection: a connection left busy would make the next request wait forever.
-    async with gocontext.aiohttp.client_session(connector=aiohttp.TCPConnector(limit=1)) as s:
-        yield s
-
-
 PY311 = sys.version_info >= (3, 11)  # asyncio.timeout and Task.cancelling()
 needs_311 = pytest.mark.skipif(not PY311, reason="asyncio.timeout is Python 3.11+")
 
@@ -170,17 +171,6 @@ async def guard(seconds: float) -> AsyncIterator[None]:
     else:
         with anyio.fail_after(seconds):
             yield
-
-
-async def assert_pool_clean(session: aiohttp.ClientSession, server: AiohttpServer) -> None:
-    """No connection left acquired, and the next request on the session succeeds."""
-    connector: Any = session.connector
-    assert not connector._acquired, connector._acquired
-    assert not any(connector._waiters.values())
-    async with guard(NEVER):
-        async with session.get(server.url + "/ok") as r:
-            assert await r.text() == "ok"
-    assert not connector._acquired
 
 
 async def wait_entered(name: str) -> None:
