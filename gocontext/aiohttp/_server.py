@@ -5,14 +5,22 @@ aiohttp (by default) keeps running a handler whose client has gone, and tells no
 disconnect at once, the middleware puts a thin protocol in front of the connection's own
 (``transport.set_protocol``, as asyncio's sendfile fallback does): it forwards everything and,
 when the connection is lost, cancels the context of the request it is serving.
+
+The loop sees a connection's loss only while it reads the connection, and aiohttp stops
+reading while a request's body waits unread (a large upload the handler does not read): a
+client that leaves then would go unseen until the handler ends. On Linux, each connection's
+socket is also watched for its peer's end alone (``EPOLLRDHUP``: a FIN or a reset, whatever
+unread data is ahead of it) in one epoll per loop, which the loop watches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any
+import select
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, istr
@@ -71,12 +79,17 @@ class _Watch(asyncio.Protocol):
     between), but the connection's loss, which this reports first.
 
     Only the loop's thread touches it; ``listeners`` holds the contexts of the requests being
-    served on this connection, with their cancels.
+    served on this connection, with their cancels. ``hangups`` watches the connection's
+    socket (``fd``) for the peer's end, if any does; ``gone`` says the peer has ended the
+    connection (so a request read from it afterwards ends at once).
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.lost = False
+        self.gone = False
+        self.hangups: _Hangups | None = None
+        self.fd = -1
         self.listeners: dict[Context, Cancel] = {}
         vars(self).update(
             connection_made=inner.connection_made,
@@ -88,20 +101,114 @@ class _Watch(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        listeners, self.listeners = self.listeners, {}
         try:
-            for ctx, cancel in listeners.items():
-                client_left(ctx, cancel)
+            self.peer_gone()
         finally:
-            self.inner.connection_lost(exc)
+            try:
+                if self.hangups is not None:  # (the socket is open: the transport closes it next)
+                    self.hangups.forget(self)
+            finally:
+                self.inner.connection_lost(exc)
+
+    def peer_gone(self) -> None:
+        """The peer has ended the connection: every request being served on it ends, whatever
+        a callback on one of their contexts raises (the first such error goes out after)."""
+        self.gone = True
+        listeners, self.listeners = self.listeners, {}
+        _each(lambda item: client_left(*item), listeners.items())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
+# What the epoll of _Hangups waits for: the peer's end alone (its FIN, or a reset: EPOLLHUP and
+# EPOLLERR are always reported), once per connection; never data to read.
+_HANGUP_EVENTS = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLONESHOT", 0)
+
+
+class _Hangups:
+    """Per loop, on its thread: one epoll (Linux) in which each watched connection's socket
+    waits for its peer's end, and which the loop watches (``add_reader``) while it holds any.
+    A connection leaves it when it is lost; the epoll closes when it holds none."""
+
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hangups]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._watches: dict[int, _Watch] = {}
+        try:
+            loop.add_reader(self._epoll.fileno(), self._ready)
+        except BaseException:
+            self._epoll.close()
+            raise
+
+    @classmethod
+    def watch(cls, loop: asyncio.AbstractEventLoop, transport: Any, watch: _Watch) -> None:
+        """Watch *transport*'s socket for its peer's end, to tell *watch*; nothing if the
+        platform or the transport has no way (no epoll, no socket)."""
+        if not _HANGUP_EVENTS:
+            return
+        sock = transport.get_extra_info("socket")
+        fd = -1 if sock is None else sock.fileno()
+        if fd < 0:
+            return
+        self = cls._of_loop.get(loop)
+        if self is None:
+            self = cls._of_loop[loop] = cls(loop)
+        try:
+            self._epoll.register(fd, _HANGUP_EVENTS)
+        except OSError:  # (a socket already closed: the transport tells of it as usual)
+            if not self._watches:
+                self._close()
+            return
+        self._watches[fd] = watch
+        watch.hangups, watch.fd = self, fd
+
+    def forget(self, watch: _Watch) -> None:
+        """Stop watching *watch*'s socket (still open: its transport closes it after this)."""
+        fd = watch.fd
+        watch.hangups = None
+        if self._watches.get(fd) is not watch:
+            return
+        del self._watches[fd]
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(fd)
+        if not self._watches:
+            self._close()
+
+    def _close(self) -> None:
+        self._of_loop.pop(self._loop, None)
+        try:
+            self._loop.remove_reader(self._epoll.fileno())
+        finally:
+            self._epoll.close()
+
+    def _ready(self) -> None:
+        if self._epoll.closed:  # pragma: no cover - remove_reader cancelled this call
+            return
+        watches = [self._watches.get(fd) for fd, _ in self._epoll.poll(0)]
+        _each(_Watch.peer_gone, [w for w in watches if w is not None])  # (else: forgotten)
+
+
+def _each(fn: Callable[[Any], object], items: Iterable[Any]) -> None:
+    """Call *fn* on each of *items*, whatever one raises; then raise the first error, if any."""
+    error: BaseException | None = None
+    for item in items:
+        try:
+            fn(item)
+        except BaseException as e:  # (every item first; then it goes out)
+            if error is None:
+                error = e
+    if error is not None:
+        raise error
+
+
 def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
-    """End *ctx* with *cancel* as ``client_left`` does when the request's connection is lost
-    (at once if it is); None if it is."""
+    """End *ctx* with *cancel* as ``client_left`` does when the request's connection is lost,
+    or its peer ends it (at once if it has); None if it has."""
     transport = request.transport
     if transport is None or transport.is_closing():
         client_left(ctx, cancel)
@@ -110,6 +217,10 @@ def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
     if type(proto) is not _Watch:
         proto = _Watch(proto)
         transport.set_protocol(proto)
+        _Hangups.watch(asyncio.get_running_loop(), transport, proto)
+    elif proto.gone:
+        client_left(ctx, cancel)
+        return None
     proto.listeners[ctx] = cancel
     return proto  # type: ignore[no-any-return]  # a _Watch
 
@@ -226,7 +337,9 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     applies when none is sent) and its ``PropagatedKey`` values (``baggage``); it is ambient
     in the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled
     with a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms
-    of the deadline, a client leaves for it: the deadline ends the context). The handler
+    of the deadline, a client leaves for it: the deadline ends the context), on Linux even
+    while aiohttp has stopped reading the connection for an upload the handler leaves unread.
+    The handler
     is cancelled when its context ends: one that ignores its context is still stopped at
     the deadline, and the client gets a 504 then, even from a handler that runs on (one that
     awaits a thread ignoring its context, say), on a connection then closed at once, its

@@ -1,17 +1,20 @@
 """The aiohttp.web middleware's promises where a handler or a client misbehaves: an answer
 raised once the context has ended, a late write after the 504 while the request's body is
-left unread, a client that leaves while the handler is writing, a handler that runs on past
-the deadline in a thread. A real aiohttp.web server on 127.0.0.1, driven by raw sockets so
-the test sees the bytes on the wire as they are."""
+left unread, a client that leaves while the handler is writing or while its upload waits
+unread, a handler that runs on past the deadline in a thread. A real aiohttp.web server on
+127.0.0.1, driven by raw sockets so the test sees the bytes on the wire as they are."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import select
 import socket
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 from aiohttp import web
@@ -26,6 +29,8 @@ from . import aiohttp_app
 from .aiohttp_app import FINISHED, AiohttpServer, late_write, released, rid_of
 from .conftest import BOARD, rid
 from .test_aiohttp import errors_logged, raw_connection, read_to_close, read_until
+
+T = TypeVar("T")
 
 _LATE_ANSWER = "the handler's own late answer"
 
@@ -101,6 +106,16 @@ async def in_thread(request: web.Request) -> web.StreamResponse:
     return web.Response(text="too late")
 
 
+TRANSPORTS: dict[str, asyncio.Transport] = {}  # the connection of each parked upload, by rid
+
+
+async def park_unread(request: web.Request) -> web.Response:
+    """Parks until its context ends, never reading the request's body."""
+    TRANSPORTS[rid_of(request)] = request.transport  # type: ignore[assignment]  # a request's
+    await BOARD.park()
+    return web.Response(text="parked")
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[AiohttpServer]:
     app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
@@ -109,8 +124,18 @@ def server() -> Iterator[AiohttpServer]:
     app.router.add_post("/late-upload", late_upload)
     app.router.add_get("/write-after-left", write_after_left)
     app.router.add_get("/in-thread", in_thread)
+    app.router.add_post("/park-unread", park_unread)
     with AiohttpServer(app) as s:
         yield s
+
+
+def on_loop(server: AiohttpServer, fn: Callable[[], T]) -> T:
+    """*fn*'s result, called on *server*'s loop."""
+
+    async def call() -> T:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), server.loop).result(NEVER)
 
 
 def request_head(method: str, path: str, name: str, *headers: str) -> bytes:
@@ -233,6 +258,89 @@ def test_a_client_that_leaves_while_the_handler_writes_ends_the_context_as_disco
     cause = BOARD.wait_ended(name)
     FINISHED.wait(name)  # (aiohttp is done with it: nothing of it is left to log)
     assert isinstance(cause, gocontext.http.ClientDisconnected), cause
+
+
+# -- a client that leaves while its upload waits unread --------------------------------------
+
+
+def upload_until_paused(server: AiohttpServer, conn: socket.socket, name: str) -> None:
+    """Send the body of *name*'s upload until aiohttp has stopped reading its connection (its
+    buffer for the body the handler does not read is full): the loop no longer looks at the
+    socket, and what the client does next reaches only the kernel."""
+    transport = TRANSPORTS[name]
+    chunk = b"u" * 65536
+    for _ in range(1024):  # at most 64 MiB, the Content-Length sent
+        conn.sendall(chunk)
+        if not on_loop(server, transport.is_reading):
+            return
+    raise AssertionError("aiohttp read the whole upload: it never paused")
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_client_that_leaves_while_its_upload_waits_unread_ends_the_context(
+    server: AiohttpServer, how: str
+) -> None:
+    """aiohttp stops reading a connection while the body it holds waits for the handler, so
+    the loop cannot see the client go: the middleware still ends the context, with the
+    ClientDisconnected cause, whether the client closes (a FIN behind the unread body) or
+    resets the connection."""
+    name = rid(f"leaves-mid-upload-{how}")
+    with raw_connection(server) as conn:
+        head = request_head("POST", "/park-unread", name, f"Content-Length: {64 << 20}")
+        conn.sendall(head)
+        BOARD.wait_entered(name)
+        upload_until_paused(server, conn, name)
+        if how == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    cause = BOARD.wait_ended(name)
+    assert isinstance(cause, gocontext.http.ClientDisconnected), cause
+    FINISHED.wait(name)
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
+def test_the_watch_on_the_peers_end_is_released_with_the_last_connection() -> None:
+    """The loop's epoll of connections watched for their peer's end holds each connection
+    only while it is open, and closes with the last one (no descriptor left behind), whoever
+    ends the connection; a new connection opens it again."""
+    from gocontext.aiohttp._server import _Hangups
+
+    app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
+    app.router.add_post("/park-unread", park_unread)
+    app.router.add_get("/ok", aiohttp_app.ok)
+
+    def watching(server: AiohttpServer) -> int | None:
+        hangups = _Hangups._of_loop.get(server.loop)
+        return None if hangups is None else len(hangups._watches)
+
+    def released_when(server: AiohttpServer, done: Callable[[], bool]) -> None:
+        # (the server tells its loop's epoll of a closed connection a turn or two after the
+        # client closed it: wait for the count, as long as a test may wait for anything)
+        deadline = time.monotonic() + NEVER
+        while not done():
+            assert time.monotonic() < deadline, on_loop(server, lambda: watching(server))
+            on_loop(server, lambda: None)
+
+    with AiohttpServer(app) as server:
+        assert on_loop(server, lambda: watching(server)) is None
+        conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        try:
+            for i, conn in enumerate(conns):
+                conn.sendall(request_head("GET", "/ok", rid(f"hangups-{i}")))
+                read_until(conn, b"\r\n\r\nok")
+            assert on_loop(server, lambda: watching(server)) == 2
+            conns.pop().close()
+            released_when(server, lambda: on_loop(server, lambda: watching(server)) == 1)
+        finally:
+            for conn in conns:
+                conn.close()
+        released_when(server, lambda: on_loop(server, lambda: watching(server)) is None)
+        # A connection the server ends (a 504 closes it) is released too.
+        name = rid("hangups-504")
+        with raw_connection(server) as conn:
+            conn.sendall(request_head("POST", "/park-unread", name, "Grpc-Timeout: 100m"))
+            read_until(conn, b"deadline exceeded")
+            released_when(server, lambda: on_loop(server, lambda: watching(server)) is None)
 
 
 # -- a handler that cannot be stopped at once ------------------------------------------------
