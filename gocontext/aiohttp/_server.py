@@ -20,7 +20,7 @@ import contextlib
 import select
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, istr
@@ -329,12 +329,36 @@ def _ended(request: web.Request, err: ContextError) -> web.StreamResponse:
     return web.Response(status=499, text="client disconnected")
 
 
-def middleware(*, max_timeout: float | None = None) -> Any:
+MaxTimeout = Union[float, None, Callable[[web.Request], Union[float, None]]]  # noqa: UP007 - 3.10 runtime
+_DEFAULT_MAX_TIMEOUT = 60.0  # seconds: as ContextMiddleware's
+
+
+def _cap(value: object, per_request: bool = False) -> float | None:
+    """*value*, a ``max_timeout`` in seconds (or None), as a float; a TypeError or ValueError
+    that names the call for anything else. *per_request*: what a ``max_timeout`` function
+    returned for a request."""
+    if value is None:
+        return None
+    where = "gocontext.aiohttp.middleware"
+    what = "what its max_timeout function returned" if per_request else "max_timeout"
+    cap = check_real(value, where, what, "seconds or None")
+    if cap <= 0:
+        raise ValueError(
+            f"{where}() needs {what} to be a positive number of seconds, got {value!r}"
+        )
+    return cap
+
+
+def middleware(*, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> Any:
     """An ``aiohttp.web`` middleware that runs each request under its own context.
 
     The context carries the caller's deadline (``Grpc-Timeout``, ``Connect-Timeout-Ms`` or
-    ``X-Envoy-Expected-Rq-Timeout-Ms``, the smallest, capped by *max_timeout*, which also
-    applies when none is sent) and its ``PropagatedKey`` values (``baggage``); it is ambient
+    ``X-Envoy-Expected-Rq-Timeout-Ms``, the smallest) and its ``PropagatedKey`` values
+    (``baggage``). *max_timeout* caps every deadline, and is the deadline of a request that
+    sends none: 60 seconds by default, as with ``ContextMiddleware``; ``None`` leaves requests
+    with no header unbounded; a function of the request chooses per request (a route that
+    streams events can return ``None``). A deadline already passed on arrival
+    (``Grpc-Timeout: 0n``) gets its 504 without running the handler. The context is ambient
     in the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled
     with a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms
     of the deadline, a client leaves for it: the deadline ends the context), on Linux even
@@ -350,21 +374,18 @@ def middleware(*, max_timeout: float | None = None) -> Any:
     and answer with a 500. A response already under way (prepared, or partly written) is cut
     there instead: the connection closes, the client sees its body stop short, and nothing
     is logged. A malformed deadline header gets a 400 that says what was wrong. A bad
-    *max_timeout* is a ``ValueError``.
+    *max_timeout* is a ``TypeError`` or ``ValueError``; a function that returns one fails
+    the request (aiohttp logs it and answers 500).
 
     Example:
         >>> import aiohttp.web, gocontext.aiohttp
         >>> app = aiohttp.web.Application(middlewares=[gocontext.aiohttp.middleware()])
+        >>> events = aiohttp.web.Application(middlewares=[gocontext.aiohttp.middleware(
+        ...     max_timeout=lambda request: None if request.path == "/events" else 30
+        ... )])
     """
-    cap: float | None = None  # max_timeout as a float (as every timeout below is)
-    if max_timeout is not None:
-        where = "gocontext.aiohttp.middleware"
-        cap = check_real(max_timeout, where, "max_timeout", "seconds or None")
-    if cap is not None and cap <= 0:
-        raise ValueError(
-            f"gocontext.aiohttp.middleware() needs max_timeout to be a positive number of "
-            f"seconds, got {max_timeout!r}"
-        )
+    choose = max_timeout if callable(max_timeout) else None  # the cap, chosen per request
+    fixed = None if choose is not None else _cap(max_timeout)  # else max_timeout as a float
 
     @web.middleware
     async def gocontext_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -372,8 +393,11 @@ def middleware(*, max_timeout: float | None = None) -> Any:
             timeout, baggage = _timeout_and_baggage(request)
         except HeaderError as e:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
-        if cap is not None:
-            timeout = cap if timeout is None else min(timeout, cap)
+        cap = fixed if choose is None else _cap(choose(request), True)
+        if cap is not None and (timeout is None or timeout > cap):
+            timeout = cap
+        if timeout is not None and timeout <= 0:  # gone on arrival: the handler never runs
+            raise _GatewayTimeout(request)
         parent = _values_context(request, baggage)
         if timeout is None:
             ctx, cancel = with_cancel_cause(parent)

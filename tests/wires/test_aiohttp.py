@@ -34,6 +34,7 @@ from .aiohttp_app import (
     SEEN,
     AiohttpServer,
     assert_pool_clean,
+    info,
     late_write,
     make_app,
     released,
@@ -332,6 +333,65 @@ def test_middleware_rejects_a_bad_max_timeout() -> None:
     for wrong in ("5", True):
         with pytest.raises(TypeError, match=r"gocontext.aiohttp.middleware\(\).*max_timeout"):
             gocontext.aiohttp.middleware(max_timeout=wrong)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Grpc-Timeout": "0S"}, {"Grpc-Timeout": "0n"}, {"Connect-Timeout-Ms": "0"}]
+)
+async def test_a_deadline_gone_on_arrival_gets_a_504_without_running_the_handler(
+    server: AiohttpServer, headers: dict[str, str]
+) -> None:
+    """A request whose deadline has passed when it arrives is answered 504 at once: its
+    handler, which might act on it before looking at its context, never runs."""
+    name = rid("gone-on-arrival")
+    headers = {**headers, "baggage": f"{RID.name}={name}"}
+    assert await plain_get(server.url + "/wait", headers) == (504, "deadline exceeded")
+    assert not BOARD.event(BOARD.entered, name).is_set()
+    assert await plain_get(server.url + "/ok") == (200, "ok")
+
+
+def remaining_of(text: str) -> float | None:
+    remaining: float | None = json.loads(text)["remaining"]
+    return remaining
+
+
+async def test_max_timeout_is_60_seconds_unless_told() -> None:
+    """As with ContextMiddleware: a request that sends no deadline gets 60 seconds, and one
+    that sends a longer one is capped there; ``None`` leaves it unbounded."""
+    for max_timeout, expected in ((60.0, 60.0), (None, None)):
+        kwargs = {} if max_timeout == 60.0 else {"max_timeout": max_timeout}
+        app = web.Application(middlewares=[gocontext.aiohttp.middleware(**kwargs)])
+        app.router.add_get("/info", info)
+        with AiohttpServer(app) as s:
+            for headers in ({}, {"Grpc-Timeout": "3600S"}):
+                status, text = await plain_get(s.url + "/info", headers)
+                assert status == 200, text
+                remaining = remaining_of(text)
+                if expected is None:
+                    assert remaining == (None if not headers else pytest.approx(3600, abs=30))
+                else:
+                    assert remaining is not None and 30 < remaining <= expected, text
+
+
+async def test_max_timeout_may_be_chosen_per_request() -> None:
+    """A function of the request chooses its cap (a route that streams events lifts it); one
+    that returns no number of seconds fails the request, as aiohttp fails a handler that
+    raises, and the server keeps serving."""
+
+    def cap(request: web.Request) -> float | None:
+        return {"/events": None, "/info": 5, "/bad": "soon"}[request.path]  # type: ignore[return-value]
+
+    app = web.Application(middlewares=[gocontext.aiohttp.middleware(max_timeout=cap)])
+    for path in ("/events", "/info", "/bad"):
+        app.router.add_get(path, info)
+    with AiohttpServer(app) as s:
+        status, text = await plain_get(s.url + "/events")
+        assert (status, remaining_of(text)) == (200, None), text
+        status, text = await plain_get(s.url + "/info", {"Grpc-Timeout": "100S"})
+        remaining = remaining_of(text)
+        assert remaining is not None and 0 < remaining <= 5, text
+        assert (await plain_get(s.url + "/bad"))[0] == 500
+        assert (await plain_get(s.url + "/info"))[0] == 200
 
 
 # -- a response under way at the context's end, on the wire --------------------------------
