@@ -157,7 +157,11 @@ class _Hangups:
             return
         self = cls._of_loop.get(loop)
         if self is None:
-            self = cls._of_loop[loop] = cls(loop)
+            try:
+                self = cls(loop)
+            except (OSError, NotImplementedError):  # (out of descriptors, say: unwatched)
+                return
+            cls._of_loop[loop] = self
         try:
             self._epoll.register(fd, _HANGUP_EVENTS)
         except OSError:  # (a socket already closed: the transport tells of it as usual)

@@ -343,6 +343,31 @@ def test_the_watch_on_the_peers_end_is_released_with_the_last_connection() -> No
             released_when(server, lambda: on_loop(server, lambda: watching(server)) is None)
 
 
+@pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
+def test_a_server_out_of_descriptors_still_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no descriptor left for the loop's epoll (EMFILE), requests are served as before,
+    their clients' leaving seen as the loop sees it."""
+    from gocontext.aiohttp import _server
+
+    def no_descriptor() -> select.epoll:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(_server.select, "epoll", no_descriptor)
+    app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
+    app.router.add_get("/ok", aiohttp_app.ok)
+    app.router.add_get("/wait", aiohttp_app.wait)
+    with AiohttpServer(app) as server:
+        with raw_connection(server) as conn:
+            conn.sendall(request_head("GET", "/ok", rid("no-epoll-ok")))
+            assert read_until(conn, b"\r\n\r\nok").startswith(b"HTTP/1.1 200 OK")
+        name = rid("no-epoll-left")
+        with raw_connection(server) as conn:
+            conn.sendall(request_head("GET", "/wait", name))
+            BOARD.wait_entered(name)
+        assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
+        assert server.loop not in _server._Hangups._of_loop
+
+
 # -- a handler that cannot be stopped at once ------------------------------------------------
 
 
