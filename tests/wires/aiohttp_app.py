@@ -179,14 +179,15 @@ def make_app(max_timeout: float | None = None) -> web.Application:
 
 
 class AiohttpServer:
-    """*app* served by aiohttp.web in a thread with its own event loop."""
+    """*app* served by aiohttp.web in a thread with its own event loop (*loop*, else a new
+    asyncio loop)."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.app = app
         self.sock = tcp_socket()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop() if loop is None else loop
         self.runner = web.AppRunner(
             app,
             handle_signals=False,

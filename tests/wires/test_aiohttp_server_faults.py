@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import select
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -271,20 +273,47 @@ def upload_until_paused(server: AiohttpServer, conn: socket.socket, name: str) -
     chunk = b"u" * 65536
     for _ in range(1024):  # at most 64 MiB, the Content-Length sent
         conn.sendall(chunk)
+        # Each chunk is in the server's kernel before the next goes, so what the client does
+        # next (a FIN, queued behind unsent data, would wait for room that never comes) is
+        # what the server's kernel sees at once.
+        sent_when(conn)
         if not on_loop(server, transport.is_reading):
             return
     raise AssertionError("aiohttp read the whole upload: it never paused")
 
 
+def sent_when(conn: socket.socket) -> None:
+    """Wait until the kernel has sent all that *conn* was given (its send queue is empty)."""
+    deadline = time.monotonic() + NEVER
+    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+        assert time.monotonic() < deadline, "the server's kernel never took the upload"
+        time.sleep(0.001)
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def any_loop_server(request: pytest.FixtureRequest) -> Iterator[AiohttpServer]:
+    """The server of ``server``, on an asyncio loop, then on a uvloop one."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
+    app.router.add_post("/park-unread", park_unread)
+    with AiohttpServer(app, loop) as s:
+        yield s
+
+
 @pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_a_client_that_leaves_while_its_upload_waits_unread_ends_the_context(
-    server: AiohttpServer, how: str
+    any_loop_server: AiohttpServer, how: str
 ) -> None:
     """aiohttp stops reading a connection while the body it holds waits for the handler, so
     the loop cannot see the client go: the middleware still ends the context, with the
     ClientDisconnected cause, whether the client closes (a FIN behind the unread body) or
     resets the connection."""
+    server = any_loop_server
     name = rid(f"leaves-mid-upload-{how}")
     with raw_connection(server) as conn:
         head = request_head("POST", "/park-unread", name, f"Content-Length: {64 << 20}")
