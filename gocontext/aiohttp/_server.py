@@ -129,16 +129,18 @@ _HANGUP_EVENTS = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLONESHO
 class _Hangups:
     """Per loop, on its thread: one epoll (Linux) in which each watched connection's socket
     waits for its peer's end, and which the loop watches (``add_reader``) while it holds any.
-    A connection leaves it when it is lost; the epoll closes when it holds none."""
+    A connection leaves it when it is lost; the epoll closes when it holds none. It holds
+    its loop and connections weakly: a loop abandoned with connections open (closed, never
+    cleaned up) goes with them to the garbage collector, which closes the epoll."""
 
     _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hangups]] = (
         weakref.WeakKeyDictionary()
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)
         self._epoll = select.epoll()
-        self._watches: dict[int, _Watch] = {}
+        self._watches: weakref.WeakValueDictionary[int, _Watch] = weakref.WeakValueDictionary()
         try:
             loop.add_reader(self._epoll.fileno(), self._ready)
         except BaseException:
@@ -184,9 +186,11 @@ class _Hangups:
             self._close()
 
     def _close(self) -> None:
-        self._of_loop.pop(self._loop, None)
+        loop = self._loop()
         try:
-            self._loop.remove_reader(self._epoll.fileno())
+            if loop is not None:
+                self._of_loop.pop(loop, None)
+                loop.remove_reader(self._epoll.fileno())
         finally:
             self._epoll.close()
 

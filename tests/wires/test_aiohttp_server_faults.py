@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import select
 import socket
 import struct
 import termios
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -25,7 +27,7 @@ import gocontext
 import gocontext.aiohttp
 import gocontext.http
 
-from .._servers import RID
+from .._servers import RID, tcp_socket
 from ..conftest import NEVER, FakeClock
 from . import aiohttp_app
 from .aiohttp_app import FINISHED, AiohttpServer, late_write, released, rid_of
@@ -370,6 +372,41 @@ def test_the_watch_on_the_peers_end_is_released_with_the_last_connection() -> No
             conn.sendall(request_head("POST", "/park-unread", name, "Grpc-Timeout: 100m"))
             read_until(conn, b"deadline exceeded")
             released_when(server, lambda: on_loop(server, lambda: watching(server)) is None)
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # (what the abandoned loop left open)
+def test_a_loop_abandoned_with_connections_open_is_not_kept_alive() -> None:
+    """A loop closed with a connection still open and never cleaned up is garbage: the watch on
+    its connections' peers keeps neither the loop nor them, and its epoll goes with them."""
+    from aiohttp import web_app
+
+    from gocontext.aiohttp._server import _Hangups
+
+    def abandoned() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.new_event_loop()
+        app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
+        app.router.add_get("/ok", aiohttp_app.ok)
+        sock = tcp_socket()
+
+        async def serve_one() -> None:  # (a client on the same loop, its connection kept open)
+            runner = web.AppRunner(app, handle_signals=False)
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+            reader, writer = await asyncio.open_connection(*sock.getsockname())
+            writer.write(request_head("GET", "/ok", rid("abandoned")))
+            await reader.readuntil(b"\r\n\r\nok")
+
+        loop.run_until_complete(serve_one())
+        assert len(_Hangups._of_loop) == 1
+        loop.close()  # and never cleaned up: its server and connections stay open
+        return weakref.ref(loop)
+
+    loop = abandoned()
+    web_app._cached_build_middleware.cache_clear()  # (aiohttp's own cache holds the app)
+    gc.collect()
+    assert loop() is None
+    assert len(_Hangups._of_loop) == 0
 
 
 @pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
