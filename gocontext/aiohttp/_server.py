@@ -333,7 +333,10 @@ def _ended(request: web.Request, err: ContextError) -> web.StreamResponse:
         _cut(request)  # (the answer below then goes nowhere, quietly)
     if isinstance(err, DeadlineExceeded):
         raise _GatewayTimeout(request) from None
-    # The client left: nobody reads this answer (aiohttp drops it quietly).
+    # The client left: the connection goes at once (else aiohttp would linger on it, up to its
+    # lingering_time, for the rest of an upload that cannot come), and nobody reads this
+    # answer (aiohttp drops it quietly).
+    request.protocol.force_close()
     return web.Response(status=499, text="client disconnected")
 
 
