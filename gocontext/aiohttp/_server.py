@@ -369,22 +369,22 @@ def middleware(*, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> Any:
     sends none: 60 seconds by default, as with ``ContextMiddleware``; ``None`` leaves requests
     with no header unbounded; a function of the request chooses per request (a route that
     streams events can return ``None``). A deadline already passed on arrival
-    (``Grpc-Timeout: 0n``) gets its 504 without running the handler. The context is ambient
-    in the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled
-    with a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms
-    of the deadline, a client leaves for it: the deadline ends the context), on Linux even
-    while aiohttp has stopped reading the connection for an upload the handler leaves unread
-    (the connection then closes at once). The handler is cancelled when its context ends:
-    one that ignores its context is still stopped at the deadline, and the client gets a 504
-    then, even from a handler that runs on (one that awaits a thread ignoring its context,
-    say), on a connection then closed at once, its request body read or not, so a late write
-    by the handler or a task it left behind goes nowhere. A handler that returns once its
-    context has ended, or raises an answer (an ``aiohttp.web.HTTPException``), is answered
-    the same way: its response is dropped, as Go's ``TimeoutHandler`` drops a late one; any
-    other error it raises is aiohttp's to log and answer with a 500. A response already under way (prepared, or partly written) is cut
-    there instead: the connection closes, the client sees its body stop short, and nothing
-    is logged. A malformed deadline header gets a 400 that says what was wrong. A bad
-    *max_timeout* is a ``TypeError`` or ``ValueError``; a function that returns one fails
+    (``Grpc-Timeout: 0n``) gets its 504 without running the handler. The context is ambient in
+    the handler (``gocontext.current()``) and at ``request["gocontext"]``, and is cancelled with
+    a ``gocontext.http.ClientDisconnected`` cause when the client goes away (within 250 ms of
+    the deadline, a client leaves for it: the deadline ends the context), on Linux even while
+    aiohttp has stopped reading the connection for an upload the handler leaves unread (the
+    connection then closes at once). The handler is cancelled when its context ends: one that
+    ignores its context is still stopped at the deadline, and the client gets a 504 then, even
+    from a handler that runs on (one that awaits a thread ignoring its context, say), on a
+    connection then closed at once, its request body read or not, so a late write by the handler
+    or a task it left behind goes nowhere. A handler that returns once its context has ended, or
+    raises an answer (an ``aiohttp.web.HTTPException``), is answered the same way: its response
+    is dropped, as Go's ``TimeoutHandler`` drops a late one; any other error it raises is
+    aiohttp's to log and answer with a 500. A response already under way (prepared, or partly
+    written) is cut there instead: the connection closes, the client sees its body stop short,
+    and nothing is logged. A malformed deadline header gets a 400 that says what was wrong. A
+    bad *max_timeout* is a ``TypeError`` or ``ValueError``; a function that returns one fails
     the request (aiohttp logs it and answers 500).
 
     Example:
