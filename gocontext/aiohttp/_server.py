@@ -30,7 +30,7 @@ from .._context import Context, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
 from .._propagation import values_context
 from ..http._headers import HeaderError, parse_grpc_timeout, parse_timeout_ms
-from ..http._middleware import client_left, timeout_and_values
+from ..http._middleware import _DEFAULT_MAX_TIMEOUT, client_left, timeout_and_values
 from ._task import TaskCanceller
 
 __all__ = ["middleware"]
@@ -148,7 +148,7 @@ class _Hangups:
             raise
 
     @classmethod
-    def watch(cls, loop: asyncio.AbstractEventLoop, transport: Any, watch: _Watch) -> None:
+    def add(cls, loop: asyncio.AbstractEventLoop, transport: Any, watch: _Watch) -> None:
         """Watch *transport*'s socket for its peer's end, to tell *watch*; nothing if the
         platform or the transport has no way (no epoll, no socket)."""
         if not _HANGUP_EVENTS:
@@ -225,7 +225,7 @@ def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
     if type(proto) is not _Watch:
         proto = _Watch(proto)
         transport.set_protocol(proto)
-        _Hangups.watch(asyncio.get_running_loop(), transport, proto)
+        _Hangups.add(asyncio.get_running_loop(), transport, proto)
     elif proto.gone:
         client_left(ctx, cancel)
         return None
@@ -341,7 +341,6 @@ def _ended(request: web.Request, err: ContextError) -> web.StreamResponse:
 
 
 MaxTimeout = Union[float, None, Callable[[web.Request], Union[float, None]]]  # noqa: UP007 - 3.10 runtime
-_DEFAULT_MAX_TIMEOUT = 60.0  # seconds: as ContextMiddleware's
 
 
 def _cap(value: object, per_request: bool = False) -> float | None:

@@ -221,9 +221,8 @@ def format_baggage(values: dict[str, str], existing: str | None = None) -> str:
         'ok=%C3%A9'
     """
     ours: list[str] = []
-    room = (
-        MAX_SENT_BAGGAGE_BYTES + 1
-    )  # every member costs its length and a comma; the last has none
+    # Every member costs its length and a comma; the last has none.
+    room = MAX_SENT_BAGGAGE_BYTES + 1
     for k, v in values.items():
         if len(ours) == MAX_BAGGAGE_ENTRIES:
             break
