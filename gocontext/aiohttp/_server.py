@@ -10,17 +10,16 @@ The loop sees a connection's loss only while it reads the connection, and aiohtt
 reading while a request's body waits unread (a large upload the handler does not read): a
 client that leaves then would go unseen until the handler ends. On Linux, each connection's
 socket is also watched for its peer's end alone (``EPOLLRDHUP``: a FIN or a reset, whatever
-unread data is ahead of it) in one epoll per loop, which the loop watches.
+unread data is ahead of it) in one epoll per loop, which the loop watches (``gocontext._hangups``,
+which ``ContextMiddleware`` shares).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import select
-import weakref
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, istr
@@ -28,6 +27,7 @@ from multidict import CIMultiDictProxy, istr
 from .._ambient import _current
 from .._context import Context, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded, check_real
+from .._hangups import Hangups, each
 from .._propagation import values_context
 from ..http._headers import HeaderError, parse_grpc_timeout, parse_timeout_ms
 from ..http._middleware import _DEFAULT_MAX_TIMEOUT, client_left, timeout_and_values
@@ -88,7 +88,7 @@ class _Watch(asyncio.Protocol):
         self.inner = inner
         self.lost = False
         self.gone = False
-        self.hangups: _Hangups | None = None
+        self.hangups: Hangups | None = None
         self.fd = -1
         self.listeners: dict[Context, Cancel] = {}
         vars(self).update(
@@ -115,103 +115,10 @@ class _Watch(asyncio.Protocol):
         a callback on one of their contexts raises (the first such error goes out after)."""
         self.gone = True
         listeners, self.listeners = self.listeners, {}
-        _each(lambda item: client_left(*item), listeners.items())
+        each(lambda item: client_left(*item), listeners.items())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-# What the epoll of _Hangups waits for: the peer's end alone (its FIN, or a reset: EPOLLHUP and
-# EPOLLERR are always reported), once per connection; never data to read.
-_HANGUP_EVENTS = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLONESHOT", 0)
-
-
-class _Hangups:
-    """Per loop, on its thread: one epoll (Linux) in which each watched connection's socket
-    waits for its peer's end, and which the loop watches (``add_reader``) while it holds any.
-    A connection leaves it when it is lost; the epoll closes when it holds none. It holds
-    its loop and connections weakly: a loop abandoned with connections open (closed, never
-    cleaned up) goes with them to the garbage collector, which closes the epoll."""
-
-    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hangups]] = (
-        weakref.WeakKeyDictionary()
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = weakref.ref(loop)
-        self._epoll = select.epoll()
-        self._watches: weakref.WeakValueDictionary[int, _Watch] = weakref.WeakValueDictionary()
-        try:
-            loop.add_reader(self._epoll.fileno(), self._ready)
-        except BaseException:
-            self._epoll.close()
-            raise
-
-    @classmethod
-    def add(cls, loop: asyncio.AbstractEventLoop, transport: Any, watch: _Watch) -> None:
-        """Watch *transport*'s socket for its peer's end, to tell *watch*; nothing if the
-        platform or the transport has no way (no epoll, no socket)."""
-        if not _HANGUP_EVENTS:
-            return
-        sock = transport.get_extra_info("socket")
-        fd = -1 if sock is None else sock.fileno()
-        if fd < 0:
-            return
-        self = cls._of_loop.get(loop)
-        if self is None:
-            try:
-                self = cls(loop)
-            except (OSError, NotImplementedError):  # (out of descriptors, say: unwatched)
-                return
-            cls._of_loop[loop] = self
-        try:
-            self._epoll.register(fd, _HANGUP_EVENTS)
-        except OSError:  # (a socket already closed: the transport tells of it as usual)
-            if not self._watches:
-                self._close()
-            return
-        self._watches[fd] = watch
-        watch.hangups, watch.fd = self, fd
-
-    def forget(self, watch: _Watch) -> None:
-        """Stop watching *watch*'s socket (still open: its transport closes it after this)."""
-        fd = watch.fd
-        watch.hangups = None
-        if self._watches.get(fd) is not watch:
-            return
-        del self._watches[fd]
-        with contextlib.suppress(OSError):
-            self._epoll.unregister(fd)
-        if not self._watches:
-            self._close()
-
-    def _close(self) -> None:
-        loop = self._loop()
-        try:
-            if loop is not None:
-                self._of_loop.pop(loop, None)
-                loop.remove_reader(self._epoll.fileno())
-        finally:
-            self._epoll.close()
-
-    def _ready(self) -> None:
-        if self._epoll.closed:  # pragma: no cover - remove_reader cancelled this call
-            return
-        watches = [self._watches.get(fd) for fd, _ in self._epoll.poll(0)]
-        _each(_Watch.peer_gone, [w for w in watches if w is not None])  # (else: forgotten)
-
-
-def _each(fn: Callable[[Any], object], items: Iterable[Any]) -> None:
-    """Call *fn* on each of *items*, whatever one raises; then raise the first error, if any."""
-    error: BaseException | None = None
-    for item in items:
-        try:
-            fn(item)
-        except BaseException as e:  # (every item first; then it goes out)
-            if error is None:
-                error = e
-    if error is not None:
-        raise error
 
 
 def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
@@ -225,7 +132,7 @@ def _watch(request: web.Request, ctx: Context, cancel: Cancel) -> _Watch | None:
     if type(proto) is not _Watch:
         proto = _Watch(proto)
         transport.set_protocol(proto)
-        _Hangups.add(asyncio.get_running_loop(), transport, proto)
+        Hangups.add(asyncio.get_running_loop(), transport, proto)
     elif proto.gone:
         client_left(ctx, cancel)
         return None

@@ -25,7 +25,7 @@ from aiohttp import web
 import gocontext
 import gocontext.aiohttp
 import gocontext.http
-from gocontext.aiohttp._server import _Hangups
+from gocontext._hangups import Hangups
 
 from .._servers import tcp_socket
 from ..conftest import NEVER, FakeClock
@@ -149,7 +149,7 @@ def watching(server: AiohttpServer) -> int | None:
     """How many connections the server loop's epoll holds (None: it has no epoll)."""
 
     def count() -> int | None:
-        hangups = _Hangups._of_loop.get(server.loop)
+        hangups = Hangups._of_loop.get(server.loop)
         return None if hangups is None else len(hangups._watches)
 
     return on_loop(server, count)
@@ -615,7 +615,7 @@ def test_cleanup_with_connections_open_leaves_no_epoll_and_no_descriptor(loop_ki
             assert watching(server) == 5
         BOARD.wait_ended(parked)
         BOARD.wait_ended(upload)
-        assert loop not in _Hangups._of_loop, "the epoll outlived the server"
+        assert loop not in Hangups._of_loop, "the epoll outlived the server"
     finally:
         for conn in conns:
             conn.close()

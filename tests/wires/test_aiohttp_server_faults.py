@@ -334,14 +334,14 @@ def test_the_watch_on_the_peers_end_is_released_with_the_last_connection() -> No
     """The loop's epoll of connections watched for their peer's end holds each connection
     only while it is open, and closes with the last one (no descriptor left behind), whoever
     ends the connection; a new connection opens it again."""
-    from gocontext.aiohttp._server import _Hangups
+    from gocontext._hangups import Hangups
 
     app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
     app.router.add_post("/park-unread", park_unread)
     app.router.add_get("/ok", aiohttp_app.ok)
 
     def watching(server: AiohttpServer) -> int | None:
-        hangups = _Hangups._of_loop.get(server.loop)
+        hangups = Hangups._of_loop.get(server.loop)
         return None if hangups is None else len(hangups._watches)
 
     def released_when(server: AiohttpServer, done: Callable[[], bool]) -> None:
@@ -381,7 +381,7 @@ def test_a_loop_abandoned_with_connections_open_is_not_kept_alive() -> None:
     its connections' peers keeps neither the loop nor them, and its epoll goes with them."""
     from aiohttp import web_app
 
-    from gocontext.aiohttp._server import _Hangups
+    from gocontext._hangups import Hangups
 
     def abandoned() -> weakref.ref[asyncio.AbstractEventLoop]:
         loop = asyncio.new_event_loop()
@@ -398,7 +398,7 @@ def test_a_loop_abandoned_with_connections_open_is_not_kept_alive() -> None:
             await reader.readuntil(b"\r\n\r\nok")
 
         loop.run_until_complete(serve_one())
-        assert len(_Hangups._of_loop) == 1
+        assert len(Hangups._of_loop) == 1
         loop.close()  # and never cleaned up: its server and connections stay open
         return weakref.ref(loop)
 
@@ -406,19 +406,19 @@ def test_a_loop_abandoned_with_connections_open_is_not_kept_alive() -> None:
     web_app._cached_build_middleware.cache_clear()  # (aiohttp's own cache holds the app)
     gc.collect()
     assert loop() is None
-    assert len(_Hangups._of_loop) == 0
+    assert len(Hangups._of_loop) == 0
 
 
 @pytest.mark.skipif(not hasattr(select, "EPOLLRDHUP"), reason="the peer's end is seen on Linux")
 def test_a_server_out_of_descriptors_still_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no descriptor left for the loop's epoll (EMFILE), requests are served as before,
     their clients' leaving seen as the loop sees it."""
-    from gocontext.aiohttp import _server
+    from gocontext import _hangups
 
     def no_descriptor() -> select.epoll:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(_server.select, "epoll", no_descriptor)
+    monkeypatch.setattr(_hangups.select, "epoll", no_descriptor)
     app = web.Application(middlewares=[gocontext.aiohttp.middleware()])
     app.router.add_get("/ok", aiohttp_app.ok)
     app.router.add_get("/wait", aiohttp_app.wait)
@@ -431,7 +431,7 @@ def test_a_server_out_of_descriptors_still_serves(monkeypatch: pytest.MonkeyPatc
             conn.sendall(request_head("GET", "/wait", name))
             BOARD.wait_entered(name)
         assert isinstance(BOARD.wait_ended(name), gocontext.http.ClientDisconnected)
-        assert server.loop not in _server._Hangups._of_loop
+        assert server.loop not in _hangups.Hangups._of_loop
 
 
 # -- a handler that cannot be stopped at once ------------------------------------------------
