@@ -31,9 +31,10 @@ def tcp_socket() -> socket.socket:
 
 
 class Server:
-    """uvicorn in a thread, serving *app* on a free port of 127.0.0.1 (``url``, ``port``)."""
+    """uvicorn in a thread, serving *app* on a free port of 127.0.0.1 (``url``, ``port``), on
+    the event loop *loop* names (uvicorn's ``"auto"``: uvloop when it is installed)."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: object, loop: str = "auto") -> None:
         self.sock = tcp_socket()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,6 +42,7 @@ class Server:
             app,  # type: ignore[arg-type]  # any ASGI app; uvicorn's hint names a few types
             log_level="warning",
             lifespan="off",
+            loop=loop,  # type: ignore[arg-type]  # one of uvicorn's names
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)

@@ -3,6 +3,8 @@ ended by the deadline or by the client going away, whichever comes first."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import math
 from collections import deque
@@ -15,6 +17,7 @@ from .. import _loops, _timer
 from .._async import scope
 from .._context import Context, timeout_cancel_cause, with_cancel_cause
 from .._errors import ContextError, DeadlineExceeded
+from .._hangups import Hangups
 from .._propagation import values_context
 from ._headers import HeaderError, grpc_timeout_of, parse_baggage, parse_timeout_ms
 
@@ -150,10 +153,13 @@ class ContextMiddleware:
     The context ends in one of two ways, told apart by its error, the same at every hop:
     ``DeadlineExceeded`` when the deadline passes (also when the client left because its own
     deadline passed), or ``Canceled`` with a ``ClientDisconnected`` cause when the client went
-    away first. The handler runs in ``gocontext.scope(ctx)``, so one that ignores its context is
-    interrupted at its next checkpoint. At the deadline the client gets a 504 at once, even if
-    the handler is blocked (in a thread, say) and runs on: its late response is discarded, as
-    Go's ``http.TimeoutHandler`` does. A response already under way is ended there, cleanly: the
+    away first. The client's leaving is seen even while the handler does not read the body: up
+    to 4 MiB of it is held for the handler, and past that, under uvicorn on Linux, the
+    connection's socket is watched for the client's end. The handler runs in
+    ``gocontext.scope(ctx)``, so one that ignores its context is interrupted at its next
+    checkpoint. At the deadline the client gets a 504 at once, even if the handler is blocked
+    (in a thread, say) and runs on: its late response is discarded, as Go's
+    ``http.TimeoutHandler`` does. A response already under way is ended there, cleanly: the
     client sees the body stop, the server logs nothing (but a body of declared
     ``Content-Length`` cannot end early: it is left for the server to cut, closing the
     connection). Routes that stream for long choose their own *max_timeout*. A deadline already
@@ -348,6 +354,7 @@ class _Exchange:
         "_arrived",
         "_cancel",
         "_context",
+        "_peer",
         "_queue",
         "_receive",
         "_send",
@@ -387,6 +394,7 @@ class _Exchange:
         self.watcher_failure: Exception | None = None  # what the watcher raised
         self._watcher: object = None  # the watcher's task, held (asyncio holds tasks weakly)
         self._watcher_scope: anyio.CancelScope | None = None  # the watcher's, while it runs
+        self._peer: _PeerWatch | None = None  # the socket's watch, once the held body is full
 
     # -- what the app sees -----------------------------------------------------------------
 
@@ -518,6 +526,8 @@ class _Exchange:
                 await self._app_read.wait()
             while True:
                 while self._unread > _MAX_UNREAD:
+                    if self._peer is None:  # the server stops reading: watch the socket
+                        self._peer = _PeerWatch.start(self)
                     arrived = self._arrived = anyio.Event()
                     await arrived.wait()
                 message = await self._receive()
@@ -530,6 +540,38 @@ class _Exchange:
         finally:
             self._watching = False  # stopped or failed: the app reads for itself again
             self._wake()
+            peer = self._peer
+            if peer is not None and peer.hangups is not None:
+                peer.hangups.forget(peer)
+
+
+class _PeerWatch:
+    """The watch on a request's socket for its client's end, from when the body held for the
+    app is full (the server has stopped reading the connection: only the socket can tell) to
+    the watcher's end (``gocontext._hangups``). The socket is reached through the server's
+    ``receive``, where the server (uvicorn) keeps its asyncio transport; another server's, or
+    one under trio, is not watched, and its client's leaving past the held body is seen at the
+    deadline."""
+
+    __slots__ = ("__weakref__", "exchange", "fd", "hangups")
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.hangups: Hangups | None = None
+        self.fd = -1
+
+    @classmethod
+    def start(cls, exchange: _Exchange) -> _PeerWatch:
+        watch = cls(exchange)
+        transport = getattr(getattr(exchange._receive, "__self__", None), "transport", None)
+        if transport is None:
+            return watch
+        with contextlib.suppress(Exception):  # (not on asyncio, or not a transport: unwatched)
+            Hangups.add(asyncio.get_running_loop(), transport, watch)
+        return watch
+
+    def peer_gone(self) -> None:
+        self.exchange._disconnected()
 
 
 def _declares_length(start: Message | None) -> bool:
