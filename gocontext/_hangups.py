@@ -49,7 +49,9 @@ class Hangups:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)
         self._epoll = select.epoll()
-        self._watches: weakref.WeakValueDictionary[int, Watch] = weakref.WeakValueDictionary()
+        # Per watched descriptor, what to tell: more than one when requests one after another
+        # on one connection each watch it (a handler may run on after its answer).
+        self._watches: dict[int, weakref.WeakSet[Watch]] = {}
         try:
             loop.add_reader(self._epoll.fileno(), self._ready)
         except BaseException:
@@ -76,11 +78,19 @@ class Hangups:
             cls._of_loop[loop] = self
         try:
             self._epoll.register(fd, _HANGUP_EVENTS)
-        except OSError:  # (a socket already closed, or watched for another: left to the loop)
+        except FileExistsError:  # watched already, for an earlier request on the connection
+            watches = self._watches.setdefault(fd, weakref.WeakSet())
+            try:  # (armed again: a peer that has gone already is told again, to all)
+                self._epoll.modify(fd, _HANGUP_EVENTS)
+            except OSError:  # pragma: no cover - registered a moment ago
+                return
+        except OSError:  # (a socket already closed: left to the loop)
             if not self._watches:
                 self._close()
             return
-        self._watches[fd] = watch
+        else:  # (a closed socket's watches, under the same descriptor, were its own)
+            watches = self._watches[fd] = weakref.WeakSet()
+        watches.add(watch)
         watch.hangups, watch.fd = self, fd
 
     def forget(self, watch: Watch) -> None:
@@ -88,8 +98,12 @@ class Hangups:
         the epoll, and its descriptor may be another's now)."""
         fd = watch.fd
         watch.hangups, watch.fd = None, -1
-        if self._watches.get(fd) is not watch:
-            return
+        watches = self._watches.get(fd)
+        if watches is None or watch not in watches:
+            return  # (its socket was closed, and the descriptor is another's now)
+        watches.discard(watch)
+        if watches:
+            return  # (another request on the connection still watches it)
         del self._watches[fd]
         with contextlib.suppress(OSError):
             self._epoll.unregister(fd)
@@ -108,8 +122,8 @@ class Hangups:
     def _ready(self) -> None:
         if self._epoll.closed:  # pragma: no cover - remove_reader cancelled this call
             return
-        watches = [self._watches.get(fd) for fd, _ in self._epoll.poll(0)]
-        each(_peer_gone, [w for w in watches if w is not None])  # (else: forgotten)
+        ready = [self._watches.get(fd) for fd, _ in self._epoll.poll(0)]
+        each(_peer_gone, [w for ws in ready if ws is not None for w in list(ws)])
 
 
 def _peer_gone(watch: Watch) -> None:
