@@ -430,6 +430,13 @@ class _Exchange:
             return  # the middleware answered for the app: its late response goes nowhere
         kind = message["type"]
         if kind == "http.response.start":
+            ctx: Any = self.ctx  # (a node of ours: its _state is set once it has ended)
+            if ctx._state is not None and isinstance(ctx.err(), DeadlineExceeded):
+                # Begun once the deadline has passed, by a handler its end woke, which answers
+                # before our cancel reaches it (a server's send need not yield): the 504 goes
+                # out instead, as it would have at the deadline.
+                await self.answer_deadline()
+                return
             self.state = _STARTED
             self._start = message
         elif kind == "http.response.body":

@@ -28,7 +28,16 @@ import gocontext.http
 from gocontext.http._middleware import _DEADLINE_SLACK
 
 from ..conftest import NEVER, FakeClock
-from .conftest import BOARD, RID, LogRecords, Peer, Server, starlette_app, wait_until
+from .conftest import (
+    BOARD,
+    RID,
+    LogRecords,
+    Message,
+    Peer,
+    Server,
+    starlette_app,
+    wait_until,
+)
 
 
 class Parked:
@@ -538,3 +547,48 @@ async def test_the_504_goes_out_in_the_requests_own_context_variables() -> None:
             await middleware(peer.scope, peer.receive, send)
         assert peer.status == 504
         assert seen == [tag, tag]
+
+
+# -- a handler that answers once its deadline has passed -------------------------------------
+
+
+async def _answers_after_its_deadline(request: Request) -> Response:
+    await gocontext.current().done()  # woken by the deadline, before any cancel reaches it
+    return PlainTextResponse("late")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_handler_that_answers_once_its_deadline_passed_is_answered_with_the_504(
+    loop: str,
+) -> None:
+    """The handler wakes at its deadline and answers at once: uvicorn's ``send`` never yields,
+    so no cancel can reach the handler before its answer is out. The 504 goes out instead."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    app = Starlette(routes=[Route("/", _answers_after_its_deadline)])
+    with Server(gocontext.http.ContextMiddleware(app), loop=loop) as server:
+        with httpx.Client(timeout=NEVER) as client:
+            for _ in range(5):
+                r = client.get(server.url, headers={"grpc-timeout": "50m"})
+                assert (r.status_code, r.text) == (504, "deadline exceeded")
+
+
+class EagerPeer(Peer):
+    """A ``Peer`` whose ``send`` never yields, as uvicorn's does not."""
+
+    async def send(self, message: Message) -> None:
+        if self.complete:
+            raise RuntimeError(f"{message['type']} sent after the response completed")
+        self.sent.append(message)
+
+
+async def test_a_response_begun_once_the_deadline_passed_is_replaced_by_the_504() -> None:
+    async def late(scope: Any, receive: Any, send: Any) -> None:
+        await gocontext.current().done()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    peer = EagerPeer([(b"grpc-timeout", b"50m")])
+    with anyio.fail_after(NEVER):
+        await gocontext.http.ContextMiddleware(late)(peer.scope, peer.receive, peer.send)
+    assert (peer.status, peer.body) == (504, b"deadline exceeded")
