@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -13,6 +14,15 @@ from gocontext import _timer
 from .typing.contexts import OtherContext as OtherContext  # the tests import it from here
 
 NEVER = 10.0  # seconds a wait may take before the test fails: it must never elapse
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it. A shell without job control starts a background command
+    (``pytest &``) with SIGINT ignored, and Python then keeps it ignored, as does every process
+    the tests start (fresh interpreters, Ray's workers): the tests of what a Ctrl-C does would
+    wait for one that never lands."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
