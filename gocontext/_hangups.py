@@ -21,8 +21,8 @@ __all__ = ["Hangups", "Watch", "each"]
 
 class Watch(Protocol):
     """What is told its socket's peer has gone (``peer_gone``, on the loop's thread); it
-    holds its place in the epoll, set by ``Hangups.add``: the ``Hangups`` and the socket's
-    descriptor, while it is watched (and ``None``, ``-1`` otherwise)."""
+    holds its place in the epoll, set by ``Hangups.add`` and cleared by ``Hangups.forget``:
+    the ``Hangups`` and the socket's descriptor (``None`` and ``-1`` before and after)."""
 
     hangups: Hangups | None
     fd: int
@@ -37,10 +37,12 @@ _HANGUP_EVENTS = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLONESHO
 
 class Hangups:
     """Per loop, on its thread: one epoll (Linux) in which each watched socket waits for its
-    peer's end, and which the loop watches (``add_reader``) while it holds any. A socket leaves
-    it by ``forget``, before it is closed; the epoll closes when it holds none. It holds its
-    loop and watches weakly: a loop abandoned with connections open (closed, never cleaned
-    up) goes with them to the garbage collector, which closes the epoll."""
+    peer's end, and which the loop watches (``add_reader``) while it holds any. A socket may
+    have several watches (requests one after another on one connection), each told; it
+    leaves the epoll when the last is forgotten, or when it is closed (a watch forgotten
+    after that is forgotten alone). The epoll closes when it holds none. It holds its loop
+    and watches weakly: a loop abandoned with connections open (closed, never cleaned up)
+    goes with them to the garbage collector, which closes the epoll."""
 
     _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hangups]] = (
         weakref.WeakKeyDictionary()
@@ -79,11 +81,11 @@ class Hangups:
         try:
             self._epoll.register(fd, _HANGUP_EVENTS)
         except FileExistsError:  # watched already, for an earlier request on the connection
-            watches = self._watches.setdefault(fd, weakref.WeakSet())
             try:  # (armed again: a peer that has gone already is told again, to all)
                 self._epoll.modify(fd, _HANGUP_EVENTS)
             except OSError:  # pragma: no cover - registered a moment ago
                 return
+            watches = self._watches.setdefault(fd, weakref.WeakSet())
         except OSError:  # (a socket already closed: left to the loop)
             if not self._watches:
                 self._close()

@@ -254,6 +254,7 @@ class ContextMiddleware:
                 new.pop()
             if exchange.watcher_ended is not None:
                 await exchange.stop_watching()
+                exchange.release()
             cancel(None)  # (the scope ended ctx already, but for a failure around it)
         failure = exchange.failure or exchange.watcher_failure
         if failure is not None:
@@ -344,8 +345,10 @@ class _Exchange:
     read the app has under way to finish, then reads every message itself into a queue the
     app's ``receive`` takes from, so the connection is always being read and a disconnect is
     seen even while the handler works without reading (up to ``_MAX_UNREAD`` bytes of body it
-    has not taken). Beside the reading, the watcher answers for the app at the deadline.
-    Everything runs on the request's event loop, in the request's task or the watcher's.
+    has not taken; past that, the server stops reading the connection, and the watcher has
+    its socket watched for the client's end: see ``_PeerWatch``). Beside the reading, the
+    watcher answers for the app at the deadline. Everything runs on the request's event loop,
+    in the request's task or the watcher's.
     """
 
     __slots__ = (
@@ -492,6 +495,13 @@ class _Exchange:
             self.watcher_ended = None  # no watcher to wait for
             raise
 
+    def release(self) -> None:
+        """Let go of the body held for the app, once the request is over: nothing reads it
+        now, and the exchange may outlive the request, in a cycle only the garbage collector
+        breaks (anyio's, through a watcher's cancelled task)."""
+        self._queue.clear()
+        self._unread = 0
+
     async def stop_watching(self) -> None:
         """Stop the watcher, and wait for it to end (at once, or when a shielded answer it
         is sending is out or has given up)."""
@@ -515,7 +525,9 @@ class _Exchange:
         except Exception as e:
             self.watcher_failure = e
         finally:
-            self._watcher_scope = None
+            # (the task ends now, and the loop holds it to its end: held here too, it would
+            # make a cycle with what its frames hold, this exchange and the body it holds)
+            self._watcher_scope = self._watcher = None
             if self.watcher_ended is not None:
                 self.watcher_ended.set()
 
@@ -547,7 +559,7 @@ class _Exchange:
         finally:
             self._watching = False  # stopped or failed: the app reads for itself again
             self._wake()
-            peer = self._peer
+            peer, self._peer = self._peer, None  # (it refers back to this: no cycle is left)
             if peer is not None and peer.hangups is not None:
                 peer.hangups.forget(peer)
 
@@ -556,9 +568,9 @@ class _PeerWatch:
     """The watch on a request's socket for its client's end, from when the body held for the
     app is full (the server has stopped reading the connection: only the socket can tell) to
     the watcher's end (``gocontext._hangups``). The socket is reached through the server's
-    ``receive``, where the server (uvicorn) keeps its asyncio transport; another server's, or
-    one under trio, is not watched, and its client's leaving past the held body is seen at the
-    deadline."""
+    ``receive``, where the server (uvicorn) keeps its asyncio transport. Another server's
+    socket, or one under trio, is not watched: a client that leaves past the held body goes
+    unseen, and the request ends at its deadline."""
 
     __slots__ = ("__weakref__", "exchange", "fd", "hangups")
 
@@ -573,7 +585,8 @@ class _PeerWatch:
         transport = getattr(getattr(exchange._receive, "__self__", None), "transport", None)
         if transport is None:
             return watch
-        with contextlib.suppress(Exception):  # (not on asyncio, or not a transport: unwatched)
+        # (not on asyncio, or not a transport as asyncio's are: unwatched)
+        with contextlib.suppress(AttributeError, OSError, RuntimeError, TypeError, ValueError):
             Hangups.add(asyncio.get_running_loop(), transport, watch)
         return watch
 
