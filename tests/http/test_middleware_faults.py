@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 import gocontext
 import gocontext.http
-from gocontext.http._middleware import _DEADLINE_SLACK
+from gocontext.http._middleware import _DEADLINE_SLACK, _Exchange
 
 from ..conftest import NEVER, FakeClock
 from .conftest import (
@@ -573,22 +573,25 @@ def test_a_handler_that_answers_once_its_deadline_passed_is_answered_with_the_50
                 assert (r.status_code, r.text) == (504, "deadline exceeded")
 
 
-class EagerPeer(Peer):
-    """A ``Peer`` whose ``send`` never yields, as uvicorn's does not."""
+async def test_a_response_begun_once_the_deadline_passed_is_replaced_by_the_504(
+    fake_clock: FakeClock,
+) -> None:
+    """The middleware's ``send`` itself, as the app calls it once the deadline has ended the
+    request's context (before any cancel reaches the app): the 504 goes out in place of the
+    response begun, and what the app sends after goes nowhere."""
+    sent: list[Message] = []
 
-    async def send(self, message: Message) -> None:
-        if self.complete:
-            raise RuntimeError(f"{message['type']} sent after the response completed")
-        self.sent.append(message)
+    async def server_send(message: Message) -> None:
+        sent.append(message)
 
+    async def server_receive() -> Message:
+        raise AssertionError("nothing is read")
 
-async def test_a_response_begun_once_the_deadline_passed_is_replaced_by_the_504() -> None:
-    async def late(scope: Any, receive: Any, send: Any) -> None:
-        await gocontext.current().done()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"late"})
-
-    peer = EagerPeer([(b"grpc-timeout", b"50m")])
-    with anyio.fail_after(NEVER):
-        await gocontext.http.ContextMiddleware(late)(peer.scope, peer.receive, peer.send)
-    assert (peer.status, peer.body) == (504, b"deadline exceeded")
+    ctx, cancel = gocontext.with_timeout(gocontext.background(), 1)
+    fake_clock.advance(2)
+    assert isinstance(ctx.err(), gocontext.DeadlineExceeded)
+    exchange = _Exchange(server_receive, server_send, ctx, lambda cause: cancel())
+    await exchange.send({"type": "http.response.start", "status": 200, "headers": []})
+    await exchange.send({"type": "http.response.body", "body": b"late"})
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert (sent[0]["status"], sent[1]["body"]) == (504, b"deadline exceeded")

@@ -29,7 +29,7 @@ import pytest
 import gocontext
 import gocontext.http
 from gocontext._hangups import Hangups
-from gocontext.http._middleware import _MAX_UNREAD
+from gocontext.http._middleware import _MAX_UNREAD, _PeerWatch
 
 from .._servers import RID, Server
 from ..conftest import NEVER, FakeClock
@@ -424,7 +424,12 @@ def test_connections_churned_past_a_watched_request_never_end_it(server: Server)
                 reset(other)
             else:
                 other.close()
-        quick(server)  # (every churned connection's end is behind this one)
+        # Every churned connection's end has reached the server: the watched one is left.
+        wait_until(
+            loop,
+            lambda: len(server.server.server_state.connections) == 1,
+            "the churned connections never ended",
+        )
         assert not BOARD.event(BOARD.ended, name).is_set(), BOARD.causes.get(name)
         assert watched(loop) == 1
         assert is_watched(name)
@@ -525,27 +530,9 @@ def test_a_handler_that_reads_the_held_body_late_answers_and_the_connection_goes
     nothing_watched(loop)
 
 
-def turns(loop: asyncio.AbstractEventLoop, n: int = 3) -> None:
-    """Let *loop* run *n* full iterations (any readiness pending now is handled)."""
-    for _ in range(n):
-
-        async def two_steps() -> None:
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-
-        asyncio.run_coroutine_threadsafe(two_steps(), loop).result(NEVER)
-
-
-def peer_end_arrived(fd: int) -> None:
-    """Wait until the server's socket *fd* (in this process) has its peer's end."""
-    poller = select.poll()
-    poller.register(fd, select.POLLRDHUP)
-    assert poller.poll(NEVER * 1000), "the client's end never reached the server's socket"
-
-
 @pytest.mark.parametrize("client", ["stays", "leaves-in-the-slack"])
 def test_the_deadline_passing_while_the_held_body_is_full_is_the_cause(
-    server: Server, fake_clock: FakeClock, client: str
+    server: Server, fake_clock: FakeClock, client: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deadline passes while the held body is full: the cause is the deadline, the client
     gets its 504 and the watch is released. A client that leaves just before its deadline
@@ -561,11 +548,17 @@ def test_the_deadline_passing_while_the_held_body_is_full_is_the_cause(
             fake_clock.advance(6)
             assert read_response(conn) == (504, b"deadline exceeded")
         else:
+            told = threading.Event()
+            peer_gone = _PeerWatch.peer_gone
+
+            def telling(watch: _PeerWatch) -> None:
+                peer_gone(watch)
+                told.set()
+
+            monkeypatch.setattr(_PeerWatch, "peer_gone", telling)
             fake_clock.advance(4.9)
-            fd = server_fd(name)
             conn.shutdown(socket.SHUT_RDWR)
-            peer_end_arrived(fd)
-            turns(loop)  # (the epoll's news is handled)
+            assert told.wait(NEVER), "the watch never told the client's end"
             assert not BOARD.event(BOARD.ended, name).is_set(), BOARD.causes.get(name)
             fake_clock.advance(0.2)
         BOARD.wait_ended(name)
