@@ -4,11 +4,17 @@ board on which handlers record what they saw."""
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import socket
+import struct
+import termios
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import uvicorn
 
@@ -17,6 +23,8 @@ import gocontext
 from .conftest import NEVER
 
 RID = gocontext.PropagatedKey("test-rid")  # the request id every test handler records under
+
+T = TypeVar("T")
 
 
 def tcp_socket() -> socket.socket:
@@ -28,6 +36,45 @@ def tcp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
+    """*fn*'s result, called on *loop* (a server's, in its thread)."""
+
+    async def call() -> T:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), loop).result(NEVER)
+
+
+def sent_when(conn: socket.socket) -> None:
+    """Wait until the kernel has sent all that *conn* was given (its send queue is empty):
+    a FIN sent next is not queued behind unsent data (where no server could see it)."""
+    deadline = time.monotonic() + NEVER
+    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+        assert time.monotonic() < deadline, "the server's kernel never took the upload"
+        time.sleep(0.001)
+
+
+def read_response(conn: socket.socket) -> tuple[bytes, bytes]:
+    """The head and body of one response on *conn* (framed by its Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, f"the server closed the connection after {head + body!r}"
+        body += chunk
+    assert len(body) == length, (head, body)
+    return head, body
 
 
 class Server:
@@ -42,7 +89,7 @@ class Server:
             app,  # type: ignore[arg-type]  # any ASGI app; uvicorn's hint names a few types
             log_level="warning",
             lifespan="off",
-            loop=loop,  # type: ignore[arg-type]  # one of uvicorn's names
+            loop=loop,
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)

@@ -21,8 +21,9 @@ from starlette.routing import Route
 
 import gocontext
 import gocontext.http
+from gocontext.http._middleware import _MAX_UNREAD
 
-from .._servers import RID, Board, Server
+from .._servers import RID, Board, Server, on_loop, sent_when
 from ..conftest import NEVER
 
 SECRET = gocontext.Key[str]("secret")
@@ -336,3 +337,28 @@ class Peer:
         with anyio.fail_after(NEVER):
             while not condition():
                 await self._changed.wait()
+
+
+def upload_until_held_full(conn: Any, exchange: Any, loop: Any) -> int:
+    """Send the body of the request *exchange* serves (ContextMiddleware's, on uvicorn's
+    *loop*) until the middleware holds all it will for the handler, uvicorn has stopped
+    reading the connection and the socket is watched: what the client does next reaches
+    only the kernel. The bytes sent."""
+    transport = exchange._receive.__self__.transport  # uvicorn's (its cycle's)
+
+    def full() -> bool:
+        return bool(
+            exchange._unread > _MAX_UNREAD
+            and not transport.is_reading()
+            and exchange._peer is not None
+        )
+
+    chunk = b"u" * 65536
+    sent = 0
+    for _ in range(1024):  # at most 64 MiB, what the tests' Content-Length says
+        conn.sendall(chunk)
+        sent += len(chunk)
+        sent_when(conn)
+        if on_loop(loop, full):
+            return sent
+    raise AssertionError("the whole upload was read: the server never stopped reading")

@@ -6,15 +6,13 @@ by raw sockets. uvicorn runs on asyncio alone: there is no trio twin of a uvicor
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import select
 import socket
 import struct
 import sys
-import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -26,9 +24,9 @@ from gocontext import _loops
 from gocontext._hangups import Hangups
 from gocontext.http._middleware import _MAX_UNREAD
 
-from .._servers import RID, Server
+from .._servers import RID, Server, on_loop
 from ..conftest import NEVER
-from .conftest import BOARD, Peer
+from .conftest import BOARD, Peer, upload_until_held_full
 
 T = TypeVar("T")
 
@@ -67,43 +65,6 @@ def loop_server(request: pytest.FixtureRequest) -> Iterator[Server]:
         yield s
 
 
-def on_loop(name: str, fn: Callable[[], T]) -> T:
-    """*fn*'s result, called on the loop of request *name*."""
-
-    async def call() -> T:
-        return fn()
-
-    return asyncio.run_coroutine_threadsafe(call(), Seen.loops[name]).result(NEVER)
-
-
-def sent_when(conn: socket.socket) -> None:
-    """Wait until the kernel has sent all that *conn* was given (its send queue is empty)."""
-    deadline = time.monotonic() + NEVER
-    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
-        assert time.monotonic() < deadline, "the server's kernel never took the upload"
-        time.sleep(0.001)
-
-
-def upload_until_unread_is_full(conn: socket.socket, name: str) -> None:
-    """Send *name*'s body until the middleware holds all it will for the handler and uvicorn
-    has stopped reading the connection: what the client does next reaches only the kernel."""
-    exchange = Seen.exchanges[name]
-    transport = exchange._receive.__self__.transport  # uvicorn's (its cycle's)
-
-    def full() -> bool:
-        return bool(exchange._unread > _MAX_UNREAD and not transport.is_reading())
-
-    chunk = b"u" * 65536
-    for _ in range(1024):  # at most 64 MiB, the Content-Length sent
-        conn.sendall(chunk)
-        # Each chunk is in the server's kernel before the next goes, so a FIN sent next is
-        # not queued behind unsent data (where no server could see it).
-        sent_when(conn)
-        if on_loop(name, full):
-            return
-    raise AssertionError("the whole upload was read: the server never stopped reading")
-
-
 @linux_only
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_a_client_that_leaves_while_the_held_body_is_full_ends_the_context(
@@ -120,7 +81,7 @@ def test_a_client_that_leaves_while_the_held_body_is_full_ends_the_context(
         )
         conn.sendall(head.encode())
         BOARD.wait_entered(name)
-        upload_until_unread_is_full(conn, name)
+        upload_until_held_full(conn, Seen.exchanges[name], Seen.loops[name])
         if how == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     cause = BOARD.wait_ended(name)
@@ -128,7 +89,7 @@ def test_a_client_that_leaves_while_the_held_body_is_full_ends_the_context(
     # The socket leaves the watch with its request, and the loop's epoll closes with it.
     loop = Seen.loops[name]
     deadline = time.monotonic() + NEVER
-    while on_loop(name, lambda: loop in Hangups._of_loop):
+    while on_loop(loop, lambda: loop in Hangups._of_loop):
         assert time.monotonic() < deadline, "the socket stayed watched after its request"
         time.sleep(0.001)
 

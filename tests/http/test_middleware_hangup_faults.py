@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import select
 import socket
 import struct
-import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,9 +29,10 @@ import gocontext.http
 from gocontext._hangups import Hangups
 from gocontext.http._middleware import _MAX_UNREAD, _PeerWatch
 
-from .._servers import RID, Server
+from .._servers import RID, Server, on_loop, sent_when
+from .._servers import read_response as read_head_and_body
 from ..conftest import NEVER, FakeClock
-from .conftest import BOARD, Peer
+from .conftest import BOARD, Peer, upload_until_held_full
 
 T = TypeVar("T")
 
@@ -199,15 +198,6 @@ def reset(conn: socket.socket) -> None:
     conn.close()
 
 
-def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
-    """*fn*'s result, called on *loop* (the server's, in its thread)."""
-
-    async def call() -> T:
-        return fn()
-
-    return asyncio.run_coroutine_threadsafe(call(), loop).result(NEVER)
-
-
 def server_loop(server: Server) -> asyncio.AbstractEventLoop:
     """The server's loop (asked of a request through it)."""
     name = rid("loop")
@@ -258,58 +248,17 @@ def server_fd(name: str) -> int:
     return on_loop(Seen.loops[name], lambda: int(transport.get_extra_info("socket").fileno()))
 
 
-def sent_when(conn: socket.socket) -> None:
-    """Wait until the kernel has sent all that *conn* was given (its send queue is empty)."""
-    deadline = time.monotonic() + NEVER
-    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
-        assert time.monotonic() < deadline, "the server's kernel never took the upload"
-        time.sleep(0.001)
-
-
 def upload_until_full(conn: socket.socket, name: str) -> int:
     """Send *name*'s body until the middleware holds all it will for the handler and uvicorn
     has stopped reading the connection (the socket is watched then); the bytes sent."""
     BOARD.wait_entered(name)
-    exchange = Seen.exchanges[name]
-    transport = exchange._receive.__self__.transport  # uvicorn's (its cycle's)
-
-    def full() -> bool:
-        return bool(
-            exchange._unread > _MAX_UNREAD
-            and not transport.is_reading()
-            and exchange._peer is not None
-        )
-
-    chunk = b"u" * 65536
-    sent = 0
-    for _ in range(1024):
-        conn.sendall(chunk)
-        sent += len(chunk)
-        sent_when(conn)  # (a FIN sent next is not queued behind unsent data)
-        if on_loop(Seen.loops[name], full):
-            return sent
-    raise AssertionError("the whole upload was read: the server never stopped reading")
+    return upload_until_held_full(conn, Seen.exchanges[name], Seen.loops[name])
 
 
 def read_response(conn: socket.socket) -> tuple[int, bytes]:
     """The status and body of one response on *conn* (framed by its Content-Length)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, f"the server closed the connection after {data!r}"
-        data += chunk
-    top, body = data.split(b"\r\n\r\n", 1)
-    length = 0
-    for line in top.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        assert chunk, "the server closed the connection inside the body"
-        body += chunk
-    assert len(body) == length, (top, body)
-    return int(top.split(b" ")[1]), body
+    head, body = read_head_and_body(conn)
+    return int(head.split(b" ")[1]), body
 
 
 def quick(server: Server) -> None:

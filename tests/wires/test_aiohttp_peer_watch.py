@@ -27,7 +27,7 @@ import gocontext.aiohttp
 import gocontext.http
 from gocontext._hangups import Hangups
 
-from .._servers import tcp_socket
+from .._servers import read_response, tcp_socket
 from ..conftest import NEVER, FakeClock
 from . import aiohttp_app
 from .aiohttp_app import FINISHED, AiohttpServer, released, rid_of
@@ -184,27 +184,6 @@ def reset(conn: socket.socket) -> None:
     """Close *conn* with a RST, not a FIN."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
-
-
-def read_response(conn: socket.socket) -> tuple[bytes, bytes]:
-    """The head and body of one response on *conn* (framed by its Content-Length)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, f"the server closed the connection after {data!r}"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        assert chunk, f"the server closed the connection after {head + body!r}"
-        body += chunk
-    assert len(body) == length, (head, body)
-    return head, body
 
 
 def get_ok(conn: socket.socket, name: str) -> int:

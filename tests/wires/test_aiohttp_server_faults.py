@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
 import select
 import socket
 import struct
-import termios
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -27,7 +25,7 @@ import gocontext
 import gocontext.aiohttp
 import gocontext.http
 
-from .._servers import RID, tcp_socket
+from .._servers import RID, sent_when, tcp_socket
 from ..conftest import NEVER, FakeClock
 from . import aiohttp_app
 from .aiohttp_app import FINISHED, AiohttpServer, late_write, released, rid_of
@@ -282,14 +280,6 @@ def upload_until_paused(server: AiohttpServer, conn: socket.socket, name: str) -
         if not on_loop(server, transport.is_reading):
             return
     raise AssertionError("aiohttp read the whole upload: it never paused")
-
-
-def sent_when(conn: socket.socket) -> None:
-    """Wait until the kernel has sent all that *conn* was given (its send queue is empty)."""
-    deadline = time.monotonic() + NEVER
-    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
-        assert time.monotonic() < deadline, "the server's kernel never took the upload"
-        time.sleep(0.001)
 
 
 @pytest.fixture(scope="module", params=["asyncio", "uvloop"])
