@@ -525,9 +525,7 @@ class _Exchange:
         except Exception as e:
             self.watcher_failure = e
         finally:
-            # (the task ends now, and the loop holds it to its end: held here too, it would
-            # make a cycle with what its frames hold, this exchange and the body it holds)
-            self._watcher_scope = self._watcher = None
+            self._watcher_scope = None
             if self.watcher_ended is not None:
                 self.watcher_ended.set()
 
