@@ -26,11 +26,16 @@ from multidict import CIMultiDictProxy, istr
 
 from .._ambient import _current
 from .._context import Context, timeout_cancel_cause, with_cancel_cause
-from .._errors import ContextError, DeadlineExceeded, check_real
+from .._errors import ContextError, DeadlineExceeded
 from .._hangups import Hangups, each
 from .._propagation import values_context
 from ..http._headers import HeaderError, parse_grpc_timeout, parse_timeout_ms
-from ..http._middleware import _DEFAULT_MAX_TIMEOUT, client_left, timeout_and_values
+from ..http._middleware import (
+    _DEFAULT_MAX_TIMEOUT,
+    _check_max_timeout,
+    client_left,
+    timeout_and_values,
+)
 from ._task import TaskCanceller
 
 __all__ = ["middleware"]
@@ -247,23 +252,9 @@ def _ended(request: web.Request, err: ContextError) -> web.StreamResponse:
     return web.Response(status=499, text="client disconnected")
 
 
+_WHERE = "gocontext.aiohttp.middleware"  # (the call bad input is said of)
+
 MaxTimeout = Union[float, None, Callable[[web.Request], Union[float, None]]]  # noqa: UP007 - 3.10 runtime
-
-
-def _cap(value: object, per_request: bool = False) -> float | None:
-    """*value*, a ``max_timeout`` in seconds (or None), as a float; a TypeError or ValueError
-    that names the call for anything else. *per_request*: what a ``max_timeout`` function
-    returned for a request."""
-    if value is None:
-        return None
-    where = "gocontext.aiohttp.middleware"
-    what = "what its max_timeout function returned" if per_request else "max_timeout"
-    cap = check_real(value, where, what, "seconds or None")
-    if cap <= 0:
-        raise ValueError(
-            f"{where}() needs {what} to be a positive number of seconds, got {value!r}"
-        )
-    return cap
 
 
 def middleware(*, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> Any:
@@ -301,7 +292,7 @@ def middleware(*, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> Any:
         ... )])
     """
     choose = max_timeout if callable(max_timeout) else None  # the cap, chosen per request
-    fixed = None if choose is not None else _cap(max_timeout)  # else max_timeout as a float
+    fixed = None if choose is not None else _check_max_timeout(max_timeout, _WHERE)
 
     @web.middleware
     async def gocontext_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -309,7 +300,7 @@ def middleware(*, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> Any:
             timeout, baggage = _timeout_and_baggage(request)
         except HeaderError as e:
             raise web.HTTPBadRequest(text=f"bad deadline header: {e}") from None
-        cap = fixed if choose is None else _cap(choose(request), True)
+        cap = fixed if choose is None else _check_max_timeout(choose(request), _WHERE, True)
         if cap is not None and (timeout is None or timeout > cap):
             timeout = cap
         if timeout is not None and timeout <= 0:  # gone on arrival: the handler never runs

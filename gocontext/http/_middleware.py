@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any, Final, Union
@@ -16,7 +15,7 @@ import anyio
 from .. import _loops, _timer
 from .._async import scope
 from .._context import Context, timeout_cancel_cause, with_cancel_cause
-from .._errors import ContextError, DeadlineExceeded
+from .._errors import ContextError, DeadlineExceeded, describe
 from .._hangups import Hangups
 from .._propagation import values_context
 from ._headers import HeaderError, grpc_timeout_of, parse_baggage, parse_timeout_ms
@@ -120,23 +119,34 @@ def timeout_and_baggage(headers: Iterable[tuple[bytes, bytes]]) -> tuple[float |
     return timeout, baggage[0] if len(baggage) == 1 else b",".join(baggage)
 
 
-def _check_max_timeout(value: object, per_request: bool = False) -> None:
-    if value is None or (callable(value) and not per_request):
-        return
+def _check_max_timeout(value: object, where: str, per_request: bool = False) -> float | None:
+    """*value*, a ``max_timeout`` in seconds or None, as a float (or None); a ``TypeError`` or
+    ``ValueError`` that names the call (*where*) and what came in for anything else.
+    *per_request*: what a ``max_timeout`` function returned for a request.
+
+    Example:
+        >>> _check_max_timeout(30, "ContextMiddleware")
+        30.0
+    """
+    if value is None:
+        return None
+    what = "what its max_timeout function returned" if per_request else "max_timeout"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if per_request:
-            raise TypeError(
-                f"ContextMiddleware()'s max_timeout function must return seconds or None, got "
-                f"{value!r}"
-            )
-        raise TypeError(
-            "ContextMiddleware() needs max_timeout as seconds, None or a function of the "
-            f"request's scope, got {value!r}"
+        expected = (
+            "seconds or None" if per_request else "seconds, None or a function of the request"
         )
-    if math.isnan(value) or value <= 0:
+        raise TypeError(f"{where}() needs {expected} as {what}, got {describe(value)}")
+    try:
+        cap = float(value)
+    except OverflowError:
         raise ValueError(
-            f"ContextMiddleware() needs a positive max_timeout in seconds, got {value!r}"
+            f"{where}() needs {what} in seconds a float can hold, got {describe(value)}"
+        ) from None
+    if not cap > 0:  # (NaN too)
+        raise ValueError(
+            f"{where}() needs {what} to be a positive number of seconds, got {describe(value)}"
         )
+    return cap
 
 
 class ContextMiddleware:
@@ -180,7 +190,8 @@ class ContextMiddleware:
     def __init__(self, app: ASGIApp, *, max_timeout: MaxTimeout = _DEFAULT_MAX_TIMEOUT) -> None:
         if not callable(app):
             raise TypeError(f"ContextMiddleware() needs an ASGI app, got {app!r}")
-        _check_max_timeout(max_timeout)
+        if not callable(max_timeout):
+            _check_max_timeout(max_timeout, "ContextMiddleware")
         self.app = app
         self.max_timeout = max_timeout
         self._watchers: _Watchers | None = None  # of the loop that ran the last request
@@ -196,8 +207,7 @@ class ContextMiddleware:
             return
         cap = self.max_timeout
         if cap is not None and not isinstance(cap, (int, float)):
-            cap = cap(scope_)
-            _check_max_timeout(cap, per_request=True)
+            cap = _check_max_timeout(cap(scope_), "ContextMiddleware", per_request=True)
         if timeout is None or (cap is not None and timeout > cap):
             timeout = cap
         # (the context of a baggage value seen before is reused: see values_context)
