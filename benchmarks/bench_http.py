@@ -3,6 +3,8 @@
 - middleware: the server CPU ``ContextMiddleware`` adds per request (default ``max_timeout``),
   the ASGI app driven directly on an asyncio loop, so only our code is measured: CPU time of
   the loop's thread with and without the middleware, in alternating rounds, median difference;
+  beside it, in the same rounds, what a server without gocontext writes for a deadline alone
+  (the app under ``anyio.fail_after(60)``, or ``asyncio.timeout(60)``);
 - transport: what ``Transport`` adds to an httpx request (``bench_transport.transport_overhead``
   when it is there, else the same measure for the blocking client here);
 - end to end: plain ``httpx.Client`` + plain Starlette against ``Transport`` +
@@ -14,7 +16,9 @@
   instructions); then the same with uvicorn's httptools parser (as ``uvicorn[standard]``
   installs it), when it is installed. Beside each, the server process's CPU per request in
   each (a real server's share, which the middleware row, driving the app alone on a warm
-  loop, understates). For reference, the same with both servers in this process: client and
+  loop, understates), and a third side in the same rounds: plain httpx sending our two
+  headers, written by hand, to plain Starlette (what carrying them costs httpx, h11 and
+  uvicorn, whoever sends them). For reference, the same with both servers in this process: client and
   servers then take turns on one GIL, handed between threads several times per request, so
   both columns carry the harness's costs too.
 
@@ -34,6 +38,7 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+import anyio
 import httpx
 import uvicorn
 from starlette.applications import Starlette
@@ -70,12 +75,44 @@ async def _bare(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
+def _peer_deadlines() -> dict[str, Callable[[Any], Any]]:
+    """What a server without gocontext writes for a request's deadline: the app run under a
+    60-second timeout (``ContextMiddleware``'s default cap), by anyio or by asyncio (3.11+),
+    and nothing else (no header read, no disconnect watch, no values)."""
+
+    def anyio_fail_after(app: Any) -> Any:
+        async def peer(scope: Any, receive: Any, send: Any) -> None:
+            with anyio.fail_after(60):
+                await app(scope, receive, send)
+
+        return peer
+
+    peers: dict[str, Callable[[Any], Any]] = {"anyio.fail_after(60)": anyio_fail_after}
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is not None:
+
+        def asyncio_timeout(app: Any) -> Any:
+            async def peer(scope: Any, receive: Any, send: Any) -> None:
+                async with timeout(60):
+                    await app(scope, receive, send)
+
+            return peer
+
+        peers["asyncio.timeout(60)"] = asyncio_timeout
+    return peers
+
+
 def middleware_overhead(n: int = 2000, rounds: int = 15) -> dict[str, float]:
-    """µs of CPU ``ContextMiddleware`` adds per request, without and with context headers.
+    """µs of CPU ``ContextMiddleware`` adds per request, without and with context headers;
+    and, beside the first, what each hand-made deadline of ``_peer_deadlines`` adds to the
+    same requests, measured in the same rounds (keys ``peer: ...``).
 
     Example:
-        >>> sorted(middleware_overhead(n=10, rounds=1))
+        >>> rows = middleware_overhead(n=10, rounds=1)
+        >>> sorted(row for row in rows if not row.startswith("peer: "))
         ['middleware, Grpc-Timeout + baggage', 'middleware, no context headers']
+        >>> "peer: anyio.fail_after(60)" in rows
+        True
     """
     message: MutableMapping[str, Any] = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -94,18 +131,22 @@ def middleware_overhead(n: int = 2000, rounds: int = 15) -> dict[str, float]:
 
     async def main() -> dict[str, float]:
         ours = gocontext.http.ContextMiddleware(_bare)
-        out = {}
-        for name, headers in (
-            ("middleware, no context headers", _HEADERS),
-            ("middleware, Grpc-Timeout + baggage", _CONTEXT_HEADERS),
+        peers = {f"peer: {name}": wrap(_bare) for name, wrap in _peer_deadlines().items()}
+        out: dict[str, float] = {}
+        for name, headers, others in (
+            ("middleware, no context headers", _HEADERS, peers),
+            ("middleware, Grpc-Timeout + baggage", _CONTEXT_HEADERS, {}),
         ):
-            await cpu_us(_bare, headers)  # warm up both
-            await cpu_us(ours, headers)
-            gains = []
+            apps = {name: ours, **others}
+            await cpu_us(_bare, headers)  # warm up every one
+            for app in apps.values():
+                await cpu_us(app, headers)
+            gains: dict[str, list[float]] = {row: [] for row in apps}
             for _ in range(rounds):
                 base = await cpu_us(_bare, headers)
-                gains.append(await cpu_us(ours, headers) - base)
-            out[name] = statistics.median(gains)
+                for row, app in apps.items():
+                    gains[row].append(await cpu_us(app, headers) - base)
+            out.update((row, statistics.median(g)) for row, g in gains.items())
         return out
 
     return asyncio.run(main())
@@ -230,7 +271,7 @@ def _process_cpu(pid: int) -> Callable[[], float]:
 
 def end_to_end_processes(
     n: int = 2000, http: str = "h11"
-) -> tuple[float, float, float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float, float]:
     """``end_to_end``, each server in a process of its own (see the module), uvicorn parsing
     HTTP with *http* (its "h11" or "httptools"); then ``_same_client_cpu`` against the same
     two servers."""
@@ -288,7 +329,7 @@ def _same_client_cpu(
     return statistics.median(out[0]), statistics.median(out[1])
 
 
-def end_to_end(n: int = 2000) -> tuple[float, float, float, float, float]:
+def end_to_end(n: int = 2000) -> tuple[float, float, float, float, float, float]:
     """µs per request over loopback: plain httpx + Starlette, then ours with a deadline and
     baggage (medians of alternating batches); and the server thread's CPU µs per request in
     each (what a real server pays, ``middleware_overhead`` measuring the middleware alone)."""
@@ -309,12 +350,15 @@ def _alternate(
     n: int,
     cpu1: Callable[[], float],
     cpu2: Callable[[], float],
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float]:
     """µs per request: plain httpx to *plain_url*, ours with a deadline and baggage to
     *ctx_url*, in alternating batches whose order turns each round; the servers' CPU µs per
-    request, read from *cpu1* and *cpu2* (medians of the batches); and the median of the
+    request, read from *cpu1* and *cpu2* (medians of the batches); the median of the
     rounds' ours/plain ratios, the overhead: a machine whose load drifts slows a round, both
-    sides alike, where a ratio of medians would compare batches run under different loads."""
+    sides alike, where a ratio of medians would compare batches run under different loads;
+    and the same median for plain httpx sending our two headers, written by hand, to
+    *plain_url*: what carrying them through httpx and the server's parser costs by itself,
+    as any client and server that propagate a deadline and values pay."""
     ctx, cancel = gocontext.with_timeout(
         gocontext.with_value(gocontext.background(), _KEY, "r1"), 3600
     )
@@ -328,7 +372,9 @@ def _alternate(
             base_cpu: list[float] = []
             full_cpu: list[float] = []
             ratios: list[float] = []
+            carried: list[float] = []
             k = max(n // _ROUNDS, 1)
+            by_hand = dict(_CONTEXT_ONLY)
 
             def plain_round() -> None:
                 c = cpu1()
@@ -340,10 +386,15 @@ def _alternate(
                 fulls.append(_per_request_us(lambda: ours.get(ctx_url, extensions=ext), k))
                 full_cpu.append((cpu2() - c) / k * 1e6)
 
+            def headers_round() -> None:
+                carried.append(_per_request_us(lambda: plain.get(plain_url, headers=by_hand), k))
+
+            sides = (plain_round, ours_round, headers_round)
             for i in range(_ROUNDS):
-                for side in (plain_round, ours_round) if i % 2 == 0 else (ours_round, plain_round):
+                for side in sides[i % 3 :] + sides[: i % 3]:
                     side()
                 ratios.append(fulls[-1] / bases[-1])
+                carried[-1] /= bases[-1]
     finally:
         cancel()
     return (
@@ -352,6 +403,7 @@ def _alternate(
         statistics.median(base_cpu),
         statistics.median(full_cpu),
         statistics.median(ratios),
+        statistics.median(carried),
     )
 
 
@@ -361,7 +413,7 @@ def main(quick: bool = False) -> None:
         **middleware_overhead(n, 5 if quick else 15),
         **transport_overhead(n, 3 if quick else 9),
     }
-    base, full, base_cpu, full_cpu, ratio, same_plain, same_ours = end_to_end_processes(n)
+    base, full, base_cpu, full_cpu, ratio, carried, same_plain, same_ours = end_to_end_processes(n)
     figures["end to end, deadline + baggage"] = (ratio - 1) * 100
     fast = end_to_end_processes(n, "httptools") if importlib.util.find_spec("httptools") else None
     one = end_to_end(n)
@@ -372,10 +424,23 @@ def main(quick: bool = False) -> None:
         shown = f"{value:+.1f} %" if unit == "%" else f"{value:.1f} µs"
         verdict = "met" if value <= target else "missed"
         print(f"| {name} | {shown} | <= {target:g} {unit} | {verdict} |")
+    ours_us = figures["middleware, no context headers"]
+    beside = "; ".join(
+        f"{name[len('peer: ') :]} {us:.1f} µs (ours/peer {ours_us / us:.2f}x)"
+        for name, us in figures.items()
+        if name.startswith("peer: ") and us > 0
+    )
     print(
-        f"\nend to end, servers in processes of their own: plain httpx + Starlette {base:,.0f} "
+        f"\nthe middleware beside what a server without gocontext writes, no context headers "
+        f"(a 60 s timeout around the app, and nothing else: no header read, no disconnect "
+        f"watch, no values), same rounds: ContextMiddleware {ours_us:.1f} µs; {beside}"
+    )
+    print(
+        f"end to end, servers in processes of their own: plain httpx + Starlette {base:,.0f} "
         f"µs, gocontext.http {full:,.0f} µs; server CPU under uvicorn {base_cpu:,.0f} µs and "
-        f"{full_cpu:,.0f} µs ({full_cpu - base_cpu:+,.0f} µs)"
+        f"{full_cpu:,.0f} µs ({full_cpu - base_cpu:+,.0f} µs); of the {(ratio - 1) * 100:+.1f} %, "
+        f"plain httpx sending the same two headers by hand to plain Starlette: "
+        f"{(carried - 1) * 100:+.1f} % (what carrying them costs httpx, h11 and uvicorn)"
     )
     print(
         f"the middleware in a real server: one plain httpx client sends the same requests, "

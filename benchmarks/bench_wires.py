@@ -11,6 +11,9 @@ client_session() uses no trace config; requests to aiohttp.web: the server middl
 a server interceptor, and a client interceptor for the interceptor rows; ``channel()`` and
 ``aio_channel()`` wrap a channel, using no hook of grpc's); "ours" is what gocontext adds on
 top of it (wired over hollow). gRPC has a row for each way a client takes the context.
+Beside aiohttp's row, in the same rounds, the same calls by hand, as a user without gocontext
+writes them: the caller sends the time left and its values and sets aiohttp's ``ClientTimeout``;
+a server middleware reads them and runs the handler under a timeout (``_by_hand_middleware``).
 
 Run: python -m benchmarks.bench_wires [--quick]
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
+import anyio
 import grpc
 import grpc.aio
 import requests
@@ -84,12 +88,41 @@ async def _hollow_middleware(request: web.Request, handler: Any) -> web.StreamRe
     return await handler(request)  # type: ignore[no-any-return]
 
 
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+@web.middleware
+async def _by_hand_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What a server without gocontext writes to honour a caller's deadline and values: the
+    ``Grpc-Timeout`` (capped at 60 s, the default of ours) read and the handler run under it,
+    the ``baggage`` members split into ``request["values"]``; no disconnect watch, no 504."""
+    timeout = 60.0
+    value = request.headers.get("Grpc-Timeout")
+    if value:
+        with contextlib.suppress(KeyError, ValueError):
+            timeout = min(timeout, int(value[:-1]) * _GRPC_UNITS[value[-1]])
+    baggage = request.headers.get("baggage")
+    request["values"] = (
+        dict(m.split("=", 1) for m in baggage.split(",") if "=" in m) if baggage else {}
+    )
+    if _TIMEOUT is not None:
+        async with _TIMEOUT(timeout):
+            return await handler(request)  # type: ignore[no-any-return]
+    with anyio.fail_after(timeout):
+        return await handler(request)  # type: ignore[no-any-return]
+
+
+_TIMEOUT = getattr(asyncio, "timeout", None)  # (3.11+; anyio's on 3.10)
+
+
 def _aiohttp_app(kind: str) -> web.Application:
-    """*kind*: "plain" (no middleware), "hollow" (one that does nothing) or "wired" (ours)."""
+    """*kind*: "plain" (no middleware), "hollow" (one that does nothing), "wired" (ours) or
+    "by hand" (``_by_hand_middleware``)."""
     middlewares = {
         "plain": [],
         "hollow": [_hollow_middleware],
         "wired": [gocontext.aiohttp.middleware()],
+        "by hand": [_by_hand_middleware],
     }[kind]
     app = web.Application(middlewares=middlewares)
     app.router.add_get("/", _hello)
@@ -115,6 +148,7 @@ class Row(NamedTuple):
     overhead: float  # wired / plain - 1
     floor: float  # hollow / plain - 1: the library's own price for its hooks
     ours: float  # wired / hollow - 1: what gocontext adds on top
+    by_hand: float | None = None  # by hand / plain - 1, where measured (see bench_aiohttp)
 
 
 def _rounds(sides: dict[str, Callable[[], float]], rounds: int) -> Row:
@@ -136,6 +170,7 @@ def _rounds(sides: dict[str, Callable[[], float]], rounds: int) -> Row:
         ratio("wired", "plain"),
         ratio("hollow", "plain"),
         ratio("wired", "hollow"),
+        ratio("by hand", "plain") if "by hand" in times else None,
     )
 
 
@@ -179,17 +214,31 @@ def bench_aiohttp(urls: dict[str, str], n: int, rounds: int) -> Row:
             "plain": aiohttp.ClientSession(),
             "hollow": aiohttp.ClientSession(middlewares=(_hollow_client_middleware,)),
             "wired": gocontext.aiohttp.client_session(),
+            "by hand": aiohttp.ClientSession(),
         }
 
     made = loop.run_until_complete(sessions())
+    deadline = time.monotonic() + 3600  # the by-hand caller's deadline, as ctx's
 
     async def one(kind: str) -> float:
         session, url = made[kind], urls[kind]
         kw: dict[str, Any] = {"trace_request_ctx": ctx} if kind == "wired" else {}
         t = time.perf_counter()
-        for _ in range(n):
-            async with session.get(url, **kw) as r:
-                await r.read()
+        if kind == "by hand":  # the time left and the values sent, a timeout set, per call
+            for _ in range(n):
+                left = deadline - time.monotonic()
+                async with session.get(
+                    url,
+                    headers={"Grpc-Timeout": f"{int(left * 1000)}m", "baggage": "request-id=r1"},
+                    timeout=aiohttp.ClientTimeout(total=left),
+                ) as r:
+                    await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"the by-hand server answered {r.status}")
+        else:
+            for _ in range(n):
+                async with session.get(url, **kw) as r:
+                    await r.read()
         return (time.perf_counter() - t) / n * 1e6
 
     try:
@@ -529,9 +578,9 @@ def _serve_here(wire: str, kind: str) -> None:
 
 
 @contextlib.contextmanager
-def _servers(wire: str) -> Iterator[dict[str, str]]:
-    """The plain, hollow and wired servers of *wire*, each in a process of its own: their
-    addresses, by kind, until the block ends."""
+def _servers(wire: str, kinds: tuple[str, ...] = KINDS) -> Iterator[dict[str, str]]:
+    """The servers of *wire* of each of *kinds* (plain, hollow and wired; aiohttp's also by
+    hand), each in a process of its own: their addresses, by kind, until the block ends."""
     procs = {
         kind: subprocess.Popen(
             [sys.executable, "-m", "benchmarks.bench_wires", _SERVE_FLAG, wire, kind],
@@ -540,7 +589,7 @@ def _servers(wire: str) -> Iterator[dict[str, str]]:
             text=True,
             cwd=str(_ROOT),
         )
-        for kind in KINDS
+        for kind in kinds
     }
     try:
         addresses = {kind: p.stdout.readline().strip() for kind, p in procs.items()}  # type: ignore[union-attr]  # piped
@@ -560,7 +609,7 @@ def _servers(wire: str) -> Iterator[dict[str, str]]:
 
 def main(quick: bool = False) -> None:
     n, rounds = (50, 5) if quick else (300, 31)
-    with _servers("aiohttp") as urls:
+    with _servers("aiohttp", (*KINDS, "by hand")) as urls:
         rows = [
             (
                 "requests (RequestsAdapter -> aiohttp.web + middleware)",
@@ -631,6 +680,15 @@ def main(quick: bool = False) -> None:
         "(overhead: wired over plain; hollow: the library's hooks that we use, doing nothing, "
         "over plain; ours: wired over hollow)\n"
     )
+    for name, row in rows:
+        if row.by_hand is not None:
+            out(
+                f"{name.split(' (')[0]} by hand, the same rounds: the caller sends the time left "
+                f"and the values itself and sets aiohttp's ClientTimeout; a server middleware "
+                f"reads them and runs the handler under a timeout (no disconnect watch, no "
+                f"cancel from another thread, no 504): {row.by_hand:+.1%} over plain, against "
+                f"wired's {row.overhead:+.1%}\n"
+            )
     out(
         f"\n### Wires: cancel() in another thread to Canceled in the caller, a call in flight  "
         f"(target: median <= {LATENCY_TARGET_MS:.0f} ms; {trials} trials)\n"
