@@ -11,9 +11,11 @@ client_session() uses no trace config; requests to aiohttp.web: the server middl
 a server interceptor, and a client interceptor for the interceptor rows; ``channel()`` and
 ``aio_channel()`` wrap a channel, using no hook of grpc's); "ours" is what gocontext adds on
 top of it (wired over hollow). gRPC has a row for each way a client takes the context.
-Beside aiohttp's row, in the same rounds, the same calls by hand, as a user without gocontext
-writes them: the caller sends the time left and its values and sets aiohttp's ``ClientTimeout``;
-a server middleware reads them and runs the handler under a timeout (``_by_hand_middleware``).
+Beside each row but requests', in the same rounds, the same calls by hand, as a user without
+gocontext writes them: the caller sends the time left and its values (aiohttp: with a
+``ClientTimeout``; gRPC: as ``timeout=`` and ``baggage`` metadata); the server reads them (aiohttp:
+a middleware that runs the handler under the timeout, ``_by_hand_middleware``; gRPC, which keeps
+the deadline itself: an interceptor that reads the values, ``_ByHandServer``).
 
 Run: python -m benchmarks.bench_wires [--quick]
 """
@@ -443,11 +445,35 @@ class _HollowAioServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return await continuation(handler_call_details)
 
 
+def _baggage_by_hand(metadata: Any) -> dict[str, str]:
+    """The values a server without gocontext reads from a call's ``baggage`` by hand."""
+    for key, value in metadata or ():
+        if key == "baggage":
+            return dict(m.split("=", 1) for m in value.split(",") if "=" in m)
+    return {}
+
+
+class _ByHandServer(grpc.ServerInterceptor):  # type: ignore[misc]
+    """The by-hand server: gRPC keeps the deadline itself; the values are read by hand."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        _baggage_by_hand(handler_call_details.invocation_metadata)
+        return continuation(handler_call_details)
+
+
+class _ByHandAioServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        _baggage_by_hand(handler_call_details.invocation_metadata)
+        return await continuation(handler_call_details)
+
+
 def _server_interceptors(aio: bool, kind: str) -> list[Any]:
     if kind == "plain":
         return []
     if kind == "hollow":
         return [_HollowAioServer() if aio else _HollowServer()]
+    if kind == "by hand":
+        return [_ByHandAioServer() if aio else _ByHandServer()]
     return [gocontext.grpc.aio_server_interceptor() if aio else gocontext.grpc.server_interceptor()]
 
 
@@ -466,7 +492,7 @@ def _client_interceptors(aio: bool, kind: str) -> list[Any]:
 
 def _sync_channel(target: str, kind: str, way: str) -> Any:
     inner = grpc.insecure_channel(target)
-    if kind == "plain" or (kind == "hollow" and way == "channel"):
+    if kind in ("plain", "by hand") or (kind == "hollow" and way == "channel"):
         return inner
     if kind == "wired" and way == "channel":
         return gocontext.grpc.channel(inner)
@@ -474,7 +500,7 @@ def _sync_channel(target: str, kind: str, way: str) -> Any:
 
 
 def _aio_channel(target: str, kind: str, way: str) -> Any:
-    if kind == "plain" or (kind == "hollow" and way == "channel"):
+    if kind in ("plain", "by hand") or (kind == "hollow" and way == "channel"):
         return grpc.aio.insecure_channel(target)
     if kind == "wired" and way == "channel":
         return gocontext.grpc.aio_channel(grpc.aio.insecure_channel(target))
@@ -506,9 +532,15 @@ def bench_grpc_sync(targets: dict[str, str], n: int, rounds: int, way: str) -> R
         channels.append(channel)
         calls[kind] = channel.unary_unary("/bench.Hello/Hello")
     ctx = _ctx()
+    deadline = time.monotonic() + 3600  # the by-hand caller's deadline, as ctx's
+
+    def by_hand(call: Any) -> object:  # the time left and the values, sent by the caller
+        return call(b"", timeout=deadline - time.monotonic(), metadata=_BAGGAGE_BY_HAND)
 
     def one(kind: str) -> float:
         call = calls[kind]
+        if kind == "by hand":
+            return _per_call_us(lambda: by_hand(call), n)
         with gocontext.use(ctx):  # (only the wired client reads it)
             return _per_call_us(lambda: call(b""), n)
 
@@ -529,10 +561,16 @@ def bench_grpc_aio(targets: dict[str, str], n: int, rounds: int, way: str) -> Ro
     channels = loop.run_until_complete(open_channels())
     calls = {kind: channel.unary_unary("/bench.Hello/Hello") for kind, channel in channels.items()}
 
+    deadline = time.monotonic() + 3600  # the by-hand caller's deadline, as ctx's
+
     async def one(kind: str) -> float:
         call = calls[kind]
+        t = time.perf_counter()
+        if kind == "by hand":  # the time left and the values, sent by the caller
+            for _ in range(n):
+                await call(b"", timeout=deadline - time.monotonic(), metadata=_BAGGAGE_BY_HAND)
+            return (time.perf_counter() - t) / n * 1e6
         with gocontext.use(ctx):  # (only the wired client reads it)
-            t = time.perf_counter()
             for _ in range(n):
                 await call(b"")
             return (time.perf_counter() - t) / n * 1e6
@@ -547,6 +585,7 @@ def bench_grpc_aio(targets: dict[str, str], n: int, rounds: int, way: str) -> Ro
         loop.close()
 
 
+_BAGGAGE_BY_HAND = (("baggage", "request-id=r1"),)  # what a by-hand gRPC caller sends
 _SERVE_FLAG = "--serve"
 _ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("plain", "hollow", "wired")
@@ -620,7 +659,7 @@ def main(quick: bool = False) -> None:
                 bench_aiohttp(urls, n, rounds),
             ),
         ]
-    with _servers("grpc") as targets:
+    with _servers("grpc", (*KINDS, "by hand")) as targets:
         rows += [
             (
                 "gRPC sync (channel() -> server_interceptor)",
@@ -631,7 +670,7 @@ def main(quick: bool = False) -> None:
                 bench_grpc_sync(targets, n, rounds, "interceptors"),
             ),
         ]
-    with _servers("grpc.aio") as targets:
+    with _servers("grpc.aio", (*KINDS, "by hand")) as targets:
         rows += [
             (
                 "grpc.aio (aio_channel() -> aio_server_interceptor)",
@@ -680,14 +719,14 @@ def main(quick: bool = False) -> None:
         "(overhead: wired over plain; hollow: the library's hooks that we use, doing nothing, "
         "over plain; ours: wired over hollow)\n"
     )
+    out(
+        "by hand: the same calls as a user without gocontext writes them, in the same rounds "
+        "(no cancel from another thread, no disconnect watch, no 504; see the module)\n"
+    )
     for name, row in rows:
         if row.by_hand is not None:
             out(
-                f"{name.split(' (')[0]} by hand, the same rounds: the caller sends the time left "
-                f"and the values itself and sets aiohttp's ClientTimeout; a server middleware "
-                f"reads them and runs the handler under a timeout (no disconnect watch, no "
-                f"cancel from another thread, no 504): {row.by_hand:+.1%} over plain, against "
-                f"wired's {row.overhead:+.1%}\n"
+                f"  {name:<60} by hand {row.by_hand:>+7.1%} over plain, wired {row.overhead:>+7.1%}\n"
             )
     out(
         f"\n### Wires: cancel() in another thread to Canceled in the caller, a call in flight  "
