@@ -4,8 +4,11 @@ drops queued work whose context has ended."""
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import thread as _thread
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Concatenate, ParamSpec, TypeVar, final
 
 from ._context import Context, check_context
@@ -65,7 +68,8 @@ class ContextExecutor(ThreadPoolExecutor):
         **kwargs: P.kwargs,
     ) -> Future[T]:
         """Run ``fn(ctx, *args, **kwargs)`` like ``submit()``; cancel the future as soon as
-        *ctx* ends if no worker has taken it yet (at once if *ctx* is already done).
+        *ctx* ends if no worker has taken it yet (at once if *ctx* is already done). A pool
+        that takes no more work raises as ``submit()`` does, whatever the state of *ctx*.
 
         Example:
             >>> import gocontext
@@ -79,14 +83,39 @@ class ContextExecutor(ThreadPoolExecutor):
         if not callable(fn):
             raise TypeError(f"ContextExecutor.submit_ctx() needs a callable, got {fn!r}")
         if ctx.err() is not None:  # done already: no worker may take it, however quick
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             done: Future[T] = Future()
             done.cancel()
             done.set_running_or_notify_cancel()
             return done
-        run: Callable[..., T] = contextvars.copy_context().run
-        future = super().submit(run, fn, ctx, *args, **kwargs)
-        handle = ctx.done().add_callback(future.cancel)  # a no-op once a worker has it
+        # The hook goes on first: if it cannot be placed (a foreign Done that raises, an
+        # interrupt), nothing has been handed to a worker. It cancels the future once known.
+        box: list[Future[T]] = []
+        handle = ctx.done().add_callback(functools.partial(_cancel_all, box))
+        try:
+            run: Callable[..., T] = contextvars.copy_context().run
+            future = super().submit(run, fn, ctx, *args, **kwargs)
+        except BaseException:
+            handle.cancel()
+            raise
+        box.append(future)
+        if ctx.err() is not None:  # ended before the hook could know the future
+            future.cancel()  # (a no-op once a worker has it)
         future.add_done_callback(lambda _: handle.cancel())
         return future
+
+    def _check_open(self) -> None:
+        """Raise what ``submit()`` raises when the pool takes no more work (broken, shut
+        down, or the interpreter shutting down)."""
+        with self._shutdown_lock:
+            if self._broken:
+                raise BrokenThreadPool(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _thread._shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
+def _cancel_all(futures: list[Future[T]]) -> None:
+    for f in futures:
+        f.cancel()  # a no-op once a worker has it

@@ -27,6 +27,7 @@ the contexts; it gets a relay thread of its own, and drops the signals pending i
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import queue
 import signal
@@ -45,6 +46,7 @@ from ._context import (
     check_context,
     with_cancel_cause,
 )
+from ._errors import describe
 
 __all__ = ["SignalReceived", "signal_context"]
 
@@ -164,9 +166,11 @@ def _check_signals(signals: object) -> tuple[int, ...]:
     out: list[int] = []
     for s in signals:
         if isinstance(s, bool) or not isinstance(s, int):
-            raise TypeError(f"signal_context() needs signal numbers, got {s!r}")
+            raise TypeError(f"signal_context() needs signal numbers, got {describe(s)}")
+        s = operator.index(s)  # by its value: a plain int (an int subclass's hooks not called)
         if s not in valid:
-            raise ValueError(f"signal_context() got an unknown signal: {s!r}")
+            shown = describe(s) if s.bit_length() > 64 else repr(s)  # (a huge int: no repr)
+            raise ValueError(f"signal_context() got an unknown signal: {shown}")
         sig = _as_signal(s)
         if sig not in out:
             out.append(sig)

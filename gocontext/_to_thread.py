@@ -19,7 +19,7 @@ from ._context import (
     with_cancel,
     with_cancel_cause,
 )
-from ._errors import ContextError, async_callable, describe
+from ._errors import ContextError, async_callable, describe, refuse_coroutine
 from ._loops import wait_done
 
 __all__ = ["to_thread"]
@@ -36,7 +36,8 @@ async def to_thread(
     ``child_ctx`` is a ``with_cancel(ctx)``, cancelled once *fn* returns: *fn* should poll
     ``child_ctx.err()`` (or ``child_ctx.check()``) or wait on ``child_ctx.done()``. The
     ambient context and every other context variable are copied into the thread. An exception
-    from *fn* is raised here unchanged.
+    from *fn* is raised here unchanged. A coroutine handed back by *fn* (``lambda c: job(c)``)
+    would never run: it is closed, and a TypeError raised (await it in the task instead).
 
     If the awaiting task is cancelled by its framework, ``child_ctx`` is cancelled (its cause
     says so) and the await waits for *fn* to return before the cancellation goes on: no thread
@@ -83,10 +84,15 @@ async def to_thread(
         except IndexError:  # the task went on without this call: fn never runs
             return None  # type: ignore[return-value]  # dropped: nobody awaits it any more
         try:
-            return fn(child, *args)
+            result = fn(child, *args)
+            # A plain function may hand back a coroutine (``lambda c: job(c)``): it would never
+            # run, and each backend would answer differently (asyncio hands it back unawaited).
+            refuse_coroutine(result, fn, "to_thread()", "await it in the task instead")
         except BaseException as e:
             raised.append(e)
             raise
+        else:
+            return result
         finally:
             mark_finished()
 
