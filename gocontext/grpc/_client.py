@@ -32,7 +32,7 @@ from .._ambient import current
 from .._context import _NEVER, Context
 from .._done import Done
 from .._errors import ContextError, DeadlineExceeded
-from ..http._outgoing import baggage, time_left
+from ..http._outgoing import baggage, deadline_passed, time_left
 
 __all__ = ["aio_channel", "aio_client_interceptors", "channel", "client_interceptors"]
 
@@ -82,18 +82,27 @@ def _outgoing(ctx: Context, timeout: float | None, metadata: Any) -> _Outgoing:
     return _new_outgoing(_Outgoing, (timeout, metadata, binding))
 
 
+# Metadata that can be read again: passed on as it came (anything else, as the pairs read).
+_REREAD = (tuple, list, grpc.aio.Metadata)
+
+
 def _metadata_with(ctx: Context, metadata: Any) -> Any:
     """*metadata* with *ctx*'s values in its ``baggage``: pairs, or *metadata* as it came when
     there are none to add."""
     if not metadata:  # (none, or empty: grpc.aio hands an empty Metadata)
         value = baggage(ctx, None)
         return metadata if value is None else (("baggage", value),)
-    pairs = tuple(metadata)
-    existing = ",".join([str(v) for k, v in pairs if k == "baggage"]) or None
+    pairs = tuple(metadata)  # (read once: *metadata* may be any iterable of pairs, as grpc takes)
+    existing = ",".join([_text(v) for k, v in pairs if k == "baggage"]) or None
     value = baggage(ctx, existing)
     if value is None:
-        return metadata
+        return metadata if isinstance(metadata, _REREAD) else pairs
     return [*((k, v) for k, v in pairs if k != "baggage"), ("baggage", value)]
+
+
+def _text(value: Any) -> str:
+    """A metadata value as text: grpc takes an ASCII key's value as bytes too."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _sync_details(details: Any, out: _Outgoing) -> Any:
@@ -190,9 +199,10 @@ def _ours_to_end(ctx: Context, call: Any) -> bool:
 def _translate(e: BaseException, ctx: Context, binding: bool, ours: bool) -> BaseException:
     """What a call's error *e* is raised as: the context's error when the context's end is what
     ended the call (*ours*: it cancelled the call in flight), ``DeadlineExceeded`` for gRPC's
-    DEADLINE_EXCEEDED when the call's deadline is the context's (*binding*), else *e* itself:
-    an error the server gave, or a cancel of the caller's own, stays what it is however the
-    context ends after it."""
+    DEADLINE_EXCEEDED when the call's deadline is the context's (*binding*) and has passed,
+    else *e* itself: an error the server gave (a DEADLINE_EXCEEDED of its own, as its call
+    downstream timing out, while the context has time left), or a cancel of the caller's own,
+    stays what it is however the context ends after it."""
     if ours:
         err = ctx.err()
         if err is not None:
@@ -201,7 +211,10 @@ def _translate(e: BaseException, ctx: Context, binding: bool, ours: bool) -> Bas
         code = e.code() if callable(getattr(e, "code", None)) else None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             err = ctx.err()
-            return err if isinstance(err, DeadlineExceeded) else DeadlineExceeded()
+            if isinstance(err, DeadlineExceeded):
+                return err
+            if deadline_passed(ctx):  # (passed: our timer may mark the context a moment later)
+                return DeadlineExceeded()
     return e
 
 
