@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import itertools
 import logging
+import math
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
 from . import _wakeup
-from ._async import _framework_cause, _is_cancellation
+from ._async import _framework_cause
 from ._context import (
     _BACKGROUND,
     Context,
@@ -34,7 +35,7 @@ from ._context import (
     with_cancel,
     with_cancel_cause,
 )
-from ._errors import async_callable, refuse_coroutine
+from ._errors import ContextError, async_callable, refuse_coroutine
 from ._loops import wait_done
 from ._signal import SignalReceived
 
@@ -84,7 +85,10 @@ class Group:
     raised (the object itself, not a group); ``g.errors`` lists every exception raised, in the
     order raised. A ``KeyboardInterrupt`` or ``SystemExit`` from a function counts as a failure
     and is re-raised on exit. If the body raises, ``g.ctx`` is cancelled with that exception as
-    cause, the functions are waited for, and the body's exception propagates.
+    cause, the functions are waited for, and the body's exception propagates; but if it is
+    ``g.ctx``'s own error after a function's failure ended ``g.ctx`` (the body's
+    ``g.ctx.check()``, say), that failure is raised in its place, with the body's error as its
+    ``__context__``.
 
     With *limit*, at most *limit* functions run at once: ``go()`` blocks until a slot is free,
     and ``try_go()`` returns False instead. If ``g.ctx`` is done when ``go()`` finds no free
@@ -411,8 +415,11 @@ class Group:
             if interrupt is not None and interrupt is not e:
                 raise interrupt  # raised while the body's exception is handled: its __context__
             if e is not None:
-                if e is self._refusal and self._first is not None:
-                    raise self._first  # go() refused because a function failed: say which
+                first = self._first
+                if first is not None and (e is self._refusal or _answers(e, first, self._ctx)):
+                    # go() refused because a function failed, or the body stopped with the
+                    # error that failure gave g.ctx: say which (the body's, its __context__)
+                    raise first
                 return
             first = self._first
             if first is not None:
@@ -423,6 +430,16 @@ class Group:
             if self._wake is not None:
                 self._wake.cancel()
                 self._wake = None
+
+
+def _answers(e: BaseException, first: BaseException, ctx: Context) -> bool:
+    """Whether *e*, out of the block's body, is *ctx*'s own error (``g.ctx.check()``, a feeding
+    loop's wait) after the function's failure *first* ended *ctx*: the body's answer to that
+    failure, which is raised in its place, as when ``go()`` refuses for it."""
+    if not isinstance(e, ContextError) or cause(ctx) is not first:
+        return False
+    err = ctx.err()
+    return err is not None and type(e) is type(err)
 
 
 def _ended_by_ctrl_c(ctx: Context) -> bool:
@@ -468,14 +485,20 @@ class TaskGroup:
     returned, nothing is raised, even if *parent* ended: its end reaches the functions through
     ``g.ctx`` only (as in Go), the tasks are not cancelled for it. If the body raises, ``g.ctx`` is
     cancelled with that exception as cause, everything is cancelled and waited for, and the
-    body's exception propagates. A framework cancellation of the enclosing task (an outer
-    cancel scope, ``task.cancel()``) cancels ``g.ctx`` with a ``FrameworkCancelled`` cause and
-    propagates untouched, unless a function failed too: then, as in anyio's and trio's task
-    groups, the error wins and is raised. A thread is never abandoned: on cancellation the
-    group waits for it to return (it should watch ``g.ctx``). A ``KeyboardInterrupt`` raised
-    while the exit cancels ``g.ctx`` (by a done callback, say) is raised once every task and
-    thread is waited for, with the body's exception, if any, as its ``__context__``. A group is
-    entered once.
+    body's exception propagates (but ``g.ctx``'s own error, after a function's failure ended
+    ``g.ctx``, gives way to that failure, as for ``Group``). A framework cancellation of the
+    enclosing task (an outer cancel scope, ``task.cancel()``) cancels ``g.ctx`` with a
+    ``FrameworkCancelled`` cause and propagates untouched, unless a function failed too: then,
+    as in anyio's and trio's task groups, the error wins and is raised. A function that answers
+    that cancellation with ``g.ctx``'s error (a thread's ``ctx.check()``) has not failed: the
+    error is listed in ``g.errors`` only. A task that ends with its framework's cancellation
+    when no cancel scope asked for it (it awaited a future someone else cancelled) has failed,
+    as with any other exception; under trio an ``asyncio.CancelledError`` is any other
+    exception, and so is a ``trio.Cancelled`` under asyncio. A thread is never abandoned: on
+    cancellation the group waits for it to return (it should watch ``g.ctx``). A
+    ``KeyboardInterrupt`` raised while the exit cancels ``g.ctx`` (by a done callback, say) is
+    raised once every task and thread is waited for, with the body's exception, if any, as its
+    ``__context__``. A group is entered once.
 
     Example:
         >>> import anyio, gocontext
@@ -668,7 +691,11 @@ class TaskGroup:
                 )
             await awaitable
         except BaseException as e:
-            if _cancellation_only(e):
+            if _cancellation_only(e) and anyio.current_effective_deadline() == -math.inf:
+                # Cancelled by a cancel scope (the group's, or an enclosing one): the
+                # framework's own cancellation goes on. One that no scope asked for (a future
+                # someone else cancelled, awaited here; one raised by hand) is this
+                # function's failure, as anything else it raises.
                 self._stop(_framework_cause(e))
                 raise
             self._fail(e)  # kept out of the anyio group: raised by __aexit__, on its own
@@ -706,6 +733,10 @@ class TaskGroup:
             t = threading.Thread(
                 target=run, name=f"gocontext.TaskGroup-{next(_names)}", daemon=True
             )
+            threads = self._threads
+            if len(threads) > 64 and len(threads) > 2 * self._active:
+                # Forget threads that have ended (a long-lived group would keep them all).
+                self._threads = [x for x in threads if x.ident is None or x.is_alive()]
             self._threads.append(t)
             try:
                 t.start()
@@ -743,9 +774,19 @@ class TaskGroup:
 
     def _fail(self, e: BaseException) -> None:
         self._errors.append(e)
-        if self._first is None:
+        if self._first is None and not self._answers_stop(e):
             self._first = e
             self._halt(e)
+
+    def _answers_stop(self, e: BaseException) -> bool:
+        """Whether *e* is a function's answer to the group being stopped by a cancellation (no
+        function failed, yet _stop ended g.ctx): g.ctx's own error, raised by a thread's
+        ``ctx.check()`` or a task's cleanup. Listed in ``errors`` but no failure: as a task's
+        cancellation, it must not turn the framework's cancellation into a ``Canceled``."""
+        if not self._stopping or not isinstance(e, ContextError):
+            return False
+        err = self._ctx.err()
+        return err is not None and type(e) is type(err)
 
     def _halt(self, cause: BaseException) -> None:
         """Cancel g.ctx first (so the tasks' finally blocks see it), then the tasks."""
@@ -822,6 +863,12 @@ class TaskGroup:
                 except BaseException as raised:
                     if not _cancellation_only(raised):
                         raise
+                first = self._first
+                if e is not None and first is not None and _answers(e, first, self._ctx):
+                    # The body stopped with the error the first failure gave g.ctx (a
+                    # blocking feeder's check): the failure is raised, the body's is its
+                    # __context__.
+                    raise first
                 return False
             try:
                 swallowed = await self._tg.__aexit__(et, e, tb)
@@ -848,10 +895,15 @@ _Item = tuple[bool, Callable[..., Any], tuple[Any, ...], contextvars.Context]
 
 
 def _cancellation_only(e: BaseException) -> bool:
-    """True for a framework's cancellation, or an exception group made only of them."""
-    if _is_cancellation(e):
+    """True for the running framework's cancellation, or an exception group made only of it.
+
+    Only the running one's: under trio an ``asyncio.CancelledError`` is an exception like any
+    other (and a ``trio.Cancelled`` under asyncio), a function's failure.
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(e, cancelled):
         return True
-    return isinstance(e, BaseExceptionGroup) and e.split(_is_cancellation)[1] is None
+    return isinstance(e, BaseExceptionGroup) and e.split(cancelled)[1] is None
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
