@@ -15,9 +15,11 @@ import inspect
 import itertools
 import logging
 import math
+import os
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
@@ -134,6 +136,7 @@ class Group:
     # (the first exception out of a failing function's cancel of g.ctx). _idle ends
     # once _running is 0 while closing. _limit, _ctx and _cancel are fixed at construction.
     __slots__ = (
+        "__weakref__",
         "_before",
         "_cancel",
         "_cond",
@@ -202,6 +205,7 @@ class Group:
             if self._state != "new":
                 raise RuntimeError("a gocontext.Group is entered once: make a new Group")
             self._state = "open"
+        _open_groups.add(self)  # (until closed: a forked child forgets the parent's functions)
         self._before = sys.exc_info()[1]  # (a Ctrl-C chained to it is counted from there)
         if self._limit is not None:
             self._wake = self._ctx.done().add_callback(self._notify)
@@ -367,8 +371,22 @@ class Group:
         with self._lock:
             self._state = "closed"
             threads, self._threads = self._threads, {}
+        _open_groups.discard(self)
         for t in threads:
             t.join()  # each is past its function: this only lets it end
+
+    def _forget_parent(self) -> None:
+        """In a child forked while the block was open: the functions running at the fork are
+        threads of the parent, none of them here (but the one that forked, if one did), so the
+        child's exit waits for none of the others (it would wait for good); the lock, which one
+        of them may have held at the fork, is made anew. The block goes on in the child with
+        the functions it starts there."""
+        me = threading.current_thread()  # (the thread that forked: the child's only one)
+        mine = me in self._threads
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._running = 1 if mine else 0
+        self._threads = {me: None} if mine else {}
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -430,6 +448,19 @@ class Group:
             if self._wake is not None:
                 self._wake.cancel()
                 self._wake = None
+
+
+# The Groups whose block is open in this process (weakly), for the at-fork hook.
+_open_groups: weakref.WeakSet[Group] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for g in list(_open_groups):
+        g._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _answers(e: BaseException, first: BaseException, ctx: Context) -> bool:

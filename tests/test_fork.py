@@ -199,3 +199,52 @@ def test_a_child_forked_while_the_loop_holds_its_signal_wakeup_does_not_share_it
     held, code = anyio.run(while_a_thread_runs, fork_and_look, backend="asyncio")
     assert held != -1  # the parent's loop held it at the fork
     assert code == 0  # 3: the child still had the parent's wake-up fd
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("holding", [False, True], ids=["running", "holding-the-lock"])
+def test_a_child_forked_inside_a_group_leaves_its_block_without_the_parents_functions(
+    holding: bool,
+) -> None:
+    """A Group's functions are threads of the parent: a child forked inside the block has none
+    of them, so leaving the block there must not wait for them (it would wait for good), nor
+    for the group's lock if one of them held it at the fork; a go() in the child runs its
+    function. In the parent, the block waits for its function as usual."""
+    entered = threading.Event()
+    release = threading.Event()
+    finished = []
+
+    def member(ctx: gocontext.Context) -> None:
+        if holding:  # inside the group's books at the fork (the lock go() and the exit take)
+            with g._lock:
+                entered.set()
+                release.wait(NEVER)
+        else:
+            entered.set()
+            release.wait(NEVER)
+        finished.append(os.getpid())
+
+    pid = -1
+    try:
+        with gocontext.Group(gocontext.background()) as g:
+            g.go(member)
+            assert entered.wait(NEVER)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the point
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit code
+                faulthandler.dump_traceback_later(NEVER * 0.9)  # a hang shows where
+                ran = threading.Event()
+                g.go(lambda ctx: ran.set())
+                if not ran.wait(NEVER):
+                    os._exit(2)
+            else:
+                release.set()
+        if pid == 0:  # pragma: no cover - out of the block in the child
+            os._exit(0 if not finished else 3)
+    except BaseException:
+        if pid == 0:  # pragma: no cover
+            os._exit(1)
+        raise
+    assert finished == [os.getpid()]  # the parent's block waited for its function
+    assert exit_code(pid) == 0
