@@ -15,6 +15,7 @@ import inspect
 import itertools
 import logging
 import math
+import operator
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ from ._context import (
     with_cancel,
     with_cancel_cause,
 )
-from ._errors import ContextError, async_callable, refuse_coroutine
+from ._errors import ContextError, async_callable, describe, refuse_coroutine
 from ._loops import wait_done
 from ._signal import SignalReceived
 
@@ -63,10 +64,21 @@ def _check_limit(limit: object, fname: str) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"{fname}() needs limit=None or a positive int, got {limit!r}")
-    if limit < 1:
-        raise ValueError(f"{fname}() needs limit=None or a positive int, got {limit!r}")
-    return limit
+        raise TypeError(f"{fname}() needs limit=None or a positive int, got {_shown(limit)}")
+    value = operator.index(limit)  # by its value: a plain int (an int subclass's hooks not called)
+    if value < 1:
+        raise ValueError(f"{fname}() needs limit=None or a positive int, got {_shown(value)}")
+    return value
+
+
+def _shown(x: object) -> str:
+    """``repr(x)``, or ``describe(x)`` for a huge int or where ``repr`` raises."""
+    if type(x) is int and x.bit_length() > 64:
+        return describe(x)
+    try:
+        return repr(x)
+    except Exception:
+        return describe(x)
 
 
 # --------------------------------------------------------------------------------------------

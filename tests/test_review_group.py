@@ -319,3 +319,34 @@ async def test_the_bodys_check_gives_way_to_the_failure_in_a_task_group(member: 
     assert raised.value is boom
     assert isinstance(raised.value.__context__, gocontext.Canceled)
     assert g.errors == [boom]
+
+
+class _HostileInt(int):
+    """An int whose comparisons and repr raise: a limit is taken by its value alone."""
+
+    def __lt__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    def __ge__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    def __gt__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    def __le__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+
+def test_a_limit_is_taken_by_its_value_and_a_bad_one_is_refused_by_name() -> None:
+    with gocontext.Group(gocontext.background(), limit=_HostileInt(2)) as g:
+        for _ in range(3):
+            g.go(lambda ctx: None)
+    with pytest.raises(ValueError, match=r"Group\(\) needs limit=None or a positive int"):
+        gocontext.Group(gocontext.background(), limit=_HostileInt(0))
+    with pytest.raises(ValueError, match=r"int of \d+ bits"):
+        gocontext.Group(gocontext.background(), limit=-(10**400))
+    with pytest.raises(TypeError, match=r"TaskGroup\(\) needs limit=None or a positive int"):
+        gocontext.TaskGroup(gocontext.background(), limit=2.0)  # type: ignore[arg-type]
