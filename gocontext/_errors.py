@@ -105,7 +105,7 @@ def async_callable(fn: object) -> bool:
 
 def refuse_coroutine(result: object, fn: object, where: str, instead: str) -> None:
     """Raise TypeError if *result*, what *fn* returned in a worker thread of *where*, is a
-    coroutine (closed first: it would never run, and nobody awaits it).
+    coroutine (closed first: it would never run, and nobody awaits it) or an async generator.
 
     Example:
         >>> async def job(): ...
@@ -117,10 +117,15 @@ def refuse_coroutine(result: object, fn: object, where: str, instead: str) -> No
     """
     if inspect.iscoroutine(result):
         result.close()
-        raise TypeError(
-            f"{where} runs functions in threads, and {describe(fn)} returned a coroutine, "
-            f"which would never run: {instead}"
-        )
+        what = "a coroutine"
+    elif inspect.isasyncgen(result):  # (never started: dropping it runs nothing)
+        what = "an async generator"
+    else:
+        return
+    raise TypeError(
+        f"{where} runs functions in threads, and {describe(fn)} returned {what}, which would "
+        f"never run: {instead}"
+    )
 
 
 def check_real(x: object, fname: str, what: str, expected: str) -> float:

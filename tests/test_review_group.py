@@ -8,6 +8,7 @@ import gc
 import sys
 import threading
 import weakref
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -350,3 +351,22 @@ def test_a_limit_is_taken_by_its_value_and_a_bad_one_is_refused_by_name() -> Non
         gocontext.Group(gocontext.background(), limit=-(10**400))
     with pytest.raises(TypeError, match=r"TaskGroup\(\) needs limit=None or a positive int"):
         gocontext.TaskGroup(gocontext.background(), limit=2.0)  # type: ignore[arg-type]
+
+
+async def _never_iterated(ctx: gocontext.Context) -> AsyncIterator[int]:
+    raise AssertionError("never runs")
+    yield 0  # (an async generator function)
+
+
+def test_an_async_generator_returned_to_a_group_is_a_failure_not_dropped() -> None:
+    """An async generator, like a coroutine, handed back by a thread's function would never
+    run: the function has failed, and the block says why."""
+    with pytest.raises(TypeError, match=r"returned an async generator") as raised:
+        with gocontext.Group(gocontext.background()) as g:
+            g.go(lambda ctx: _never_iterated(ctx))
+    assert g.errors == [raised.value]
+
+
+async def test_an_async_generator_handed_back_to_to_thread_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"to_thread\(\).*returned an async generator"):
+        await gocontext.to_thread(gocontext.background(), lambda ctx: _never_iterated(ctx))
