@@ -19,6 +19,11 @@ A response that will close its connection (``Connection: close``, HTTP/1.0, a bo
 with the connection) takes the connection's socket over from ``http.client``, which closes the
 connection object: the socket stays the request's to shut down until the body is done, and a
 body cut short by the abort is not taken for complete.
+
+The body is read through ``response.raw`` (urllib3's response, given a class of ours): by
+``iter_content`` (``content``, ``text``, ``iter_lines``) and by a caller's own
+``raw.read()``, ``raw.stream()``, ``shutil.copyfileobj(response.raw, f)`` alike, a read the
+context ended raises its error, never urllib3's, and never returns a body cut short as whole.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import math
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Generator, Iterator, Mapping
+from typing import Any, cast
 from urllib.parse import urljoin
 
 import requests
 import urllib3
+import urllib3.response
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -421,24 +428,51 @@ class _HTTPSPool(_PoolMixin, HTTPSConnectionPool):
 _POOLS = {"http": _Pool, "https": _HTTPSPool}
 
 
+def _bad_timeout(timeout: object) -> ValueError:
+    return ValueError(
+        f"RequestsAdapter.send() needs a (connect, read) timeout tuple or a number, got {timeout!r}"
+    )
+
+
+def _parts(timeout: Any) -> tuple[Any, Any]:
+    """The (connect, read) parts of *timeout* (as ``requests`` takes it), each a number (as
+    given) or None (unset). A part that urllib3 would refuse as no number (a string, a bool, a
+    list...), and NaN, raise ``ValueError`` here: a deadline capping the timeout must not put
+    its own time in their place, nor let them fail deep in a connect."""
+    if isinstance(timeout, Timeout):  # (validated by urllib3; a part unset is its sentinel)
+        connect: Any = timeout.connect_timeout
+        read: Any = timeout.read_timeout
+        return (
+            connect if isinstance(connect, (int, float)) else None,
+            read if isinstance(read, (int, float)) else None,
+        )
+    if isinstance(timeout, tuple):
+        if len(timeout) != 2:
+            raise _bad_timeout(timeout)
+        parts = timeout
+    else:
+        parts = (timeout, timeout)
+    for part in parts:
+        if part is None:
+            continue
+        if isinstance(part, (bool, str, bytes, bytearray)):
+            raise _bad_timeout(timeout)
+        try:
+            value = float(part)
+        except (TypeError, ValueError):
+            raise _bad_timeout(timeout) from None
+        if math.isnan(value):
+            raise _bad_timeout(timeout)
+    return parts
+
+
 def _cap(timeout: Any, left: float) -> tuple[Timeout, bool]:
     """*timeout* (as ``requests`` takes it) with each part capped by *left*; and whether the
     cap is what binds (so a timeout then means the deadline passed)."""
-    if isinstance(timeout, Timeout):
-        connect, read = timeout.connect_timeout, timeout.read_timeout
-    elif isinstance(timeout, tuple):
-        if len(timeout) != 2:
-            raise ValueError(
-                f"RequestsAdapter.send() needs a (connect, read) timeout tuple or a number, "
-                f"got {timeout!r}"
-            )
-        connect, read = timeout
-    else:
-        connect = read = timeout
     binding = False
-    capped: list[float] = []
-    for own in (connect, read):
-        if not isinstance(own, (int, float)) or own > left:
+    capped: list[Any] = []
+    for own in _parts(timeout):
+        if own is None or float(own) > left:
             capped.append(left)
             binding = True
         else:
@@ -480,9 +514,86 @@ def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
     err = ctx.err()
     if err is not None:
         return err
-    if binding and isinstance(e, requests.Timeout) and deadline_passed(ctx):
+    if binding and isinstance(e, _TIMEOUTS) and deadline_passed(ctx):
         return DeadlineExceeded()  # (a timeout of the request's own, shorter, stays as it is)
     return e
+
+
+_TIMEOUTS = (requests.Timeout, urllib3.exceptions.TimeoutError)
+_READ_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+
+
+class _ContextRaw(urllib3.response.HTTPResponse):
+    """urllib3's response (``response.raw``) whose reads end as the request's context does.
+
+    What reads the body reads it here: ``iter_content`` (so ``content``, ``text``,
+    ``iter_lines``), and ``raw.read()``, ``raw.read1()``, ``raw.stream()``, ``readinto``, a
+    ``shutil.copyfileobj(response.raw, f)``. A read the abort made fail raises the context's
+    error, never urllib3's; and once the abort has shut the connection down, a read that
+    returns raises it too: a body that ends with its connection ends when the abort shuts it
+    down, and must not be taken for complete. (``aborted`` is never set for a response whose
+    body was whole before the context ended: the request let go of the context then.)"""
+
+    _gocontext: Context
+    _gocontext_aborter: _Aborter
+    _gocontext_binding: bool
+
+    def _gocontext_cut_short(self) -> None:
+        """Raise the context's error if the abort cut the body short, letting the connection
+        go as urllib3 does after a failed read."""
+        if not self._gocontext_aborter.aborted:
+            return
+        err = self._gocontext.err()
+        if err is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._original_response is not None:
+                self._original_response.close()
+            if self._connection is not None:
+                self._connection.close()
+            self.release_conn()
+        raise err
+
+    def _gocontext_failed(self, e: BaseException) -> BaseException:
+        return _translate(e, self._gocontext, self._gocontext_binding)
+
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
+        try:
+            data = super().read(*args, **kwargs)
+        except _READ_ERRORS as e:
+            err = self._gocontext_failed(e)
+            if err is e:
+                raise
+            raise err from e
+        self._gocontext_cut_short()
+        return data
+
+    def read1(self, *args: Any, **kwargs: Any) -> bytes:
+        try:
+            data = super().read1(*args, **kwargs)
+        except _READ_ERRORS as e:
+            err = self._gocontext_failed(e)
+            if err is e:
+                raise
+            raise err from e
+        self._gocontext_cut_short()
+        return data
+
+    def read_chunked(self, *args: Any, **kwargs: Any) -> Generator[bytes]:
+        chunks = super().read_chunked(*args, **kwargs)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                self._gocontext_cut_short()
+                return
+            except _READ_ERRORS as e:
+                err = self._gocontext_failed(e)
+                if err is e:
+                    raise
+                raise err from e
+            self._gocontext_cut_short()
+            yield chunk
 
 
 class RequestsAdapter(HTTPAdapter):
@@ -493,8 +604,10 @@ class RequestsAdapter(HTTPAdapter):
     A done context sends nothing; the time left caps the timeouts and goes out as
     ``Grpc-Timeout``, ``PropagatedKey`` values in ``baggage``. A cancel from any thread aborts
     the request in flight (connecting, in the TLS handshake, sending, waiting, reading the body,
-    or waiting to retry as ``max_retries`` says) with ``Canceled``, a passed deadline with
-    ``DeadlineExceeded``; the pool stays healthy. Thread-safe, as ``HTTPAdapter`` is.
+    ``response.raw`` included, or waiting to retry as ``max_retries`` says) with ``Canceled``, a
+    passed deadline with ``DeadlineExceeded``; the pool stays healthy. A timeout that is no
+    number (or NaN) is a ``ValueError``, with or without a deadline. Thread-safe, as
+    ``HTTPAdapter`` is.
 
     Example:
         >>> import requests, gocontext, gocontext.http
@@ -535,8 +648,10 @@ class RequestsAdapter(HTTPAdapter):
         binding = False
         left = time_left(ctx)
         if left is not None:
-            request.headers["Grpc-Timeout"] = format_grpc_timeout(left)
             timeout, binding = _cap(timeout, left)
+            request.headers["Grpc-Timeout"] = format_grpc_timeout(left)
+        elif timeout is not None:
+            _parts(timeout)  # (a bad one is refused as with a deadline)
         existing = request.headers.get("baggage")
         if isinstance(existing, bytes):
             existing = existing.decode("latin-1")
@@ -559,6 +674,13 @@ class RequestsAdapter(HTTPAdapter):
         finally:
             _current.reset(token)
             aborter.sent()
+        raw = response.raw
+        if type(raw) is urllib3.response.HTTPResponse:  # (an adapter's own kind stays as it is)
+            raw.__class__ = _ContextRaw
+            ours = cast(_ContextRaw, raw)
+            ours._gocontext = ctx
+            ours._gocontext_aborter = aborter
+            ours._gocontext_binding = binding
         response.__class__ = _ContextResponse
         response._gocontext = ctx  # type: ignore[attr-defined]  # our own attribute on the response
         response._gocontext_binding = binding  # type: ignore[attr-defined]  # our own attribute on the response
@@ -606,7 +728,8 @@ def request(
 
     The adapter mounted for *url*, and for each URL a redirect leads to, must be a
     ``RequestsAdapter`` (else ``TypeError``, before anything is sent there: the context would
-    be silently ignored). Raises ``Canceled`` / ``DeadlineExceeded`` when *ctx* ends the
+    be silently ignored). *url* and *method* are strings (or bytes, as ``requests`` takes them;
+    else ``TypeError``). Raises ``Canceled`` / ``DeadlineExceeded`` when *ctx* ends the
     request, sending nothing if it already has.
 
     Example:
@@ -624,6 +747,18 @@ def request(
         raise TypeError(
             f"gocontext.http.request() needs a requests.Session, got {type(session).__name__}: "
             f"{session!r}"
+        )
+    if isinstance(url, bytes):  # (as requests takes it)
+        url = url.decode("utf-8")
+    elif not isinstance(url, str):
+        raise TypeError(
+            f"gocontext.http.request() needs a URL (str or bytes), got {type(url).__name__}: "
+            f"{url!r}"
+        )
+    if not isinstance(method, (str, bytes)):
+        raise TypeError(
+            f"gocontext.http.request() needs an HTTP method (str or bytes), got "
+            f"{type(method).__name__}: {method!r}"
         )
     adapter = session.get_adapter(url)
     if not isinstance(adapter, RequestsAdapter):
