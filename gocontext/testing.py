@@ -68,7 +68,9 @@ class FakeClock:
         before returning; return how many ended.
 
         Threads and tasks waiting on those contexts wake as they would at a real deadline.
-        *seconds* must be a finite number ``>= 0`` (else ``ValueError``).
+        *seconds* must be a finite number ``>= 0`` (else ``ValueError``). As from ``cancel()``,
+        a ``KeyboardInterrupt`` or ``SystemExit`` raised by a done callback (or a Ctrl-C
+        landing meanwhile) goes out of here once every due context has ended.
 
         Example:
             >>> import gocontext
@@ -91,7 +93,12 @@ class FakeClock:
         with self._lock:
             if self._left:
                 raise RuntimeError("advance() on a fake clock whose fake_clock() block has ended")
-            self._t += float(seconds)
+            t = self._t + seconds
+            if math.isinf(t):  # (each step finite, their sum not: every deadline would be inf)
+                raise ValueError(
+                    f"advance() would take the clock past the largest float, got {seconds!r}"
+                )
+            self._t = t
             return self._timer.fire_due()
 
     def __repr__(self) -> str:
@@ -115,6 +122,18 @@ class _FakeTimer(_timer.Timer):
                 return super().schedule(deadline, target)  # (manual: takes no lock itself)
         real, shift = forward
         return real.schedule(deadline + shift, target)
+
+    def fire_due(self) -> int:
+        """Expire what is due, in deadline order, in the caller's thread (``advance()``'s):
+        unlike the real timer's thread, which has nobody to tell, the caller gets the first
+        interrupt a target raised, once every due target has been expired."""
+        clock = self._clock
+        assert clock is not None  # (a fake clock's timer reads the fake clock)
+        with self._lock:
+            self._take_incoming_locked()
+            due = self._pop_due_locked(clock())
+        _tree.raise_first(_tree.call_all([t._expire for t in due], "expiring a deadline"))
+        return len(due)
 
     def leave(self, real: _timer.Timer, shift: float) -> list[_timer.TimerEntry]:
         """From now on forward to *real*; return what was live here (see ``drain``)."""
@@ -188,7 +207,9 @@ def _move_to_real(entries: list[_timer.TimerEntry], shift: float, real: _timer.T
             if target._state is None and (target._entry is entry or target._entry is None):
                 entry[2] = None  # this entry is spent; the real timer gets a new one
                 old = target._deadline
-                target._deadline = entry[0] + shift
+                # A plain float: on real time from now on, wherever it is read (a FakeInstant
+                # would be read on the next fake clock).
+                target._deadline = float(entry[0] + shift)
                 moved[id(old)] = (old, target._deadline)
                 target._entry = real.schedule(target._deadline, target)
     if moved:
