@@ -153,7 +153,8 @@ else:
 class _Request(TaskCanceller):
     """One request's watch on its context: until headers are in it cancels the request's task
     (``armed``) and aborts the connection the request is on, if any; then, with ``resp`` set,
-    it aborts the body. Removed when the connection is released or closed."""
+    it aborts the body and the connection (an upload may still be going out). Removed when the
+    connection is released or closed."""
 
     __slots__ = ("ctx", "req", "resp")
 
@@ -183,7 +184,14 @@ class _Request(TaskCanceller):
             return  # (an error of the body's own, a server that left, stays the one raised)
         err = self.ctx.err()
         resp.content.set_exception(err if err is not None else DeadlineExceeded())
-        resp.close()  # the connection is dropped, never reused
+        # The connection is dropped, never reused; aborted, not closed: the upload may still be
+        # going out (a server that answers before it reads the body), and a close would wait
+        # for the rest of it to go out, which it may never do.
+        conn = resp.connection
+        protocol = None if conn is None else conn.protocol
+        if protocol is not None:
+            protocol.abort()
+        resp.close()
 
 
 def _error_for(e: BaseException, watch: _Request) -> BaseException | None:
