@@ -249,18 +249,24 @@ class Timer:
             self._cond.notify_all()
 
     def forked(self) -> Timer:
-        """A timer for a forked child: the live entries of this one, a new lock, no thread.
+        """A timer for a forked child: the live entries of this one, the clock it is pinned to
+        (if any), a new lock, no thread.
 
         Reads this timer's lists without its lock, which a thread that does not exist in the
         child may have held at fork time (a list is never left half-changed: the interpreter
         lock was held across the fork).
         """
-        child = Timer(idle_exit=self._idle_exit, fake=self._fake)
+        child = Timer(idle_exit=self._idle_exit, fake=self._fake, clock=self._clock)
+        self._give_live(child)
+        return child
+
+    def _give_live(self, child: Timer) -> None:
+        """Hand this timer's live entries to *child*, a timer for a forked child (see
+        ``forked``)."""
         live = [e for e in (*self._heap, *self._incoming) if e[2] is not None]
         if live:
             child._incoming = live
             child._wake(min(e[0] for e in live))
-        return child
 
     def _wake(self, deadline: float) -> None:
         if self._manual:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +41,7 @@ class FakeClock:
         DeadlineExceeded('context deadline exceeded')
     """
 
-    __slots__ = ("_left", "_lock", "_t", "_timer")
+    __slots__ = ("_left", "_lock", "_real", "_t", "_timer")
 
     def __init__(self, start: float) -> None:
         self._t = start
@@ -49,6 +50,7 @@ class FakeClock:
         self._lock = threading.RLock()
         self._left = False
         self._timer = _FakeTimer(clock=self.now, fake=True)
+        self._real: _timer.Timer | None = None  # the real timer, put back when the block ends
 
     def now(self) -> float:
         """The fake clock's reading, on the ``time.monotonic()`` scale.
@@ -123,6 +125,13 @@ class _FakeTimer(_timer.Timer):
         real, shift = forward
         return real.schedule(deadline + shift, target)
 
+    def forked(self) -> _FakeTimer:
+        """The fake timer of a forked child (see ``Timer.forked``): still a fake clock's."""
+        child = _FakeTimer(clock=self._clock, fake=True)  # type: ignore[arg-type]  # set: a fake clock's
+        child._forward = self._forward
+        self._give_live(child)
+        return child
+
     def fire_due(self) -> int:
         """Expire what is due, in deadline order, in the caller's thread (``advance()``'s):
         unlike the real timer's thread, which has nobody to tell, the caller gets the first
@@ -172,7 +181,7 @@ def fake_clock() -> Iterator[FakeClock]:
         if _active is not None or _timer.timer._fake:
             raise RuntimeError("fake_clock(): a fake clock is already in use; they do not nest")
         clock = FakeClock(time.monotonic())
-        real = _timer.timer
+        clock._real = real = _timer.timer
         real.pin_clock(time.monotonic)  # what it already holds keeps real time
         _timer.install(clock._timer, clock.now)
         _active = clock
@@ -180,6 +189,8 @@ def fake_clock() -> Iterator[FakeClock]:
         yield clock
     finally:
         with _guard:
+            real = clock._real  # (a forked child's own: see _after_fork_in_child)
+            assert real is not None
             _timer.install(real, None)
             real.pin_clock(None)
             _active = None
@@ -219,3 +230,24 @@ def _move_to_real(entries: list[_timer.TimerEntry], shift: float, real: _timer.T
                 pair = moved.get(id(d))
                 if pair is not None and pair[0] is d:
                     obj._deadline = pair[1]
+
+
+def _after_fork_in_child() -> None:
+    """In a child forked inside a ``fake_clock()`` block, which goes on there: the clock fires
+    the child's fake timer (the tree's own at-fork hook, which runs first, made it from the
+    parent's live entries), with locks of its own; and the block, once left, puts back a real
+    timer of the child's (the parent's thread does not exist there)."""
+    global _guard  # renewed whole: a parent thread may have held it at the fork
+    _guard = threading.Lock()
+    clock = _active
+    if clock is None:
+        return
+    clock._lock = threading.RLock()
+    if isinstance(_timer.timer, _FakeTimer):
+        clock._timer = _timer.timer
+    if clock._real is not None:
+        clock._real = clock._real.forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)

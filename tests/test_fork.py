@@ -248,3 +248,37 @@ def test_a_child_forked_inside_a_group_leaves_its_block_without_the_parents_func
         raise
     assert finished == [os.getpid()]  # the parent's block waited for its function
     assert exit_code(pid) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_a_fake_clock_block_keeps_both_clocks() -> None:
+    """A child forked inside ``fake_clock()`` goes on inside the block: a deadline made there
+    ends when the child advances the clock, and once the child leaves the block, a real
+    deadline fires on a real timer of its own (the parent's thread does not exist there)."""
+    from gocontext.testing import fake_clock
+
+    pid = -1
+    try:
+        with fake_clock() as clock:
+            before, _ = gocontext.with_timeout(gocontext.background(), 10)  # made before the fork
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit code
+                faulthandler.dump_traceback_later(NEVER * 0.9)  # a hang shows where
+                made, _ = gocontext.with_timeout(gocontext.background(), 5)
+                clock.advance(5)
+                if not isinstance(made.err(), gocontext.DeadlineExceeded):
+                    os._exit(2)
+                clock.advance(5)
+                if not isinstance(before.err(), gocontext.DeadlineExceeded):
+                    os._exit(3)
+        if pid == 0:  # pragma: no cover - out of the block in the child: real time again
+            real, _ = gocontext.with_timeout(gocontext.background(), 0.01)
+            os._exit(0 if real.done().wait(NEVER) else 4)
+    except BaseException:
+        if pid == 0:  # pragma: no cover
+            os._exit(1)
+        raise
+    assert before.err() is None  # the parent's clock never moved
+    assert exit_code(pid) == 0
