@@ -36,8 +36,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import Any, TypeVar, cast
 from urllib.parse import urljoin
 
 import requests
@@ -519,6 +519,7 @@ def _translate(e: BaseException, ctx: Context, binding: bool) -> BaseException:
     return e
 
 
+_T = TypeVar("_T")
 _TIMEOUTS = (requests.Timeout, urllib3.exceptions.TimeoutError)
 _READ_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
@@ -557,9 +558,11 @@ class _ContextRaw(urllib3.response.HTTPResponse):
     def _gocontext_failed(self, e: BaseException) -> BaseException:
         return _translate(e, self._gocontext, self._gocontext_binding)
 
-    def read(self, *args: Any, **kwargs: Any) -> bytes:
+    def _gocontext_read(self, step: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``step(*args, **kwargs)``, a read of the body: a failure the context caused raises
+        the context's error, and so does a read that returns once the abort cut the body."""
         try:
-            data = super().read(*args, **kwargs)
+            data = step(*args, **kwargs)
         except _READ_ERRORS as e:
             err = self._gocontext_failed(e)
             if err is e:
@@ -568,31 +571,20 @@ class _ContextRaw(urllib3.response.HTTPResponse):
         self._gocontext_cut_short()
         return data
 
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
+        return self._gocontext_read(super().read, *args, **kwargs)
+
     def read1(self, *args: Any, **kwargs: Any) -> bytes:
-        try:
-            data = super().read1(*args, **kwargs)
-        except _READ_ERRORS as e:
-            err = self._gocontext_failed(e)
-            if err is e:
-                raise
-            raise err from e
-        self._gocontext_cut_short()
-        return data
+        return self._gocontext_read(super().read1, *args, **kwargs)
 
     def read_chunked(self, *args: Any, **kwargs: Any) -> Generator[bytes]:
         chunks = super().read_chunked(*args, **kwargs)
         while True:
             try:
-                chunk = next(chunks)
-            except StopIteration:
+                chunk = self._gocontext_read(next, chunks)
+            except StopIteration:  # (the body's end: cut short by the abort, or whole)
                 self._gocontext_cut_short()
                 return
-            except _READ_ERRORS as e:
-                err = self._gocontext_failed(e)
-                if err is e:
-                    raise
-                raise err from e
-            self._gocontext_cut_short()
             yield chunk
 
 
