@@ -440,26 +440,36 @@ class Group:
                 interrupt = i
                 self._cancel(i)  # (g.ctx is already done, unless it landed before the cancel)
                 self._wait()
-            if interrupt is None:  # (all have returned: nothing writes it any more)
-                interrupt, self._interrupt = self._interrupt, None
-            if interrupt is not None and interrupt is not e:
-                raise interrupt  # raised while the body's exception is handled: its __context__
-            if e is not None:
-                first = self._first
-                if first is not None and (e is self._refusal or _answers(e, first, self._ctx)):
-                    # go() refused because a function failed, or the body stopped with the
-                    # error that failure gave g.ctx: say which (the body's, its __context__)
-                    raise first
-                return
-            first = self._first
-            if first is not None:
-                raise first
+            raising = self._outcome(e, interrupt)
+            if raising is not None:
+                raise raising  # raised while the body's exception is handled: its __context__
         finally:
-            interrupt = self._before = None  # (no reference cycle through this frame)
+            # (no reference cycle through this frame)
+            interrupt = raising = self._before = None
             self._cancel(None)
             if self._wake is not None:
                 self._wake.cancel()
                 self._wake = None
+
+    def _outcome(
+        self, e: BaseException | None, interrupt: BaseException | None
+    ) -> BaseException | None:
+        """What leaving the block raises once every function has returned (None: nothing, or
+        the body's *e* itself), *interrupt* being a Ctrl-C that landed in the waiting. (Out of
+        ``__exit__``, whose try must stay its first instruction: on 3.10, a try whose handler
+        lies far enough away starts with an EXTENDED_ARG, at which a Ctrl-C can land.)"""
+        if interrupt is None:  # (all have returned: nothing writes it any more)
+            interrupt, self._interrupt = self._interrupt, None
+        if interrupt is not None and interrupt is not e:
+            return interrupt
+        first = self._first
+        if e is None:
+            return first
+        if first is not None and (e is self._refusal or _answers(e, first, self._ctx)):
+            # go() refused because a function failed, or the body stopped with the error that
+            # failure gave g.ctx: say which (the body's is its __context__)
+            return first
+        return None
 
 
 # The Groups whose block is open in this process (weakly), for the at-fork hook.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -409,6 +410,36 @@ def test_ctrl_c_while_waiting_stops_every_function_and_exits_with_the_interrupt(
     assert "not reached" not in out
     assert "KeyboardInterrupt" in err
     assert proc.returncode == -signal.SIGINT
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 10), reason="3.10's bytecode: SETUP_FINALLY")
+def test_no_function_of_ours_opens_with_a_try_a_ctrl_c_can_land_before() -> None:
+    """Python 3.10 runs no signal handler at a SETUP_FINALLY, so a function whose first
+    statement is a try (``Group.__exit__``, so that a Ctrl-C landing anywhere in it is
+    handled) is safe from its first instruction; but a try whose handler lies far away opens
+    with an EXTENDED_ARG, where a Ctrl-C can land and escape before the try (it did, in
+    ``Group.__exit__``, when its body grew: the block was left without waiting)."""
+    import dis
+    import glob
+    import types
+
+    def codes(code: types.CodeType) -> Iterator[types.CodeType]:
+        yield code
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                yield from codes(const)
+
+    root = os.path.dirname(gocontext.__file__)
+    exposed = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        with open(path, encoding="utf-8") as f:
+            top = compile(f.read(), path, "exec")
+        for code in codes(top):
+            first = [i.opname for i in itertools.islice(dis.get_instructions(code), 2)]
+            if first == ["EXTENDED_ARG", "SETUP_FINALLY"]:
+                where = os.path.relpath(path, root)
+                exposed.append(f"{where}:{code.co_firstlineno} {code.co_name}")
+    assert not exposed, exposed
 
 
 def test_a_second_ctrl_c_stops_the_waiting_for_a_stuck_function() -> None:
