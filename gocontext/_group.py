@@ -489,7 +489,12 @@ def _answers(e: BaseException, first: BaseException, ctx: Context) -> bool:
     """Whether *e*, out of the block's body, is *ctx*'s own error (``g.ctx.check()``, a feeding
     loop's wait) after the function's failure *first* ended *ctx*: the body's answer to that
     failure, which is raised in its place, as when ``go()`` refuses for it."""
-    if not isinstance(e, ContextError) or cause(ctx) is not first:
+    return cause(ctx) is first and _is_own_error(e, ctx)
+
+
+def _is_own_error(e: BaseException, ctx: Context) -> bool:
+    """Whether *e* is *ctx*'s own error: of the type ``ctx.err()`` is, *ctx* having ended."""
+    if not isinstance(e, ContextError):
         return False
     err = ctx.err()
     return err is not None and type(e) is type(err)
@@ -836,10 +841,7 @@ class TaskGroup:
         function failed, yet _stop ended g.ctx): g.ctx's own error, raised by a thread's
         ``ctx.check()`` or a task's cleanup. Listed in ``errors`` but no failure: as a task's
         cancellation, it must not turn the framework's cancellation into a ``Canceled``."""
-        if not self._stopping or not isinstance(e, ContextError):
-            return False
-        err = self._ctx.err()
-        return err is not None and type(e) is type(err)
+        return self._stopping and _is_own_error(e, self._ctx)
 
     def _halt(self, cause: BaseException) -> None:
         """Cancel g.ctx first (so the tasks' finally blocks see it), then the tasks."""
